@@ -1,0 +1,136 @@
+"""Public entry points: ``conv_forward``, ``conv_backward`` and the reusable ``Convolution``.
+
+Shapes (cross-correlation, as PyTorch/JAX):
+    x (n, c_I, d_1..d_N), W (c_O, c_I // groups, k_1..k_N), b (c_O,), y/gy (n, c_O, o_1..o_N)
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from . import autoselect, backend
+from .direct_conv import DirectConv
+from .fft_conv import FFTConv
+from .geometry import check_arrays, make_geometry
+
+ALGORITHMS = ("auto", "fft", "direct")
+GRADIENTS = ("x", "W", "b")
+DEFAULT_MEMORY_BUDGET = int(float(os.environ.get("CONVCORE_MEMORY_BUDGET_MB", "2048")) * 2**20)
+_ENGINES = {"fft": FFTConv, "direct": DirectConv}
+
+
+class ConvGrads(NamedTuple):
+    """Gradients of a convolution; an entry not asked for is None."""
+    gx: object
+    gW: object
+    gb: object
+
+
+def make_engine(name, xp, geom, x, W, budget):
+    """Build the FFT or direct engine, splitting the batch so its working set fits ``budget``."""
+    engine = _ENGINES[name]
+    per_row = engine.working_set_bytes(geom, x.dtype.itemsize, 1)
+    fixed = engine.working_set_bytes(geom, x.dtype.itemsize, 0)
+    rows = max(1, int((budget - fixed) // max(per_row - fixed, 1)))
+    return engine(xp, geom, x, W, batch_chunk=min(rows, geom.batch))
+
+
+class Convolution:
+    """A convolution with fixed parameters that keeps what its backward pass needs.
+
+    ``forward(x, W, b)`` transforms x and W once (FFT) or builds the column matrix
+    once (direct); ``backward(gy)`` then reuses them, so a layer never transforms
+    its input twice. ``algorithm_used`` tells which algorithm ran.
+    """
+
+    def __init__(self, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                 algorithm="auto", memory_budget=None):
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        self.params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                           padding_mode=padding_mode)
+        self.algorithm = algorithm
+        self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
+        self.algorithm_used = None
+        self.geometry = None
+        self.device = None
+        self._engine = None
+        self._xp = None
+
+    def prepare(self, x, W, b=None, gy=None):
+        """Check the arrays, resolve the geometry and pick the algorithm."""
+        xp = backend.get_array_module(("x", x), ("W", W), ("b", b), ("gy", gy))
+        geom = make_geometry(x.shape, W.shape, **self.params)
+        check_arrays(geom, x, W, b, gy)
+        name = self.algorithm
+        if name == "auto":
+            name = autoselect.choose(xp, geom, x, W, self.memory_budget)
+        self._xp, self.geometry, self.algorithm_used = xp, geom, name
+        self.device = backend.device_name(xp)
+        self._engine = make_engine(name, xp, geom, x, W, self.memory_budget)
+        return self
+
+    def forward(self, x, W, b=None):
+        """y (n, c_O, o...) = x (n, c_I, d...) correlated with W (c_O, c_I/g, k...) + b (c_O,)."""
+        self.prepare(x, W, b)
+        y = self._engine.forward()
+        if b is not None:
+            y += b.reshape((1, -1) + (1,) * self.geometry.ndim)
+        return y
+
+    def backward(self, gy, x=None, W=None, need=GRADIENTS) -> ConvGrads:
+        """Gradients (gx, gW, gb) of a loss given gy = dL/dy (n, c_O, o...).
+
+        With x and W omitted, reuses the arrays and spectra of the last ``forward``.
+        """
+        need = _check_need(need)
+        if x is not None or W is not None:
+            if x is None or W is None:
+                raise ValueError("backward needs both x and W, or neither (to reuse forward's)")
+            self.prepare(x, W, gy=gy)
+        elif self._engine is None:
+            raise ValueError("backward without x and W needs a forward call first")
+        else:
+            check_arrays(self.geometry, self._engine.x, self._engine.W, gy=gy)
+            backend.get_array_module(("x", self._engine.x), ("gy", gy))
+        gx, gW = (None, None)
+        if "x" in need or "W" in need:
+            gx, gW = self._engine.backward(gy, "x" in need, "W" in need)
+        gb = None
+        if "b" in need:
+            gb = gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
+        return ConvGrads(gx, gW, gb)
+
+
+def _check_need(need) -> tuple:
+    if isinstance(need, str):
+        need = (need,)
+    need = tuple(need)
+    unknown = [v for v in need if v not in GRADIENTS]
+    if unknown:
+        raise ValueError(f"need must name gradients among {GRADIENTS}, got unknown {unknown}")
+    return need
+
+
+def conv_forward(x, W, b=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                 algorithm="auto"):
+    """N-D convolution (cross-correlation) forward pass.
+
+    x: (n, c_I, d_1..d_N), W: (c_O, c_I // groups, k_1..k_N), b: (c_O,) or None
+    -> y: (n, c_O, o_1..o_N), on x's device and in x's dtype.
+    """
+    op = Convolution(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                     padding_mode=padding_mode, algorithm=algorithm)
+    return op.forward(x, W, b)
+
+
+def conv_backward(gy, x, W, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                  algorithm="auto", need=GRADIENTS) -> ConvGrads:
+    """Gradients of ``conv_forward`` for gy = dL/dy (n, c_O, o_1..o_N).
+
+    Returns ConvGrads(gx (n, c_I, d...), gW (c_O, c_I // groups, k...), gb (c_O,)),
+    each None unless named in ``need``.
+    """
+    op = Convolution(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                     padding_mode=padding_mode, algorithm=algorithm)
+    return op.backward(gy, x, W, need=need)

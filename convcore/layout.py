@@ -1,0 +1,69 @@
+"""Pure reshuffles that reduce strided, dilated convolutions to stride-1 ones.
+
+Polyphase ("space to depth"): with stride s, output i reads x[i*s + k]. Writing
+k = q*s + r, x[i*s + q*s + r] = X_r[i + q] with X_r[m] = x[m*s + r], so a strided
+convolution is a stride-1 valid convolution whose channels are (c, r) pairs.
+All helpers act on the trailing N spatial axes of (B, C, ...) arrays.
+"""
+from __future__ import annotations
+
+import math
+
+
+def space_to_depth(a, s):
+    """(B, C, q_1*s_1, ..., q_N*s_N) -> (B, C*prod(s), q_1, ..., q_N), channel index c*prod(s) + r."""
+    if all(v == 1 for v in s):
+        return a
+    n = len(s)
+    B, C = a.shape[:2]
+    q = tuple(a.shape[2 + j] // s[j] for j in range(n))
+    split = (B, C) + sum(((q[j], s[j]) for j in range(n)), ())
+    order = (0, 1) + tuple(3 + 2 * j for j in range(n)) + tuple(2 + 2 * j for j in range(n))
+    return a.reshape(split).transpose(order).reshape((B, C * math.prod(s)) + q)
+
+
+def depth_to_space(a, s):
+    """Inverse of ``space_to_depth``: (B, C*prod(s), q...) -> (B, C, q_1*s_1, ...)."""
+    if all(v == 1 for v in s):
+        return a
+    n = len(s)
+    B = a.shape[0]
+    C = a.shape[1] // math.prod(s)
+    q = tuple(a.shape[2:])
+    order = (0, 1) + sum(((2 + n + j, 2 + j) for j in range(n)), ())
+    out = tuple(q[j] * s[j] for j in range(n))
+    return a.reshape((B, C) + tuple(s) + q).transpose(order).reshape((B, C) + out)
+
+
+def pad_high(xp, a, shape):
+    """Zero-pad the trailing spatial axes at their high end up to ``shape``."""
+    extra = [t - d for t, d in zip(shape, a.shape[2:])]
+    if not any(extra):
+        return a
+    return xp.pad(a, ((0, 0), (0, 0)) + tuple((0, e) for e in extra))
+
+
+def crop(a, shape):
+    """Keep the first ``shape`` entries of each trailing spatial axis."""
+    return a[(slice(None), slice(None)) + tuple(slice(0, t) for t in shape)]
+
+
+def round_up(shape, multiple):
+    return tuple(-(-d // m) * m for d, m in zip(shape, multiple))
+
+
+def dilate(xp, W, dilation):
+    """(c_O, c_I', k...) -> (c_O, c_I', dl*(k-1)+1 ...) with zeros between the taps."""
+    if all(v == 1 for v in dilation):
+        return W
+    size = tuple(dl * (k - 1) + 1 for k, dl in zip(W.shape[2:], dilation))
+    out = xp.zeros(W.shape[:2] + size, dtype=W.dtype)
+    out[(slice(None), slice(None)) + tuple(slice(None, None, dl) for dl in dilation)] = W
+    return out
+
+
+def undilate(gW, dilation):
+    """Adjoint of ``dilate``: keep the taps, drop the zeros' gradients."""
+    if all(v == 1 for v in dilation):
+        return gW
+    return gW[(slice(None), slice(None)) + tuple(slice(None, None, dl) for dl in dilation)]
