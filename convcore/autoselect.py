@@ -1,9 +1,10 @@
 """Choosing between the FFT and direct algorithms: a cost model, refined by timing.
 
-The model counts floating-point work of one forward+backward pass and divides by
-rough sustained rates on a CPU (BLAS GEMM, FFT, batched complex matmul). When the
-two estimates are close (within ``AMBIGUOUS``), the first call for that geometry
-times both forward passes on the real arrays and the winner is cached per
+The model counts the floating-point work of one forward pass plus all three
+gradients for each algorithm (on the reduced, stride-1 problem both run) and
+divides by rough sustained rates of a 2-core CPU. When the two estimates are
+within ``AMBIGUOUS`` of each other, the first call for that geometry times both
+algorithms (forward + backward) on the real arrays, and the winner is cached per
 geometry, dtype and device for the rest of the process.
 """
 from __future__ import annotations
@@ -12,68 +13,79 @@ import math
 import time
 
 from . import backend
-from .direct_conv import DirectConv
-from .fft_conv import FFTConv
-from .geometry import ConvGeometry
+from .direct_conv import packed_axes
+from .reduction import Reduction
 
-# Sustained rates in GFLOP/s, float32 on a 2-core CPU (float64 runs at about half).
-# They only need to be right to within a small factor: close calls are timed.
-GEMM_RATE = 40.0
-FFT_RATE = 3.0
-CMATMUL_RATE = 8.0
-COPY_RATE = 1.0   # GB/s-equivalent cost of the im2col gather/scatter
+# Sustained rates in GFLOP/s for float32 (float64 runs at about half). They only
+# need to be right within a small factor: close calls are timed.
+GEMM_RATE = 25.0        # float32 GEMM with inner size ~100
+FFT_RATE = 3.0          # per 2.5 * L * log2(L) flops of one real transform
+CMATMUL_RATE = 8.0      # batched complex matmul over frequencies
+COPY_RATE = 2.0         # GB/s of packing / transposes
 AMBIGUOUS = 3.0
+MAX_TIMED_SECONDS = 2.0  # don't time configurations estimated to take longer than this
 
 _decisions: dict = {}
 
 
-def estimate_seconds(geom: ConvGeometry, itemsize: int) -> dict:
-    """Estimated seconds of forward + all three gradients for each algorithm."""
+def estimate_seconds(geom, itemsize: int) -> dict:
+    """Estimated seconds of forward + all three gradients, {'direct': s, 'fft': s}."""
     precision = 1.0 if itemsize == 4 else 2.0
-    n, c_in, c_out, g = geom.batch, geom.in_channels, geom.out_channels, geom.groups
-    out = math.prod(geom.out_spatial)
-    taps = math.prod(geom.kernel)
-    direct_flops = 3 * 2.0 * n * out * c_out * (c_in // g) * taps
-    col_bytes = 3 * itemsize * n * out * taps * c_in
-    direct = precision * (direct_flops / (GEMM_RATE * 1e9) + col_bytes / (COPY_RATE * 1e9 * 4))
+    n, O = geom.batch, geom.out_channels
 
-    s = math.prod(geom.stride)
-    qx = tuple(-(-p // st) for p, st in zip(geom.padded, geom.stride))
-    L = tuple(backend.next_fast_len(q) for q in qx)
+    red = Reduction(None, geom, keep_dilation=True)
+    rows = n * math.prod(red.qx)
+    taps = math.prod(red.qk)
+    direct_flops = 3 * 2.0 * rows * taps * red.channels * O
+    packed_taps = math.prod(red.qk[len(red.qk) - packed_axes(red.qk, red.channels):])
+    # x and gy are each packed once (packed_taps copies), plus the transposes in and out.
+    copies = 2 * itemsize * rows * geom.groups * (packed_taps * (red.channels + red.out_channels)
+                                                  + 2 * (red.channels + red.out_channels))
+    direct = precision * (direct_flops / (GEMM_RATE * 1e9) + copies / (COPY_RATE * 1e9))
+
+    red = Reduction(None, geom, keep_dilation=False)
+    L = tuple(backend.next_fast_len(q) for q in red.qx)
     size = math.prod(L)
     freqs = math.prod(L[:-1]) * (L[-1] // 2 + 1)
-    transforms = 2 * (n * c_in * s) + 2 * (c_out * (c_in // g) * s) + 2 * (n * c_out)  # fwd + bwd
+    C, g = red.channels, geom.groups
+    transforms = 2 * n * g * C + 2 * O * C + 2 * n * O    # each transformed once forward, once back
     fft_flops = transforms * 2.5 * size * math.log2(max(size, 2))
-    mm_flops = 3 * 8.0 * freqs * n * (c_in // g) * s * c_out
+    mm_flops = 3 * 8.0 * freqs * n * C * O
     fft = precision * (fft_flops / (FFT_RATE * 1e9) + mm_flops / (CMATMUL_RATE * 1e9))
     return {"direct": direct, "fft": fft}
 
 
-def choose(xp, geom: ConvGeometry, x, W, budget: int) -> str:
-    """'fft' or 'direct' for this call."""
-    key = (geom, str(x.dtype), backend.device_name(xp) if xp is not None else "cpu")
+def choose(xp, geom, x, W, budget: int) -> str:
+    """'fft' or 'direct' for this call (cached per geometry, dtype and device)."""
+    from .fft_conv import FFTConv
+
+    key = (geom, str(x.dtype), backend.device_name(xp))
     if key in _decisions:
         return _decisions[key]
     est = estimate_seconds(geom, x.dtype.itemsize)
-    # An FFT plan whose filter spectra alone overflow the budget cannot be chunked away.
+    # Filter spectra that overflow the budget on their own cannot be chunked away.
     if FFTConv.working_set_bytes(geom, x.dtype.itemsize, 1) > budget:
         est["fft"] = math.inf
     best = min(est, key=est.get)
     other = "fft" if best == "direct" else "direct"
-    if est[other] < AMBIGUOUS * est[best] and est[best] < 2.0:
+    if est[other] < AMBIGUOUS * est[best] and est[other] < MAX_TIMED_SECONDS:
         best = _time_both(xp, geom, x, W, budget)
     _decisions[key] = best
     return best
 
 
 def _time_both(xp, geom, x, W, budget) -> str:
-    from .conv import make_engine  # local import: conv imports this module
+    """Time forward + backward of both algorithms once on the real arrays."""
+    from .conv import make_engine  # conv imports this module
 
+    gy = xp.ones(geom.out_shape, dtype=x.dtype)
     times = {}
     for name in ("direct", "fft"):
         start = time.perf_counter()
-        make_engine(name, xp, geom, x, W, budget).forward()
-        if xp is not None and xp.__name__ == "cupy":
+        engine = make_engine(name, xp, geom, x, W, budget)
+        engine.forward()
+        engine.backward(gy, True, True)
+        if backend.is_cupy_array(x):
             xp.cuda.Device().synchronize()
         times[name] = time.perf_counter() - start
     return min(times, key=times.get)
@@ -81,6 +93,3 @@ def _time_both(xp, geom, x, W, budget) -> str:
 
 def clear_cache() -> None:
     _decisions.clear()
-
-
-__all__ = ["choose", "estimate_seconds", "clear_cache", "DirectConv", "FFTConv"]

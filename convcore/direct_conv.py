@@ -1,11 +1,22 @@
-"""Direct convolution for small kernels: im2col in a channels-last layout + one GEMM.
+"""Direct convolution for small kernels: shift-and-GEMM on the flattened padded grid.
 
-Stride, dilation and groups are native here (the column matrix gathers the taps
-``i*stride + k*dilation``), so nothing is wasted on zero taps. Per group g:
+After the reduction (reduction.py) the problem is a stride-1 valid correlation of
+inputs (b, g, C, q...) with filters (g, c_O/g, C, k...). In a channels-last layout
+with all of (b, q_1..q_N) flattened into rows, the tap k reads row r + off(k) with
+off(k) = sum_j k_j * dilation_j * stride_of_grid_j, a *contiguous* block of rows.
+So each tap is one plain GEMM on a slice, with no gather. Rows whose window runs
+past the edge of the grid are computed and cropped (few, for small kernels).
 
-    col (M, K*c_I')  with M = n * prod(o), K = prod(k)
-    y   = col @ Wm                      Wm: (K*c_I', c_O')
-    gW  = col^T @ gy                    gx = col2im(gy @ Wm^T)
+Taps along the last ``m`` axes are packed side by side into the columns (a partial
+im2col: m=1 copies the input k_N times instead of prod(k) times) so that each GEMM
+has an inner size of prod(k_last_m) * C:
+
+    y[r]   = sum_u xw[r + off_u] @ Wm[u]           xw[r, t] = x[r + inner_t]
+    gW[u]  = xw[off_u : off_u + R]^T @ gy_grid
+    gx[r]  = sum_u gw[r + M - off_u] @ Wm'[u]      gw[r, t] = gy[r - M - inner_t]
+
+The input gradient is the same shift-and-GEMM run on gy with mirrored offsets
+(M = the largest outer offset) and each tap's filter block transposed.
 """
 from __future__ import annotations
 
@@ -13,21 +24,31 @@ import itertools
 import math
 
 from .geometry import ConvGeometry
-from .padding import pad, pad_adjoint
+from .reduction import Reduction
+
+MIN_INNER = 96  # pack more axes into the columns until a GEMM's inner size reaches this
 
 
 class DirectConv:
-    """One direct convolution; keeps the column matrix for backward when it fits one chunk."""
+    """One direct convolution; keeps the packed input for backward when it fits one chunk."""
 
     def __init__(self, xp, geom: ConvGeometry, x, W, batch_chunk=None):
         self.xp, self.geom = xp, geom
         self.x, self.W = x, W
-        g = geom.groups
-        self.c_in_g = geom.in_channels // g
-        self.c_out_g = geom.out_channels // g
-        self.taps = math.prod(geom.kernel)
+        red = self.red = Reduction(xp, geom, keep_dilation=True)
+        N = geom.ndim
+        self.packed_axes = packed_axes(red.qk, red.channels)
+        grid_stride = [math.prod(red.qx[j + 1:]) for j in range(N)]
+        step = [d * s for d, s in zip(red.core_dilation, grid_stride)]
+
+        def offsets(axes):
+            ranges = [range(red.qk[j]) if j in axes else range(1) for j in range(N)]
+            return [sum(t * st for t, st in zip(tap, step)) for tap in itertools.product(*ranges)]
+
+        self.inner_offsets = offsets(range(N - self.packed_axes, N))
+        self.outer_offsets = offsets(range(N - self.packed_axes))
         self.batch_chunk = batch_chunk or geom.batch
-        self._col = None
+        self._packed = None
         self._Wm = None
 
     def chunks(self):
@@ -36,98 +57,133 @@ class DirectConv:
 
     @property
     def Wm(self):
-        """W (c_O, c_I', k...) as (g, K*c_I', c_O')."""
+        """Filters (g, c_O/g, C, k...) as (u, g, taps_m * C, c_O/g), u the outer tap."""
         if self._Wm is None:
-            geom, g, N = self.geom, self.geom.groups, self.geom.ndim
-            Wg = self.W.reshape((g, self.c_out_g, self.c_in_g) + geom.kernel)
-            order = (0,) + tuple(range(3, 3 + N)) + (2, 1)   # (g, k..., c_I', c_O')
-            self._Wm = self.xp.ascontiguousarray(Wg.transpose(order)).reshape(
-                g, self.taps * self.c_in_g, self.c_out_g)
+            red, N, m = self.red, self.geom.ndim, self.packed_axes
+            Wr = self.red.filters(self.W)                        # (g, O, C, k...)
+            order = tuple(range(3, 3 + N - m)) + (0,) + tuple(range(3 + N - m, 3 + N)) + (2, 1)
+            Wt = Wr.transpose(order)                             # (k_outer..., g, k_inner..., C, O)
+            self._Wm = self.xp.ascontiguousarray(Wt).reshape(
+                len(self.outer_offsets), self.geom.groups, -1, red.out_channels)
         return self._Wm
 
-    def _tap_slices(self):
-        """For each kernel offset, the strided window of the padded input it reads."""
-        geom = self.geom
-        for kk in itertools.product(*(range(k) for k in geom.kernel)):
-            yield tuple(slice(k * dl, k * dl + s * (o - 1) + 1, s)
-                        for k, dl, s, o in zip(kk, geom.dilation, geom.stride, geom.out_spatial))
+    @property
+    def Wm_adjoint(self):
+        """(u, g, taps_m * c_O/g, C): each inner tap's block of Wm transposed, for gx."""
+        u, g, _, O = self.Wm.shape
+        taps = len(self.inner_offsets)
+        Wt = self.Wm.reshape(u, g, taps, -1, O).swapaxes(-1, -2)
+        return self.xp.ascontiguousarray(Wt).reshape(u, g, taps * O, -1)
 
-    def _channels_last(self, lo, hi):
-        """(b, c_I, d...) -> padded (g, b, padded..., c_I')."""
-        geom, xp, N = self.geom, self.xp, self.geom.ndim
-        a = pad(xp, self.x[lo:hi], geom.pads, geom.padding_mode)
-        a = a.reshape((hi - lo, geom.groups, self.c_in_g) + a.shape[2:])
-        return xp.ascontiguousarray(a.transpose((1, 0) + tuple(range(3, 3 + N)) + (2,)))
+    def _pack(self, a, shifts, rows):
+        """out[:, r, t*c:(t+1)*c] = a[:, r + shifts[t]] (zero outside a): (g, rows, taps * c)."""
+        g, R, c = a.shape
+        out = self.xp.empty((g, rows, len(shifts) * c), dtype=a.dtype)
+        for t, shift in enumerate(shifts):
+            lo, hi = max(0, -shift), max(0, min(rows, R - shift))  # rows reading inside a
+            cols = slice(t * c, (t + 1) * c)
+            out[:, :lo, cols] = 0
+            out[:, lo:hi, cols] = a[:, lo + shift:hi + shift]
+            out[:, max(lo, hi):, cols] = 0
+        return out
 
-    def col(self, lo, hi):
-        """(g, M, K*c_I') column matrix of batch rows lo:hi (cached for the whole batch)."""
-        if self._col is not None:
-            return self._col
-        xp, geom = self.xp, self.geom
-        a = self._channels_last(lo, hi)
-        g, b = a.shape[:2]
-        col = xp.empty((g, b) + geom.out_spatial + (self.taps, self.c_in_g), dtype=a.dtype)
-        head = (slice(None), slice(None))
-        for t, window in enumerate(self._tap_slices()):
-            col[head + (Ellipsis, t, slice(None))] = a[head + window + (slice(None),)]
-        col = col.reshape(g, -1, self.taps * self.c_in_g)
-        if (lo, hi) == (0, geom.batch):
-            self._col = col
-        return col
+    def _shift_gemm(self, packed, offsets, Wm, R):
+        """sum_u packed[:, off_u : off_u + R] @ Wm[u] -> (g, R, cols)."""
+        out = None
+        for u, off in enumerate(offsets):
+            part = self.xp.matmul(packed[:, off:off + R], Wm[u])
+            out = part if out is None else out.__iadd__(part)
+        return out
+
+    def packed(self, lo, hi):
+        """(g, R + max outer offset, taps_m * C): the input with inner taps side by side."""
+        if self._packed is not None:
+            return self._packed
+        red, N = self.red, self.geom.ndim
+        a = red.inputs(self.x, lo, hi)                           # (b, g, C, q...)
+        a = a.transpose((1, 0) + tuple(range(3, 3 + N)) + (2,))  # (g, b, q..., C)
+        a = self.xp.ascontiguousarray(a).reshape(self.geom.groups, -1, red.channels)
+        xw = self._pack(a, self.inner_offsets, a.shape[1] + max(self.outer_offsets))
+        if (lo, hi) == (0, self.geom.batch):
+            self._packed = xw
+        return xw
 
     def forward(self):
         """y: (n, c_O, o...) without bias."""
         xp, geom, N = self.xp, self.geom, self.geom.ndim
         parts = []
         for lo, hi in self.chunks():
-            y = xp.matmul(self.col(lo, hi), self.Wm)        # (g, M, c_O')
-            y = y.reshape((geom.groups, hi - lo) + geom.out_spatial + (self.c_out_g,))
-            y = y.transpose((1, 0, N + 2) + tuple(range(2, 2 + N)))  # (b, g, c_O', o...)
+            R = (hi - lo) * math.prod(self.red.qx)
+            y = self._shift_gemm(self.packed(lo, hi), self.outer_offsets, self.Wm, R)  # (g, R, c_O/g)
+            y = y.reshape((geom.groups, hi - lo) + self.red.qx + (self.red.out_channels,))
+            y = y[(slice(None), slice(None)) + tuple(slice(0, o) for o in geom.out_spatial)]
+            y = y.transpose((1, 0, N + 2) + tuple(range(2, 2 + N)))  # (b, g, c_O/g, o...)
             parts.append(y.reshape((hi - lo, geom.out_channels) + geom.out_spatial))
         y = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
         return xp.ascontiguousarray(y)
 
     def backward(self, gy, need_x: bool, need_W: bool):
         """(gx, gW) for gy (n, c_O, o...); an entry not asked for is None."""
-        xp, geom, N = self.xp, self.geom, self.geom.ndim
-        g = geom.groups
+        xp, geom, red = self.xp, self.geom, self.red
         gx_parts, gWm = [], None
         for lo, hi in self.chunks():
-            b = hi - lo
-            gyl = gy[lo:hi].reshape((b, g, self.c_out_g) + geom.out_spatial)
-            gyl = xp.ascontiguousarray(gyl.transpose((1, 0) + tuple(range(3, 3 + N)) + (2,)))
-            gyl = gyl.reshape(g, -1, self.c_out_g)                     # (g, M, c_O')
+            grid = self._gy_on_grid(gy[lo:hi])                           # (g, R, c_O/g)
+            R = grid.shape[1]
+            xw = self.packed(lo, hi) if need_W else None
             if need_W:
-                part = xp.matmul(self.col(lo, hi).swapaxes(-1, -2), gyl)  # (g, K*c_I', c_O')
+                part = xp.stack([xp.matmul(xw[:, off:off + R].swapaxes(-1, -2), grid)
+                                 for off in self.outer_offsets])         # (u, g, taps_m*C, c_O/g)
                 gWm = part if gWm is None else gWm + part
             if need_x:
-                gx_parts.append(self._col2im(xp.matmul(gyl, self.Wm.swapaxes(-1, -2)), b))
+                gx_parts.append(self._input_grad(grid, hi - lo))
         gx = None
         if need_x:
             gx = gx_parts[0] if len(gx_parts) == 1 else xp.concatenate(gx_parts, axis=0)
-        gW = None
-        if need_W:
-            gW = gWm.reshape((g,) + geom.kernel + (self.c_in_g, self.c_out_g))
-            gW = gW.transpose((0, N + 2, N + 1) + tuple(range(1, N + 1)))  # (g, c_O', c_I', k...)
-            gW = xp.ascontiguousarray(gW).reshape(geom.kernel_shape)
-        return gx, gW
+        return gx, (self._weight_grad(gWm) if need_W else None)
 
-    def _col2im(self, gcol, b):
-        """(g, M, K*c_I') column gradient -> gx (b, c_I, d...)."""
-        xp, geom, N = self.xp, self.geom, self.geom.ndim
-        g = geom.groups
-        gcol = gcol.reshape((g, b) + geom.out_spatial + (self.taps, self.c_in_g))
-        ga = xp.zeros((g, b) + geom.padded + (self.c_in_g,), dtype=gcol.dtype)
-        head = (slice(None), slice(None))
-        for t, window in enumerate(self._tap_slices()):
-            ga[head + window + (slice(None),)] += gcol[head + (Ellipsis, t, slice(None))]
-        ga = ga.transpose((1, 0, N + 2) + tuple(range(2, 2 + N)))  # (b, g, c_I', padded...)
-        ga = ga.reshape((b, geom.in_channels) + geom.padded)
-        return pad_adjoint(xp, ga, geom.pads, geom.padding_mode, geom.spatial)
+    def _gy_on_grid(self, gy):
+        """gy (b, c_O, o...) embedded in the zero grid: (g, b * prod(q), c_O/g)."""
+        xp, geom, red, N = self.xp, self.geom, self.red, self.geom.ndim
+        b = gy.shape[0]
+        grid = xp.zeros((geom.groups, b) + red.qx + (red.out_channels,), dtype=gy.dtype)
+        g = gy.reshape((b, geom.groups, red.out_channels) + geom.out_spatial)
+        inner = (slice(None), slice(None)) + tuple(slice(0, o) for o in geom.out_spatial)
+        grid[inner] = g.transpose((1, 0) + tuple(range(3, 3 + N)) + (2,))
+        return grid.reshape(geom.groups, -1, red.out_channels)
+
+    def _input_grad(self, grid, b):
+        """Gradient through the tap GEMMs, as a shift-GEMM over gy -> gx (b, c_I, d...)."""
+        geom, red, N = self.geom, self.red, self.geom.ndim
+        R, top = grid.shape[1], max(self.outer_offsets)
+        gw = self._pack(grid, [-(top + off) for off in self.inner_offsets], R + top)
+        mirrored = [top - off for off in self.outer_offsets]
+        ga = self._shift_gemm(gw, mirrored, self.Wm_adjoint, R)            # (g, R, C)
+        ga = ga.reshape((geom.groups, b) + red.qx + (red.channels,))
+        ga = ga.transpose((1, 0, N + 2) + tuple(range(2, 2 + N)))         # (b, g, C, q...)
+        return red.input_grad(ga.reshape((b, geom.groups * red.channels) + red.qx))
+
+    def _weight_grad(self, gWm):
+        """(u, g, taps_m * C, c_O/g) -> gW (c_O, c_I/g, k...)."""
+        geom, red, N, m = self.geom, self.red, self.geom.ndim, self.packed_axes
+        k = red.qk
+        a = gWm.reshape(k[:N - m] + (geom.groups,) + k[N - m:] + (red.channels, red.out_channels))
+        # (k_outer..., g, k_inner..., C, O) -> (g, O, C, k...)
+        order = (N - m, N + 2, N + 1) + tuple(range(N - m)) + tuple(range(N - m + 1, N + 1))
+        a = a.transpose(order).reshape((geom.out_channels, red.channels) + k)
+        return red.weight_grad(a)
 
     @staticmethod
     def working_set_bytes(geom: ConvGeometry, itemsize: int, batch: int) -> int:
-        """Bytes of the column matrix (the largest buffer) for ``batch`` rows, plus the padded input."""
-        col = batch * math.prod(geom.out_spatial) * math.prod(geom.kernel) * geom.in_channels // geom.groups
-        padded = batch * geom.in_channels * math.prod(geom.padded)
-        return itemsize * (col + 2 * padded)
+        """Bytes of the packed input and its gradient (the largest buffers) for ``batch`` rows."""
+        red = Reduction(None, geom, keep_dilation=True)
+        taps = math.prod(red.qk[len(red.qk) - packed_axes(red.qk, red.channels):])
+        rows = batch * math.prod(red.qx)
+        return itemsize * geom.groups * rows * (2 * taps * red.channels + 2 * red.out_channels)
+
+
+def packed_axes(kernel, channels) -> int:
+    """How many trailing kernel axes to pack into the GEMM's inner dimension."""
+    m = 1
+    while m < len(kernel) and math.prod(kernel[-m:]) * channels < MIN_INNER:
+        m += 1
+    return m
