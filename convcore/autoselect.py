@@ -57,14 +57,14 @@ def estimate_seconds(geom, itemsize: int) -> dict:
 
 def choose(xp, geom, x, W, budget: int) -> str:
     """'fft' or 'direct' for this call (cached per geometry, dtype and device)."""
-    from .fft_conv import FFTConv
+    from . import fft_conv
 
     key = (geom, str(x.dtype), backend.device_name(xp))
     if key in _decisions:
         return _decisions[key]
     est = estimate_seconds(geom, x.dtype.itemsize)
-    # Filter spectra that overflow the budget on their own cannot be chunked away.
-    if FFTConv.working_set_bytes(geom, x.dtype.itemsize, 1) > budget:
+    # Tiles as small as the kernel that still overflow the budget: FFT cannot fit.
+    if fft_conv.working_set_bytes(geom, x.dtype.itemsize, budget) > budget:
         est["fft"] = math.inf
     best = min(est, key=est.get)
     other = "fft" if best == "direct" else "direct"

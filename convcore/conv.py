@@ -27,12 +27,8 @@ class ConvGrads(NamedTuple):
 
 
 def make_engine(name, xp, geom, x, W, budget):
-    """Build the FFT or direct engine, splitting the batch so its working set fits ``budget``."""
-    engine = _ENGINES[name]
-    per_row = engine.working_set_bytes(geom, x.dtype.itemsize, 1)
-    fixed = engine.working_set_bytes(geom, x.dtype.itemsize, 0)
-    rows = max(1, int((budget - fixed) // max(per_row - fixed, 1)))
-    return engine(xp, geom, x, W, batch_chunk=min(rows, geom.batch))
+    """The FFT or direct engine; each splits its work so its working set fits ``budget``."""
+    return _ENGINES[name](xp, geom, x, W, budget)
 
 
 class Convolution:

@@ -32,7 +32,7 @@ MIN_INNER = 96  # pack more axes into the columns until a GEMM's inner size reac
 class DirectConv:
     """One direct convolution; keeps the packed input for backward when it fits one chunk."""
 
-    def __init__(self, xp, geom: ConvGeometry, x, W, batch_chunk=None):
+    def __init__(self, xp, geom: ConvGeometry, x, W, budget: int):
         self.xp, self.geom = xp, geom
         self.x, self.W = x, W
         red = self.red = Reduction(xp, geom, keep_dilation=True)
@@ -47,7 +47,9 @@ class DirectConv:
 
         self.inner_offsets = offsets(range(N - self.packed_axes, N))
         self.outer_offsets = offsets(range(N - self.packed_axes))
-        self.batch_chunk = batch_chunk or geom.batch
+        fixed = working_set_bytes(geom, x.dtype.itemsize, 0)
+        per_image = working_set_bytes(geom, x.dtype.itemsize, 1) - fixed
+        self.batch_chunk = int(min(geom.batch, max(1, (budget - fixed) // max(per_image, 1))))
         self._packed = None
         self._Wm = None
 
@@ -172,13 +174,13 @@ class DirectConv:
         a = a.transpose(order).reshape((geom.out_channels, red.channels) + k)
         return red.weight_grad(a)
 
-    @staticmethod
-    def working_set_bytes(geom: ConvGeometry, itemsize: int, batch: int) -> int:
-        """Bytes of the packed input and its gradient (the largest buffers) for ``batch`` rows."""
-        red = Reduction(None, geom, keep_dilation=True)
-        taps = math.prod(red.qk[len(red.qk) - packed_axes(red.qk, red.channels):])
-        rows = batch * math.prod(red.qx)
-        return itemsize * geom.groups * rows * (2 * taps * red.channels + 2 * red.out_channels)
+
+def working_set_bytes(geom: ConvGeometry, itemsize: int, batch: int) -> int:
+    """Bytes of the packed input and its gradient (the largest buffers) for ``batch`` images."""
+    red = Reduction(None, geom, keep_dilation=True)
+    taps = math.prod(red.qk[len(red.qk) - packed_axes(red.qk, red.channels):])
+    rows = batch * math.prod(red.qx)
+    return itemsize * geom.groups * rows * (2 * taps * red.channels + 2 * red.out_channels)
 
 
 def packed_axes(kernel, channels) -> int:

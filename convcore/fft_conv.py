@@ -17,25 +17,36 @@ from __future__ import annotations
 
 import math
 
-from . import backend, layout
+from . import backend, layout, tiling
 from .geometry import ConvGeometry
 from .reduction import Reduction
 
 
 class FFTConv:
-    """One FFT convolution: its reduction, FFT plan and the spectra it keeps.
+    """One FFT convolution: its reduction, tiling, FFT plan and the spectra it keeps.
 
-    ``x_spectrum`` (F, g, n, C) and ``W_spectrum`` (F, g, c_O/g, C) are built at
-    most once each, on first use, and shared by forward and backward.
+    ``x_spectrum`` (F, g, rows, C) and ``W_spectrum`` (F, g, c_O/g, C) are built at
+    most once each, on first use, and shared by forward and backward. ``rows`` is
+    n times the number of overlap-save tiles (1 unless the memory budget asks for
+    smaller transforms, see tiling.py); rows are processed in chunks that fit.
     """
 
-    def __init__(self, xp, geom: ConvGeometry, x, W, batch_chunk=None):
+    def __init__(self, xp, geom: ConvGeometry, x, W, budget: int):
         self.xp, self.geom = xp, geom
         self.x, self.W = x, W
-        self.red = Reduction(xp, geom, keep_dilation=False)
-        self.fft_shape = tuple(backend.next_fast_len(q) for q in self.red.qx)
+        red = self.red = Reduction(xp, geom, keep_dilation=False)
+        self.tile = choose_tile(geom, x.dtype.itemsize, budget)
+        valid = tuple(q - k + 1 for q, k in zip(red.qx, red.qk))
+        self.counts = tiling.tile_counts(valid, self.tile)
+        self.tiled = any(c > 1 for c in self.counts)
+        self.window = tuple(t + k - 1 for t, k in zip(self.tile, red.qk))
+        self.fft_shape = tuple(backend.next_fast_len(w) for w in self.window)
         self.axes = tuple(range(-geom.ndim, 0))
-        self.batch_chunk = batch_chunk or geom.batch
+        self.rows = geom.batch * math.prod(self.counts)
+        fixed = _bytes(geom, x.dtype.itemsize, self.tile, 0)
+        per_row = _bytes(geom, x.dtype.itemsize, self.tile, 1) - fixed
+        self.row_chunk = int(min(self.rows, max(1, (budget - fixed) // max(per_row, 1))))
+        self._inputs = None
         self._x_spectrum = None
         self._W_spectrum = None
 
@@ -54,12 +65,24 @@ class FFTConv:
         out = backend.irfftn(self.xp, spec, self.fft_shape, self.axes)
         return layout.crop(out, crop_shape)
 
+    def inputs(self):
+        """(rows, g, C, window...): the reduced input, cut into overlapping tiles if tiled."""
+        if self._inputs is None:
+            a = self.red.inputs(self.x, 0, self.geom.batch)            # (n, g, C, q...)
+            if self.tiled:
+                n, g, C = a.shape[:3]
+                a = tiling.windows(self.xp, a.reshape((n, g * C) + a.shape[3:]), self.tile,
+                                   self.red.qk, self.counts)
+                a = a.reshape((self.rows, g, C) + self.window)
+            self._inputs = a
+        return self._inputs
+
     def x_spectrum(self, lo, hi):
-        """Spectrum of batch rows lo:hi; kept when the whole batch is one chunk."""
+        """Spectrum of rows lo:hi; kept when all rows are one chunk."""
         if self._x_spectrum is not None:
             return self._x_spectrum
-        spec = self._spectrum(self.red.inputs(self.x, lo, hi))
-        if (lo, hi) == (0, self.geom.batch):
+        spec = self._spectrum(self.inputs()[lo:hi])
+        if (lo, hi) == (0, self.rows):
             self._x_spectrum = spec
         return spec
 
@@ -71,48 +94,76 @@ class FFTConv:
         return self._W_spectrum
 
     def chunks(self):
-        step = self.batch_chunk
-        return [(lo, min(lo + step, self.geom.batch)) for lo in range(0, self.geom.batch, step)]
+        step = self.row_chunk
+        return [(lo, min(lo + step, self.rows)) for lo in range(0, self.rows, step)]
 
     # ---- forward and backward ---------------------------------------------
     def forward(self):
         """y: (n, c_O, o_1..o_N), without bias."""
-        xp = self.xp
+        xp, geom = self.xp, self.geom
         Wc = self.W_spectrum().conj().swapaxes(-1, -2)      # (F, g, C, c_O/g)
-        parts = [self._inverse(xp.matmul(self.x_spectrum(lo, hi), Wc), self.geom.out_spatial)
-                 for lo, hi in self.chunks()]               # each (b, c_O, o...)
+        parts = [self._inverse(xp.matmul(self.x_spectrum(lo, hi), Wc), self.tile)
+                 for lo, hi in self.chunks()]               # each (rows, c_O, T...)
         y = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
-        return xp.ascontiguousarray(y)
+        if self.tiled:
+            y = tiling.untile(xp, y, geom.batch, self.tile, self.counts)
+        return xp.ascontiguousarray(layout.crop(y, geom.out_spatial))
 
     def backward(self, gy, need_x: bool, need_W: bool):
         """(gx, gW) for gy (n, c_O, o...); an entry not asked for is None."""
         xp, geom, red = self.xp, self.geom, self.red
+        if self.tiled:
+            gy = tiling.tile_grad(xp, gy, self.tile, self.counts)     # (rows, c_O, T...)
+        gy = gy.reshape((self.rows, geom.groups, red.out_channels) + gy.shape[2:])
         gx_parts, gW_spec = [], None
         W_spec = self.W_spectrum() if need_x else None
         for lo, hi in self.chunks():
-            G = self._spectrum(gy[lo:hi].reshape((hi - lo, geom.groups, red.out_channels) + gy.shape[2:]))
-            if need_x:   # (F, g, b, c_O/g) @ (F, g, c_O/g, C)
-                gx_parts.append(red.input_grad(self._inverse(xp.matmul(G, W_spec), red.qx)))
-            if need_W:   # (F, g, c_O/g, b) @ (F, g, b, C)
+            G = self._spectrum(gy[lo:hi])                   # (F, g, rows, c_O/g)
+            if need_x:   # (F, g, rows, c_O/g) @ (F, g, c_O/g, C)
+                gx_parts.append(self._inverse(xp.matmul(G, W_spec), self.window))
+            if need_W:   # (F, g, c_O/g, rows) @ (F, g, rows, C)
                 part = xp.matmul(G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
-                gW_spec = part if gW_spec is None else gW_spec + part
+                gW_spec = part if gW_spec is None else gW_spec.__iadd__(part)
         gx = None
         if need_x:
-            gx = gx_parts[0] if len(gx_parts) == 1 else xp.concatenate(gx_parts, axis=0)
+            ga = gx_parts[0] if len(gx_parts) == 1 else xp.concatenate(gx_parts, axis=0)
+            if self.tiled:
+                ga = tiling.overlap_add(xp, ga, geom.batch, self.tile, red.qk, self.counts, red.qx)
+            gx = red.input_grad(ga)
         gW = None
         if need_W:
             F, g, o, C = gW_spec.shape
             gW = red.weight_grad(self._inverse(gW_spec.reshape(F, 1, g * o, C), red.qk))
         return gx, gW
 
-    # ---- memory ------------------------------------------------------------
-    @staticmethod
-    def working_set_bytes(geom: ConvGeometry, itemsize: int, batch: int) -> int:
-        """Peak bytes for ``batch`` rows: x, W and y (or gy) spectra plus real buffers."""
-        red = Reduction(None, geom, keep_dilation=False)
-        L = tuple(backend.next_fast_len(q) for q in red.qx)
-        freqs = math.prod(L[:-1]) * (L[-1] // 2 + 1)
-        C, g = red.channels, geom.groups
-        spectra = 2 * itemsize * freqs * g * (batch * C + red.out_channels * C + batch * red.out_channels)
-        real = itemsize * math.prod(L) * batch * g * (C + red.out_channels)
-        return spectra + real
+
+def working_set_bytes(geom: ConvGeometry, itemsize: int, budget: int) -> int:
+    """Peak bytes of one chunk of rows under ``budget``, with the tiles the engine would choose."""
+    return _bytes(geom, itemsize, choose_tile(geom, itemsize, budget), 1)
+
+
+def _bytes(geom: ConvGeometry, itemsize: int, tile, rows: int) -> int:
+    """Spectra (x, W, y or gy) and real buffers of ``rows`` tile rows."""
+    red = Reduction(None, geom, keep_dilation=False)
+    L = tuple(backend.next_fast_len(t + k - 1) for t, k in zip(tile, red.qk))
+    freqs = math.prod(L[:-1]) * (L[-1] // 2 + 1)
+    C, O, g = red.channels, red.out_channels, geom.groups
+    spectra = 2 * itemsize * freqs * g * (rows * C + O * C + rows * O)
+    real = itemsize * math.prod(L) * rows * g * (C + O)
+    return spectra + real
+
+
+def choose_tile(geom: ConvGeometry, itemsize: int, budget: int) -> tuple:
+    """Output tile per dim: the whole output unless the working set would exceed ``budget``.
+
+    Halves the dim with the most room (largest tile / kernel) until the filter spectra
+    and one row fit in half the budget each; tiles never get smaller than the kernel.
+    """
+    red = Reduction(None, geom, keep_dilation=False)
+    tile = [q - k + 1 for q, k in zip(red.qx, red.qk)]
+    while _bytes(geom, itemsize, tile, 1) > budget // 2:
+        j = max(range(len(tile)), key=lambda d: tile[d] / red.qk[d])
+        if tile[j] <= red.qk[j]:
+            break
+        tile[j] = max(red.qk[j], -(-tile[j] // 2))
+    return tuple(tile)
