@@ -28,7 +28,7 @@ MAX_TIMED_SECONDS = 2.0  # don't time configurations estimated to take longer th
 _decisions: dict = {}
 
 
-def estimate_seconds(geom, itemsize: int) -> dict:
+def estimate_seconds(geom, itemsize: int, budget: int | None = None) -> dict:
     """Estimated seconds of forward + all three gradients, {'direct': s, 'fft': s}."""
     precision = 1.0 if itemsize == 4 else 2.0
     n, O = geom.batch, geom.out_channels
@@ -43,15 +43,10 @@ def estimate_seconds(geom, itemsize: int) -> dict:
                                                   + 2 * (red.channels + red.out_channels))
     direct = precision * (direct_flops / (GEMM_RATE * 1e9) + copies / (COPY_RATE * 1e9))
 
-    red = Reduction(None, geom, keep_dilation=False)
-    L = tuple(backend.next_fast_len(q) for q in red.qx)
-    size = math.prod(L)
-    freqs = math.prod(L[:-1]) * (L[-1] // 2 + 1)
-    C, g = red.channels, geom.groups
-    transforms = 2 * n * g * C + 2 * O * C + 2 * n * O    # each transformed once forward, once back
-    fft_flops = transforms * 2.5 * size * math.log2(max(size, 2))
-    mm_flops = 3 * 8.0 * freqs * n * C * O
-    fft = precision * (fft_flops / (FFT_RATE * 1e9) + mm_flops / (CMATMUL_RATE * 1e9))
+    from . import fft_conv  # fft_conv reads this module's rates
+
+    budget = budget or 2**62
+    fft = fft_conv.estimate_seconds(geom, itemsize, fft_conv.choose_tile(geom, itemsize, budget))
     return {"direct": direct, "fft": fft}
 
 
@@ -62,7 +57,7 @@ def choose(xp, geom, x, W, budget: int) -> str:
     key = (geom, str(x.dtype), backend.device_name(xp))
     if key in _decisions:
         return _decisions[key]
-    est = estimate_seconds(geom, x.dtype.itemsize)
+    est = estimate_seconds(geom, x.dtype.itemsize, budget)
     # Tiles as small as the kernel that still overflow the budget: FFT cannot fit.
     if fft_conv.working_set_bytes(geom, x.dtype.itemsize, budget) > budget:
         est["fft"] = math.inf

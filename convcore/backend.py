@@ -6,6 +6,7 @@ FFT helpers here, so CPU and GPU share every line of the math.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.fft
@@ -81,6 +82,38 @@ def irfftn(xp, a, shape, axes):
     import cupyx.scipy.fft as cufft
 
     return cufft.irfftn(a, s=shape, axes=axes)
+
+
+_pool = None
+_blas = None
+
+
+def batched_matmul(xp, a, b):
+    """``a @ b`` over a large leading batch of small matrices (the per-frequency products).
+
+    OpenBLAS synchronises its threads on every small GEMM, which costs 5-20x on a busy
+    2-core machine. So on the CPU each GEMM runs single-threaded and the batch is split
+    across a pool of Python threads instead (NumPy releases the GIL inside matmul).
+    """
+    if xp is not np:
+        return xp.matmul(a, b)
+    global _pool, _blas
+    if _blas is None:
+        import threadpoolctl
+
+        _blas = threadpoolctl.ThreadpoolController()
+        _pool = ThreadPoolExecutor(_CPU_WORKERS) if _CPU_WORKERS > 1 else None
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    out = np.empty(shape, dtype=np.result_type(a, b))
+    with _blas.limit(limits=1, user_api="blas"):
+        batch = shape[0]
+        if _pool is None or batch < 2 * _CPU_WORKERS:
+            np.matmul(a, b, out=out)
+        else:
+            bounds = np.linspace(0, batch, _CPU_WORKERS + 1).astype(int)
+            parts = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+            list(_pool.map(lambda s: np.matmul(a[s], b[s], out=out[s]), parts))
+    return out
 
 
 def next_fast_len(n: int) -> int:

@@ -15,6 +15,7 @@ frequency axis:  (F, g, n, c) @ (F, g, c, o).
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 from . import backend, layout, tiling
@@ -102,7 +103,7 @@ class FFTConv:
         """y: (n, c_O, o_1..o_N), without bias."""
         xp, geom = self.xp, self.geom
         Wc = self.W_spectrum().conj().swapaxes(-1, -2)      # (F, g, C, c_O/g)
-        parts = [self._inverse(xp.matmul(self.x_spectrum(lo, hi), Wc), self.tile)
+        parts = [self._inverse(backend.batched_matmul(xp, self.x_spectrum(lo, hi), Wc), self.tile)
                  for lo, hi in self.chunks()]               # each (rows, c_O, T...)
         y = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
         if self.tiled:
@@ -120,9 +121,9 @@ class FFTConv:
         for lo, hi in self.chunks():
             G = self._spectrum(gy[lo:hi])                   # (F, g, rows, c_O/g)
             if need_x:   # (F, g, rows, c_O/g) @ (F, g, c_O/g, C)
-                gx_parts.append(self._inverse(xp.matmul(G, W_spec), self.window))
+                gx_parts.append(self._inverse(backend.batched_matmul(xp, G, W_spec), self.window))
             if need_W:   # (F, g, c_O/g, rows) @ (F, g, rows, C)
-                part = xp.matmul(G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
+                part = backend.batched_matmul(xp, G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
                 gW_spec = part if gW_spec is None else gW_spec.__iadd__(part)
         gx = None
         if need_x:
@@ -153,14 +154,41 @@ def _bytes(geom: ConvGeometry, itemsize: int, tile, rows: int) -> int:
     return spectra + real
 
 
-def choose_tile(geom: ConvGeometry, itemsize: int, budget: int) -> tuple:
-    """Output tile per dim: the whole output unless the working set would exceed ``budget``.
+def estimate_seconds(geom: ConvGeometry, itemsize: int, tile) -> float:
+    """Modelled seconds of forward + all three gradients with output tiles ``tile``."""
+    from .autoselect import CMATMUL_RATE, FFT_RATE
 
-    Halves the dim with the most room (largest tile / kernel) until the filter spectra
-    and one row fit in half the budget each; tiles never get smaller than the kernel.
+    red = Reduction(None, geom, keep_dilation=False)
+    L = tuple(backend.next_fast_len(t + k - 1) for t, k in zip(tile, red.qk))
+    size = math.prod(L)
+    freqs = math.prod(L[:-1]) * (L[-1] // 2 + 1)
+    valid = tuple(q - k + 1 for q, k in zip(red.qx, red.qk))
+    rows = geom.batch * math.prod(tiling.tile_counts(valid, tile))
+    C, O, g = red.channels, red.out_channels, geom.groups
+    transforms = 2 * g * (rows * C + O * C + rows * O)   # each once forward, once backward
+    fft_flops = transforms * 2.5 * size * math.log2(max(size, 2))
+    mm_flops = 3 * 8.0 * freqs * g * rows * C * O
+    precision = 1.0 if itemsize == 4 else 2.0
+    return precision * (fft_flops / (FFT_RATE * 1e9) + mm_flops / (CMATMUL_RATE * 1e9))
+
+
+def choose_tile(geom: ConvGeometry, itemsize: int, budget: int) -> tuple:
+    """Output tile per dim for overlap-save: the cheapest by the cost model that fits ``budget``.
+
+    Candidates per dim are the whole valid output and windows of about 2, 4 and 8
+    kernel lengths. If even the smallest tiles overflow half the budget, halves
+    the dim with the most room until it fits or tiles reach the kernel size.
     """
     red = Reduction(None, geom, keep_dilation=False)
-    tile = [q - k + 1 for q, k in zip(red.qx, red.qk)]
+    valid = [q - k + 1 for q, k in zip(red.qx, red.qk)]
+    options = []
+    for v, k in zip(valid, red.qk):
+        sizes = {v} | {backend.next_fast_len(c * k) - k + 1 for c in (2, 4, 8)}
+        options.append(sorted(t for t in sizes if max(k, 1) <= t <= v) or [v])
+    fitting = [t for t in itertools.product(*options) if _bytes(geom, itemsize, t, 1) <= budget // 2]
+    if fitting:
+        return min(fitting, key=lambda t: (estimate_seconds(geom, itemsize, t), -math.prod(t)))
+    tile = [min(o) for o in options]
     while _bytes(geom, itemsize, tile, 1) > budget // 2:
         j = max(range(len(tile)), key=lambda d: tile[d] / red.qk[d])
         if tile[j] <= red.qk[j]:

@@ -60,10 +60,12 @@ def overlap_add(xp, tiles, B, tile, kernel, counts, length):
 def _fold_windows(xp, a, axis, T, k, m, length):
     """Adjoint of ``_split_windows``: (.., m, T + k - 1, ..) at axis -> (.., length, ..)."""
     a = xp.moveaxis(xp.moveaxis(a, axis + 1, -1), axis, -2)   # (..., m, w)
-    out = xp.zeros(a.shape[:-2] + ((m + 1) * T,), dtype=a.dtype)
-    out[..., :m * T] += a[..., :T].reshape(a.shape[:-2] + (m * T,))
+    # Index a contiguous (m + 1, T) buffer directly: never write through a reshaped view.
+    blocks = xp.zeros(a.shape[:-2] + (m + 1, T), dtype=a.dtype)
+    blocks[..., :m, :] += a[..., :T]
     if k > 1:
-        out[..., T:].reshape(a.shape[:-2] + (m, T))[..., :k - 1] += a[..., T:]
+        blocks[..., 1:, :k - 1] += a[..., T:]   # window t's tail overlaps block t + 1
+    out = blocks.reshape(a.shape[:-2] + ((m + 1) * T,))
     out = out[..., :length] if length <= out.shape[-1] else xp.pad(
         out, [(0, 0)] * (out.ndim - 1) + [(0, length - out.shape[-1])])
     return xp.moveaxis(out, -1, axis)

@@ -1,0 +1,34 @@
+"""Answers carrying a job's outcome: the result (JSON or binary arrays), an error, or 202."""
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse, Response
+
+from app.api.errors import ApiError
+from app.core.tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, encode_binary, encode_tensor
+from app.jobs.store import JobStore
+from app.schemas.jobs import job_view
+
+JOBS_PATH = "/v1/jobs"
+
+
+def accepted(job: dict) -> JSONResponse:
+    """202 with the job's view and where to find it."""
+    view = job_view(job, JOBS_PATH)
+    return JSONResponse(view, status_code=202, headers={"Location": view["links"]["self"]})
+
+
+def outcome(store: JobStore, job: dict, binary: bool) -> Response:
+    """200 with the result of a succeeded job; the stored error of a failed one; 409 otherwise."""
+    state = job["state"]
+    if state == "failed":
+        error = job["error"] or {}
+        raise ApiError(int(error.get("status", 500)), error.get("message", "the job failed"))
+    if state != "succeeded":
+        raise ApiError(409, f"job {job['id']} is {state}, it has no result", "id")
+    meta = dict(job["result"] or {})
+    arrays = store.get_arrays(job["id"], "out", meta.pop("outputs", []))
+    doc = {"job_id": job["id"], "state": state, **meta, "timings": job_view(job, JOBS_PATH)["timings"]}
+    if binary:
+        content, n = encode_binary({**doc, **arrays})
+        return Response(content, media_type=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(n)})
+    return JSONResponse({**doc, **{k: encode_tensor(v) for k, v in arrays.items()}})

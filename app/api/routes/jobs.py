@@ -1,0 +1,54 @@
+"""GET /v1/jobs, GET/DELETE /v1/jobs/{id}, GET /v1/jobs/{id}/result: a caller sees only its own jobs."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import Response
+
+from app.api.deps import OwnerDep, StoreDep
+from app.api.errors import ApiError
+from app.api.results import JOBS_PATH, outcome
+from app.core.tensors import BINARY_CONTENT_TYPE
+from app.schemas.conv import ConvResult
+from app.schemas.jobs import ErrorBody, JobList, JobView, job_view
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 503)}
+
+
+def _job(store, job_id: str, owner: str) -> dict:
+    job = store.get(job_id, owner=owner)
+    if job is None:  # unknown, expired and someone else's look the same
+        raise ApiError(404, f"no job {job_id!r} (unknown, expired or not yours)", "id")
+    return job
+
+
+@router.get("", response_model=JobList, summary="your jobs, newest first")
+def list_jobs(owner: OwnerDep, store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict:
+    jobs = (store.get(j, owner=owner) for j in store.list_ids(owner, limit))
+    return {"jobs": [job_view(j, JOBS_PATH) for j in jobs if j is not None]}
+
+
+@router.get("/{job_id}", response_model=JobView, responses=ERRORS, summary="state, progress, timings, error")
+def get_job(job_id: str, owner: OwnerDep, store: StoreDep) -> dict:
+    return job_view(_job(store, job_id, owner), JOBS_PATH)
+
+
+@router.get("/{job_id}/result", responses={200: {"model": ConvResult}, **ERRORS},
+            summary="the arrays of a finished job (binary with ?binary_data_output=true)")
+def get_result(job_id: str, owner: OwnerDep, store: StoreDep,
+               binary_data_output: bool = False, accept: Annotated[str | None, Header()] = None) -> Response:
+    binary = binary_data_output or (accept or "").startswith(BINARY_CONTENT_TYPE)
+    return outcome(store, _job(store, job_id, owner), binary)
+
+
+@router.delete("/{job_id}", response_model=JobView, responses=ERRORS, summary="cancel a queued or running job")
+def cancel_job(job_id: str, owner: OwnerDep, store: StoreDep) -> dict:
+    job = _job(store, job_id, owner)
+    if not store.cancel(job_id):
+        raise ApiError(409, f"job {job_id} already ended {job['state']}", "id")
+    from worker.celery_app import celery  # noqa: PLC0415 - the API needs Celery only here and in submit
+
+    celery.control.revoke(job_id)  # a queued task is dropped when a worker receives it
+    return job_view(store.get(job_id), JOBS_PATH)

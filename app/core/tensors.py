@@ -1,0 +1,141 @@
+"""Arrays on the wire: Open Inference Protocol tensors, JSON or with binary data.
+
+JSON form (KServe v2 / Triton), ``data`` row-major, flat or nested::
+
+    {"shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}
+
+Binary form (Triton binary-data extension): the body is a JSON header of
+``Inference-Header-Content-Length`` bytes followed by raw little-endian blobs;
+a tensor carries ``"parameters": {"binary_data_size": N}`` instead of ``data``
+and the blobs follow in the order those tensors appear in the header.
+Arrays are never pickled.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+NAMES = {v: k for k, v in DATATYPES.items()}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+
+
+class TensorError(ValueError):
+    """A malformed tensor (400) or one over the size limit (413), naming the field."""
+
+    def __init__(self, field: str, message: str, status: int = 400):
+        super().__init__(f"{field}: {message}")
+        self.field, self.status = field, status
+
+
+def is_tensor(obj) -> bool:
+    return isinstance(obj, dict) and "shape" in obj and "datatype" in obj
+
+
+def decode_tensor(field: str, obj, max_bytes: int, blob: bytes | None = None) -> np.ndarray:
+    """Tensor object -> ndarray of its datatype (float32/float64), validated."""
+    if not is_tensor(obj):
+        raise TensorError(field, 'must be a tensor object {"shape": [...], "datatype": "FP32"|"FP64", "data": [...]}')
+    shape, datatype = obj["shape"], obj["datatype"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise TensorError(field, f"shape must be a list of non-negative integers, got {shape!r}")
+    if datatype not in DATATYPES:
+        raise TensorError(field, f"datatype must be one of {sorted(DATATYPES)}, got {datatype!r}")
+    dtype = DATATYPES[datatype]
+    count = math.prod(shape)
+    if count * dtype.itemsize > max_bytes:
+        raise TensorError(field, f"{count * dtype.itemsize} bytes for shape {shape} exceeds the limit of "
+                                 f"{max_bytes} bytes per array", status=413)
+    if blob is not None:
+        if len(blob) != count * dtype.itemsize:
+            raise TensorError(field, f"binary data has {len(blob)} bytes, shape {shape} {datatype} needs "
+                                     f"{count * dtype.itemsize}")
+        arr = np.frombuffer(blob, dtype=dtype).reshape(shape)
+    else:
+        arr = _from_data(field, obj.get("data"), shape, count, dtype)
+    if not np.isfinite(arr).all():
+        raise TensorError(field, "data contains NaN or Inf")
+    return arr
+
+
+def _from_data(field, data, shape, count, dtype) -> np.ndarray:
+    if not isinstance(data, list):
+        raise TensorError(field, "needs a data list (or parameters.binary_data_size with a binary body)")
+    try:
+        arr = np.asarray(data)
+    except ValueError:
+        raise TensorError(field, "data is a ragged nested list") from None
+    if arr.dtype.kind not in "iuf" and arr.size:
+        raise TensorError(field, f"data must hold numbers, got elements of kind {arr.dtype.kind!r}")
+    if arr.ndim > 1 and list(arr.shape) != list(shape):
+        raise TensorError(field, f"nested data has shape {list(arr.shape)}, but shape is {shape}")
+    if arr.size != count:
+        raise TensorError(field, f"data has {arr.size} elements, shape {shape} needs {count}")
+    return arr.astype(dtype, copy=False).reshape(shape)
+
+
+def encode_tensor(arr: np.ndarray) -> dict:
+    """ndarray -> JSON tensor object with flat data."""
+    arr = np.asarray(arr)
+    return {"shape": list(arr.shape), "datatype": NAMES[arr.dtype.newbyteorder("<")],
+            "data": arr.ravel().tolist()}
+
+
+def split_binary_body(body: bytes, header_length: str) -> tuple[dict, bytes]:
+    """Split a binary-extension body into (JSON header, concatenated blobs)."""
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise TensorError(HEADER_LENGTH, f"must be an integer, got {header_length!r}") from None
+    if not 0 < n <= len(body):
+        raise TensorError(HEADER_LENGTH, f"{n} is outside the body of {len(body)} bytes")
+    return parse_json(body[:n]), body[n:]
+
+
+def parse_json(raw: bytes) -> dict:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TensorError("body", f"is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise TensorError("body", f"must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def decode_tensors(doc: dict, fields: tuple, max_bytes: int, binary: bytes = b"") -> dict:
+    """Replace the tensor objects of ``fields`` in ``doc`` by ndarrays, taking blobs in header order."""
+    offset = 0
+    arrays = {}
+    for field, obj in doc.items():  # JSON object order = the order the blobs follow in
+        if field not in fields or obj is None:
+            continue
+        size = obj.get("parameters", {}).get("binary_data_size") if isinstance(obj, dict) else None
+        blob = None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise TensorError(field, f"binary_data_size {size!r} does not fit the {len(binary) - offset} "
+                                         "binary bytes left in the body")
+            blob, offset = binary[offset:offset + size], offset + size
+        arrays[field] = decode_tensor(field, obj, max_bytes, blob)
+    if offset != len(binary):
+        raise TensorError("body", f"{len(binary) - offset} binary bytes follow the header that no tensor claims")
+    return arrays
+
+
+def encode_binary(doc: dict) -> tuple[bytes, int]:
+    """Response with ndarray values -> (header + blobs, header length) for the binary extension."""
+    header, blobs = {}, []
+    for key, value in doc.items():
+        if isinstance(value, np.ndarray):
+            raw = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+            header[key] = {"shape": list(value.shape), "datatype": NAMES[value.dtype.newbyteorder("<")],
+                           "parameters": {"binary_data_size": len(raw)}}
+            blobs.append(raw)
+        else:
+            header[key] = value
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), len(head)

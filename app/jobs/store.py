@@ -1,0 +1,198 @@
+"""Jobs in Redis: one hash per job, arrays as raw bytes under job-scoped keys, all with a TTL.
+
+Generic on purpose: a job is (kind, owner, params, input arrays) -> (state, progress,
+result, output arrays), so convolution calls and training runs share it.
+
+Keys (``p`` = settings.key_prefix):
+    p:job:<id>            hash: id kind owner state created_at started_at finished_at
+                          params progress result error worker cancel_requested
+    p:job:<id>:in:<name>  hash: dtype shape data (raw little-endian bytes)
+    p:job:<id>:out:<name> same, for results
+    p:job:<id>:done       list: one item pushed when the job reaches a final state
+    p:owner:<owner>:jobs  sorted set of job ids by creation time
+    p:workers             sorted set of worker ids scored by heartbeat expiry
+    p:worker:<id>         JSON heartbeat of a live worker (expires when it stops)
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import numpy as np
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL = ("succeeded", "failed", "cancelled")
+_JSON_FIELDS = ("params", "progress", "result", "error")
+
+# Compare-and-set of the state: a cancel and a finishing worker cannot overwrite each other.
+_CAS = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if (not s) or (not string.find(ARGV[1], ',' .. s .. ',', 1, true)) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+
+class JobStore:
+    """Job records and their arrays in Redis (a ``redis.Redis`` with bytes responses)."""
+
+    def __init__(self, redis, prefix: str = "convnd", ttl_s: int = 86400):
+        self.r, self.prefix, self.ttl = redis, prefix, int(ttl_s)
+        self._cas = redis.register_script(_CAS)
+
+    # keys
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def array_key(self, job_id: str, role: str, name: str) -> str:
+        return f"{self.prefix}:job:{job_id}:{role}:{name}"
+
+    def _done_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:done"
+
+    def _owner_key(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:jobs"
+
+    # records
+    def create(self, kind: str, owner: str, params: dict, arrays: dict | None = None) -> str:
+        """Store a new ``queued`` job with its input arrays; returns its id."""
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(self.job_key(job_id), mapping={
+            "id": job_id, "kind": kind, "owner": owner, "state": "queued", "created_at": repr(now),
+            "params": json.dumps(params), "progress": "{}", "cancel_requested": "0"})
+        pipe.expire(self.job_key(job_id), self.ttl)
+        self._put_arrays(pipe, job_id, "in", arrays or {})
+        pipe.zadd(self._owner_key(owner), {job_id: now})
+        pipe.expire(self._owner_key(owner), self.ttl)
+        pipe.execute()
+        return job_id
+
+    def get(self, job_id: str, owner: str | None = None) -> dict | None:
+        """The job record, or None when it is unknown, expired or (with ``owner``) someone else's."""
+        raw = self.r.hgetall(self.job_key(job_id))
+        if not raw:
+            return None
+        job = {k.decode(): v.decode() for k, v in raw.items()}
+        if owner is not None and job.get("owner") != owner:
+            return None
+        for field in _JSON_FIELDS:
+            job[field] = json.loads(job[field]) if job.get(field) else None
+        for field in ("created_at", "started_at", "finished_at"):
+            job[field] = float(job[field]) if job.get(field) else None
+        job["cancel_requested"] = job.get("cancel_requested") == "1"
+        return job
+
+    def list_ids(self, owner: str, limit: int = 100) -> list[str]:
+        """Newest first."""
+        return [j.decode() for j in self.r.zrevrange(self._owner_key(owner), 0, limit - 1)]
+
+    # state
+    def transition(self, job_id: str, to: str, allowed: tuple, **fields) -> bool:
+        """Set state ``to`` (and JSON-able ``fields``) only if the state is in ``allowed``."""
+        assert to in STATES
+        args = [f",{','.join(allowed)},", "state", to]
+        for k, v in fields.items():
+            args += [k, json.dumps(v) if k in _JSON_FIELDS else str(v)]
+        return bool(self._cas(keys=[self.job_key(job_id)], args=args))
+
+    def start(self, job_id: str, worker: str) -> bool:
+        return self.transition(job_id, "running", ("queued", "running"), started_at=repr(time.time()),
+                               worker=worker)
+
+    def set_progress(self, job_id: str, **progress) -> bool:
+        """Record progress of a running job (never recreates an expired one)."""
+        return self.transition(job_id, "running", ("running",), progress=progress)
+
+    def finish(self, job_id: str, state: str, result: dict | None = None, error: dict | None = None,
+               arrays: dict | None = None, **extra) -> bool:
+        """Move a queued/running job to a final state, storing its outputs; wakes waiters.
+
+        Outputs expire with the job record (whose TTL the API that created it chose).
+        """
+        assert state in FINAL
+        if arrays:
+            ttl = self.r.ttl(self.job_key(job_id))
+            if ttl <= 0:
+                return False  # expired meanwhile: nobody can fetch the outputs
+            pipe = self.r.pipeline(transaction=False)
+            self._put_arrays(pipe, job_id, "out", arrays, ttl)
+            pipe.execute()
+        fields = {"finished_at": repr(time.time()), **extra}
+        if result is not None:
+            fields["result"] = result
+        if error is not None:
+            fields["error"] = error
+        changed = self.transition(job_id, state, ("queued", "running"), **fields)
+        if changed:
+            self._wake(job_id, max(self.r.ttl(self.job_key(job_id)), 1))
+        return changed
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job that has not ended; a running one sees ``cancel_requested`` and may stop early."""
+        return self.finish(job_id, "cancelled", error={"status": 409, "type": "Cancelled",
+                                                       "message": "cancelled by the user"}, cancel_requested="1")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(self.job_key(job_id), "cancel_requested") == b"1"
+
+    def wait(self, job_id: str, timeout_s: float) -> bool:
+        """Block until the job reaches a final state (True) or ``timeout_s`` passes (False)."""
+        if timeout_s <= 0:
+            return False
+        return self.r.blpop([self._done_key(job_id)], timeout=timeout_s) is not None
+
+    def _wake(self, job_id: str, ttl: int) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.rpush(self._done_key(job_id), b"1")
+        pipe.expire(self._done_key(job_id), ttl)
+        pipe.execute()
+
+    # arrays
+    def _put_arrays(self, pipe, job_id: str, role: str, arrays: dict, ttl: int | None = None) -> None:
+        for name, arr in arrays.items():
+            if arr is None:
+                continue
+            arr = np.ascontiguousarray(arr)
+            key = self.array_key(job_id, role, name)
+            pipe.hset(key, mapping={"dtype": arr.dtype.newbyteorder("<").str, "shape": json.dumps(arr.shape),
+                                    "data": arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()})
+            pipe.expire(key, ttl or self.ttl)
+
+    def get_arrays(self, job_id: str, role: str, names) -> dict:
+        """{name: ndarray} for the stored arrays among ``names`` (missing ones are left out)."""
+        pipe = self.r.pipeline(transaction=False)
+        names = list(names)
+        for name in names:
+            pipe.hgetall(self.array_key(job_id, role, name))
+        out = {}
+        for name, raw in zip(names, pipe.execute()):
+            if raw:
+                shape = tuple(json.loads(raw[b"shape"]))
+                out[name] = np.frombuffer(raw[b"data"], dtype=np.dtype(raw[b"dtype"].decode())).reshape(shape)
+        return out
+
+    # workers: a sorted set of ids scored by expiry, plus one info key each (no SCAN of the keyspace)
+    def heartbeat(self, worker_id: str, info: dict, ttl_s: float) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(f"{self.prefix}:worker:{worker_id}", json.dumps(info), px=int(ttl_s * 1000))
+        pipe.zadd(f"{self.prefix}:workers", {worker_id: time.time() + ttl_s})
+        pipe.execute()
+
+    def forget_worker(self, worker_id: str) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(f"{self.prefix}:worker:{worker_id}")
+        pipe.zrem(f"{self.prefix}:workers", worker_id)
+        pipe.execute()
+
+    def workers(self) -> list[dict]:
+        """Info of every worker whose heartbeat has not expired."""
+        now = time.time()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zremrangebyscore(f"{self.prefix}:workers", "-inf", now)
+        pipe.zrange(f"{self.prefix}:workers", 0, -1)
+        ids = pipe.execute()[1]
+        values = self.r.mget([f"{self.prefix}:worker:{i.decode()}" for i in ids]) if ids else []
+        return [json.loads(v) for v in values if v]

@@ -1,0 +1,129 @@
+"""The benchmark's table of layers and the performance targets of issue 2.
+
+A config is one convolution layer: x (n, c_I, d_1..d_N), W (c_O, c_I // groups, k_1..k_N),
+plus stride / padding / dilation / groups. ``kind`` is only a label for the table; the
+targets are decided from the shapes (``targets``), exactly as the issue words them.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmarked layer; spatial sizes and kernel sizes are per spatial dim."""
+
+    name: str
+    kind: str            # "small", "large", "nd", "strided", "grouped", "dilated"
+    n: int
+    c_in: int
+    c_out: int
+    spatial: tuple
+    kernel: tuple
+    stride: int = 1
+    padding: int = 0
+    dilation: int = 1
+    groups: int = 1
+
+    @property
+    def ndim(self) -> int:
+        return len(self.spatial)
+
+    @property
+    def x_shape(self) -> tuple:
+        return (self.n, self.c_in) + tuple(self.spatial)
+
+    @property
+    def W_shape(self) -> tuple:
+        return (self.c_out, self.c_in // self.groups) + tuple(self.kernel)
+
+    def params(self) -> dict:
+        """Keyword arguments shared by convcore and the anchors."""
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+
+def _cube(d, N):
+    return (d,) * N
+
+
+def _layer(name, kind, n, c_in, c_out, d, k, N, **kw):
+    return Config(name, kind, n, c_in, c_out, _cube(d, N), _cube(k, N), **kw)
+
+
+FULL = [
+    # Small kernels: where PyTorch's tuned direct convolution is the bar.
+    _layer("2d-3x3-c32", "small", 8, 32, 32, 64, 3, 2, padding=1),
+    _layer("2d-3x3-c16", "small", 8, 16, 16, 96, 3, 2, padding=1),
+    _layer("3d-3x3x3-c16", "small", 8, 16, 16, 24, 3, 3, padding=1),
+    _layer("3d-3x3x3-c32", "small", 8, 32, 32, 16, 3, 3, padding=1),
+    _layer("1d-k3-c32", "small", 8, 32, 32, 2048, 3, 1, padding=1),
+    # Large kernels: the FFT method's home ground.
+    _layer("1d-k65", "large", 8, 16, 16, 4096, 65, 1),
+    _layer("1d-k129", "large", 8, 16, 16, 4096, 129, 1),
+    _layer("1d-k257", "large", 8, 16, 16, 4096, 257, 1),
+    _layer("1d-k513", "large", 8, 16, 16, 4096, 513, 1),
+    _layer("2d-k9", "large", 4, 16, 16, 64, 9, 2, padding=4),
+    _layer("2d-k11", "large", 4, 16, 16, 64, 11, 2, padding=5),
+    _layer("2d-k15", "large", 4, 16, 16, 64, 15, 2, padding=7),
+    _layer("2d-k21", "large", 4, 16, 16, 64, 21, 2, padding=10),
+    _layer("2d-k31", "large", 4, 16, 16, 64, 31, 2, padding=15),
+    _layer("3d-k7", "large", 2, 8, 8, 32, 7, 3),
+    _layer("3d-k11", "large", 2, 8, 8, 32, 11, 3),
+    _layer("3d-k15", "large", 2, 8, 8, 32, 15, 3),
+    # More than three spatial dims: only JAX (and the loop) to compare with.
+    _layer("4d-k3", "nd", 2, 8, 8, 12, 3, 4, padding=1),
+    _layer("4d-k7", "nd", 2, 4, 4, 16, 7, 4),
+    _layer("5d-k3", "nd", 1, 4, 4, 8, 3, 5, padding=1),
+    _layer("5d-k5", "nd", 1, 2, 2, 10, 5, 5),
+    # Strided, grouped and dilated layers.
+    _layer("2d-3x3-s2", "strided", 8, 16, 32, 64, 3, 2, stride=2, padding=1),
+    _layer("2d-k11-s4", "strided", 8, 3, 32, 128, 11, 2, stride=4, padding=2),
+    _layer("3d-k7-s2", "strided", 2, 8, 16, 32, 7, 3, stride=2, padding=3),
+    _layer("2d-3x3-g4", "grouped", 4, 64, 64, 32, 3, 2, padding=1, groups=4),
+    _layer("2d-k15-dw", "grouped", 8, 32, 32, 64, 15, 2, padding=7, groups=32),
+    _layer("3d-k7-g2", "grouped", 2, 16, 16, 24, 7, 3, groups=2),
+    _layer("2d-3x3-d2", "dilated", 8, 32, 32, 64, 3, 2, padding=2, dilation=2),
+]
+
+QUICK = [
+    _layer("2d-3x3-c16", "small", 4, 16, 16, 32, 3, 2, padding=1),
+    _layer("1d-k129", "large", 4, 8, 8, 1024, 129, 1),
+    _layer("2d-k11", "large", 2, 8, 8, 32, 11, 2, padding=5),
+    _layer("3d-k7", "large", 1, 4, 4, 16, 7, 3),
+    _layer("4d-k5", "nd", 1, 2, 2, 10, 5, 4),
+    _layer("2d-3x3-s2-g2", "grouped", 4, 16, 16, 32, 3, 2, stride=2, padding=1, groups=2),
+]
+
+# Per-N kernel size from which a layer counts as "large" (issue 2's targets).
+LARGE_FROM = {1: 129, 2: 11, 3: 7}
+
+
+def select(quick: bool, pattern: str | None) -> list:
+    """The configs to run; ``pattern`` is a glob or substring on the config name."""
+    configs = QUICK if quick else FULL
+    if not pattern:
+        return list(configs)
+    glob = pattern if any(ch in pattern for ch in "*?[") else f"*{pattern}*"
+    return [c for c in configs if fnmatch.fnmatch(c.name, glob)]
+
+
+def targets(cfg: Config) -> list:
+    """The targets that apply to ``cfg``: (label, anchor, minimum ratio anchor_time / convcore_time)."""
+    out = []
+    k = min(cfg.kernel)
+    if cfg.ndim in LARGE_FROM and k >= LARGE_FROM[cfg.ndim]:
+        out.append(("large k: >=5x torch", "torch", 5.0))
+    if all(v == 3 for v in cfg.kernel) and cfg.ndim <= 3:
+        out.append(("small k: >=0.5x torch", "torch", 0.5))
+    if cfg.ndim >= 4:
+        out.append(("4-D/5-D: >=2x jax", "jax", 2.0))
+    out.append(("all: >=10x loop", "loop", 10.0))
+    return out
+
+
+TARGET_TEXT = """Targets (issue 2, 2-core CPU; ratio = anchor time / convcore "auto" time):
+  large kernels (2-D k >= 11, 3-D k >= 7, 1-D k >= 129): >= 5x faster than PyTorch
+  small kernels (3, 3x3, 3x3x3): no slower than 2x PyTorch (ratio >= 0.5)
+  every 4-D/5-D config: >= 2x faster than JAX
+  every config: >= 10x faster than the per-pair scipy.signal.fftconvolve loop"""

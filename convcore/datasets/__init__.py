@@ -1,0 +1,65 @@
+"""Datasets for training jobs: built-in sets generated or loaded without download, the validation
+split, and validation of uploaded arrays.
+
+A job names a built-in set as {"name": "digits"}, {"name": "shapes3d", "n": 1000, "noise": 0.2},
+or {"name": "synthetic", "ndim": 4, "n": 600}; ``load`` returns (x, y, n_classes) and ``describe``
+returns (input_shape, n_classes) without generating anything (for validating a job).
+"""
+from __future__ import annotations
+
+import inspect
+
+from .digits import load_digits
+from .shapes3d import make_shapes3d
+from .split import train_val_split
+from .synthetic import DEFAULT_SIZE, make_synthetic
+from .validate import MAX_BYTES, DatasetError, load_npz_bytes, validate_arrays
+
+BUILTIN = {"digits": load_digits, "shapes3d": make_shapes3d, "synthetic": make_synthetic}
+MAX_SAMPLES = 20000
+
+
+def _options(spec: dict):
+    if not isinstance(spec, dict) or spec.get("name") not in BUILTIN:
+        raise DatasetError(f"dataset must be an object with a 'name' among {sorted(BUILTIN)}, got {spec!r}")
+    name = spec["name"]
+    options = {k: v for k, v in spec.items() if k != "name"}
+    accepted = [p for p in inspect.signature(BUILTIN[name]).parameters]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DatasetError(f"dataset {name!r}: unknown option(s) {unknown}; accepted: {accepted}")
+    for key in ("n", "size", "ndim", "seed"):
+        if key in options and (isinstance(options[key], bool) or not isinstance(options[key], int)):
+            raise DatasetError(f"dataset {name!r}: {key} must be an int, got {options[key]!r}")
+    if "n" in options and not 4 <= options["n"] <= MAX_SAMPLES:
+        raise DatasetError(f"dataset {name!r}: n must be in [4, {MAX_SAMPLES}], got {options['n']}")
+    if "size" in options and not 8 <= options["size"] <= 64:
+        raise DatasetError(f"dataset {name!r}: size must be in [8, 64], got {options['size']}")
+    if "noise" in options and not (isinstance(options["noise"], (int, float)) and 0 <= options["noise"] <= 10):
+        raise DatasetError(f"dataset {name!r}: noise must be a number in [0, 10], got {options['noise']!r}")
+    return name, options
+
+
+def describe(spec: dict):
+    """(per-sample input shape, n_classes) of a built-in dataset spec, checking its options."""
+    name, options = _options(spec)
+    if name == "digits":
+        return (1, 8, 8), 10
+    if name == "shapes3d":
+        return (1,) + (options.get("size", 16),) * 3, 4
+    ndim = options.get("ndim", 2)
+    if ndim not in DEFAULT_SIZE:
+        raise DatasetError(f"dataset 'synthetic': ndim must be in 1..4, got {ndim!r}")
+    return (1,) + (options.get("size", DEFAULT_SIZE[ndim]),) * ndim, 3
+
+
+def load(spec: dict):
+    """(x float32 (n, c, d...), y int64 (n,), n_classes) for a built-in dataset spec."""
+    name, options = _options(spec)
+    _, n_classes = describe(spec)
+    x, y = BUILTIN[name](**options)
+    return x, y, n_classes
+
+
+__all__ = ["load", "describe", "BUILTIN", "load_digits", "make_shapes3d", "make_synthetic", "train_val_split",
+           "validate_arrays", "load_npz_bytes", "DatasetError", "MAX_BYTES"]

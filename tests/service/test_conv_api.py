@@ -1,0 +1,105 @@
+"""Forward, backward and gradcheck through HTTP -> Celery -> worker -> Redis, against PyTorch and convcore."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convcore
+
+from service_helpers import array, tensor
+
+TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CASES = [  # (x shape, W shape, params)
+    ((2, 3, 9), (4, 3, 3), dict(stride=2, padding=1)),
+    ((1, 4, 6, 7), (6, 2, 3, 2), dict(padding=[1, 0], dilation=[1, 2], groups=2)),
+    ((2, 2, 5, 4, 6), (3, 2, 2, 3, 2), dict(stride=[1, 2, 1], padding=1)),
+]
+
+
+def _draw(x_shape, W_shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(x_shape).astype(dtype), rng.standard_normal(W_shape).astype(dtype),
+            rng.standard_normal(W_shape[0]).astype(dtype))
+
+
+def _torch_forward(x, W, b, params):
+    return TORCH_CONV[x.ndim - 2](torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(b), **params)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-4), (np.float64, 1e-12)], ids=["FP32", "FP64"])
+@pytest.mark.parametrize("x_shape,W_shape,params", CASES, ids=["1d", "2d", "3d"])
+def test_forward_matches_torch_and_convcore(client, x_shape, W_shape, params, dtype, tol):
+    x, W, b = _draw(x_shape, W_shape, dtype)
+    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "b": tensor(b), **params})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    y = array(body["y"])
+    assert y.dtype == dtype and body["device"] == "cpu" and body["algorithm"] in ("fft", "direct")
+    np.testing.assert_allclose(y, _torch_forward(x, W, b, params).numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(y, convcore.conv_forward(x, W, b, **params), rtol=tol, atol=tol)
+
+
+def test_forward_hand_computed_nested_data(client):
+    """[1,2,3,4] correlated with [1,-1] is [-1,-1,-1]; nested data accepted."""
+    r = client.post("/v1/conv/forward", json={
+        "x": {"shape": [1, 1, 4], "datatype": "FP64", "data": [[[1, 2, 3, 4]]]},
+        "W": {"shape": [1, 1, 2], "datatype": "FP64", "data": [1, -1]},
+        "b": {"shape": [1], "datatype": "FP64", "data": [0.5]}, "padding": "valid"})
+    assert r.status_code == 200, r.text
+    assert r.json()["y"] == {"shape": [1, 1, 3], "datatype": "FP64", "data": [-0.5, -0.5, -0.5]}
+
+
+@pytest.mark.parametrize("x_shape,W_shape,params", CASES, ids=["1d", "2d", "3d"])
+def test_backward_matches_torch_autograd(client, x_shape, W_shape, params):
+    x, W, b = _draw(x_shape, W_shape, np.float64, seed=1)
+    tx, tW, tb = (torch.tensor(a, requires_grad=True) for a in (x, W, b))
+    y = TORCH_CONV[x.ndim - 2](tx, tW, tb, **params)
+    gy = np.random.default_rng(2).standard_normal(tuple(y.shape))
+    y.backward(torch.from_numpy(gy))
+    r = client.post("/v1/conv/backward", json={"gy": tensor(gy), "x": tensor(x), "W": tensor(W), **params})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    for name, ref in (("gx", tx.grad), ("gW", tW.grad), ("gb", tb.grad)):
+        np.testing.assert_allclose(array(body[name]), ref.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def test_backward_computes_only_what_is_needed(client):
+    x, W, _ = _draw((1, 2, 6), (3, 2, 3), np.float64)
+    gy = np.ones((1, 3, 4))
+    r = client.post("/v1/conv/backward", json={"gy": tensor(gy), "x": tensor(x), "W": tensor(W), "need": ["W"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["gx"] is None and body["gb"] is None if "gx" in body else "gx" not in body
+    ref = convcore.conv_backward(gy, x, W, need=("W",)).gW
+    np.testing.assert_allclose(array(body["gW"]), ref, rtol=1e-12)
+
+
+def test_gradcheck_from_shapes_and_seed_passes(client):
+    r = client.post("/v1/conv/gradcheck", json={"x_shape": [2, 2, 5, 4], "W_shape": [3, 2, 2, 2], "padding": 1,
+                                                "stride": [2, 1], "seed": 3, "samples": 8})
+    assert r.status_code == 200, r.text
+    report = r.json()["report"]
+    assert report["ok"] is True and report["source"] == "convcore"
+    assert set(report["gradients"]) == {"x", "W", "b"}
+    sizes = {"x": 2 * 2 * 5 * 4, "W": 3 * 2 * 2 * 2, "b": 3}
+    for name, g in report["gradients"].items():
+        assert g["checked"] == min(8, sizes[name]) and g["max_abs_err"] < 1e-6, (name, g)
+
+
+def test_gradcheck_of_user_gradients_catches_a_wrong_one(client):
+    """The user's gW is off by 1% in one entry: reported not ok; the correct gx (from torch) is ok."""
+    x, W, b = _draw((1, 2, 7), (2, 2, 3), np.float64, seed=4)
+    gy = np.random.default_rng(5).standard_normal((1, 2, 5))
+    tx, tW = torch.tensor(x, requires_grad=True), torch.tensor(W, requires_grad=True)
+    F.conv1d(tx, tW).backward(torch.from_numpy(gy))
+    bad_gW = tW.grad.numpy().copy()
+    bad_gW[0, 0, 0] *= 1.01
+    r = client.post("/v1/conv/gradcheck", json={
+        "x": tensor(x), "W": tensor(W), "gy": tensor(gy), "gx": tensor(tx.grad.numpy()), "gW": tensor(bad_gW),
+        "samples": 12})
+    assert r.status_code == 200, r.text
+    report = r.json()["report"]
+    assert report["source"] == "user" and report["ok"] is False
+    assert report["gradients"]["x"]["ok"] is True and report["gradients"]["W"]["ok"] is False

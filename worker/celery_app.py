@@ -1,0 +1,31 @@
+"""The Celery app, built from Settings (Celery's ``proj/celery.py`` pattern).
+
+Only the JSON serializer is accepted: messages carry job ids, never arrays.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from app.core.config import Settings, get_settings
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("convnd", broker=settings.redis_url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json", accept_content=["json"], result_serializer="json",
+        task_ignore_result=True,  # results live in the job store, not in Celery's backend
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_s, task_time_limit=settings.task_time_limit_s,
+        task_default_queue=settings.queue, worker_concurrency=settings.worker_concurrency,
+        worker_pool=settings.worker_pool, broker_connection_retry_on_startup=True,
+        # An unacked message returns to the queue after this long: keep it past the hard limit.
+        broker_transport_options={"visibility_timeout": 2 * settings.task_time_limit_s},
+        worker_hijack_root_logger=False,
+        # Fail fast when Redis is down, so the API answers 503 instead of hanging.
+        broker_connection_timeout=2,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+    )
+    return app
+
+
+celery = make_celery(get_settings())
