@@ -132,9 +132,9 @@ class LoopAnchor:
 
     name = "loop"
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, dtype):
         self.device = device
-        self._estimate = {}
+        self.dtype = np.dtype(dtype)
 
     def skip_reason(self, cfg, geom):
         if self.device != "cpu":
@@ -149,7 +149,7 @@ class LoopAnchor:
     def estimate_seconds(self, geom) -> float:
         """Time one pair of each of the three loops and multiply by the number of pairs."""
         rng = np.random.default_rng(0)
-        dt = np.float32
+        dt = self.dtype
         pad = tuple(geom.padded)
         kd = tuple(geom.dilated_kernel)
         full = tuple(p - k + 1 for p, k in zip(pad, kd))

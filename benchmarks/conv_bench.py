@@ -218,7 +218,7 @@ def main(argv=None):
     else:
         xp = np
     anchor_objs = [anchors.TorchAnchor(args.device), anchors.JaxAnchor(args.device, args.dtype),
-                   anchors.LoopAnchor(args.device)]
+                   anchors.LoopAnchor(args.device, args.dtype)]
     configs = conv_configs.select(args.quick, args.filter)
     if not configs:
         sys.exit(f"--filter {args.filter!r} matches no config")

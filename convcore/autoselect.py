@@ -10,6 +10,7 @@ geometry, dtype and device for the rest of the process.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 from . import backend
@@ -21,9 +22,12 @@ from .reduction import Reduction
 GEMM_RATE = 25.0        # float32 GEMM with inner size ~100
 FFT_RATE = 3.0          # per 2.5 * L * log2(L) flops of one real transform
 CMATMUL_RATE = 8.0      # batched complex matmul over frequencies
-COPY_RATE = 2.0         # GB/s of packing / transposes
+COPY_RATE = 4.0         # GB/s streamed through memory by the direct GEMMs
 AMBIGUOUS = 3.0
 MAX_TIMED_SECONDS = 2.0  # don't time configurations estimated to take longer than this
+# CONVCORE_AUTOTUNE=0 decides by the cost model alone: the choice (and so every bit of
+# the result) then depends only on the shapes, which seeded training runs may want.
+AUTOTUNE = os.environ.get("CONVCORE_AUTOTUNE", "1").lower() not in ("0", "false", "no")
 
 _decisions: dict = {}
 
@@ -31,17 +35,18 @@ _decisions: dict = {}
 def estimate_seconds(geom, itemsize: int, budget: int | None = None) -> dict:
     """Estimated seconds of forward + all three gradients, {'direct': s, 'fft': s}."""
     precision = 1.0 if itemsize == 4 else 2.0
-    n, O = geom.batch, geom.out_channels
+    n = geom.batch
 
     red = Reduction(None, geom, keep_dilation=True)
-    rows = n * math.prod(red.qx)
+    rows = n * math.prod(red.qx) * geom.groups
     taps = math.prod(red.qk)
-    direct_flops = 3 * 2.0 * rows * taps * red.channels * O
-    packed_taps = math.prod(red.qk[len(red.qk) - packed_axes(red.qk, red.channels):])
-    # x and gy are each packed once (packed_taps copies), plus the transposes in and out.
-    copies = 2 * itemsize * rows * geom.groups * (packed_taps * (red.channels + red.out_channels)
-                                                  + 2 * (red.channels + red.out_channels))
-    direct = precision * (direct_flops / (GEMM_RATE * 1e9) + copies / (COPY_RATE * 1e9))
+    packed = math.prod(red.qk[len(red.qk) - packed_axes(red.qk, red.channels):])
+    outer = taps // packed
+    direct_flops = 3 * 2.0 * rows * taps * red.channels * red.out_channels
+    # Every outer tap's GEMM streams its slice of the packed input and its output
+    # through memory; with many taps and few channels this, not the flops, dominates.
+    traffic = 3 * itemsize * rows * outer * (packed * red.channels + 2 * red.out_channels)
+    direct = precision * (direct_flops / (GEMM_RATE * 1e9) + traffic / (COPY_RATE * 1e9))
 
     from . import fft_conv  # fft_conv reads this module's rates
 
@@ -50,40 +55,43 @@ def estimate_seconds(geom, itemsize: int, budget: int | None = None) -> dict:
     return {"direct": direct, "fft": fft}
 
 
-def choose(xp, geom, x, W, budget: int) -> str:
-    """'fft' or 'direct' for this call (cached per geometry, dtype and device)."""
+def choose(xp, geom, x, W, budget: int):
+    """('fft' or 'direct', engine or None): the algorithm for this call, cached per geometry,
+    dtype and device. When it was decided by timing, the winning engine (already holding
+    its spectra or packed input for these x and W) is returned for reuse."""
     from . import fft_conv
 
     key = (geom, str(x.dtype), backend.device_name(xp))
     if key in _decisions:
-        return _decisions[key]
+        return _decisions[key], None
     est = estimate_seconds(geom, x.dtype.itemsize, budget)
     # Tiles as small as the kernel that still overflow the budget: FFT cannot fit.
     if fft_conv.working_set_bytes(geom, x.dtype.itemsize, budget) > budget:
         est["fft"] = math.inf
-    best = min(est, key=est.get)
+    best, engine = min(est, key=est.get), None
     other = "fft" if best == "direct" else "direct"
-    if est[other] < AMBIGUOUS * est[best] and est[other] < MAX_TIMED_SECONDS:
-        best = _time_both(xp, geom, x, W, budget)
+    if AUTOTUNE and est[other] < AMBIGUOUS * est[best] and est[other] < MAX_TIMED_SECONDS:
+        best, engine = _time_both(xp, geom, x, W, budget)
     _decisions[key] = best
-    return best
+    return best, engine
 
 
-def _time_both(xp, geom, x, W, budget) -> str:
-    """Time forward + backward of both algorithms once on the real arrays."""
+def _time_both(xp, geom, x, W, budget):
+    """Time forward + backward of both algorithms once on the real arrays; (winner, its engine)."""
     from .conv import make_engine  # conv imports this module
 
     gy = xp.ones(geom.out_shape, dtype=x.dtype)
-    times = {}
+    times, engines = {}, {}
     for name in ("direct", "fft"):
         start = time.perf_counter()
-        engine = make_engine(name, xp, geom, x, W, budget)
+        engine = engines[name] = make_engine(name, xp, geom, x, W, budget)
         engine.forward()
         engine.backward(gy, True, True)
         if backend.is_cupy_array(x):
             xp.cuda.Device().synchronize()
         times[name] = time.perf_counter() - start
-    return min(times, key=times.get)
+    best = min(times, key=times.get)
+    return best, engines[best]
 
 
 def clear_cache() -> None:

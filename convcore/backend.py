@@ -66,34 +66,69 @@ def _named(arrays):
             yield name, a
 
 
+def _fft_module(xp):
+    if xp is np:
+        return scipy.fft, {"workers": _CPU_WORKERS}
+    import cupyx.scipy.fft as cufft
+
+    return cufft, {}
+
+
+def _worth_pruning(extents, lengths) -> bool:
+    """Axis-by-axis transforms pay off when the data fills well under half of some axis."""
+    return any(2 * e <= n for e, n in zip(extents, lengths))
+
+
 def rfftn(xp, a, shape, axes):
-    """Real N-D FFT of ``a`` over ``axes`` zero-padded to ``shape``."""
-    if xp is np:
-        return scipy.fft.rfftn(a, s=shape, axes=axes, workers=_CPU_WORKERS)
-    import cupyx.scipy.fft as cufft
+    """Real N-D FFT of ``a`` over ``axes``, zero-padded to ``shape``.
 
-    return cufft.rfftn(a, s=shape, axes=axes)
+    A small array in a large transform (a filter of k^N taps in an L^N plan) is
+    transformed one axis at a time, starting with the real axis, so lines made only
+    of zero padding are never transformed: the cost drops by about k/L per axis.
+    """
+    fft, kw = _fft_module(xp)
+    axes = [ax % a.ndim for ax in axes]
+    if not _worth_pruning([a.shape[ax] for ax in axes], shape):
+        return fft.rfftn(a, s=shape, axes=axes, **kw)
+    out = fft.rfft(a, n=shape[-1], axis=axes[-1], **kw)
+    for ax, n in zip(axes[-2::-1], shape[-2::-1]):
+        out = fft.fft(out, n=n, axis=ax, **kw)
+    return out
 
 
-def irfftn(xp, a, shape, axes):
-    """Inverse of ``rfftn``: real output of ``shape`` over ``axes``."""
-    if xp is np:
-        return scipy.fft.irfftn(a, s=shape, axes=axes, workers=_CPU_WORKERS)
-    import cupyx.scipy.fft as cufft
+def irfftn(xp, a, shape, axes, crop=None):
+    """Inverse of ``rfftn`` over ``axes``: real output of ``shape``, cut to its first ``crop``.
 
-    return cufft.irfftn(a, s=shape, axes=axes)
+    When the crop keeps well under half of some axis (a filter gradient from an L^N
+    plan), the complex axes are inverted one at a time and cut at once, so the real
+    transforms at the end run only over the kept lines.
+    """
+    fft, kw = _fft_module(xp)
+    axes = [ax % a.ndim for ax in axes]
+    crop = tuple(shape) if crop is None else tuple(crop)
+    if not _worth_pruning(crop, shape):
+        out = fft.irfftn(a, s=shape, axes=axes, **kw)
+    else:
+        out = a
+        for ax, n, c in zip(axes[:-1], shape[:-1], crop[:-1]):
+            out = fft.ifft(out, n=n, axis=ax, **kw)
+            out = out[(slice(None),) * ax + (slice(0, c),)]
+        out = fft.irfft(out, n=shape[-1], axis=axes[-1], **kw)
+    return out[(slice(None),) * axes[0] + tuple(slice(0, c) for c in crop)]
 
 
 _pool = None
 _blas = None
 
 
-def batched_matmul(xp, a, b):
-    """``a @ b`` over a large leading batch of small matrices (the per-frequency products).
+def matmul(xp, a, b):
+    """``a @ b`` (stacked over leading axes) as every convcore product is computed.
 
-    OpenBLAS synchronises its threads on every small GEMM, which costs 5-20x on a busy
-    2-core machine. So on the CPU each GEMM runs single-threaded and the batch is split
-    across a pool of Python threads instead (NumPy releases the GIL inside matmul).
+    OpenBLAS synchronises its threads on every GEMM call, which costs 5-20x on small
+    and batched products when the 2 cores are busy. So on the CPU each GEMM runs
+    single-threaded, and the work is split across a pool of Python threads (NumPy
+    releases the GIL in matmul): over the leading batch axis when it is long enough
+    (the per-frequency products), otherwise over the rows of the result.
     """
     if xp is not np:
         return xp.matmul(a, b)
@@ -105,15 +140,23 @@ def batched_matmul(xp, a, b):
         _pool = ThreadPoolExecutor(_CPU_WORKERS) if _CPU_WORKERS > 1 else None
     shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
     out = np.empty(shape, dtype=np.result_type(a, b))
+    work = out.size * a.shape[-1]
     with _blas.limit(limits=1, user_api="blas"):
-        batch = shape[0]
-        if _pool is None or batch < 2 * _CPU_WORKERS:
+        if _pool is None or work < SPLIT_WORK:
             np.matmul(a, b, out=out)
+        elif len(shape) > 2 and shape[0] >= 2 * _CPU_WORKERS:
+            _run_split(shape[0], lambda s: np.matmul(a[s], b[s], out=out[s]))
         else:
-            bounds = np.linspace(0, batch, _CPU_WORKERS + 1).astype(int)
-            parts = [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
-            list(_pool.map(lambda s: np.matmul(a[s], b[s], out=out[s]), parts))
+            _run_split(shape[-2], lambda s: np.matmul(a[..., s, :], b, out=out[..., s, :]))
     return out
+
+
+SPLIT_WORK = 1 << 20  # multiply-adds below which one thread is faster than handing out work
+
+
+def _run_split(length, task):
+    bounds = np.linspace(0, length, _CPU_WORKERS + 1).astype(int)
+    list(_pool.map(task, [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
 
 
 def next_fast_len(n: int) -> int:

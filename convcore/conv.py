@@ -45,8 +45,11 @@ class Convolution:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         self.params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                            padding_mode=padding_mode)
+        if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                          or memory_budget <= 0):
+            raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
         self.algorithm = algorithm
-        self.memory_budget = int(memory_budget or DEFAULT_MEMORY_BUDGET)
+        self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
         self.algorithm_used = None
         self.geometry = None
         self.device = None
@@ -58,12 +61,12 @@ class Convolution:
         xp = backend.get_array_module(("x", x), ("W", W), ("b", b), ("gy", gy))
         geom = make_geometry(x.shape, W.shape, **self.params)
         check_arrays(geom, x, W, b, gy)
-        name = self.algorithm
+        name, engine = self.algorithm, None
         if name == "auto":
-            name = autoselect.choose(xp, geom, x, W, self.memory_budget)
+            name, engine = autoselect.choose(xp, geom, x, W, self.memory_budget)
         self._xp, self.geometry, self.algorithm_used = xp, geom, name
         self.device = backend.device_name(xp)
-        self._engine = make_engine(name, xp, geom, x, W, self.memory_budget)
+        self._engine = engine or make_engine(name, xp, geom, x, W, self.memory_budget)
         return self
 
     def forward(self, x, W, b=None):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 
+from . import backend
 from .geometry import ConvGeometry
 from .reduction import Reduction
 
@@ -93,7 +94,7 @@ class DirectConv:
         """sum_u packed[:, off_u : off_u + R] @ Wm[u] -> (g, R, cols)."""
         out = None
         for u, off in enumerate(offsets):
-            part = self.xp.matmul(packed[:, off:off + R], Wm[u])
+            part = backend.matmul(self.xp, packed[:, off:off + R], Wm[u])
             out = part if out is None else out.__iadd__(part)
         return out
 
@@ -133,7 +134,7 @@ class DirectConv:
             R = grid.shape[1]
             xw = self.packed(lo, hi) if need_W else None
             if need_W:
-                part = xp.stack([xp.matmul(xw[:, off:off + R].swapaxes(-1, -2), grid)
+                part = xp.stack([backend.matmul(xp, xw[:, off:off + R].swapaxes(-1, -2), grid)
                                  for off in self.outer_offsets])         # (u, g, taps_m*C, c_O/g)
                 gWm = part if gWm is None else gWm + part
             if need_x:

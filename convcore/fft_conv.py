@@ -63,8 +63,7 @@ class FFTConv:
         F, g, B, C = spec.shape
         half = self.fft_shape[:-1] + (self.fft_shape[-1] // 2 + 1,)
         spec = spec.transpose(2, 1, 3, 0).reshape((B, g * C) + half)
-        out = backend.irfftn(self.xp, spec, self.fft_shape, self.axes)
-        return layout.crop(out, crop_shape)
+        return backend.irfftn(self.xp, spec, self.fft_shape, self.axes, crop_shape)
 
     def inputs(self):
         """(rows, g, C, window...): the reduced input, cut into overlapping tiles if tiled."""
@@ -103,7 +102,7 @@ class FFTConv:
         """y: (n, c_O, o_1..o_N), without bias."""
         xp, geom = self.xp, self.geom
         Wc = self.W_spectrum().conj().swapaxes(-1, -2)      # (F, g, C, c_O/g)
-        parts = [self._inverse(backend.batched_matmul(xp, self.x_spectrum(lo, hi), Wc), self.tile)
+        parts = [self._inverse(backend.matmul(xp, self.x_spectrum(lo, hi), Wc), self.tile)
                  for lo, hi in self.chunks()]               # each (rows, c_O, T...)
         y = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
         if self.tiled:
@@ -121,9 +120,9 @@ class FFTConv:
         for lo, hi in self.chunks():
             G = self._spectrum(gy[lo:hi])                   # (F, g, rows, c_O/g)
             if need_x:   # (F, g, rows, c_O/g) @ (F, g, c_O/g, C)
-                gx_parts.append(self._inverse(backend.batched_matmul(xp, G, W_spec), self.window))
+                gx_parts.append(self._inverse(backend.matmul(xp, G, W_spec), self.window))
             if need_W:   # (F, g, c_O/g, rows) @ (F, g, rows, C)
-                part = backend.batched_matmul(xp, G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
+                part = backend.matmul(xp, G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
                 gW_spec = part if gW_spec is None else gW_spec.__iadd__(part)
         gx = None
         if need_x:
@@ -172,6 +171,9 @@ def estimate_seconds(geom: ConvGeometry, itemsize: int, tile) -> float:
     return precision * (fft_flops / (FFT_RATE * 1e9) + mm_flops / (CMATMUL_RATE * 1e9))
 
 
+TILE_GAIN = 0.6  # tile for speed only when the model predicts at least a 40% saving
+
+
 def choose_tile(geom: ConvGeometry, itemsize: int, budget: int) -> tuple:
     """Output tile per dim for overlap-save: the cheapest by the cost model that fits ``budget``.
 
@@ -186,8 +188,14 @@ def choose_tile(geom: ConvGeometry, itemsize: int, budget: int) -> tuple:
         sizes = {v} | {backend.next_fast_len(c * k) - k + 1 for c in (2, 4, 8)}
         options.append(sorted(t for t in sizes if max(k, 1) <= t <= v) or [v])
     fitting = [t for t in itertools.product(*options) if _bytes(geom, itemsize, t, 1) <= budget // 2]
+    whole = tuple(valid)
     if fitting:
-        return min(fitting, key=lambda t: (estimate_seconds(geom, itemsize, t), -math.prod(t)))
+        best = min(fitting, key=lambda t: (estimate_seconds(geom, itemsize, t), -math.prod(t)))
+        # Tiles cost copies the model leaves out: only take them for a clear saving.
+        if whole in fitting and estimate_seconds(geom, itemsize, best) > TILE_GAIN * estimate_seconds(
+                geom, itemsize, whole):
+            return whole
+        return best
     tile = [min(o) for o in options]
     while _bytes(geom, itemsize, tile, 1) > budget // 2:
         j = max(range(len(tile)), key=lambda d: tile[d] / red.qk[d])

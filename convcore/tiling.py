@@ -34,6 +34,8 @@ def windows(xp, a, tile, kernel, counts):
 def _split_windows(xp, a, axis, T, k, m):
     """Replace ``axis`` (length L) by (m, T + k - 1): window t covers [t*T, t*T + T + k - 1)."""
     a = xp.moveaxis(a, axis, -1)
+    if m == 1:  # one tile: the window is the whole input (its tile may be shorter than k - 1)
+        return xp.moveaxis(a[..., None, :T + k - 1], (-2, -1), (axis, axis + 1))
     need = (m + 1) * T
     if a.shape[-1] < need:
         a = xp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, need - a.shape[-1])])
@@ -60,6 +62,9 @@ def overlap_add(xp, tiles, B, tile, kernel, counts, length):
 def _fold_windows(xp, a, axis, T, k, m, length):
     """Adjoint of ``_split_windows``: (.., m, T + k - 1, ..) at axis -> (.., length, ..)."""
     a = xp.moveaxis(xp.moveaxis(a, axis + 1, -1), axis, -2)   # (..., m, w)
+    if m == 1:
+        out = a[..., 0, :length]
+        return xp.moveaxis(out, -1, axis)
     # Index a contiguous (m + 1, T) buffer directly: never write through a reshaped view.
     blocks = xp.zeros(a.shape[:-2] + (m + 1, T), dtype=a.dtype)
     blocks[..., :m, :] += a[..., :T]

@@ -11,7 +11,6 @@ import numpy as np
 
 import convcore
 
-from . import gradcheck as gradcheck_mod
 from .params import conv_kwargs
 
 
@@ -47,13 +46,28 @@ def backward(xp, arrays: dict, params: dict):
 
 
 def gradcheck(xp, arrays: dict, params: dict):
-    """Finite-difference check of convcore's (or the user's) gradients; arrays drawn from a seed if absent."""
+    """convcore.gradcheck's report for the posted (or seeded) arrays and the user's gradients, if any."""
     if "x" not in arrays:
-        arrays = {**gradcheck_mod.draw_arrays(params), **arrays}
+        arrays = {**draw_arrays(params), **arrays}
     start = time.perf_counter()
-    report = gradcheck_mod.check(arrays, params)
-    # Finite differences need float64 on the host, whatever the worker's device.
-    return {"report": report, "device": "cpu", "compute_s": time.perf_counter() - start}, {}
+    # Finite differences run in float64 on the host, whatever the worker's device.
+    report = convcore.gradcheck(
+        arrays["x"], arrays["W"], arrays.get("b"), arrays.get("gy"), **conv_kwargs(params),
+        gx=arrays.get("gx"), gW=arrays.get("gW"), gb=arrays.get("gb"),
+        eps=params.get("eps", 1e-6), rtol=params.get("rtol", 1e-5), atol=params.get("atol", 1e-8),
+        seed=params.get("seed", 0), max_checks=params.get("samples"))
+    return {"report": report.to_dict(), "device": "cpu", "compute_s": time.perf_counter() - start}, {}
+
+
+def draw_arrays(params: dict) -> dict:
+    """x, W (and b when ``bias``) ~ N(0, 1) from ``seed``, of the requested shapes and dtype."""
+    rng = np.random.default_rng(params.get("seed", 0))
+    dtype = np.float32 if params.get("datatype") == "FP32" else np.float64
+    out = {"x": rng.standard_normal(params["x_shape"]).astype(dtype),
+           "W": rng.standard_normal(params["W_shape"]).astype(dtype)}
+    if params.get("bias", True):
+        out["b"] = rng.standard_normal(params["W_shape"][0]).astype(dtype)
+    return out
 
 
 def _sync(xp) -> None:

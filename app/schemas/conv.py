@@ -44,9 +44,9 @@ class GradcheckParams(ConvParams):
     datatype: Literal["FP32", "FP64"] = "FP64"
     seed: int = 0
     eps: float = Field(1e-6, gt=0)
-    atol: float = Field(1e-6, ge=0)
-    rtol: float = Field(1e-4, ge=0)
-    samples: int = Field(16, ge=1, le=1000, description="Entries of each array checked by finite differences.")
+    atol: float = Field(1e-8, ge=0)
+    rtol: float = Field(1e-5, ge=0)
+    samples: int = Field(16, ge=1, le=1000, description="At most this many entries of each gradient are checked by finite differences.")
 
 
 X = Tensor.model_validate({"shape": [1, 1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]})

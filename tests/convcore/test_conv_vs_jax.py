@@ -45,6 +45,8 @@ CASES = [
     ConvCase((1, 2, 4, 4, 3, 4, 4), (2, 2, 2, 2, 2, 2, 2), padding="same", seed=40),
     ConvCase((2, 2, 5, 4, 5, 4, 4), (2, 1, 3, 2, 3, 2, 2), groups=2, stride=2,
              padding=[(1, 0), (0, 1), 1, (0, 0), (1, 1)], seed=41),
+    # ---- edge: in dim 0 the dilated kernel spans the whole padded input (one output row)
+    ConvCase((1, 1, 1, 4), (1, 1, 2, 1), padding="same", dilation=(2, 1), bias=False, seed=42),
 ]
 
 

@@ -91,10 +91,33 @@ def test_gradcheck_needs_arrays_or_shapes(client):
     assert r.status_code == 422 and "channels do not match" in r.json()["detail"]
 
 
-def test_task_error_is_stored_and_worker_survives(client):
-    """A user gradient of the wrong shape fails inside the worker: 422 with the message, worker lives on."""
+def test_wrong_shaped_user_gradient_is_diagnosed(client):
+    """convcore.gradcheck names a user gradient of the wrong shape instead of failing."""
     x, W = np.ones((1, 1, 4)), np.ones((1, 1, 2))
     r = client.post("/v1/conv/gradcheck", json={"x": tensor(x), "W": tensor(W), "gx": tensor(np.ones((1, 1, 3)))})
-    assert r.status_code == 422 and "gx must have x's shape (1, 1, 4)" in r.json()["detail"]
-    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W)})
+    assert r.status_code == 200, r.text
+    user = r.json()["report"]["user"]["gx"]
+    assert user["passed"] is False and user["expected_shape"] == [1, 1, 4] and user["got_shape"] == [1, 1, 3]
+    assert [c["code"] for c in user["causes"]] == ["wrong_shape"]
+
+
+def test_task_error_is_stored_and_worker_survives(client, rdb, redis_url, base_env, worker):
+    """A job whose arrays convcore rejects (queued behind the API's back) fails with 422; the worker lives on."""
+    from celery import Celery
+
+    from app.jobs.store import JobStore
+    from worker import tasks
+
+    store = JobStore(rdb, prefix=base_env["CONVND_KEY_PREFIX"])
+    bad = {"x": np.ones((1, 3, 4)), "W": np.ones((1, 2, 2))}  # channels do not match
+    job_id = store.create("conv.forward", "test", {}, bad)
+    sender = Celery(broker=redis_url)
+    sender.conf.task_serializer = "json"
+    sender.send_task(tasks.conv_forward.name, args=[job_id], queue=base_env["CONVND_QUEUE"], task_id=job_id)
+    assert store.wait(job_id, 30), "the worker never finished the job"
+    job = store.get(job_id)
+    assert job["state"] == "failed" and job["error"]["status"] == 422
+    assert "channels do not match" in job["error"]["message"]
+    assert worker.poll() is None
+    r = client.post("/v1/conv/forward", json={"x": tensor(np.ones((1, 1, 4))), "W": tensor(np.ones((1, 1, 2)))})
     assert r.status_code == 200
