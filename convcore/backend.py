@@ -5,6 +5,7 @@ FFT helpers here, so CPU and GPU share every line of the math.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -118,31 +119,25 @@ def irfftn(xp, a, shape, axes, crop=None):
 
 
 _pool = None
-_blas = None
+_blas_libs = None
 
 
 def matmul(xp, a, b):
     """``a @ b`` (stacked over leading axes) as every convcore product is computed.
 
-    OpenBLAS synchronises its threads on every GEMM call, which costs 5-20x on small
-    and batched products when the 2 cores are busy. So on the CPU each GEMM runs
-    single-threaded, and the work is split across a pool of Python threads (NumPy
-    releases the GIL in matmul): over the leading batch axis when it is long enough
-    (the per-frequency products), otherwise over the rows of the result.
+    OpenBLAS synchronises its threads on every GEMM call; on a busy 2-core machine
+    that makes small and batched products 5-80x slower at random. So on the CPU each
+    GEMM runs single-threaded, and large products are split across a pool of Python
+    threads instead (NumPy releases the GIL in matmul): over the leading batch axis
+    when it is long enough (the per-frequency products), otherwise over result rows.
     """
     if xp is not np:
         return xp.matmul(a, b)
-    global _pool, _blas
-    if _blas is None:
-        import threadpoolctl
-
-        _blas = threadpoolctl.ThreadpoolController()
-        _pool = ThreadPoolExecutor(_CPU_WORKERS) if _CPU_WORKERS > 1 else None
     shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
     out = np.empty(shape, dtype=np.result_type(a, b))
     work = out.size * a.shape[-1]
-    with _blas.limit(limits=1, user_api="blas"):
-        if _pool is None or work < SPLIT_WORK:
+    with _single_threaded_blas():
+        if _CPU_WORKERS == 1 or work < SPLIT_WORK:
             np.matmul(a, b, out=out)
         elif len(shape) > 2 and shape[0] >= 2 * _CPU_WORKERS:
             _run_split(shape[0], lambda s: np.matmul(a[s], b[s], out=out[s]))
@@ -151,10 +146,32 @@ def matmul(xp, a, b):
     return out
 
 
-SPLIT_WORK = 1 << 20  # multiply-adds below which one thread is faster than handing out work
+SPLIT_WORK = 1 << 25  # multiply-adds below which handing work to threads costs more than it saves
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Set the BLAS libraries to one thread and back (direct calls: microseconds, not a re-scan)."""
+    global _blas_libs
+    if _blas_libs is None:
+        import threadpoolctl
+
+        _blas_libs = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+                      if lib.user_api == "blas"]
+    previous = [lib.get_num_threads() for lib in _blas_libs]
+    for lib in _blas_libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas_libs, previous):
+            lib.set_num_threads(n)
 
 
 def _run_split(length, task):
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_CPU_WORKERS)
     bounds = np.linspace(0, length, _CPU_WORKERS + 1).astype(int)
     list(_pool.map(task, [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
 

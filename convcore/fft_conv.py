@@ -15,6 +15,7 @@ frequency axis:  (F, g, n, c) @ (F, g, c, o).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -174,6 +175,7 @@ def estimate_seconds(geom: ConvGeometry, itemsize: int, tile) -> float:
 TILE_GAIN = 0.6  # tile for speed only when the model predicts at least a 40% saving
 
 
+@functools.lru_cache(maxsize=1024)
 def choose_tile(geom: ConvGeometry, itemsize: int, budget: int) -> tuple:
     """Output tile per dim for overlap-save: the cheapest by the cost model that fits ``budget``.
 

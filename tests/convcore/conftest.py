@@ -42,8 +42,8 @@ def transform_log(monkeypatch) -> TransformLog:
         log.forward.append((tuple(a.shape), a.dtype, spec.dtype))
         return spec
 
-    def counting_irfftn(xp, a, shape, axes):
-        out = irfftn(xp, a, shape, axes)
+    def counting_irfftn(xp, a, shape, axes, *args, **kwargs):
+        out = irfftn(xp, a, shape, axes, *args, **kwargs)
         log.inverse.append((a.dtype, out.dtype))
         return out
 
