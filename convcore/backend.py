@@ -131,6 +131,8 @@ def matmul(xp, a, b):
     threads instead (NumPy releases the GIL in matmul): over the leading batch axis
     when it is long enough (the per-frequency products), otherwise over result rows.
     """
+    if a.shape[-1] <= BROADCAST_INNER:
+        return _broadcast_matmul(xp, a, b)
     if xp is not np:
         return xp.matmul(a, b)
     shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
@@ -146,7 +148,16 @@ def matmul(xp, a, b):
     return out
 
 
+BROADCAST_INNER = 2  # inner sizes up to this (depthwise, one channel) skip BLAS: one call per tiny matrix
 SPLIT_WORK = 1 << 25  # multiply-adds below which handing work to threads costs more than it saves
+
+
+def _broadcast_matmul(xp, a, b):
+    """``a @ b`` for a tiny inner size k as k broadcast multiply-adds over the whole stack."""
+    out = a[..., :, 0, None] * b[..., None, 0, :]
+    for k in range(1, a.shape[-1]):
+        out += a[..., :, k, None] * b[..., None, k, :]
+    return out
 
 
 @contextlib.contextmanager
