@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("app.commands.up", "app.commands.serve")
+COMMANDS = ("app.commands.up", "app.commands.serve", "app.commands.train", "app.commands.jobs", "app.commands.model")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import redis
 from fastapi import FastAPI
 
 from app.api import errors
-from app.api.routes import conv, health, jobs
+from app.api.routes import conv, datasets, health, jobs, models, train
 from app.core.config import Settings, get_settings
 from app.jobs.store import JobStore
 
@@ -40,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(conv.router, prefix="/v1")
     app.include_router(jobs.router, prefix="/v1")
+    app.include_router(train.router, prefix="/v1")
+    app.include_router(datasets.router, prefix="/v1")
+    app.include_router(models.router, prefix="/v1")
     return app
 
 

@@ -10,7 +10,7 @@ from app.core.config import Settings, get_settings
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("convnd", broker=settings.redis_url, include=["worker.tasks"])
+    app = Celery("convnd", broker=settings.redis_url, include=["worker.tasks", "worker.training"])
     app.conf.update(
         task_serializer="json", accept_content=["json"], result_serializer="json",
         task_ignore_result=True,  # results live in the job store, not in Celery's backend
@@ -18,8 +18,12 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.task_soft_time_limit_s, task_time_limit=settings.task_time_limit_s,
         task_default_queue=settings.queue, worker_concurrency=settings.worker_concurrency,
         worker_pool=settings.worker_pool, broker_connection_retry_on_startup=True,
-        # An unacked message returns to the queue after this long: keep it past the hard limit.
-        broker_transport_options={"visibility_timeout": 2 * settings.task_time_limit_s},
+        # An unacked message (its worker died) returns to the queue after the visibility timeout;
+        # it stays past the longest hard limit so a live task is never delivered twice. Sweeps
+        # for such messages run every restore_interval_s (kombu's default is ~100 s).
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout_s,
+                                  "unacked_restore_interval": settings.restore_interval_s,
+                                  "unacked_restore_throttle": 1},
         worker_hijack_root_logger=False,
         # Fail fast when Redis is down, so the API answers 503 instead of hanging.
         broker_connection_timeout=2,

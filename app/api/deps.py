@@ -68,10 +68,9 @@ class Body:
         return parse_json(self.raw), b""
 
 
-async def read_body(request: Request, settings: SettingsDep) -> Body:
-    """The request body, read in chunks and refused (413) as soon as it passes ``max_body_bytes``."""
-    limit = settings.max_body_bytes
-    too_big = ApiError(413, f"request body exceeds the limit of {limit} bytes", "body")
+async def read_limited(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The body, read in chunks and refused (413) as soon as it passes ``limit`` bytes."""
+    too_big = ApiError(413, f"{what} exceeds the limit of {limit} bytes", "body")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_big
@@ -81,8 +80,13 @@ async def read_body(request: Request, settings: SettingsDep) -> Body:
         if size > limit:  # the declared length is not trusted: count what arrives
             raise too_big
         chunks.append(chunk)
-    return Body(b"".join(chunks), request.headers.get("content-type", ""),
-                request.headers.get(HEADER_LENGTH))
+    return b"".join(chunks)
+
+
+async def read_body(request: Request, settings: SettingsDep) -> Body:
+    """The request body, refused (413) as soon as it passes ``max_body_bytes``."""
+    raw = await read_limited(request, settings.max_body_bytes)
+    return Body(raw, request.headers.get("content-type", ""), request.headers.get(HEADER_LENGTH))
 
 
 BodyDep = Annotated[Body, Depends(read_body)]

@@ -40,6 +40,18 @@ class Settings(BaseSettings):
     queue: str = Field("convnd", description="Celery queue the API sends to and workers consume.")
     key_prefix: str = Field("convnd", description="Prefix of every Redis key the service writes.")
     log_level: str = Field("INFO", description="Log level of API and workers.")
+    # Training jobs (docs/training.md)
+    train_soft_time_limit_s: int = Field(14400, gt=0, description="Soft time limit of a training task (s).")
+    train_time_limit_s: int = Field(14460, gt=0, description="Hard time limit of a training task (s).")
+    visibility_timeout_s: int | None = Field(
+        None, gt=0, description="Redis transport: an unacked message (its worker was killed) is redelivered "
+                                "after this long. Default: the longest task time limit + 60 s.")
+    restore_interval_s: int = Field(10, gt=0, description="How often workers look for such messages (s).")
+    train_lease_s: float = Field(10.0, gt=0, description="A training job's claim by its worker lasts this long "
+                                                         "unless renewed; a redelivered job waits it out.")
+    train_max_attempts: int = Field(3, gt=0, description="Deliveries of a training job before it fails.")
+    max_dataset_bytes: int = Field(128 * 2**20, gt=0, description="Largest uploaded dataset (bytes) -> 413.")
+    dataset_ttl_s: int = Field(86400, gt=0, description="Lifetime of an uploaded dataset (s).")
 
     @field_validator("api_keys", "api_key_hashes", mode="before")
     @classmethod
@@ -66,6 +78,11 @@ class Settings(BaseSettings):
     def key_digests(self) -> list[str]:
         """SHA-256 digests of every accepted API key."""
         return self.api_keys + self.api_key_hashes
+
+    @property
+    def broker_visibility_timeout_s(self) -> int:
+        """Past the longest task, so a live task's message is never handed to a second worker."""
+        return self.visibility_timeout_s or max(self.task_time_limit_s, self.train_time_limit_s) + 60
 
     @property
     def worker_liveness_s(self) -> float:

@@ -129,3 +129,45 @@ def api(api_factory, worker):
 @pytest.fixture(scope="session")
 def client(api) -> httpx.Client:
     return api.client
+
+
+# Training jobs (tests/service/test_train_*.py) ------------------------------------------------
+
+def start_worker(env: dict, log) -> "subprocess.Popen":
+    """A Celery worker subprocess in its own process group (so a test can SIGKILL all of it)."""
+    with open(log, "a") as out:
+        return processes.spawn([sys.executable, "-m", "app.cli", "worker", "--concurrency", "1"], env,
+                               stdout=out, stderr=out)
+
+
+def wait_for_worker(rdb, prefix: str, proc, log) -> None:
+    _wait_until(lambda: rdb.zcard(f"{prefix}:workers") > 0, "worker", proc, log=log)
+
+
+@pytest.fixture(scope="session")
+def train_api(api_factory, worker):
+    """The open API with a 200 kB dataset limit (uploads over it are 413)."""
+    return api_factory("train", max_dataset_bytes=200_000, **SMALL_LIMITS)
+
+
+def tiny_job(**changes) -> dict:
+    """A small digits network: one epoch takes a fraction of a second on one core."""
+    job = {"model": [{"type": "conv", "out_channels": 4, "kernel_size": 3, "padding": "same"}, {"type": "relu"},
+                     {"type": "maxpool", "kernel_size": 2}, {"type": "flatten"}, {"type": "dense", "out_features": 10}],
+           "dataset": {"name": "digits"}, "optimizer": {"type": "adam", "lr": 0.01}, "loss": "cross_entropy",
+           "epochs": 2, "batch_size": 32, "seed": 3, "validation_split": 0.2}
+    job.update(changes)
+    return job
+
+
+def wait_job(client, job_id: str, states=("succeeded", "failed", "cancelled"), timeout_s: float = 60.0,
+             until=None, headers=None) -> dict:
+    """Poll GET /v1/jobs/{id} until its state is in ``states`` (and ``until(job)`` holds)."""
+    deadline = time.monotonic() + timeout_s
+    job = None
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+        if job.get("state") in states and (until is None or until(job)):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not in {states} after {timeout_s} s: {job}")

@@ -1,0 +1,110 @@
+"""``convnd train job.json --url URL [--api-key K] [--follow]`` and ``convnd train --cancel ID``.
+
+``--follow`` shows a live progress bar with the latest metrics until the job ends;
+Ctrl-C detaches (the job goes on), ``--cancel`` stops it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from app.client import Client, ClientError
+from app.core.config import get_settings
+
+BAR = 24
+
+
+def add_connection_args(parser) -> None:
+    s = get_settings()
+    parser.add_argument("--url", default=os.environ.get("CONVND_URL", f"http://{s.host}:{s.port}"),
+                        help="the API (default $CONVND_URL or http://HOST:PORT from the settings)")
+    parser.add_argument("--api-key", default=os.environ.get("CONVND_API_KEY"),
+                        help="API key (default $CONVND_API_KEY)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="submit a training job file; --follow shows its progress")
+    p.add_argument("job", nargs="?", help="job file (JSON: model, dataset, optimizer, loss, epochs, ...)")
+    p.add_argument("--follow", "-f", action="store_true", help="show progress until the job ends (Ctrl-C detaches)")
+    p.add_argument("--cancel", metavar="ID", help="stop the job ID instead (its last checkpoint is kept)")
+    add_connection_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if not args.job and not args.cancel:
+        print("convnd train: give a job file, or --cancel ID", file=sys.stderr)
+        return 2
+    try:
+        with Client(args.url, args.api_key) as client:
+            if args.cancel:
+                view = client.cancel(args.cancel)
+                print(f"job {view['id']} {view['state']}")
+                return 0
+            with open(args.job) as f:
+                view = client.train(json.load(f))
+            print(f"job {view['id']} {view['state']}  ({args.url}{view['links']['self']})", flush=True)
+            return follow(client, view["id"]) if args.follow else 0
+    except ClientError as exc:
+        print(f"convnd train: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:  # unreadable job file, connection refused
+        print(f"convnd train: {exc}", file=sys.stderr)
+        return 1
+
+
+def follow(client: Client, job_id: str, out=sys.stdout) -> int:
+    """Render the job's events until it ends; 0 if it succeeded."""
+    printed = 0  # epochs already printed as lines
+    view = None
+    live = out.isatty()  # the redrawn bar only on a terminal; a log gets the epoch lines alone
+    clear = "\r\033[K" if live else ""
+    try:
+        for _kind, view in client.events(job_id):
+            progress = view.get("progress") or {}
+            for row in (progress.get("history") or [])[printed:]:
+                out.write(clear + epoch_line(row, progress.get("epochs")) + "\n")
+                printed += 1
+            if live and view["state"] in ("queued", "running"):
+                out.write(clear + bar_line(view))
+            out.flush()
+    except KeyboardInterrupt:
+        out.write(f"\ndetached; the job goes on: convnd jobs, or convnd train --cancel {job_id}\n")
+        return 0
+    out.write(clear + end_line(view) + "\n")
+    out.flush()
+    return 0 if view and view["state"] == "succeeded" else 1
+
+
+def _num(v, fmt=".4f") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def epoch_line(row: dict, epochs) -> str:
+    return (f"epoch {row['epoch']}/{epochs}  train loss {_num(row['train_loss'])} acc {_num(row['train_accuracy'])}"
+            f"  val loss {_num(row['val_loss'])} acc {_num(row['val_accuracy'])}  {_num(row['seconds'], '.2f')} s")
+
+
+def bar_line(view: dict) -> str:
+    p = view.get("progress") or {}
+    if view["state"] == "queued" or "fraction" not in p:
+        return f"{view['state']}..."
+    filled = int(round(p["fraction"] * BAR))
+    latest = p.get("latest") or {}
+    eta = f"ETA {p['eta_s']:.0f} s" if p.get("eta_s") is not None else "ETA -"
+    return (f"[{'#' * filled}{'.' * (BAR - filled)}] {100 * p['fraction']:5.1f}%  epoch {p['epoch']}/{p['epochs']}"
+            f" step {p['step']}/{p.get('steps') or '?'}  loss {_num(p.get('loss'))}"
+            f"  val acc {_num(latest.get('val_accuracy'))}  {eta}")
+
+
+def end_line(view) -> str:
+    if view is None:
+        return "the event stream ended without news of the job"
+    if view["state"] == "succeeded":
+        r = view["result"] or {}
+        return (f"succeeded: {len(r.get('history', []))} epochs in {_num(view['timings']['run_s'], '.1f')} s, "
+                f"final val acc {_num((r.get('final') or {}).get('val_accuracy'))}; "
+                f"model: convnd model {view['id']} -o model.npz")
+    error = view.get("error") or {}
+    return f"{view['state']}: {error.get('message', '')}"

@@ -1,0 +1,110 @@
+"""POST /v1/datasets: raw and multipart .npz uploads, every validation error, the size limit,
+training on an upload, and per-key isolation of datasets, training jobs and models."""
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import tiny_job, wait_job
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((60, 1, 6, 6)).astype(np.float32)
+Y = np.arange(60) % 3
+NET = [{"type": "conv", "out_channels": 2, "kernel_size": 3}, {"type": "flatten"}, {"type": "dense", "out_features": 3}]
+
+
+def npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_raw_upload_then_train_and_predict(train_api):
+    c = train_api.client
+    r = c.post("/v1/datasets", content=npz(x=X, y=Y), headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["n"] == 60 and info["input_shape"] == [1, 6, 6] and info["n_classes"] == 3
+    assert c.get(f"/v1/datasets/{info['id']}").json()["n"] == 60
+    job = c.post("/v1/train", json=tiny_job(model=NET, dataset={"id": info["id"]}, epochs=1))
+    assert job.status_code == 202, job.text
+    done = wait_job(c, job.json()["id"])
+    assert done["state"] == "succeeded" and done["result"]["train_samples"] == 48  # 20 % of 60 held out
+    r = c.post(f"/v1/models/{done['id']}/predict",
+               json={"x": {"shape": [2, 1, 6, 6], "datatype": "FP32", "data": X[:2].ravel().tolist()}})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+
+
+def test_multipart_upload(train_api):
+    r = train_api.client.post("/v1/datasets", files={"file": ("d.npz", npz(x=X[:, 0, 0], y=Y), "application/zip")})
+    assert r.status_code == 201, r.text
+    assert r.json()["input_shape"] == [6] and r.json()["n_classes"] == 3
+
+
+def _zip_with(name: str, payload: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(name, payload)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"", 400, ["empty"]),
+    (b"x,y\n1,2\n", 400, ["not an .npz"]),
+    (npz(x=X), 422, ["'x' and 'y'", "['x']"]),
+    (npz(x=X, y=Y[:-1]), 422, ["y must have shape (n,) = (60,)", "(59,)"]),
+    (npz(x=np.where(np.arange(X.size).reshape(X.shape) == 7, np.nan, X), y=Y), 422, ["finite", "nan"]),
+    (npz(x=X, y=Y - 1), 422, ["labels", "min -1"]),
+    (npz(x=X, y=Y + 0.5), 422, ["integer class labels"]),
+    (npz(x=X[:10].astype(str), y=Y[:10]), 422, ["real numbers"]),
+    (npz(x=np.array([{"a": 1}] * 3, dtype=object), y=np.arange(3)), 422, ["pickle"]),
+    (_zip_with("x.npy", b"not an array"), 422, ["'x' and 'y'"]),
+], ids=["empty", "csv", "no-y", "y-length", "nan", "negative-label", "fractional-label", "strings", "objects",
+        "not-npy"])
+def test_bad_uploads_are_refused_with_the_reason(train_api, body, status, words):
+    r = train_api.client.post("/v1/datasets", content=body)
+    assert r.status_code == status, r.text
+    for word in words:
+        assert word in r.json()["detail"], (word, r.json()["detail"])
+
+
+def test_size_limit_on_the_body_and_on_the_uncompressed_size(train_api):
+    big = npz(x=np.zeros((800, 1, 8, 8), np.float32), y=np.zeros(800, np.int64))  # ~210 kB > 200 kB
+    r = train_api.client.post("/v1/datasets", content=big)
+    assert r.status_code == 413 and "200000" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is counted while reading
+        yield big[:100_000]
+        yield big[100_000:]
+
+    r = train_api.client.post("/v1/datasets", content=chunks())
+    assert r.status_code == 413
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=np.zeros((4000, 1, 8, 8), np.float32), y=np.zeros(4000, np.int64))
+    assert len(buf.getvalue()) < 200_000  # small upload, 1 MB once inflated
+    r = train_api.client.post("/v1/datasets", content=buf.getvalue())
+    assert r.status_code == 413 and "uncompressed" in r.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def keyed(api_factory, worker):
+    return api_factory("train-keys", api_keys="alpha-key,beta-key")
+
+
+def test_datasets_jobs_and_models_are_isolated_per_key(keyed):
+    c, alpha, beta = keyed.client, {"X-API-Key": "alpha-key"}, {"Authorization": "Bearer beta-key"}
+    assert c.post("/v1/datasets", content=npz(x=X, y=Y)).status_code == 401
+    ds = c.post("/v1/datasets", content=npz(x=X, y=Y), headers=alpha).json()["id"]
+    assert c.get(f"/v1/datasets/{ds}", headers=beta).status_code == 404
+    r = c.post("/v1/train", json=tiny_job(model=NET, dataset={"id": ds}, epochs=1), headers=beta)
+    assert r.status_code == 422 and "not yours" in r.json()["detail"]
+    job = c.post("/v1/train", json=tiny_job(model=NET, dataset={"id": ds}, epochs=1), headers=alpha).json()["id"]
+    wait_job(c, job, headers=alpha)
+    x = {"x": {"shape": [1, 1, 6, 6], "datatype": "FP32", "data": [0.0] * 36}}
+    for method, path, kw in (("GET", f"/v1/jobs/{job}/model", {}), ("GET", f"/v1/jobs/{job}/events", {}),
+                             ("POST", f"/v1/models/{job}/predict", {"json": x}), ("DELETE", f"/v1/jobs/{job}", {})):
+        assert c.request(method, path, headers=beta, **kw).status_code == 404, path
+    assert c.get(f"/v1/jobs/{job}/model", headers=alpha).status_code == 200
+    assert c.post(f"/v1/models/{job}/predict", json=x, headers=alpha).status_code == 200

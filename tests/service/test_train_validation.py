@@ -1,0 +1,47 @@
+"""POST /v1/train checks the whole job before queueing: 422 naming the layer and the shapes."""
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_job
+
+CONV = {"type": "conv", "out_channels": 4, "kernel_size": 3}
+DENSE10 = {"type": "dense", "out_features": 10}
+
+
+@pytest.mark.parametrize("changes, field, words", [
+    # 8x8 digits: a 9x9 kernel without padding does not fit
+    ({"model": [{**CONV, "kernel_size": 9}, {"type": "flatten"}, DENSE10]}, "model",
+     ["layer 0 (conv)", "(1, 8, 8)"]),
+    # three 2x2 pools take 8 -> 4 -> 2 -> 1, a fourth has nothing left
+    ({"model": [CONV | {"padding": "same"}] + [{"type": "maxpool", "kernel_size": 2}] * 4
+      + [{"type": "flatten"}, DENSE10]}, "model", ["layer 4 (maxpool)", "(4, 1, 1)"]),
+    ({"model": [{"type": "convolution", "out_channels": 4}]}, "model", ["layer 0", "unknown layer type", "'conv'"]),
+    ({"model": [{**CONV, "out_channels": -4}, {"type": "flatten"}, DENSE10]}, "model", ["layer 0 (conv)", "-4"]),
+    ({"model": [{**CONV, "colour": 1}, {"type": "flatten"}, DENSE10]}, "model", ["layer 0 (conv)", "colour"]),
+    ({"model": [CONV, {"type": "dense", "out_features": 10}]}, "model", ["layer 1 (dense)", "flatten"]),
+    ({"model": [CONV, {"type": "flatten"}, {"type": "dense", "out_features": 7}]}, "model",
+     ["layer 2 (dense)", "(7,)", "10 classes"]),
+    ({"dataset": {"name": "mnist"}}, "dataset", ["'mnist'", "digits"]),
+    ({"dataset": {"name": "synthetic", "ndim": 5}}, "dataset", ["ndim", "5"]),
+    ({"dataset": {"id": "0123456789abcdef"}}, "dataset", ["0123456789abcdef", "POST /v1/datasets"]),
+    ({"optimizer": {"type": "rmsprop", "lr": 0.1}}, "optimizer", ["rmsprop", "adam"]),
+    ({"optimizer": {"type": "sgd", "lr": -1}}, "optimizer", ["lr", "-1"]),
+    ({"epochs": 0}, "epochs", ["epochs", "greater than or equal to 1"]),
+    ({"validation_split": 1.0}, "validation_split", ["validation_split"]),
+    ({"loss": "hinge"}, "loss", ["loss", "hinge"]),
+    ({"batchsize": 8}, "batchsize", ["batchsize", "not permitted"]),
+])
+def test_impossible_jobs_are_422_before_queueing(client, changes, field, words):
+    before = len(client.get("/v1/jobs").json()["jobs"])
+    r = client.post("/v1/train", json=tiny_job(**changes))
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["field"] == field, body
+    for word in words:
+        assert word in body["detail"], (word, body["detail"])
+    assert len(client.get("/v1/jobs").json()["jobs"]) == before  # nothing was queued
+
+
+def test_malformed_body_is_400(client):
+    r = client.post("/v1/train", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["field"] == "body"
