@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     train_lease_s: float = Field(10.0, gt=0, description="A training job's claim by its worker lasts this long "
                                                          "unless renewed; a redelivered job waits it out.")
     train_max_attempts: int = Field(3, gt=0, description="Deliveries of a training job before it fails.")
+    max_train_bytes: int = Field(8 * 2**30, gt=0, description="Largest estimated memory of a training step "
+                                 "(activations of one batch + parameters and optimizer state) -> 422.")
     max_dataset_bytes: int = Field(128 * 2**20, gt=0, description="Largest uploaded dataset (bytes) -> 413.")
     dataset_ttl_s: int = Field(86400, gt=0, description="Lifetime of an uploaded dataset (s).")
 

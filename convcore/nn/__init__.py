@@ -9,12 +9,12 @@ from .layers import (LAYER_TYPES, AvgPool, BatchNorm, ConvND, Dense, Dropout, Fl
 from .losses import LOSSES, get_loss, mse, softmax_cross_entropy
 from .optim import SGD, Adam, Optimizer, make_optimizer, optimizer_spec
 from .sequential import Sequential
-from .spec import build_layers, validate_spec
+from .spec import build_layers, footprint, validate_spec
 from .train import (TrainingDiverged, evaluate, fit, get_training_state, set_training_state,
                     train_epoch)
 
 __all__ = ["Layer", "ConvND", "Dense", "ReLU", "LeakyReLU", "Tanh", "MaxPool", "AvgPool", "GlobalAvgPool",
            "Flatten", "Dropout", "BatchNorm", "LAYER_TYPES", "softmax_cross_entropy", "mse", "get_loss", "LOSSES",
            "SGD", "Adam", "Optimizer", "make_optimizer", "optimizer_spec", "Sequential", "build_layers",
-           "validate_spec", "fit", "train_epoch", "evaluate", "get_training_state", "set_training_state",
+           "validate_spec", "footprint", "fit", "train_epoch", "evaluate", "get_training_state", "set_training_state",
            "TrainingDiverged", "io"]

@@ -6,6 +6,8 @@ Shapes here are per sample, without the batch axis: (c, d_1..d_N) or (features,)
 """
 from __future__ import annotations
 
+import math
+
 import inspect
 
 import numpy as np
@@ -68,6 +70,25 @@ def infer_shapes(layers: list, input_shape) -> list:
         shapes.append(out)
         shape = out
     return shapes
+
+
+def footprint(spec, input_shape, batch_size: int, itemsize: int = 4) -> dict:
+    """Bytes a training step needs, estimated from the spec alone (no arrays allocated).
+
+    Activations: every layer's output for one batch, kept for backward, plus as much
+    again for their gradients. Parameters: values, gradients and two optimizer moments.
+    Returns {"activations", "parameters", "total", "largest_layer"} (index, type, bytes).
+    """
+    layers = build_layers(spec)
+    shapes = infer_shapes(layers, input_shape)
+    ins = [check_input_shape(input_shape)] + shapes[:-1]
+    sizes = [2 * batch_size * math.prod(out) * itemsize for out in shapes]
+    params = sum(layer.param_count(shape) for layer, shape in zip(layers, ins)) * 4 * itemsize
+    biggest = max(range(len(layers)), key=sizes.__getitem__)
+    activations = sum(sizes) + 2 * batch_size * math.prod(ins[0]) * itemsize
+    return {"activations": activations, "parameters": params, "total": activations + params,
+            "largest_layer": {"index": biggest, "type": layers[biggest].type_name, "bytes": sizes[biggest],
+                              "output_shape": list(shapes[biggest])}}
 
 
 def validate_spec(spec, input_shape, n_classes: int | None = None) -> list:

@@ -88,3 +88,23 @@ def test_init_scales():
     bound = np.sqrt(6 / (576 + 200))
     assert D.max() <= bound and D.max() > 0.99 * bound and D.std() == pytest.approx(bound / np.sqrt(3), rel=0.03)
     assert not model.parameters()["0.b"].any()
+
+
+def test_footprint_counts_the_arrays_a_built_network_really_has():
+    """The spec-only estimate against the parameters and activations of the built network."""
+    spec = [{"type": "conv", "out_channels": 6, "kernel_size": 3, "padding": 1, "groups": 2},
+            {"type": "batchnorm"}, {"type": "relu"}, {"type": "maxpool", "kernel_size": 2},
+            {"type": "conv", "out_channels": 4, "kernel_size": (2, 3, 1), "bias": False},
+            {"type": "flatten"}, {"type": "dense", "out_features": 5}]
+    shape, batch = (2, 8, 10, 6), 3
+    est = nn.footprint(spec, shape, batch, itemsize=8)
+    model = nn.Sequential.from_spec(spec, shape, seed=0, dtype=np.float64)
+    n_params = sum(p.size for layer in model.layers for p in layer.params.values())
+    assert est["parameters"] == 4 * 8 * n_params          # values, grads, two optimizer moments
+    a = np.zeros((batch,) + shape)
+    sizes = [a.size]
+    for layer in model.layers:
+        a = layer.forward(a, training=True)
+        sizes.append(a.size)
+    assert est["activations"] == 2 * 8 * sum(sizes)       # each output and its gradient
+    assert est["largest_layer"]["bytes"] == 2 * 8 * max(sizes[1:])

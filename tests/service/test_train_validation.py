@@ -30,6 +30,9 @@ DENSE10 = {"type": "dense", "out_features": 10}
     ({"validation_split": 1.0}, "validation_split", ["validation_split"]),
     ({"loss": "hinge"}, "loss", ["loss", "hinge"]),
     ({"batchsize": 8}, "batchsize", ["batchsize", "not permitted"]),
+    # fits the shapes, not the memory: ~100 GB of activations for one batch
+    ({"model": [{**CONV, "out_channels": 200000, "padding": "same"}, {"type": "flatten"}, DENSE10],
+      "batch_size": 1000}, "model", ["over the limit", "layer 0 (conv)", "batch_size=1000"]),
 ])
 def test_impossible_jobs_are_422_before_queueing(client, changes, field, words):
     before = len(client.get("/v1/jobs").json()["jobs"])

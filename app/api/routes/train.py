@@ -37,7 +37,7 @@ def train_view(job: dict) -> dict:
     return view
 
 
-def check_job(store, req: TrainRequest, owner: str) -> dict:
+def check_job(store, req: TrainRequest, owner: str, max_bytes: int) -> dict:
     """The job's parameters for the worker, after every check convcore.nn can make without arrays."""
     try:
         shape, n_classes, n = training.describe_dataset(store, req.dataset, owner)
@@ -51,6 +51,14 @@ def check_job(store, req: TrainRequest, owner: str) -> dict:
         nn.make_optimizer(req.optimizer)
     except (ValueError, TypeError) as exc:
         raise ApiError(422, str(exc), "optimizer") from None
+    need = nn.footprint(req.model, shape, req.batch_size)
+    if need["total"] > max_bytes:
+        big = need["largest_layer"]
+        raise ApiError(422, f"model: a training step would need about {need['total'] / 2**20:.0f} MiB "
+                       f"(activations {need['activations'] / 2**20:.0f} MiB for batch_size={req.batch_size}, "
+                       f"parameters and optimizer state {need['parameters'] / 2**20:.0f} MiB), over the limit of "
+                       f"{max_bytes / 2**20:.0f} MiB; the largest is layer {big['index']} ({big['type']}) with "
+                       f"output {big['output_shape']}: use a smaller batch_size or network", "model")
     if n is not None and n - round(req.validation_split * n) < 1:
         raise ApiError(422, f"validation_split={req.validation_split} leaves no training samples out of {n}",
                        "validation_split")
@@ -64,7 +72,7 @@ def check_job(store, req: TrainRequest, owner: str) -> dict:
 def train(body: BodyDep, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     doc, _ = body.parse()
     req = TrainRequest.model_validate(doc)
-    params = check_job(store, req, owner)
+    params = check_job(store, req, owner, settings.max_train_bytes)
     if "id" in req.dataset:
         training.keep_dataset(store, req.dataset["id"], settings.result_ttl_s)
     view = train_view(store.get(training.submit_training(store, owner, params)))

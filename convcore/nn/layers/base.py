@@ -35,6 +35,10 @@ class Layer:
         self.init_params(rng, np.dtype(dtype), xp)
         return self.out_shape
 
+    def param_count(self, in_shape: tuple) -> int:
+        """Trainable values this layer creates for a per-sample input shape (before building it)."""
+        return 0
+
     def init_params(self, rng, dtype, xp) -> None:
         """Create ``self.params`` / ``self.buffers``; layers without parameters do nothing."""
 

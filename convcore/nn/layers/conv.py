@@ -7,6 +7,8 @@ transforms x again.
 """
 from __future__ import annotations
 
+import math
+
 from ...conv import ALGORITHMS, Convolution
 from ...geometry import PADDING_MODES, make_geometry
 from ..init import check_init, init_weight
@@ -46,6 +48,9 @@ class ConvND(Layer):
         # make_geometry checks channels, groups, padding and kernel-vs-input with named values.
         geom = make_geometry((1,) + tuple(in_shape), self.weight_shape(in_shape), **self.op.params)
         return geom.out_shape[1:]
+
+    def param_count(self, in_shape):
+        return math.prod(self.weight_shape(in_shape)) + (self.out_channels if self.bias else 0)
 
     def init_params(self, rng, dtype, xp):
         W = init_weight(rng, self.weight_shape(self.in_shape), self.init, dtype, self.groups)

@@ -23,6 +23,9 @@ class Dense(Layer):
                              f"add a 'flatten' or 'global_avgpool' layer before it")
         return (self.out_features,)
 
+    def param_count(self, in_shape):
+        return self.out_features * (in_shape[0] + (1 if self.bias else 0))
+
     def init_params(self, rng, dtype, xp):
         W = init_weight(rng, (self.out_features, self.in_shape[0]), self.init, dtype)
         self.params["W"] = xp.asarray(W)

@@ -25,6 +25,9 @@ class BatchNorm(Layer):
             raise ValueError(f"batchnorm needs an input (c,) or (c, d_1, ..., d_N), got {in_shape}")
         return tuple(in_shape)
 
+    def param_count(self, in_shape):
+        return 2 * in_shape[0]   # gamma and beta per channel
+
     def init_params(self, rng, dtype, xp):
         c = self.in_shape[0]
         self.params = {"gamma": xp.ones((c,), dtype=dtype), "beta": xp.zeros((c,), dtype=dtype)}
