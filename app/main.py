@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import anyio
 import redis
 from fastapi import FastAPI
 
@@ -16,7 +17,7 @@ log = logging.getLogger("convnd.api")
 
 DESCRIPTION = """N-D convolution on Celery workers (CPU or GPU).
 Arrays are Open Inference Protocol tensors `{"shape", "datatype": "FP32"|"FP64", "data"}`,
-or raw bytes with the binary-data extension (see docs/service.md)."""
+or raw bytes with the binary-data extension (see the README)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -25,6 +26,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         logging.basicConfig(level=settings.log_level)
+        # Each POST that waits for its result holds a thread for up to wait_timeout_s: allow
+        # many more than anyio's default 40, so waiting calls cannot starve /readyz and the rest.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
         app.state.store = JobStore(client, settings.key_prefix, settings.result_ttl_s)
         if settings.key_digests:

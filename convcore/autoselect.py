@@ -9,6 +9,7 @@ geometry, dtype and device for the rest of the process.
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import time
@@ -22,6 +23,7 @@ from .reduction import Reduction
 GEMM_RATE = 25.0        # float32 GEMM with inner size ~100
 FFT_RATE = 3.0          # per 2.5 * L * log2(L) flops of one real transform
 CMATMUL_RATE = 8.0      # batched complex matmul over frequencies
+MATRIX_CALL_S = 1.5e-6  # fixed cost of each small per-frequency product (one BLAS call each)
 COPY_RATE = 4.0         # GB/s streamed through memory by the direct GEMMs
 AMBIGUOUS = 3.0
 # Fixed seconds of one forward + backward beyond the arithmetic (Python, transform set-up,
@@ -32,7 +34,8 @@ MAX_TIMED_SECONDS = 2.0  # don't time configurations estimated to take longer th
 # the result) then depends only on the shapes, which seeded training runs may want.
 AUTOTUNE = os.environ.get("CONVCORE_AUTOTUNE", "1").lower() not in ("0", "false", "no")
 
-_decisions: dict = {}
+_decisions: collections.OrderedDict = collections.OrderedDict()
+MAX_DECISIONS = 4096  # geometries remembered; the oldest is forgotten first
 
 
 def estimate_seconds(geom, itemsize: int, budget: int | None = None) -> dict:
@@ -67,6 +70,7 @@ def choose(xp, geom, x, W, budget: int):
 
     key = (geom, str(x.dtype), backend.device_name(xp))
     if key in _decisions:
+        _decisions.move_to_end(key)
         return _decisions[key], None
     est = estimate_seconds(geom, x.dtype.itemsize, budget)
     # Tiles as small as the kernel that still overflow the budget: FFT cannot fit.
@@ -77,19 +81,21 @@ def choose(xp, geom, x, W, budget: int):
     if AUTOTUNE and est[other] < AMBIGUOUS * est[best] and est[other] < MAX_TIMED_SECONDS:
         best, engine = _time_both(xp, geom, x, W, budget, est[other])
     _decisions[key] = best
+    if len(_decisions) > MAX_DECISIONS:
+        _decisions.popitem(last=False)
     return best, engine
 
 
 def _time_both(xp, geom, x, W, budget, estimate):
     """Time forward + backward of both algorithms on the real arrays; (winner, its engine).
 
-    Calls estimated under 20 ms are timed three times (best of) so that noise on a busy
-    machine does not decide them.
+    Calls estimated under 20 ms are timed three times, under 0.5 s twice (best of), so
+    that noise on a busy machine does not decide them.
     """
     from .conv import make_engine  # conv imports this module
 
     gy = xp.ones(geom.out_shape, dtype=x.dtype)
-    repeats = 3 if estimate < 0.02 else 1
+    repeats = 3 if estimate < 0.02 else 2 if estimate < 0.5 else 1
     times, engines = {}, {}
     for name in ("direct", "fft"):
         for _ in range(repeats):

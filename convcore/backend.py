@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -32,6 +33,11 @@ def cupy_available() -> bool:
 
 def is_cupy_array(a) -> bool:
     return cupy is not None and isinstance(a, cupy.ndarray)
+
+
+def to_host(a):
+    """A NumPy array on the host (CuPy arrays are copied back; None stays None)."""
+    return a.get() if is_cupy_array(a) else a
 
 
 def get_array_module(*arrays):
@@ -120,6 +126,9 @@ def irfftn(xp, a, shape, axes, crop=None):
 
 _pool = None
 _blas_libs = None
+_blas_saved: list = []
+_blas_users = 0
+_blas_lock = threading.Lock()
 
 
 def matmul(xp, a, b):
@@ -162,21 +171,31 @@ def _broadcast_matmul(xp, a, b):
 
 @contextlib.contextmanager
 def _single_threaded_blas():
-    """Set the BLAS libraries to one thread and back (direct calls: microseconds, not a re-scan)."""
-    global _blas_libs
-    if _blas_libs is None:
-        import threadpoolctl
+    """BLAS at one thread while any caller is inside; the previous count restored by the last one out.
 
-        _blas_libs = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
-                      if lib.user_api == "blas"]
-    previous = [lib.get_num_threads() for lib in _blas_libs]
-    for lib in _blas_libs:
-        lib.set_num_threads(1)
+    Direct get/set calls on the libraries (microseconds, not a re-scan), counted under a lock
+    so that concurrent callers (a threaded worker pool) never leave BLAS at one thread.
+    """
+    global _blas_libs, _blas_saved, _blas_users
+    with _blas_lock:
+        if _blas_libs is None:
+            import threadpoolctl
+
+            _blas_libs = [lib for lib in threadpoolctl.ThreadpoolController().lib_controllers
+                          if lib.user_api == "blas"]
+        if _blas_users == 0:
+            _blas_saved = [lib.get_num_threads() for lib in _blas_libs]
+            for lib in _blas_libs:
+                lib.set_num_threads(1)
+        _blas_users += 1
     try:
         yield
     finally:
-        for lib, n in zip(_blas_libs, previous):
-            lib.set_num_threads(n)
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for lib, n in zip(_blas_libs, _blas_saved):
+                    lib.set_num_threads(n)
 
 
 def _run_split(length, task):

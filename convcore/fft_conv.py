@@ -156,7 +156,7 @@ def _bytes(geom: ConvGeometry, itemsize: int, tile, rows: int) -> int:
 
 def estimate_seconds(geom: ConvGeometry, itemsize: int, tile) -> float:
     """Modelled seconds of forward + all three gradients with output tiles ``tile``."""
-    from .autoselect import CMATMUL_RATE, FFT_RATE
+    from .autoselect import CMATMUL_RATE, FFT_RATE, MATRIX_CALL_S
 
     red = Reduction(None, geom, keep_dilation=False)
     L = tuple(backend.next_fast_len(t + k - 1) for t, k in zip(tile, red.qk))
@@ -168,8 +168,9 @@ def estimate_seconds(geom: ConvGeometry, itemsize: int, tile) -> float:
     transforms = 2 * g * (rows * C + O * C + rows * O)   # each once forward, once backward
     fft_flops = transforms * 2.5 * size * math.log2(max(size, 2))
     mm_flops = 3 * 8.0 * freqs * g * rows * C * O
+    calls = 3 * freqs * g if min(C, O) > 2 else 0   # tiny inner sizes are broadcast, not BLAS calls
     precision = 1.0 if itemsize == 4 else 2.0
-    return precision * (fft_flops / (FFT_RATE * 1e9) + mm_flops / (CMATMUL_RATE * 1e9))
+    return precision * (fft_flops / (FFT_RATE * 1e9) + mm_flops / (CMATMUL_RATE * 1e9)) + calls * MATRIX_CALL_S
 
 
 TILE_GAIN = 0.6  # tile for speed only when the model predicts at least a 40% saving

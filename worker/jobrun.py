@@ -6,6 +6,8 @@ import traceback
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from app.core.config import get_settings
+
 from . import runtime
 
 log = logging.getLogger("convnd.worker")
@@ -16,9 +18,19 @@ def run_job(job_id: str, op, inputs: tuple) -> str:
     store = runtime.store()
     if not store.start(job_id, runtime.worker_id()):
         return "skipped"  # cancelled before it started, or expired
-    job = store.get(job_id)
-    arrays = store.get_arrays(job_id, "in", inputs)
+    # A message comes back when its worker process died (acks_late + reject_on_worker_lost):
+    # after max_attempts such deliveries the job fails instead of killing the next worker.
+    attempt = store.count_attempt(job_id)
+    if attempt is None:
+        return "skipped"
+    if attempt > get_settings().max_attempts:
+        store.finish(job_id, "failed", error={
+            "status": 500, "type": "WorkerLost", "message": f"the job was started {attempt - 1} times and its "
+            "worker process died each time (out of memory?); it is not retried"})
+        return "failed"
     try:
+        job = store.get(job_id)
+        arrays = store.get_arrays(job_id, "in", inputs)
         meta, outputs = op(runtime.xp(), arrays, job["params"])
     except (ValueError, TypeError) as exc:  # the user's arguments: convcore names them
         store.finish(job_id, "failed", error={"status": 422, "type": type(exc).__name__, "message": str(exc)})

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 import convcore
+from convcore import backend
 
 from .params import conv_kwargs
 
@@ -19,7 +20,7 @@ def _to_device(xp, arrays: dict) -> dict:
 
 
 def _to_host(arrays: dict) -> dict:
-    return {k: (v if v is None or isinstance(v, np.ndarray) else v.get()) for k, v in arrays.items()}
+    return {k: backend.to_host(v) for k, v in arrays.items()}
 
 
 def forward(xp, arrays: dict, params: dict):

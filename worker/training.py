@@ -53,7 +53,7 @@ def predict_op(xp, arrays: dict, params: dict):
         shifted = out - out.max(axis=1, keepdims=True)  # stable softmax
         e = xp.exp(shifted)
         result["probabilities"] = e / e.sum(axis=1, keepdims=True)
-    host = {k: v if isinstance(v, np.ndarray) else v.get() for k, v in result.items()}
+    host = {k: backend.to_host(v) for k, v in result.items()}
     meta = {"model_id": params["model_id"], "epochs_trained": int(ckpt[0]["epoch"]),
             "predictions": host["outputs"].argmax(axis=1).tolist(), "device": backend.device_name(xp),
             "compute_s": time.perf_counter() - start}
@@ -75,9 +75,8 @@ def run_training(job_id: str) -> str:
         return "skipped"  # ended (cancelled, finished by another delivery) or expired
     renewer = _Renewer(lease)
     try:
-        attempt = store.r.hincrby(store.job_key(job_id), "attempts", 1)
-        if store.r.ttl(store.job_key(job_id)) < 0:  # expired just now: HINCRBY made a bare hash
-            store.r.delete(store.job_key(job_id))
+        attempt = store.count_attempt(job_id)
+        if attempt is None:
             return "skipped"
         if attempt > settings.train_max_attempts:
             raise Stop(500, "WorkerLost", f"the job was started {attempt - 1} times and its worker was lost each "

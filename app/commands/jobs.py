@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 import time
 
+import httpx
+
 from app.client import Client, ClientError
 from app.commands.train import add_connection_args
 
@@ -21,6 +23,9 @@ def run(args) -> int:
             jobs = client.jobs(args.limit)
     except ClientError as exc:
         print(f"convnd jobs: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"convnd jobs: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     print(f"{'id':32}  {'kind':13} {'state':10} {'progress':>8}  created")
     for job in jobs:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+import httpx
+
 from app.client import Client, ClientError
 from app.commands.train import add_connection_args
 
@@ -22,6 +24,9 @@ def run(args) -> int:
             n = client.save_model(args.id, path)
     except (ClientError, OSError) as exc:
         print(f"convnd model: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as exc:
+        print(f"convnd model: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {path} ({n} bytes); load it with convcore.nn.io.load({path!r})")
     return 0

@@ -9,6 +9,8 @@ import json
 import os
 import sys
 
+import httpx
+
 from app.client import Client, ClientError
 from app.core.config import get_settings
 
@@ -49,7 +51,10 @@ def run(args) -> int:
     except ClientError as exc:
         print(f"convnd train: {exc}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:  # unreadable job file, connection refused
+    except httpx.HTTPError as exc:  # connection refused, timeout: the service is not reachable
+        print(f"convnd train: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:  # unreadable or malformed job file
         print(f"convnd train: {exc}", file=sys.stderr)
         return 1
 

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     restore_interval_s: int = Field(10, gt=0, description="How often workers look for such messages (s).")
     train_lease_s: float = Field(10.0, gt=0, description="A training job's claim by its worker lasts this long "
                                                          "unless renewed; a redelivered job waits it out.")
+    api_threads: int = Field(200, gt=0, description="Threads serving requests; each waiting POST holds one.")
+    max_attempts: int = Field(3, gt=0, description="Deliveries of a convolution job whose worker died before "
+                              "it fails (WorkerLost).")
     train_max_attempts: int = Field(3, gt=0, description="Deliveries of a training job before it fails.")
     max_train_bytes: int = Field(8 * 2**30, gt=0, description="Largest estimated memory of a training step "
                                  "(activations of one batch + parameters and optimizer state) -> 422.")

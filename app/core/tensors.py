@@ -113,7 +113,11 @@ def decode_tensors(doc: dict, fields: tuple, max_bytes: int, binary: bytes = b""
     for field, obj in doc.items():  # JSON object order = the order the blobs follow in
         if field not in fields or obj is None:
             continue
-        size = obj.get("parameters", {}).get("binary_data_size") if isinstance(obj, dict) else None
+        params = obj.get("parameters") if isinstance(obj, dict) else None
+        if params is not None and not isinstance(params, dict):
+            raise TensorError(field, f"parameters must be an object such as {{\"binary_data_size\": N}}, "
+                                     f"got {params!r}")
+        size = (params or {}).get("binary_data_size")
         blob = None
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):

@@ -65,6 +65,7 @@ class JobStore:
             "params": json.dumps(params), "progress": "{}", "cancel_requested": "0"})
         pipe.expire(self.job_key(job_id), self.ttl)
         self._put_arrays(pipe, job_id, "in", arrays or {})
+        pipe.zremrangebyscore(self._owner_key(owner), "-inf", now - self.ttl)  # their jobs have expired
         pipe.zadd(self._owner_key(owner), {job_id: now})
         pipe.expire(self._owner_key(owner), self.ttl)
         pipe.execute()
@@ -102,6 +103,14 @@ class JobStore:
         return self.transition(job_id, "running", ("queued", "running"), started_at=repr(time.time()),
                                worker=worker)
 
+    def count_attempt(self, job_id: str) -> int | None:
+        """One more delivery of the job; its count, or None when the job has expired."""
+        attempt = self.r.hincrby(self.job_key(job_id), "attempts", 1)
+        if self.r.ttl(self.job_key(job_id)) < 0:  # expired just now: HINCRBY made a bare hash
+            self.r.delete(self.job_key(job_id))
+            return None
+        return attempt
+
     def set_progress(self, job_id: str, **progress) -> bool:
         """Record progress of a running job (never recreates an expired one)."""
         return self.transition(job_id, "running", ("running",), progress=progress)
@@ -129,6 +138,16 @@ class JobStore:
         if changed:
             self._wake(job_id, max(self.r.ttl(self.job_key(job_id)), 1))
         return changed
+
+    def fail_if_overdue(self, job: dict, limit_s: float) -> dict:
+        """A job still ``running`` ``limit_s`` after it started lost its task (hard time limit, lost
+        worker without redelivery): end it ``failed`` so it is not shown running forever."""
+        if job["state"] == "running" and job.get("started_at") and time.time() - job["started_at"] > limit_s:
+            self.finish(job["id"], "failed", error={
+                "status": 504, "type": "Lost", "message": f"the job was still running {limit_s:.0f} s after it "
+                "started, past its hard time limit: its task was killed or its worker lost"})
+            return self.get(job["id"]) or job
+        return job
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job that has not ended; a running one sees ``cancel_requested`` and may stop early."""

@@ -143,7 +143,7 @@ def describe_dataset(store: JobStore, spec, owner: str) -> tuple[tuple, int, int
                                         "upload one with POST /v1/datasets")
         return tuple(info["input_shape"]), info["n_classes"], info["n"]
     shape, n_classes = datasets.describe(spec)
-    return tuple(shape), n_classes, spec.get("n")
+    return tuple(shape), n_classes, datasets.sample_count(spec)
 
 
 def submit_training(store: JobStore, owner: str, params: dict) -> str:

@@ -15,10 +15,17 @@ IntOrInts = Union[int, list[int]]
 Padding = Union[int, Literal["valid", "same", "full"], list[Union[int, list[int]]]]
 
 
-class ConvParams(BaseModel):
-    """convcore's parameters, plus how to answer."""
+class AnswerParams(BaseModel):
+    """How a job-running POST answers: wait for the result, or 202 at once; arrays as JSON or bytes."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    async_: bool = Field(False, alias="async", description="Answer 202 with a job id at once.")
+    binary_data_output: bool = Field(False, description="Return arrays as raw bytes (binary-data extension).")
+
+
+class ConvParams(AnswerParams):
+    """convcore's parameters, plus how to answer."""
 
     stride: IntOrInts = 1
     padding: Padding = 0
@@ -26,8 +33,6 @@ class ConvParams(BaseModel):
     groups: int = 1
     padding_mode: Literal["zeros", "circular", "reflect", "replicate"] = "zeros"
     algorithm: Literal["auto", "fft", "direct"] = "auto"
-    async_: bool = Field(False, alias="async", description="Answer 202 with a job id at once.")
-    binary_data_output: bool = Field(False, description="Return arrays as raw bytes (binary-data extension).")
 
     def conv_kwargs(self) -> dict:
         return self.model_dump(include={"stride", "padding", "dilation", "groups", "padding_mode", "algorithm"})

@@ -53,6 +53,15 @@ def describe(spec: dict):
     return (1,) + (options.get("size", DEFAULT_SIZE[ndim]),) * ndim, 3
 
 
+def sample_count(spec: dict) -> int:
+    """How many samples a built-in dataset spec generates."""
+    name, options = _options(spec)
+    if name == "digits":
+        return 1797
+    # _options has checked n's type and range already
+    return int(options.get("n", inspect.signature(BUILTIN[name]).parameters["n"].default))
+
+
 def load(spec: dict):
     """(x float32 (n, c, d...), y int64 (n,), n_classes) for a built-in dataset spec."""
     name, options = _options(spec)
@@ -62,4 +71,4 @@ def load(spec: dict):
 
 
 __all__ = ["load", "describe", "BUILTIN", "load_digits", "make_shapes3d", "make_synthetic", "train_val_split",
-           "validate_arrays", "load_npz_bytes", "DatasetError", "MAX_BYTES"]
+           "validate_arrays", "load_npz_bytes", "DatasetError", "MAX_BYTES", "sample_count"]

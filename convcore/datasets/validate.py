@@ -36,6 +36,8 @@ def load_npz_bytes(data: bytes, max_bytes: int = MAX_BYTES):
             x, y = npz["x"], npz["y"]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # object arrays need pickle: refused
         raise DatasetError(f"cannot read x and y without pickle: {e}") from None
+    except MemoryError:  # an .npy header can declare a shape far larger than its data
+        raise DatasetError("an array header in the .npz declares more data than can be allocated") from None
     for name, a in (("x", x), ("y", y)):
         if not isinstance(a, np.ndarray):  # NpzFile hands back raw bytes for a member that is not .npy
             raise DatasetError(f"cannot read x and y: {name}.npy in the archive is not a NumPy array")

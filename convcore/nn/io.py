@@ -12,14 +12,10 @@ import json
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import to_host
 from .sequential import Sequential
 
 FORMAT = "convcore.nn/1"
-
-
-def to_host(a):
-    return a if get_array_module(a) is np else a.get()
 
 
 def save_arrays(file, arrays: dict) -> None:

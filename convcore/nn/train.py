@@ -131,7 +131,8 @@ def get_training_state(model, optimizer: Optimizer, epoch: int) -> dict:
 
     ``epoch`` is the number of finished epochs (the next one to run).
     """
-    from .io import model_arrays, to_host
+    from ..backend import to_host
+    from .io import model_arrays
     state = {k: to_host(v).copy() for k, v in model_arrays(model).items()}  # a snapshot, not views
     state.update({"optim/" + k: v for k, v in optimizer.state_dict().items()})
     state["epoch"] = np.asarray(int(epoch), dtype=np.int64)

@@ -21,11 +21,17 @@ def post(client, **body):
     ({**X, "data": [[1, 2], [3]]}, "x", "ragged"),
     ({**X, "data": [[1] * 5, [2] * 5]}, "x", "nested data has shape [2, 5]"),
     ({"shape": [1, 2, 5]}, "x", "tensor object"),
+    ({**X, "parameters": [1]}, "x", "parameters must be an object"),
 ])
 def test_malformed_tensor_is_400(client, x, field, words):
     r = client.post("/v1/conv/forward", json={"x": x, "W": W})
     assert r.status_code == 400, r.text
     assert r.json()["field"] == field and words in r.json()["detail"]
+
+
+def test_null_parameters_mean_none_given(client):
+    r = client.post("/v1/conv/forward", json={"x": {**X, "parameters": None}, "W": W})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity"])
@@ -103,17 +109,11 @@ def test_wrong_shaped_user_gradient_is_diagnosed(client):
 
 def test_task_error_is_stored_and_worker_survives(client, rdb, redis_url, base_env, worker):
     """A job whose arrays convcore rejects (queued behind the API's back) fails with 422; the worker lives on."""
-    from celery import Celery
-
     from app.jobs.store import JobStore
-    from worker import tasks
 
     store = JobStore(rdb, prefix=base_env["CONVND_KEY_PREFIX"])
     bad = {"x": np.ones((1, 3, 4)), "W": np.ones((1, 2, 2))}  # channels do not match
-    job_id = store.create("conv.forward", "test", {}, bad)
-    sender = Celery(broker=redis_url)
-    sender.conf.task_serializer = "json"
-    sender.send_task(tasks.conv_forward.name, args=[job_id], queue=base_env["CONVND_QUEUE"], task_id=job_id)
+    job_id = _queue_behind_the_api(store, redis_url, base_env, bad)
     assert store.wait(job_id, 30), "the worker never finished the job"
     job = store.get(job_id)
     assert job["state"] == "failed" and job["error"]["status"] == 422
@@ -121,3 +121,54 @@ def test_task_error_is_stored_and_worker_survives(client, rdb, redis_url, base_e
     assert worker.poll() is None
     r = client.post("/v1/conv/forward", json={"x": tensor(np.ones((1, 1, 4))), "W": tensor(np.ones((1, 1, 2)))})
     assert r.status_code == 200
+
+def test_padding_that_would_exhaust_the_worker_is_413(client):
+    """Shapes pass convcore's checks but the padded input would be gigabytes: refused before queueing."""
+    r = client.post("/v1/conv/forward", json={"x": tensor(np.ones((1, 1, 3))), "W": tensor(np.ones((1, 1, 2))),
+                                              "padding": [[0, 2_000_000_000]]})
+    assert r.status_code == 413, r.text
+    assert r.json()["field"] == "padding" and "padded input" in r.json()["detail"]
+
+
+def _queue_behind_the_api(store, redis_url, base_env, arrays, **fields):
+    """A job created in the store and sent to the real worker without the API's checks."""
+    from celery import Celery
+
+    from worker import tasks
+
+    job_id = store.create("conv.forward", "test", {}, arrays)
+    if fields:
+        store.r.hset(store.job_key(job_id), mapping=fields)
+    sender = Celery(broker=redis_url)
+    sender.conf.task_serializer = "json"
+    sender.send_task(tasks.conv_forward.name, args=[job_id], queue=base_env["CONVND_QUEUE"], task_id=job_id)
+    return job_id
+
+
+def test_a_job_whose_worker_keeps_dying_fails_instead_of_looping(rdb, redis_url, base_env, worker):
+    """Deliveries are counted: past max_attempts (3) the job fails as WorkerLost and is not run again."""
+    from app.jobs.store import JobStore
+
+    store = JobStore(rdb, prefix=base_env["CONVND_KEY_PREFIX"])
+    job_id = _queue_behind_the_api(store, redis_url, base_env, {"x": np.ones((1, 1, 4)), "W": np.ones((1, 1, 2))},
+                                   attempts="3")   # as if three workers had died running it
+    assert store.wait(job_id, 30)
+    job = store.get(job_id)
+    assert job["state"] == "failed" and job["error"]["type"] == "WorkerLost", job
+    assert not store.get_arrays(job_id, "out", ["y"])   # it was not computed
+    assert worker.poll() is None
+
+
+def test_a_conv_job_running_past_its_hard_limit_is_reported_lost(client, rdb, base_env):
+    """A job left "running" (its task killed at the hard limit) is failed when read, not shown running forever."""
+    import time
+
+    from app.jobs.store import JobStore
+
+    store = JobStore(rdb, prefix=base_env["CONVND_KEY_PREFIX"])
+    job_id = store.create("conv.forward", "open", {})
+    store.start(job_id, "gone-worker")
+    store.r.hset(store.job_key(job_id), "started_at", repr(time.time() - 3600))  # the default hard limit is 660 s
+    r = client.get(f"/v1/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["state"] == "failed", r.text
+    assert "hard time limit" in r.json()["error"]["message"]

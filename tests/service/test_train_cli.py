@@ -41,3 +41,16 @@ def test_cancel_and_errors_from_the_command_line(api, tmp_path):
     bad.write_text(json.dumps(tiny_job(model=[{"type": "conv", "out_channels": 4, "kernel_size": 9}])))
     run = convnd("train", str(bad), "--url", api.url)
     assert run.returncode == 1 and "422" in run.stderr and "layer 0 (conv)" in run.stderr
+
+
+def test_an_unreachable_service_is_one_clear_line_not_a_traceback(tmp_path):
+    from app.core.processes import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"   # nothing listens there
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps(tiny_job()))
+    for args in (["train", str(job)], ["jobs"], ["model", "0" * 32, "-o", str(tmp_path / "m.npz")]):
+        r = subprocess.run([sys.executable, "-m", "app.cli", *args, "--url", url], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 1, (args, r.stdout, r.stderr)
+        assert f"cannot reach {url}" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -43,10 +43,19 @@ def test_multipart_upload(train_api):
     assert r.json()["input_shape"] == [6] and r.json()["n_classes"] == 3
 
 
-def _zip_with(name: str, payload: bytes) -> bytes:
+def _zip_with(*names_and_payloads) -> bytes:
+    """A zip of (name, bytes) members given as name, payload, name, payload, ..."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        z.writestr(name, payload)
+        for name, payload in zip(names_and_payloads[::2], names_and_payloads[1::2]):
+            z.writestr(name, payload)
+    return buf.getvalue()
+
+
+def _npy_header_only(shape) -> bytes:
+    """A .npy header that declares ``shape`` float64 values, followed by no data at all."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": tuple(shape)})
     return buf.getvalue()
 
 
@@ -61,8 +70,9 @@ def _zip_with(name: str, payload: bytes) -> bytes:
     (npz(x=X[:10].astype(str), y=Y[:10]), 422, ["real numbers"]),
     (npz(x=np.array([{"a": 1}] * 3, dtype=object), y=np.arange(3)), 422, ["pickle"]),
     (_zip_with("x.npy", b"not an array"), 422, ["'x' and 'y'"]),
+    (_zip_with("x.npy", _npy_header_only((10**12,)), "y.npy", _npy_header_only((3,))), 422, ["declares more data"]),
 ], ids=["empty", "csv", "no-y", "y-length", "nan", "negative-label", "fractional-label", "strings", "objects",
-        "not-npy"])
+        "not-npy", "huge-header"])
 def test_bad_uploads_are_refused_with_the_reason(train_api, body, status, words):
     r = train_api.client.post("/v1/datasets", content=body)
     assert r.status_code == status, r.text

@@ -30,6 +30,8 @@ DENSE10 = {"type": "dense", "out_features": 10}
     ({"validation_split": 1.0}, "validation_split", ["validation_split"]),
     ({"loss": "hinge"}, "loss", ["loss", "hinge"]),
     ({"batchsize": 8}, "batchsize", ["batchsize", "not permitted"]),
+    ({"dataset": {"name": "shapes3d", "n": 20000, "size": 64}}, "dataset", ["20000 samples", "over the limit"]),
+    ({"dataset": {"name": "synthetic", "n": "many"}}, "dataset", ["n must be an int", "'many'"]),
     # fits the shapes, not the memory: ~100 GB of activations for one batch
     ({"model": [{**CONV, "out_channels": 200000, "padding": "same"}, {"type": "flatten"}, DENSE10],
       "batch_size": 1000}, "model", ["over the limit", "layer 0 (conv)", "batch_size=1000"]),

@@ -51,14 +51,20 @@ def _require(arrays: dict, *names: str) -> None:
             raise TensorError(name, "is required")
 
 
-def _check(x_shape, W_shape, params: ConvParams, **arrays) -> None:
-    """convcore's own shape and dtype checks, before anything is queued (422 with its message)."""
+def _check(x_shape, W_shape, params: ConvParams, max_bytes: int, **arrays) -> None:
+    """convcore's own shape and dtype checks, before anything is queued (422 with its message),
+    and a 413 when padding or the output would make the worker allocate more than ``max_bytes``."""
     try:
         geom = make_geometry(x_shape, W_shape, **{k: v for k, v in params.conv_kwargs().items() if k != "algorithm"})
         if arrays:
             check_arrays(geom, **arrays)
     except (ValueError, TypeError) as exc:
         raise ApiError(422, str(exc)) from None
+    padded = geom.batch * geom.in_channels * math.prod(geom.padded)
+    for what, count, field in (("the padded input", padded, "padding"), ("the output", math.prod(geom.out_shape), "x")):
+        if 8 * count > max_bytes:
+            raise ApiError(413, f"{what} would hold {count} values ({8 * count} bytes as float64) for "
+                                f"{geom.describe()}, over the limit of {max_bytes} bytes", field)
 
 
 def _run(kind, params: ConvParams, arrays, owner, store, settings) -> Response:
@@ -72,7 +78,7 @@ def _run(kind, params: ConvParams, arrays, owner, store, settings) -> Response:
 def forward(body: BodyDep, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> Response:
     params, a = _read(body, settings, ("x", "W", "b"), ConvParams)
     _require(a, "x", "W")
-    _check(a["x"].shape, a["W"].shape, params, x=a["x"], W=a["W"], b=a.get("b"))
+    _check(a["x"].shape, a["W"].shape, params, settings.max_array_bytes, x=a["x"], W=a["W"], b=a.get("b"))
     return _run("conv.forward", params, a, owner, store, settings)
 
 
@@ -81,7 +87,7 @@ def forward(body: BodyDep, owner: OwnerDep, store: StoreDep, settings: SettingsD
 def backward(body: BodyDep, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> Response:
     params, a = _read(body, settings, ("gy", "x", "W"), BackwardParams)
     _require(a, "gy", "x", "W")
-    _check(a["x"].shape, a["W"].shape, params, x=a["x"], W=a["W"], gy=a["gy"])
+    _check(a["x"].shape, a["W"].shape, params, settings.max_array_bytes, x=a["x"], W=a["W"], gy=a["gy"])
     return _run("conv.backward", params, a, owner, store, settings)
 
 
@@ -91,11 +97,11 @@ def gradcheck(body: BodyDep, owner: OwnerDep, store: StoreDep, settings: Setting
     params, a = _read(body, settings, ("x", "W", "b", "gy", "gx", "gW", "gb"), GradcheckParams)
     if "x" in a or "W" in a:
         _require(a, "x", "W")
-        _check(a["x"].shape, a["W"].shape, params, x=a["x"], W=a["W"], b=a.get("b"), gy=a.get("gy"))
+        _check(a["x"].shape, a["W"].shape, params, settings.max_array_bytes, x=a["x"], W=a["W"], b=a.get("b"), gy=a.get("gy"))
     elif params.x_shape is None or params.W_shape is None:
         raise ApiError(422, "gradcheck needs either tensors x and W, or x_shape and W_shape (with a seed)", "x")
     else:
-        _check(params.x_shape, params.W_shape, params)
+        _check(params.x_shape, params.W_shape, params, settings.max_array_bytes)
         for name, shape in (("x_shape", params.x_shape), ("W_shape", params.W_shape)):
             if 8 * math.prod(shape) > settings.max_array_bytes:
                 raise ApiError(413, f"{name}={shape} exceeds the limit of {settings.max_array_bytes} bytes", name)

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
 
-from app.api.deps import OwnerDep, StoreDep
+from app.api.deps import OwnerDep, SettingsDep, StoreDep
 from app.api.errors import ApiError
 from app.api.results import JOBS_PATH, outcome
 from app.core.tensors import BINARY_CONTENT_TYPE
@@ -17,10 +17,17 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 503)}
 
 
-def _job(store, job_id: str, owner: str) -> dict:
+# Grace past a convolution task's hard limit before a job still "running" is declared lost.
+# Training jobs are left alone: a redelivered one resumes from its checkpoint under a lease.
+LOST_GRACE_S = 60
+
+
+def _job(store, job_id: str, owner: str, settings) -> dict:
     job = store.get(job_id, owner=owner)
     if job is None:  # unknown, expired and someone else's look the same
         raise ApiError(404, f"no job {job_id!r} (unknown, expired or not yours)", "id")
+    if job["kind"].startswith("conv."):
+        job = store.fail_if_overdue(job, settings.task_time_limit_s + LOST_GRACE_S)
     return job
 
 
@@ -31,21 +38,21 @@ def list_jobs(owner: OwnerDep, store: StoreDep, limit: Annotated[int, Query(ge=1
 
 
 @router.get("/{job_id}", response_model=JobView, responses=ERRORS, summary="state, progress, timings, error")
-def get_job(job_id: str, owner: OwnerDep, store: StoreDep) -> dict:
-    return job_view(_job(store, job_id, owner), JOBS_PATH)
+def get_job(job_id: str, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> dict:
+    return job_view(_job(store, job_id, owner, settings), JOBS_PATH)
 
 
 @router.get("/{job_id}/result", responses={200: {"model": ConvResult}, **ERRORS},
             summary="the arrays of a finished job (binary with ?binary_data_output=true)")
-def get_result(job_id: str, owner: OwnerDep, store: StoreDep,
+def get_result(job_id: str, owner: OwnerDep, store: StoreDep, settings: SettingsDep,
                binary_data_output: bool = False, accept: Annotated[str | None, Header()] = None) -> Response:
     binary = binary_data_output or (accept or "").startswith(BINARY_CONTENT_TYPE)
-    return outcome(store, _job(store, job_id, owner), binary)
+    return outcome(store, _job(store, job_id, owner, settings), binary)
 
 
 @router.delete("/{job_id}", response_model=JobView, responses=ERRORS, summary="cancel a queued or running job")
-def cancel_job(job_id: str, owner: OwnerDep, store: StoreDep) -> dict:
-    job = _job(store, job_id, owner)
+def cancel_job(job_id: str, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> dict:
+    job = _job(store, job_id, owner, settings)
     if not store.cancel(job_id):
         raise ApiError(409, f"job {job_id} already ended {job['state']}", "id")
     from worker.celery_app import celery  # noqa: PLC0415 - the API needs Celery only here and in submit

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import BodyDep, OwnerDep, SettingsDep, StoreDep
 from app.api.errors import ApiError
 from app.api.results import accepted, outcome
 from app.core.tensors import TensorError, decode_tensors
+from app.schemas.conv import AnswerParams
 from app.jobs import training
 from app.schemas.jobs import ErrorBody, JobView
 from app.schemas.train import PredictResult
@@ -20,13 +20,6 @@ router = APIRouter(prefix="/models", tags=["training"])
 RESPONSES = {200: {"model": PredictResult}, 202: {"model": JobView},
              **{code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 503)}}
 EXAMPLE = {"x": {"shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}}
-
-
-class PredictParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    async_: bool = Field(False, alias="async", description="answer 202 at once")
-    binary_data_output: bool = Field(False, description="return the arrays as binary data")
 
 
 @router.post("/{model_id}/predict", summary="class probabilities and predictions of a trained model",
@@ -39,7 +32,7 @@ def predict(model_id: str, body: BodyDep, owner: OwnerDep, store: StoreDep, sett
                             "(unknown, expired or not yours)", "model_id")
     doc, binary = body.parse()
     arrays = decode_tensors(doc, ("x",), settings.max_array_bytes, binary)
-    params = PredictParams.model_validate({k: v for k, v in doc.items() if k != "x"})
+    params = AnswerParams.model_validate({k: v for k, v in doc.items() if k != "x"})
     if "x" not in arrays:
         raise TensorError("x", "is required")
     shape = tuple(job["params"]["input_shape"])

@@ -5,6 +5,8 @@ so an impossible network is a 422 naming the layer and the shapes, never a worke
 """
 from __future__ import annotations
 
+import math
+
 import asyncio
 import json
 import time
@@ -37,12 +39,16 @@ def train_view(job: dict) -> dict:
     return view
 
 
-def check_job(store, req: TrainRequest, owner: str, max_bytes: int) -> dict:
+def check_job(store, req: TrainRequest, owner: str, max_bytes: int, max_dataset_bytes: int) -> dict:
     """The job's parameters for the worker, after every check convcore.nn can make without arrays."""
     try:
         shape, n_classes, n = training.describe_dataset(store, req.dataset, owner)
     except datasets.DatasetError as exc:
         raise ApiError(422, f"dataset: {exc}", "dataset") from None
+    if "id" not in req.dataset and n * math.prod(shape) * 4 > max_dataset_bytes:
+        raise ApiError(422, f"dataset: {req.dataset} would generate {n} samples of shape {list(shape)}, "
+                            f"{n * math.prod(shape) * 4} bytes as float32, over the limit of {max_dataset_bytes} "
+                            "bytes: ask for a smaller n or size", "dataset")
     try:
         shapes = nn.validate_spec(req.model, shape, n_classes)
     except ValueError as exc:  # names the layer, its type and the shapes
@@ -72,7 +78,7 @@ def check_job(store, req: TrainRequest, owner: str, max_bytes: int) -> dict:
 def train(body: BodyDep, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     doc, _ = body.parse()
     req = TrainRequest.model_validate(doc)
-    params = check_job(store, req, owner, settings.max_train_bytes)
+    params = check_job(store, req, owner, settings.max_train_bytes, settings.max_dataset_bytes)
     if "id" in req.dataset:
         training.keep_dataset(store, req.dataset["id"], settings.result_ttl_s)
     view = train_view(store.get(training.submit_training(store, owner, params)))
