@@ -127,7 +127,7 @@ class DirectConv:
 
     def backward(self, gy, need_x: bool, need_W: bool):
         """(gx, gW) for gy (n, c_O, o...); an entry not asked for is None."""
-        xp, geom, red = self.xp, self.geom, self.red
+        xp = self.xp
         gx_parts, gWm = [], None
         for lo, hi in self.chunks():
             grid = self._gy_on_grid(gy[lo:hi])                           # (g, R, c_O/g)

@@ -12,7 +12,6 @@ import threading
 import time
 import traceback
 
-import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 from app.core.config import get_settings

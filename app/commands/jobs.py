@@ -1,13 +1,10 @@
 """``convnd jobs``: your jobs on the service, newest first."""
 from __future__ import annotations
 
-import sys
 import time
 
-import httpx
-
-from app.client import Client, ClientError
-from app.commands.train import add_connection_args
+from app.client import Client
+from app.commands.common import add_connection_args, reporting
 
 
 def register(sub) -> None:
@@ -18,15 +15,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    try:
-        with Client(args.url, args.api_key) as client:
-            jobs = client.jobs(args.limit)
-    except ClientError as exc:
-        print(f"convnd jobs: {exc}", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as exc:
-        print(f"convnd jobs: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
+    with reporting("jobs", args.url), Client(args.url, args.api_key) as client:
+        jobs = client.jobs(args.limit)
     print(f"{'id':32}  {'kind':13} {'state':10} {'progress':>8}  created")
     for job in jobs:
         fraction = (job.get("progress") or {}).get("fraction")

@@ -1,12 +1,8 @@
 """``convnd model ID -o model.npz``: download a training job's model (parameters + spec)."""
 from __future__ import annotations
 
-import sys
-
-import httpx
-
-from app.client import Client, ClientError
-from app.commands.train import add_connection_args
+from app.client import Client
+from app.commands.common import add_connection_args, reporting
 
 
 def register(sub) -> None:
@@ -19,14 +15,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     path = args.output or f"model-{args.id}.npz"
-    try:
-        with Client(args.url, args.api_key) as client:
-            n = client.save_model(args.id, path)
-    except (ClientError, OSError) as exc:
-        print(f"convnd model: {exc}", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as exc:
-        print(f"convnd model: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
+    with reporting("model", args.url), Client(args.url, args.api_key) as client:
+        n = client.save_model(args.id, path)
     print(f"wrote {path} ({n} bytes); load it with convcore.nn.io.load({path!r})")
     return 0

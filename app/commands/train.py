@@ -6,23 +6,12 @@ Ctrl-C detaches (the job goes on), ``--cancel`` stops it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
-import httpx
-
-from app.client import Client, ClientError
-from app.core.config import get_settings
+from app.client import Client
+from app.commands.common import add_connection_args, reporting
 
 BAR = 24
-
-
-def add_connection_args(parser) -> None:
-    s = get_settings()
-    parser.add_argument("--url", default=os.environ.get("CONVND_URL", f"http://{s.host}:{s.port}"),
-                        help="the API (default $CONVND_URL or http://HOST:PORT from the settings)")
-    parser.add_argument("--api-key", default=os.environ.get("CONVND_API_KEY"),
-                        help="API key (default $CONVND_API_KEY)")
 
 
 def register(sub) -> None:
@@ -38,25 +27,15 @@ def run(args) -> int:
     if not args.job and not args.cancel:
         print("convnd train: give a job file, or --cancel ID", file=sys.stderr)
         return 2
-    try:
-        with Client(args.url, args.api_key) as client:
-            if args.cancel:
-                view = client.cancel(args.cancel)
-                print(f"job {view['id']} {view['state']}")
-                return 0
-            with open(args.job) as f:
-                view = client.train(json.load(f))
-            print(f"job {view['id']} {view['state']}  ({args.url}{view['links']['self']})", flush=True)
-            return follow(client, view["id"]) if args.follow else 0
-    except ClientError as exc:
-        print(f"convnd train: {exc}", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as exc:  # connection refused, timeout: the service is not reachable
-        print(f"convnd train: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as exc:  # unreadable or malformed job file
-        print(f"convnd train: {exc}", file=sys.stderr)
-        return 1
+    with reporting("train", args.url), Client(args.url, args.api_key) as client:
+        if args.cancel:
+            view = client.cancel(args.cancel)
+            print(f"job {view['id']} {view['state']}")
+            return 0
+        with open(args.job) as f:
+            view = client.train(json.load(f))
+        print(f"job {view['id']} {view['state']}  ({args.url}{view['links']['self']})", flush=True)
+        return follow(client, view["id"]) if args.follow else 0
 
 
 def follow(client: Client, job_id: str, out=sys.stdout) -> int:

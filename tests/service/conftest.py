@@ -14,7 +14,6 @@ import time
 import uuid
 
 import httpx
-import numpy as np
 import pytest
 import redis
 
@@ -133,7 +132,7 @@ def client(api) -> httpx.Client:
 
 # Training jobs (tests/service/test_train_*.py) ------------------------------------------------
 
-def start_worker(env: dict, log) -> "subprocess.Popen":
+def start_worker(env: dict, log):
     """A Celery worker subprocess in its own process group (so a test can SIGKILL all of it)."""
     with open(log, "a") as out:
         return processes.spawn([sys.executable, "-m", "app.cli", "worker", "--concurrency", "1"], env,
