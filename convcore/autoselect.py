@@ -62,13 +62,14 @@ def estimate_seconds(geom, itemsize: int, budget: int | None = None) -> dict:
     return {"direct": direct, "fft": fft}
 
 
-def choose(xp, geom, x, W, budget: int):
+def choose(xp, geom, x, W, budget: int, autotune: bool | None = None):
     """('fft' or 'direct', engine or None): the algorithm for this call, cached per geometry,
     dtype and device. When it was decided by timing, the winning engine (already holding
     its spectra or packed input for these x and W) is returned for reuse."""
     from . import fft_conv
 
-    key = (geom, str(x.dtype), backend.device_name(xp))
+    autotune = AUTOTUNE if autotune is None else autotune
+    key = (geom, str(x.dtype), backend.device_name(xp), autotune)  # a timed choice never leaks into untimed
     if key in _decisions:
         _decisions.move_to_end(key)
         return _decisions[key], None
@@ -78,7 +79,7 @@ def choose(xp, geom, x, W, budget: int):
         est["fft"] = math.inf
     best, engine = min(est, key=est.get), None
     other = "fft" if best == "direct" else "direct"
-    if AUTOTUNE and est[other] < AMBIGUOUS * est[best] and est[other] < MAX_TIMED_SECONDS:
+    if autotune and est[other] < AMBIGUOUS * est[best] and est[other] < MAX_TIMED_SECONDS:
         best, engine = _time_both(xp, geom, x, W, budget, est[other])
     _decisions[key] = best
     if len(_decisions) > MAX_DECISIONS:

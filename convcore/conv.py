@@ -40,7 +40,7 @@ class Convolution:
     """
 
     def __init__(self, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                 algorithm="auto", memory_budget=None):
+                 algorithm="auto", memory_budget=None, autotune=None):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         self.params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
@@ -49,6 +49,9 @@ class Convolution:
                                           or memory_budget <= 0):
             raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
         self.algorithm = algorithm
+        # With "auto": time close calls (True), decide by the cost model alone (False: the choice
+        # depends only on the shapes, so seeded runs repeat bit for bit), or CONVCORE_AUTOTUNE (None).
+        self.autotune = autotune
         self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
         self.algorithm_used = None
         self.geometry = None
@@ -63,7 +66,7 @@ class Convolution:
         check_arrays(geom, x, W, b, gy)
         name, engine = self.algorithm, None
         if name == "auto":
-            name, engine = autoselect.choose(xp, geom, x, W, self.memory_budget)
+            name, engine = autoselect.choose(xp, geom, x, W, self.memory_budget, self.autotune)
         self._xp, self.geometry, self.algorithm_used = xp, geom, name
         self.device = backend.device_name(xp)
         self._engine = engine or make_engine(name, xp, geom, x, W, self.memory_budget)

@@ -141,3 +141,23 @@ def test_small_memory_budget_makes_fft_transform_x_in_pieces(backend, transform_
     convcore.Convolution(algorithm="fft", memory_budget=1, **case.params).forward(x, W, b)
     assert whole == 2   # x and W
     assert len(transform_log.forward) > whole, "memory_budget=1 did not split the FFT work"
+
+
+def test_untimed_auto_depends_on_shapes_only(monkeypatch):
+    """autotune=False never times (so the choice cannot vary with machine load), and its
+    cached choice is kept apart from a timed one for the same geometry."""
+    from convcore import autoselect
+
+    x = np.ones((2, 3, 12, 12))
+    W = np.ones((4, 3, 3, 3))
+    autoselect.clear_cache()
+    timed = []
+    monkeypatch.setattr(autoselect, "_time_both", lambda *a, **k: timed.append(1) or ("direct", None))
+    monkeypatch.setattr(autoselect, "AMBIGUOUS", float("inf"))   # every call is a close call
+    op = convcore.Convolution(algorithm="auto", autotune=False)
+    op.forward(x, W)
+    assert timed == [] and op.algorithm_used == min(
+        autoselect.estimate_seconds(op.geometry, 8, op.memory_budget).items(), key=lambda kv: kv[1])[0]
+    convcore.Convolution(algorithm="auto", autotune=True).forward(x, W)
+    assert timed == [1]
+    autoselect.clear_cache()

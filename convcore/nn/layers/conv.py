@@ -34,9 +34,11 @@ class ConvND(Layer):
             raise ValueError(f"bias must be true or false, got {bias!r}")
         self.padding_mode, self.bias, self.algorithm = padding_mode, bias, algorithm
         self.init = check_init(init)
+        # "auto" decides by the cost model alone here: the choice depends only on the shapes,
+        # so a seeded run trains bit for bit the same in any process (timing could differ).
         self.op = Convolution(stride=_as_tuple(stride), padding=_as_tuple(padding),
                               dilation=_as_tuple(dilation), groups=self.groups,
-                              padding_mode=padding_mode, algorithm=algorithm)
+                              padding_mode=padding_mode, algorithm=algorithm, autotune=False)
 
     def weight_shape(self, in_shape: tuple) -> tuple:
         if len(in_shape) < 2:
