@@ -57,7 +57,6 @@ class Convolution:
         self.geometry = None
         self.device = None
         self._engine = None
-        self._xp = None
 
     def prepare(self, x, W, b=None, gy=None):
         """Check the arrays, resolve the geometry and pick the algorithm."""
@@ -67,7 +66,7 @@ class Convolution:
         name, engine = self.algorithm, None
         if name == "auto":
             name, engine = autoselect.choose(xp, geom, x, W, self.memory_budget, self.autotune)
-        self._xp, self.geometry, self.algorithm_used = xp, geom, name
+        self.geometry, self.algorithm_used = geom, name
         self.device = backend.device_name(xp)
         self._engine = engine or make_engine(name, xp, geom, x, W, self.memory_budget)
         return self

@@ -8,7 +8,6 @@ with, per spatial dim j,
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -217,7 +216,3 @@ def check_arrays(geom: ConvGeometry, x, W, b=None, gy=None) -> None:
         if tuple(gy.shape) != geom.out_shape:
             raise ValueError(f"gy must have the output's shape {geom.out_shape} for {geom.describe()}, "
                              f"got {tuple(gy.shape)}")
-
-
-def spatial_size(shape) -> int:
-    return math.prod(shape)
