@@ -1,4 +1,5 @@
-"""What convcore is timed against: PyTorch, JAX and the per-pair fftconvolve loop.
+"""What convcore is timed against: PyTorch, PyTorch's Conv4d-from-Conv3d recipe and JAX
+(the per-pair fftconvolve loop is in anchor_loop.py).
 
 Each anchor's ``prepare(cfg, geom, arrays)`` returns a zero-argument callable that
 runs forward + all three gradients and returns host-side NumPy arrays
@@ -10,10 +11,8 @@ should not run a config; ``None`` means go.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
-import scipy.signal
 
 MAX_SINGLE_RUN_S = 60.0   # an anchor predicted slower than this for one run is skipped
 
@@ -26,22 +25,22 @@ def direct_flops(geom) -> float:
 
 
 class TorchAnchor:
-    """torch.nn.functional.conv1d/2d/3d + autograd, on the CPU (2 threads) or the GPU."""
+    """torch.nn.functional.conv1d/2d/3d + autograd, on the CPU (``threads`` intra-op threads) or the GPU."""
 
     name = "torch"
     CPU_GFLOPS = 2.0   # conservative sustained rate, for the skip decision only
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, threads: int):
         import torch
 
         self.torch = torch
         self.device = device
         if device == "cpu":
-            torch.set_num_threads(2)
+            torch.set_num_threads(threads)
 
     def skip_reason(self, cfg, geom):
         if cfg.ndim > 3:
-            return f"PyTorch has no conv{cfg.ndim}d"
+            return f"n/a: PyTorch has no conv{cfg.ndim}d"
         if self.device == "cpu":
             est = direct_flops(geom) / (self.CPU_GFLOPS * 1e9)
             if est > MAX_SINGLE_RUN_S:
@@ -81,7 +80,7 @@ class JaxAnchor:
     ND_GFLOPS = 0.3
 
     def __init__(self, device: str, dtype):
-        import jax
+        import jax   # its CPU threads are set by XLA_FLAGS before this import (conv_bench.set_threads)
 
         if np.dtype(dtype) == np.float64:
             jax.config.update("jax_enable_x64", True)
@@ -121,84 +120,66 @@ class JaxAnchor:
         return run
 
 
-class LoopAnchor:
-    """The naive fftconvolve layer: one scipy.signal.fftconvolve per (batch, out, in) pair.
+class TorchConv4dAnchor(TorchAnchor):
+    """PyTorch users' 4-D layer: a sum of Conv3d over the first kernel axis, + autograd.
 
-    Forward: y[b, o] = sum_i fftconvolve(xp[b, i], flip(W[o, i]), "valid"), then strided.
-    gx:      gxp[b, i] += fftconvolve(gy_up[b, o], W[o, i], "full"), cropped to x.
-    gW:      gW[o, i] += fftconvolve(xp[b, i], flip(gy_up[b, o]), "valid").
-    xp is x zero-padded, W dilated with zeros, gy_up gy spread back onto the stride-1 grid.
+    The public Conv4d modules compute output frame t as sum_j conv3d(x[:, :, t*s + j*dl],
+    W[:, :, j]); here each kernel frame j is ONE conv3d over all output frames at once
+    (frames folded into the batch), the faster form of the same recipe, so every
+    product runs in oneDNN's 3-D kernels:
+
+        y = sum_j  unfold(conv3d(fold(x[:, :, j*dl : j*dl + (o-1)*s + 1 : s]), W[:, :, j]))
     """
 
-    name = "loop"
-
-    def __init__(self, device: str, dtype):
-        self.device = device
-        self.dtype = np.dtype(dtype)
+    name = "torch4d"
 
     def skip_reason(self, cfg, geom):
-        if self.device != "cpu":
-            return "scipy loop is CPU only"
-        if geom.padding_mode != "zeros":
-            return "loop baseline covers zero padding only"
-        est = self.estimate_seconds(geom)
-        if est > MAX_SINGLE_RUN_S:
-            return f"one run estimated at {est:.0f} s (> {MAX_SINGLE_RUN_S:.0f} s) from one timed pair"
-        return None
-
-    def estimate_seconds(self, geom) -> float:
-        """Time one pair of each of the three loops and multiply by the number of pairs."""
-        rng = np.random.default_rng(0)
-        dt = self.dtype
-        pad = tuple(geom.padded)
-        kd = tuple(geom.dilated_kernel)
-        full = tuple(p - k + 1 for p, k in zip(pad, kd))
-        a, k, g = (rng.standard_normal(s).astype(dt) for s in (pad, kd, full))
-        calls = [(a, k, "valid"), (g, k, "full"), (a, g, "valid")]
-        total = 0.0
-        for u, v, mode in calls:
-            scipy.signal.fftconvolve(u, v, mode=mode)    # warm scipy's plan cache
-            start = time.perf_counter()
-            scipy.signal.fftconvolve(u, v, mode=mode)
-            total += time.perf_counter() - start
-        pairs = geom.batch * geom.out_channels * (geom.in_channels // geom.groups)
-        return total * pairs
+        if cfg.ndim != 4:
+            return "n/a: the Conv3d recipe anchors N = 4 only"
+        return TorchAnchor.skip_reason(self, _as_3d(cfg), geom)
 
     def prepare(self, cfg, geom, arrays):
-        x, W, b, gy = (to_numpy(a) for a in arrays)
-        N = geom.ndim
-        space = (slice(None),) * 2
-        xp = np.pad(x, [(0, 0), (0, 0)] + [tuple(p) for p in geom.pads])
-        Wd = np.zeros(W.shape[:2] + tuple(geom.dilated_kernel), W.dtype)
-        Wd[space + tuple(slice(None, None, d) for d in geom.dilation)] = W
-        full = tuple(p - k + 1 for p, k in zip(geom.padded, geom.dilated_kernel))
-        on_grid = space + tuple(slice(None, o * s, s) for o, s in zip(geom.out_spatial, geom.stride))
-        flip = (slice(None, None, -1),) * N
-        crop = space + tuple(slice(lo, lo + d) for (lo, _), d in zip(geom.pads, geom.spatial))
-        O, Cg = W.shape[:2]
-        Og = O // geom.groups
+        torch, F = self.torch, self.torch.nn.functional
+        dev = "cuda" if self.device == "cuda" else "cpu"
+        x, W, b, gy = (torch.as_tensor(to_numpy(a), device=dev) for a in arrays)
+        (lo, hi), rest = geom.pads[0], geom.pads[1:]
+        symmetric = all(a == c for a, c in rest)
+        # F.pad lists the last dim first: the inner three only when they are asymmetric
+        flat = ([p for pair in reversed(rest) for p in pair] if not symmetric else [0] * 6) + [lo, hi]
+        kw = dict(stride=geom.stride[1:], dilation=geom.dilation[1:], groups=geom.groups,
+                  padding=tuple(a for a, _ in rest) if symmetric else 0)
+        s, dl, k, o = geom.stride[0], geom.dilation[0], geom.kernel[0], geom.out_spatial[0]
+        n = geom.batch
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+
+        def conv4d(xs, Ws, bs):
+            xp = F.pad(xs, flat)
+            y = None
+            for j in range(k):
+                frames = xp[:, :, j * dl: j * dl + (o - 1) * s + 1: s]          # (n, c, o, d2, d3, d4)
+                folded = frames.transpose(1, 2).reshape((n * o,) + frames.shape[1:2] + frames.shape[3:])
+                part = F.conv3d(folded, Ws[:, :, j], None, **kw)                 # (n*o, O, o2, o3, o4)
+                y = part if y is None else y + part
+            y = y.reshape((n, o) + y.shape[1:]).transpose(1, 2)
+            return y + bs.reshape(1, -1, 1, 1, 1, 1)
 
         def run(fetch=False):
-            n = x.shape[0]
-            y_full = np.zeros((n, O) + full, x.dtype)
-            gy_up = np.zeros_like(y_full)
-            gy_up[on_grid] = gy
-            gxp = np.zeros_like(xp)
-            gWd = np.zeros_like(Wd)
-            for bi in range(n):
-                for o in range(O):
-                    c0 = (o // Og) * Cg
-                    for i in range(Cg):
-                        y_full[bi, o] += scipy.signal.fftconvolve(xp[bi, c0 + i], Wd[o, i][flip], mode="valid")
-                        gxp[bi, c0 + i] += scipy.signal.fftconvolve(gy_up[bi, o], Wd[o, i], mode="full")
-                        gWd[o, i] += scipy.signal.fftconvolve(xp[bi, c0 + i], gy_up[bi, o][flip], mode="valid")
-            y = y_full[on_grid] + b.reshape((1, -1) + (1,) * N)
-            gx = gxp[crop]
-            gW = gWd[space + tuple(slice(None, None, d) for d in geom.dilation)]
-            gb = gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
-            return (y, gx, gW, gb) if fetch else None
+            xs, Ws, bs = (t.detach().requires_grad_(True) for t in (x, W, b))
+            y = conv4d(xs, Ws, bs)
+            y.backward(gy)
+            sync()
+            if fetch:
+                return tuple(t.detach().cpu().numpy() for t in (y, xs.grad, Ws.grad, bs.grad))
+            return None
 
         return run
+
+
+def _as_3d(cfg):
+    """The config seen by the 3-D rate check (same work, one more kernel axis folded in)."""
+    from dataclasses import replace
+
+    return replace(cfg, spatial=cfg.spatial[1:], kernel=cfg.kernel[1:])
 
 
 def to_numpy(a):

@@ -1,12 +1,18 @@
 """Forward + backward wall time of convcore against PyTorch, JAX and the per-pair fftconvolve loop.
 
-    python3 benchmarks/conv_bench.py [--quick] [--filter GLOB] [--repeats R] [--device cpu|cuda]
+    python3 benchmarks/conv_bench.py [--quick] [--filter GLOB] [--threads T] [--samples S] [--device cpu|cuda]
 
-For each layer in conv_configs.py: convcore ("auto", "fft", "direct"), then each anchor,
-each run = forward + gx + gW + gb. Reported time = median of the timed runs after one
-warm-up (JAX compiled ahead of time, compile excluded). Ratios are anchor time / convcore
-"auto" time (> 1: convcore faster). Peak memory is that of one convcore "auto" call.
-Every anchor's outputs are checked against convcore's once, so equal work is compared.
+For each layer in conv_configs.py: convcore ("auto" and every registered engine), then
+each anchor, each run = forward + gx + gW + gb. Every side runs on the same ``--threads``
+(default: the CPUs this process may use, affinity and cgroup quota): convcore
+(CONVCORE_NUM_THREADS), PyTorch (set_num_threads), JAX (XLA_FLAGS, set before it is
+imported) and the loop (a pool of that many threads); with fewer threads than CPUs the
+process is pinned to that many CPUs. Sides are timed in turns (interleaved) after one
+warm-up each, so load from other processes falls on all alike; reported time = median
+of ``--samples`` timed runs (fewer only where a side would exceed ``--side-budget``
+seconds; the run count is printed). Ratios are column time / convcore "auto" time
+(> 1: convcore faster). Peak memory is that of one convcore "auto" call. Every anchor's
+outputs are checked against convcore's once, so equal work is compared.
 """
 from __future__ import annotations
 
@@ -21,29 +27,59 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # run as a script from anywhere
 
+import anchor_loop  # noqa: E402
 import anchors  # noqa: E402
 import conv_configs  # noqa: E402
 import conv_timing  # noqa: E402
 import convcore  # noqa: E402
-from convcore import autoselect  # noqa: E402
+from convcore import autoselect, backend  # noqa: E402
 
-ALGORITHMS = ("auto", "fft", "direct")
-ANCHORS = ("torch", "jax", "loop")
+ANCHORS = ("torch", "torch4d", "jax", "loop")
 DIRECT_SKIP_S = 0.5
 DIRECT_SKIP_FACTOR = 5.0
+INVERTED = ("auto <= 1.2x best engine", "fft <= 1.5x its transforms")   # missed ratios shown as slowdowns
 TOLERANCE = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-8}
+
+
+def columns() -> tuple:
+    """convcore's columns: "auto", then every registered engine."""
+    return ("auto",) + tuple(convcore.engine_names())
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few small configs")
     p.add_argument("--filter", help="glob or substring of config names, e.g. '3d-*' or k15")
-    p.add_argument("--repeats", type=int, default=7, help="timed runs after warm-up (fewer for slow calls)")
-    p.add_argument("--budget", type=float, default=3.0, help="seconds of timed runs per column and config")
+    p.add_argument("--threads", type=int, default=convcore.cpu_count(),
+                   help="threads for every side (default: the CPUs this process may use)")
+    p.add_argument("--samples", type=int, default=5, help="timed runs per side after its warm-up")
+    p.add_argument("--side-budget", type=float, default=30.0,
+                   help="seconds of timed runs per side and config; a slower side gets fewer samples")
+    p.add_argument("--max-run", type=float, default=anchors.MAX_SINGLE_RUN_S,
+                   help="skip an anchor whose one run is predicted slower than this (seconds)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--json", help="also write every figure to this file")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.samples < 1:
+        p.error("--threads and --samples must be >= 1")
+    return args
+
+
+def set_threads(threads: int) -> None:
+    """Every side on ``threads`` threads; call before torch or jax is imported.
+
+    With fewer threads than usable CPUs the process is also pinned to that many CPUs,
+    so no library's own default (JAX sizes its pools from the affinity mask) exceeds it.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if cpus and threads < len(cpus):
+        os.sched_setaffinity(0, cpus[:threads])
+    os.environ["CONVCORE_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = (f"{flags} --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+                               f"intra_op_parallelism_threads={threads}").strip()
 
 
 def make_arrays(cfg, geom, dtype, xp):
@@ -77,51 +113,56 @@ def bench_config(cfg, args, xp, anchor_objs):
     row = {"config": cfg.name, "kind": cfg.kind, "ndim": cfg.ndim, "x": cfg.x_shape, "W": cfg.W_shape,
            "stride": cfg.stride, "padding": cfg.padding, "dilation": cfg.dilation, "groups": cfg.groups,
            "times": {}, "runs": {}, "skipped": {}, "error": {}}
-    skip = column_skips(geom, dtype)
-    reference = None
-    for algorithm in ALGORITHMS:
-        if algorithm in skip:
-            row["skipped"][algorithm] = skip[algorithm]
-            continue
-        state = {}
-        run = convcore_run(cfg, arrays, algorithm, xp, state)
-        t = conv_timing.time_call(run, args.repeats, args.budget)
-        row["times"][algorithm], row["runs"][algorithm] = t.median, t.runs
-        if algorithm == "auto":
-            row["chosen"] = state["algorithm"]
-            reference = t.outputs
-            measure = conv_timing.peak_bytes_cuda if args.device == "cuda" else conv_timing.peak_bytes_cpu
-            row["peak_mib"] = measure(run) / 2**20
-        else:
-            row["error"][algorithm] = conv_timing.max_relative_error(reference, t.outputs)
+    row["skipped"].update(column_skips(geom, dtype))
+    runs, state = {}, {}
+    for name in columns():
+        if name not in row["skipped"]:
+            runs[name] = convcore_run(cfg, arrays, name, xp, state if name == "auto" else {})
     for anchor in anchor_objs:
         reason = anchor.skip_reason(cfg, geom)
         if reason:
             row["skipped"][anchor.name] = reason
-            continue
-        t = conv_timing.time_call(anchor.prepare(cfg, geom, arrays), args.repeats, args.budget)
-        row["times"][anchor.name], row["runs"][anchor.name] = t.median, t.runs
-        row["error"][anchor.name] = conv_timing.max_relative_error(reference, t.outputs)
-    row["ratios"] = {a: row["times"][a] / row["times"]["auto"] for a in ANCHORS if a in row["times"]}
+        else:
+            runs[anchor.name] = anchor.prepare(cfg, geom, arrays)
+    timings = conv_timing.time_interleaved(runs, args.samples, args.side_budget)
+    reference = timings["auto"].outputs
+    row["chosen"] = state["algorithm"]
+    for name, t in timings.items():
+        row["times"][name], row["runs"][name] = t.median, t.runs
+        if name != "auto":
+            row["error"][name] = conv_timing.max_relative_error(reference, t.outputs)
+    measure = conv_timing.peak_bytes_cuda if args.device == "cuda" else conv_timing.peak_bytes_cpu
+    row["peak_mib"] = measure(runs["auto"]) / 2**20
+    auto = row["times"]["auto"]
+    row["ratios"] = {a: row["times"][a] / auto for a in ANCHORS if a in row["times"]}
+    engines = [row["times"][n] for n in columns()[1:] if n in row["times"]]
+    if engines:
+        row["ratios"]["best"] = min(engines) / auto
+    if "fft" in runs:
+        total, transforms = conv_timing.transform_seconds(runs["fft"], backend)
+        row["fft_over_transforms"] = total / transforms if transforms else None
+        if transforms:
+            row["ratios"]["fft6T"] = transforms / total
     row["targets"] = judge(cfg, row) if args.device == "cpu" else []
     return row
 
 
 def column_skips(geom, dtype) -> dict:
-    """Forced-algorithm columns not worth running, with the reason.
+    """Forced-engine columns not worth running, with the reason.
 
-    Where convcore's cost model is confident that direct loses (direct estimate
-    > DIRECT_SKIP_S and > DIRECT_SKIP_FACTOR x the FFT estimate), the direct column
-    is skipped: on such layers the model underestimates direct by 14-70x (measured:
-    3-D k=15 19 s, 4-D k=7 19 s, depthwise 2-D k=15 51 s per run), so one run would
-    cost minutes of benchmark time to show only that "auto" was right.
+    Where convcore's cost model is confident that an engine loses (estimate
+    > DIRECT_SKIP_S and > DIRECT_SKIP_FACTOR x the best engine's), its column is
+    skipped: such runs (direct on large kernels: seconds to a minute each) would cost
+    minutes of benchmark time to show only that "auto" was right.
     """
     reasons = {}
     est = autoselect.estimate_seconds(geom, dtype.itemsize)
-    if est["fft"] > anchors.MAX_SINGLE_RUN_S:
-        reasons["fft"] = f"cost model predicts {est['fft']:.0f} s per run"
-    if est["direct"] > DIRECT_SKIP_S and est["direct"] > DIRECT_SKIP_FACTOR * est["fft"]:
-        reasons["direct"] = f"not timed: cost model says direct {est['direct']:.2f} s vs fft {est['fft']:.2f} s"
+    best = min(est.values())
+    for name, seconds in est.items():
+        if seconds > anchors.MAX_SINGLE_RUN_S:
+            reasons[name] = f"cost model predicts {seconds:.0f} s per run"
+        elif seconds > DIRECT_SKIP_S and seconds > DIRECT_SKIP_FACTOR * best:
+            reasons[name] = f"not timed: cost model says {name} {seconds:.2f} s vs best {best:.2f} s"
     return reasons
 
 
@@ -129,6 +170,8 @@ def judge(cfg, row):
     """(label, ratio or None, met) for each target that applies to this config."""
     verdicts = []
     for label, anchor, minimum in conv_configs.targets(cfg):
+        if anchor == "fft6T" and row["chosen"] != "fft":
+            continue   # the FFT engine's overheads matter where auto runs it
         ratio = row["ratios"].get(anchor)
         verdicts.append((label, ratio, None if ratio is None else ratio >= minimum))
     return verdicts
@@ -138,59 +181,74 @@ def _fmt_ratio(row, name):
     if name in row["ratios"]:
         ratio = row["ratios"][name]
         return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.0f}x"
-    return "skip" if name in row["skipped"] else "-"
+    return _skip_cell(row, name)
+
+
+def _skip_cell(row, name):
+    """'n/a' where the column cannot apply (no conv4d in PyTorch...), 'skip' where it was left out."""
+    why = row["skipped"].get(name)
+    if why is None:
+        return "-"
+    return "n/a" if why.startswith("n/a") else "skip"
 
 
 def _fmt_time(row, name):
     t = row["times"].get(name)
     if t is None:
-        return "skip" if name in row["skipped"] else "-"
+        return _skip_cell(row, name)
     return f"{t:.3f}" if t < 100 else f"{t:.0f}"
 
 
 def _fmt_targets(row):
     parts = []
-    for label, ratio, met in row["targets"]:
-        if met is None:
-            parts.append(f"n/a({label.split(':')[0]})")
-        elif not met:
+    for label, _ratio, met in row["targets"]:
+        if met is False:
             parts.append(f"MISS {label}")
     return "; ".join(parts) if parts else "all met"
 
 
 def print_tables(rows, args):
-    head = f"{'config':<14} {'N':>1} {'auto s':>8} {'algo':<6} {'fft s':>8} {'direct s':>8} " \
-           f"{'torch':>7} {'jax':>7} {'loop':>7} {'peak MiB':>9}  targets"
-    print("\nRatios = anchor time / convcore auto time (>1: convcore faster)")
+    engines = columns()[1:]
+    head = (f"{'config':<14} {'N':>1} {'auto s':>8} {'algo':<6} "
+            + " ".join(f"{e + ' s':>8}" for e in engines)
+            + f" {'fft/T':>5} {'torch':>7} {'torch4d':>7} {'jax':>7} {'loop':>7} {'peak MiB':>9}  targets")
+    print("\nRatios = anchor time / convcore auto time (>1: convcore faster); "
+          "fft/T = FFT engine time / its own six transform sets")
     print(head)
     print("-" * len(head))
     for r in rows:
+        fT = r.get("fft_over_transforms")
         print(f"{r['config']:<14} {r['ndim']:>1} {_fmt_time(r, 'auto'):>8} {r['chosen']:<6} "
-              f"{_fmt_time(r, 'fft'):>8} {_fmt_time(r, 'direct'):>8} {_fmt_ratio(r, 'torch'):>7} "
+              + " ".join(f"{_fmt_time(r, e):>8}" for e in engines)
+              + f" {(f'{fT:.2f}' if fT else '-'):>5} {_fmt_ratio(r, 'torch'):>7} {_fmt_ratio(r, 'torch4d'):>7} "
               f"{_fmt_ratio(r, 'jax'):>7} {_fmt_ratio(r, 'loop'):>7} {r['peak_mib']:>9.1f}  {_fmt_targets(r)}")
-    print("\nAnchor seconds (timed runs after warm-up; 0 = warm-up was the only run) and max rel. error vs auto")
-    print(f"{'config':<14} {'torch s':>14} {'jax s':>14} {'loop s':>14}  check")
+    print("\nSeconds (median of the timed runs, their count in brackets; 0 = the warm-up was the only run) "
+          "and max rel. error vs auto")
+    names = list(columns()) + list(ANCHORS)
+    print(f"{'config':<14} " + " ".join(f"{n + ' s':>13}" for n in names) + "  check")
+    tol = TOLERANCE[np.dtype(args.dtype)]
     for r in rows:
-        cells = []
-        for name in ANCHORS:
-            t = r["times"].get(name)
-            cells.append(f"{t:.3f} ({r['runs'][name]})" if t is not None else "skip")
-        tol = TOLERANCE[np.dtype(args.dtype)]
+        cells = [f"{r['times'][n]:.3f} ({r['runs'][n]})" if n in r["times"] else _skip_cell(r, n) for n in names]
         bad = {k: v for k, v in r["error"].items() if not v <= tol}
         check = "ok (max %.1e)" % max(r["error"].values(), default=0.0) if not bad else \
             "MISMATCH " + ", ".join(f"{k}={v:.1e}" for k, v in bad.items())
-        print(f"{r['config']:<14} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14}  {check}")
-    skipped = [(r["config"], k, v) for r in rows for k, v in r["skipped"].items()]
+        print(f"{r['config']:<14} " + " ".join(f"{c:>13}" for c in cells) + f"  {check}")
+    skipped = {}
+    for r in rows:
+        for what, why in r["skipped"].items():
+            if not why.startswith("n/a"):   # n/a: PyTorch has no conv4d/conv5d; the recipe is 4-D only
+                skipped.setdefault((what, why), []).append(r["config"])
+    print("\nn/a: PyTorch has no conv4d/conv5d; the Conv3d recipe (torch4d) applies to N = 4 only")
     if skipped:
-        print("\nSkipped:")
-        for name, what, why in skipped:
-            print(f"  {name:<14} {what:<7} {why}")
+        print("Skipped:")
+        for (what, why), names in skipped.items():
+            print(f"  {what:<8} {why}: {', '.join(names)}")
 
 
 def print_target_summary(rows, args):
     print("\n" + conv_configs.TARGET_TEXT)
     if args.device != "cpu":
-        print("(targets are stated for the 2-core CPU; not judged on the GPU)")
+        print("(targets are stated for the CPU; not judged on the GPU)")
         return
     tally = {}
     for r in rows:
@@ -201,7 +259,8 @@ def print_target_summary(rows, args):
             elif met:
                 entry["met"] += 1
             else:
-                entry["missed"].append(f"{r['config']} ({ratio:.2f}x)")
+                shown = f"{1 / ratio:.2f}x slower" if label in INVERTED else f"{ratio:.2f}x"
+                entry["missed"].append(f"{r['config']} ({shown})")
     for label, e in tally.items():
         line = f"  {label:<24} met {e['met']}/{e['met'] + len(e['missed'])}"
         if e["missed"]:
@@ -213,23 +272,28 @@ def print_target_summary(rows, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    set_threads(args.threads)
     if args.device == "cuda":
         import cupy as xp
     else:
         xp = np
-    anchor_objs = [anchors.TorchAnchor(args.device), anchors.JaxAnchor(args.device, args.dtype),
-                   anchors.LoopAnchor(args.device, args.dtype)]
+    anchors.MAX_SINGLE_RUN_S = args.max_run
+    anchor_objs = [anchors.TorchAnchor(args.device, args.threads), anchors.TorchConv4dAnchor(args.device, args.threads),
+                   anchors.JaxAnchor(args.device, args.dtype),
+                   anchor_loop.LoopAnchor(args.device, args.dtype, args.threads, args.max_run)]
     configs = conv_configs.select(args.quick, args.filter)
     if not configs:
         sys.exit(f"--filter {args.filter!r} matches no config")
-    print(f"convcore benchmark: device={args.device} dtype={args.dtype} cpus={os.cpu_count()} "
-          f"repeats<={args.repeats} budget={args.budget}s/column, {len(configs)} configs")
+    print(f"convcore benchmark: device={args.device} dtype={args.dtype} threads={args.threads} (every side; "
+          f"CPUs usable {convcore.cpu_count()}) samples={args.samples} side-budget={args.side_budget}s, "
+          f"{len(configs)} configs, engines {', '.join(columns()[1:])}")
     rows, start = [], time.perf_counter()
     for cfg in configs:
         t0 = time.perf_counter()
         rows.append(bench_config(cfg, args, xp, anchor_objs))
         print(f"  {cfg.name:<14} x{cfg.x_shape} W{cfg.W_shape} s={cfg.stride} p={cfg.padding} "
-              f"d={cfg.dilation} g={cfg.groups}  [{time.perf_counter() - t0:.0f} s]", flush=True)
+              f"d={cfg.dilation} g={cfg.groups}  [{time.perf_counter() - t0:.0f} s, load "
+              f"{os.getloadavg()[0]:.1f}]", flush=True)
     print_tables(rows, args)
     print_target_summary(rows, args)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")

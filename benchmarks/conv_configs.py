@@ -1,4 +1,4 @@
-"""The benchmark's table of layers and the performance targets of issue 2.
+"""The benchmark's table of layers and the performance targets (issue 10).
 
 A config is one convolution layer: x (n, c_I, d_1..d_N), W (c_O, c_I // groups, k_1..k_N),
 plus stride / padding / dilation / groups. ``kind`` is only a label for the table; the
@@ -84,19 +84,30 @@ FULL = [
     _layer("2d-k15-dw", "grouped", 8, 32, 32, 64, 15, 2, padding=7, groups=32),
     _layer("3d-k7-g2", "grouped", 2, 16, 16, 24, 7, 3, groups=2),
     _layer("2d-3x3-d2", "dilated", 8, 32, 32, 64, 3, 2, padding=2, dilation=2),
+    # Issue 10's rows: wider small layers, mid-size kernels, 4-D against the Conv3d recipe.
+    _layer("2d-3x3-c64", "small", 4, 64, 64, 32, 3, 2, padding=1),
+    _layer("2d-k7", "mid", 4, 16, 16, 64, 7, 2, padding=3),
+    _layer("2d-k13-c8", "large", 4, 8, 8, 64, 13, 2, padding=6),
+    _layer("3d-k5", "mid", 2, 8, 8, 24, 5, 3, padding=2),
+    _layer("3d-k9", "large", 2, 8, 8, 32, 9, 3),
+    _layer("4d-k5", "nd", 2, 4, 4, 12, 5, 4, padding=2),
 ]
 
 QUICK = [
     _layer("2d-3x3-c16", "small", 4, 16, 16, 32, 3, 2, padding=1),
+    _layer("3d-3x3x3-c8", "small", 2, 8, 8, 12, 3, 3, padding=1),
     _layer("1d-k129", "large", 4, 8, 8, 1024, 129, 1),
     _layer("2d-k11", "large", 2, 8, 8, 32, 11, 2, padding=5),
     _layer("3d-k7", "large", 1, 4, 4, 16, 7, 3),
     _layer("4d-k5", "nd", 1, 2, 2, 10, 5, 4),
+    _layer("4d-k3", "nd", 1, 4, 4, 8, 3, 4, padding=1),
     _layer("2d-3x3-s2-g2", "grouped", 4, 16, 16, 32, 3, 2, stride=2, padding=1, groups=2),
 ]
 
-# Per-N kernel size from which a layer counts as "large" (issue 2's targets).
-LARGE_FROM = {1: 129, 2: 11, 3: 7}
+# Issue 10's kernel-size classes per N: (smallest "large" k, range of "mid" k).
+LARGE_FROM = {1: 129, 2: 13, 3: 9}
+MID = {2: range(7, 12), 3: range(5, 8)}
+LARGE_TARGET = {1: 5.0, 2: 2.5, 3: 5.0}
 
 
 def select(quick: bool, pattern: str | None) -> list:
@@ -109,21 +120,34 @@ def select(quick: bool, pattern: str | None) -> list:
 
 
 def targets(cfg: Config) -> list:
-    """The targets that apply to ``cfg``: (label, anchor, minimum ratio anchor_time / convcore_time)."""
-    out = []
-    k = min(cfg.kernel)
-    if cfg.ndim in LARGE_FROM and k >= LARGE_FROM[cfg.ndim]:
-        out.append(("large k: >=5x torch", "torch", 5.0))
-    if all(v == 3 for v in cfg.kernel) and cfg.ndim <= 3:
+    """The targets that apply to ``cfg``: (label, column, minimum ratio column_time / convcore_time).
+
+    ``best`` is the fastest engine column (so ratio >= 1/1.2 means auto is within 1.2x of it);
+    ``fft6T`` is the FFT engine's own six transform sets (ratio >= 1/1.5: overheads <= 1.5x).
+    """
+    out = [("auto <= 1.2x best engine", "best", 1 / 1.2), ("fft <= 1.5x its transforms", "fft6T", 1 / 1.5)]
+    k, N = min(cfg.kernel), cfg.ndim
+    strided = cfg.stride > 1
+    if N <= 3 and all(v == 3 for v in cfg.kernel):
         out.append(("small k: >=0.5x torch", "torch", 0.5))
-    if cfg.ndim >= 4:
-        out.append(("4-D/5-D: >=2x jax", "jax", 2.0))
+    elif strided and N <= 3:
+        out.append(("strided large k: >=1x torch", "torch", 1.0))
+    elif N in LARGE_FROM and k >= LARGE_FROM[N]:
+        out.append((f"{N}-D large k: >={LARGE_TARGET[N]:g}x torch", "torch", LARGE_TARGET[N]))
+    elif N in MID and k in MID[N]:
+        out.append(("mid k: >=1x torch", "torch", 1.0))
+    if N >= 4:
+        out.append(("4-D/5-D: >=3x jax", "jax", 3.0))
+    if N == 4:
+        out.append(("4-D k3: >=1x torch4d" if k == 3 else "4-D k>=5: >=3x torch4d", "torch4d",
+                    1.0 if k == 3 else 3.0))
     out.append(("all: >=10x loop", "loop", 10.0))
     return out
 
 
-TARGET_TEXT = """Targets (issue 2, 2-core CPU; ratio = anchor time / convcore "auto" time):
-  large kernels (2-D k >= 11, 3-D k >= 7, 1-D k >= 129): >= 5x faster than PyTorch
-  small kernels (3, 3x3, 3x3x3): no slower than 2x PyTorch (ratio >= 0.5)
-  every 4-D/5-D config: >= 2x faster than JAX
-  every config: >= 10x faster than the per-pair scipy.signal.fftconvolve loop"""
+TARGET_TEXT = """Targets (issue 10, same threads for every side; ratio = column time / convcore "auto" time):
+  auto within 1.2x of the best engine for the call; FFT engine <= 1.5x its own six transform sets
+  small kernels (3, 3x3, 3x3x3): >= 0.5x PyTorch;  mid (2-D k 7-11, 3-D k 5-7): >= 1x
+  large: 3-D k >= 9 and 1-D k >= 129 >= 5x PyTorch, 2-D k >= 13 >= 2.5x;  strided large kernels >= 1x
+  N = 4, 5: >= 3x JAX;  N = 4 vs the Conv3d recipe: >= 1x at 3^4, >= 3x at k >= 5
+  every config: >= 10x the per-pair fftconvolve loop"""

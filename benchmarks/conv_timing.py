@@ -1,4 +1,4 @@
-"""Timing, peak memory and output checks for the convolution benchmark.
+"""Interleaved timing, peak memory and output checks for the convolution benchmark.
 
 Every measured callable runs forward + all three gradients and takes ``fetch``:
 with ``fetch=True`` it returns host NumPy (y, gx, gW, gb) for the check against
@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-LONG_RUN_S = 10.0   # a warm-up this slow is the one and only sample (one-off costs are noise)
+
+SETTLE_S = 0.02   # pause before each timed run (see time_interleaved)
 
 
 @dataclass
@@ -25,24 +26,65 @@ class Timing:
     outputs: tuple = field(repr=False, default=None)
 
 
-def time_call(run, repeats: int, budget_s: float) -> Timing:
-    """Warm up once (that call's outputs are kept for the check), then time up to ``repeats`` runs.
+def time_interleaved(runs: dict, samples: int, side_budget_s: float) -> dict:
+    """Time several callables (name -> run) in turns, so that load from other processes
+    falls on every side alike: one warm-up each (its outputs kept for the check), then
+    rounds in which every side still short of its sample count runs once (in a rotating
+    order, each after a SETTLE_S pause).
 
-    Slow callables get fewer runs: as many as fit ``budget_s`` judged from the first
-    timed run (the warm-up carries one-off costs: thread pools, plans, page faults),
-    at least one; a warm-up longer than LONG_RUN_S is the only sample.
+    Each side gets ``samples`` timed runs, fewer only when they would exceed
+    ``side_budget_s`` judged from its warm-up (then as many as fit, at least one); a
+    warm-up longer than the budget is that side's only sample (runs = 0).
+    Returns name -> Timing.
     """
-    start = time.perf_counter()
-    outputs = run(fetch=True)
-    warm = time.perf_counter() - start
-    if warm > LONG_RUN_S:
-        return Timing(warm, 0, outputs)
-    samples = []
-    while not samples or (len(samples) < repeats and sum(samples) + samples[0] <= budget_s):
+    outputs, warm, want = {}, {}, {}
+    for name, run in runs.items():
+        start = time.perf_counter()
+        outputs[name] = run(fetch=True)
+        warm[name] = time.perf_counter() - start
+        want[name] = 0 if warm[name] > side_budget_s else max(1, min(samples, int(side_budget_s // warm[name])))
+    taken = {name: [] for name in runs}
+    names = list(runs)
+    for round_ in range(max(want.values(), default=0)):
+        # Rotate the order each round and let other libraries' worker threads go idle
+        # (OpenMP and Eigen pools spin a while after their work): no side always runs
+        # right after the same busy neighbour.
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            if round_ < want[name]:
+                time.sleep(SETTLE_S)
+                start = time.perf_counter()
+                runs[name](fetch=False)
+                taken[name].append(time.perf_counter() - start)
+    return {name: Timing(statistics.median(taken[name]) if taken[name] else warm[name], len(taken[name]),
+                         outputs[name]) for name in runs}
+
+
+def transform_seconds(run, module) -> tuple:
+    """(wall seconds of one ``run``, seconds of it spent inside ``module.rfftn`` / ``irfftn``).
+
+    The FFT engine calls its transforms through ``convcore.backend``; wrapping them for
+    one untimed call measures the engine's six transform sets (x, W, gy forward; y, gx,
+    gW inverse), the method's floor, beside everything else it does.
+    """
+    spent = [0.0]
+    originals = module.rfftn, module.irfftn
+
+    def timed(f):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+        return call
+
+    module.rfftn, module.irfftn = timed(originals[0]), timed(originals[1])
+    try:
         start = time.perf_counter()
         run(fetch=False)
-        samples.append(time.perf_counter() - start)
-    return Timing(statistics.median(samples), len(samples), outputs)
+        return time.perf_counter() - start, spent[0]
+    finally:
+        module.rfftn, module.irfftn = originals
 
 
 def peak_bytes_cpu(run) -> int:

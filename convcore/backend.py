@@ -1,24 +1,58 @@
 """The one array-backend switch: NumPy/SciPy on the CPU, CuPy on its GPU.
 
 Everything else in convcore asks ``get_array_module`` for ``xp`` and calls the
-FFT helpers here, so CPU and GPU share every line of the math.
+FFT helpers here, so CPU and GPU share every line of the math. Device array
+modules are registered (CuPy when it imports; the tests' strict CuPy stand-in),
+so code branches only on ``is_host_module(xp)``, never on CuPy by name.
 """
 from __future__ import annotations
 
 import contextlib
-import os
+import importlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.fft
 
+from .resources import cpu_count, num_threads
+
 try:  # CuPy is optional: the package must import and work without it.
     import cupy
 except Exception:  # pragma: no cover - depends on the machine
     cupy = None
 
-_CPU_WORKERS = os.cpu_count() or 1
+__all__ = ["cpu_count", "num_threads", "get_array_module", "is_host_module", "is_device_array", "to_host",
+           "rfftn", "irfftn", "matmul", "next_fast_len", "device_name", "synchronize",
+           "register_device_module", "unregister_device_module", "cupy_available"]
+
+# (array type, module, its scipy.fft-like module or a zero-argument loader of it)
+_device_modules: list = []
+if cupy is not None:  # pragma: no cover - depends on the machine
+    _device_modules.append((cupy.ndarray, cupy, lambda: importlib.import_module("cupyx.scipy.fft")))
+
+
+def register_device_module(module, array_type, fft_module) -> None:
+    """Treat ``array_type`` arrays as device arrays of ``module`` (a CuPy-like API), with
+    ``fft_module`` (scipy.fft-like, or a zero-argument function returning it) for transforms."""
+    _device_modules[:] = [e for e in _device_modules if e[1] is not module]
+    _device_modules.append((array_type, module, fft_module))
+
+
+def unregister_device_module(module) -> None:
+    _device_modules[:] = [e for e in _device_modules if e[1] is not module]
+
+
+def is_host_module(xp) -> bool:
+    """True for NumPy (arrays in host memory), False for a device module such as CuPy."""
+    return xp is np
+
+
+def _device_entry(a):
+    for entry in _device_modules:
+        if isinstance(a, entry[0]):
+            return entry
+    return None
 
 
 def cupy_available() -> bool:
@@ -31,13 +65,16 @@ def cupy_available() -> bool:
         return False
 
 
-def is_cupy_array(a) -> bool:
-    return cupy is not None and isinstance(a, cupy.ndarray)
+def is_device_array(a) -> bool:
+    """True for an array of a registered device module (CuPy)."""
+    return _device_entry(a) is not None
+
 
 
 def to_host(a):
-    """A NumPy array on the host (CuPy arrays are copied back; None stays None)."""
-    return a.get() if is_cupy_array(a) else a
+    """A NumPy array on the host (device arrays are copied back; None stays None)."""
+    entry = _device_entry(a)
+    return a if entry is None else entry[1].asnumpy(a)
 
 
 def get_array_module(*arrays):
@@ -46,20 +83,21 @@ def get_array_module(*arrays):
     Raises TypeError naming the offending arguments when NumPy and CuPy arrays are
     mixed, or when an argument is not an array at all.
     """
-    kinds = {}
+    kinds, modules = {}, {}
     for name, a in _named(arrays):
-        if is_cupy_array(a):
-            kinds[name] = "cupy"
+        entry = _device_entry(a)
+        if entry is not None:
+            kinds[name] = "cupy"      # any registered device module speaks CuPy's API
+            modules[entry[1].__name__] = entry[1]
         elif isinstance(a, np.ndarray):
             kinds[name] = "numpy"
+            modules["numpy"] = np
         else:
             raise TypeError(f"{name} must be a numpy or cupy ndarray, got {type(a).__name__}")
-    if len(set(kinds.values())) > 1:
+    if len(modules) > 1:
         listing = ", ".join(f"{k}={v}" for k, v in kinds.items())
         raise TypeError(f"inputs mix NumPy and CuPy arrays ({listing}); move them to one device")
-    if "cupy" in kinds.values():
-        return cupy
-    return np
+    return next(iter(modules.values()), np)
 
 
 def _named(arrays):
@@ -75,10 +113,11 @@ def _named(arrays):
 
 def _fft_module(xp):
     if xp is np:
-        return scipy.fft, {"workers": _CPU_WORKERS}
-    import cupyx.scipy.fft as cufft
-
-    return cufft, {}
+        return scipy.fft, {"workers": num_threads()}
+    for _, module, fft in _device_modules:
+        if module is xp:
+            return (fft() if callable(fft) else fft), {}
+    raise TypeError(f"no FFT module registered for {getattr(xp, '__name__', xp)!r}")
 
 
 def _worth_pruning(extents, lengths) -> bool:
@@ -147,13 +186,14 @@ def matmul(xp, a, b):
     shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
     out = np.empty(shape, dtype=np.result_type(a, b))
     work = out.size * a.shape[-1]
+    threads = num_threads()
     with _single_threaded_blas():
-        if _CPU_WORKERS == 1 or work < SPLIT_WORK:
+        if threads == 1 or work < SPLIT_WORK:
             np.matmul(a, b, out=out)
-        elif len(shape) > 2 and shape[0] >= 2 * _CPU_WORKERS:
-            _run_split(shape[0], lambda s: np.matmul(a[s], b[s], out=out[s]))
+        elif len(shape) > 2 and shape[0] >= 2 * threads:
+            _run_split(threads, shape[0], lambda s: np.matmul(a[s], b[s], out=out[s]))
         else:
-            _run_split(shape[-2], lambda s: np.matmul(a[..., s, :], b, out=out[..., s, :]))
+            _run_split(threads, shape[-2], lambda s: np.matmul(a[..., s, :], b, out=out[..., s, :]))
     return out
 
 
@@ -198,12 +238,16 @@ def _single_threaded_blas():
                     lib.set_num_threads(n)
 
 
-def _run_split(length, task):
+def _run_split(threads, length, task):
     global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(_CPU_WORKERS)
-    bounds = np.linspace(0, length, _CPU_WORKERS + 1).astype(int)
-    list(_pool.map(task, [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
+    with _blas_lock:   # one pool per thread count: CONVCORE_NUM_THREADS is read on every call
+        if _pool is None or _pool[0] != threads:
+            old, _pool = _pool, (threads, ThreadPoolExecutor(threads, thread_name_prefix="convcore"))
+            if old is not None:
+                old[1].shutdown(wait=False)
+        pool = _pool[1]
+    bounds = np.linspace(0, length, threads + 1).astype(int)
+    list(pool.map(task, [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
 
 
 def next_fast_len(n: int) -> int:
@@ -211,10 +255,21 @@ def next_fast_len(n: int) -> int:
     return scipy.fft.next_fast_len(int(n), real=True)
 
 
+_device_names: dict = {}   # (module, device id) -> name
+
+
 def device_name(xp) -> str:
-    """'cpu' for NumPy, the GPU's name for CuPy."""
+    """'cpu' for NumPy, the current GPU's name for CuPy (asked of the driver once per device)."""
     if xp is np:
         return "cpu"
-    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-    name = props["name"]
-    return name.decode() if isinstance(name, bytes) else str(name)
+    key = (xp.__name__, xp.cuda.runtime.getDevice())
+    if key not in _device_names:
+        name = xp.cuda.runtime.getDeviceProperties(key[1])["name"]
+        _device_names[key] = name.decode() if isinstance(name, bytes) else str(name)
+    return _device_names[key]
+
+
+def synchronize(xp) -> None:
+    """Wait for the device's queued work (a no-op on the host): timings must include it."""
+    if xp is not np:
+        xp.cuda.Device().synchronize()

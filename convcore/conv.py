@@ -5,18 +5,13 @@ Shapes (cross-correlation, as PyTorch/JAX):
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
-from . import autoselect, backend
-from .direct_conv import DirectConv
-from .fft_conv import FFTConv
+from . import autoselect, backend, resources
+from .engines import engine_names, make_engine
 from .geometry import check_arrays, make_geometry
 
-ALGORITHMS = ("auto", "fft", "direct")
 GRADIENTS = ("x", "W", "b")
-DEFAULT_MEMORY_BUDGET = int(float(os.environ.get("CONVCORE_MEMORY_BUDGET_MB", "2048")) * 2**20)
-_ENGINES = {"fft": FFTConv, "direct": DirectConv}
 
 
 class ConvGrads(NamedTuple):
@@ -26,9 +21,23 @@ class ConvGrads(NamedTuple):
     gb: object
 
 
-def make_engine(name, xp, geom, x, W, budget):
-    """The FFT or direct engine; each splits its work so its working set fits ``budget``."""
-    return _ENGINES[name](xp, geom, x, W, budget)
+def algorithms() -> tuple:
+    """What ``algorithm=`` accepts: "auto" and every registered engine."""
+    return ("auto",) + engine_names()
+
+
+def __getattr__(name):
+    # ALGORITHMS was a fixed tuple before the registry; kept readable for old imports.
+    if name == "ALGORITHMS":
+        return algorithms()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_algorithm(algorithm) -> str:
+    """``algorithm`` if it is "auto" or a registered engine; else ValueError naming the choices."""
+    if not isinstance(algorithm, str) or algorithm not in algorithms():
+        raise ValueError(f"algorithm must be one of {algorithms()}, got {algorithm!r}")
+    return algorithm
 
 
 class Convolution:
@@ -36,23 +45,24 @@ class Convolution:
 
     ``forward(x, W, b)`` transforms x and W once (FFT) or builds the column matrix
     once (direct); ``backward(gy)`` then reuses them, so a layer never transforms
-    its input twice. ``algorithm_used`` tells which algorithm ran.
+    its input twice. ``algorithm`` is "auto" or any registered engine (``convcore.algorithms()``);
+    ``algorithm_used`` tells which engine ran and ``budget_used`` the working-set budget it had.
     """
 
     def __init__(self, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
                  algorithm="auto", memory_budget=None, autotune=None):
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
+        check_algorithm(algorithm)
         self.params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                            padding_mode=padding_mode)
         if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
                                           or memory_budget <= 0):
             raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
         self.algorithm = algorithm
+        self.memory_budget = memory_budget   # None: CONVCORE_MEMORY_BUDGET_MB or the device's free memory
         # With "auto": time close calls (True), decide by the cost model alone (False: the choice
         # depends only on the shapes, so seeded runs repeat bit for bit), or CONVCORE_AUTOTUNE (None).
         self.autotune = autotune
-        self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
+        self.budget_used = None
         self.algorithm_used = None
         self.geometry = None
         self.device = None
@@ -63,12 +73,13 @@ class Convolution:
         xp = backend.get_array_module(("x", x), ("W", W), ("b", b), ("gy", gy))
         geom = make_geometry(x.shape, W.shape, **self.params)
         check_arrays(geom, x, W, b, gy)
+        budget = self.memory_budget or resources.memory_budget(xp)
         name, engine = self.algorithm, None
         if name == "auto":
-            name, engine = autoselect.choose(xp, geom, x, W, self.memory_budget, self.autotune)
-        self.geometry, self.algorithm_used = geom, name
+            name, engine = autoselect.choose(xp, geom, x, W, budget, self.autotune)
+        self.geometry, self.algorithm_used, self.budget_used = geom, name, budget
         self.device = backend.device_name(xp)
-        self._engine = engine or make_engine(name, xp, geom, x, W, self.memory_budget)
+        self._engine = engine or make_engine(name, xp, geom, x, W, budget)
         return self
 
     def forward(self, x, W, b=None):

@@ -15,11 +15,9 @@ frequency axis:  (F, g, n, c) @ (F, g, c, o).
 """
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 
-from . import backend, layout, tiling
+from . import backend, costs, layout, tiling
 from .geometry import ConvGeometry
 from .reduction import Reduction
 
@@ -37,7 +35,7 @@ class FFTConv:
         self.xp, self.geom = xp, geom
         self.x, self.W = x, W
         red = self.red = Reduction(xp, geom, keep_dilation=False)
-        self.tile = choose_tile(geom, x.dtype.itemsize, budget)
+        self.tile = costs.choose_tile(geom, x.dtype.itemsize, budget, costs.rates_for(xp))
         valid = tuple(q - k + 1 for q, k in zip(red.qx, red.qk))
         self.counts = tiling.tile_counts(valid, self.tile)
         self.tiled = any(c > 1 for c in self.counts)
@@ -45,12 +43,12 @@ class FFTConv:
         self.fft_shape = tuple(backend.next_fast_len(w) for w in self.window)
         self.axes = tuple(range(-geom.ndim, 0))
         self.rows = geom.batch * math.prod(self.counts)
-        fixed = _bytes(geom, x.dtype.itemsize, self.tile, 0)
-        per_row = _bytes(geom, x.dtype.itemsize, self.tile, 1) - fixed
-        self.row_chunk = int(min(self.rows, max(1, (budget - fixed) // max(per_row, 1))))
+        self.row_chunk = costs.fft_row_chunk(geom, x.dtype.itemsize, self.tile, self.rows, budget)
         self._inputs = None
         self._x_spectrum = None
         self._W_spectrum = None
+
+    estimate = staticmethod(costs.fft_estimate)   # the Engine protocol's cost hook
 
     # ---- transforms ------------------------------------------------------
     def _spectrum(self, a):
@@ -136,73 +134,3 @@ class FFTConv:
             F, g, o, C = gW_spec.shape
             gW = red.weight_grad(self._inverse(gW_spec.reshape(F, 1, g * o, C), red.qk))
         return gx, gW
-
-
-def working_set_bytes(geom: ConvGeometry, itemsize: int, budget: int) -> int:
-    """Peak bytes of one chunk of rows under ``budget``, with the tiles the engine would choose."""
-    return _bytes(geom, itemsize, choose_tile(geom, itemsize, budget), 1)
-
-
-def _bytes(geom: ConvGeometry, itemsize: int, tile, rows: int) -> int:
-    """Spectra (x, W, y or gy) and real buffers of ``rows`` tile rows."""
-    red = Reduction(None, geom, keep_dilation=False)
-    L = tuple(backend.next_fast_len(t + k - 1) for t, k in zip(tile, red.qk))
-    freqs = math.prod(L[:-1]) * (L[-1] // 2 + 1)
-    C, O, g = red.channels, red.out_channels, geom.groups
-    spectra = 2 * itemsize * freqs * g * (rows * C + O * C + rows * O)
-    real = itemsize * math.prod(L) * rows * g * (C + O)
-    return spectra + real
-
-
-def estimate_seconds(geom: ConvGeometry, itemsize: int, tile) -> float:
-    """Modelled seconds of forward + all three gradients with output tiles ``tile``."""
-    from .autoselect import CMATMUL_RATE, FFT_RATE, MATRIX_CALL_S
-
-    red = Reduction(None, geom, keep_dilation=False)
-    L = tuple(backend.next_fast_len(t + k - 1) for t, k in zip(tile, red.qk))
-    size = math.prod(L)
-    freqs = math.prod(L[:-1]) * (L[-1] // 2 + 1)
-    valid = tuple(q - k + 1 for q, k in zip(red.qx, red.qk))
-    rows = geom.batch * math.prod(tiling.tile_counts(valid, tile))
-    C, O, g = red.channels, red.out_channels, geom.groups
-    transforms = 2 * g * (rows * C + O * C + rows * O)   # each once forward, once backward
-    fft_flops = transforms * 2.5 * size * math.log2(max(size, 2))
-    mm_flops = 3 * 8.0 * freqs * g * rows * C * O
-    calls = 3 * freqs * g if min(C, O) > 2 else 0   # tiny inner sizes are broadcast, not BLAS calls
-    precision = 1.0 if itemsize == 4 else 2.0
-    return precision * (fft_flops / (FFT_RATE * 1e9) + mm_flops / (CMATMUL_RATE * 1e9)) + calls * MATRIX_CALL_S
-
-
-TILE_GAIN = 0.6  # tile for speed only when the model predicts at least a 40% saving
-
-
-@functools.lru_cache(maxsize=1024)
-def choose_tile(geom: ConvGeometry, itemsize: int, budget: int) -> tuple:
-    """Output tile per dim for overlap-save: the cheapest by the cost model that fits ``budget``.
-
-    Candidates per dim are the whole valid output and windows of about 2, 4 and 8
-    kernel lengths. If even the smallest tiles overflow half the budget, halves
-    the dim with the most room until it fits or tiles reach the kernel size.
-    """
-    red = Reduction(None, geom, keep_dilation=False)
-    valid = [q - k + 1 for q, k in zip(red.qx, red.qk)]
-    options = []
-    for v, k in zip(valid, red.qk):
-        sizes = {v} | {backend.next_fast_len(c * k) - k + 1 for c in (2, 4, 8)}
-        options.append(sorted(t for t in sizes if max(k, 1) <= t <= v) or [v])
-    fitting = [t for t in itertools.product(*options) if _bytes(geom, itemsize, t, 1) <= budget // 2]
-    whole = tuple(valid)
-    if fitting:
-        best = min(fitting, key=lambda t: (estimate_seconds(geom, itemsize, t), -math.prod(t)))
-        # Tiles cost copies the model leaves out: only take them for a clear saving.
-        if whole in fitting and estimate_seconds(geom, itemsize, best) > TILE_GAIN * estimate_seconds(
-                geom, itemsize, whole):
-            return whole
-        return best
-    tile = [min(o) for o in options]
-    while _bytes(geom, itemsize, tile, 1) > budget // 2:
-        j = max(range(len(tile)), key=lambda d: tile[d] / red.qk[d])
-        if tile[j] <= red.qk[j]:
-            break
-        tile[j] = max(red.qk[j], -(-tile[j] // 2))
-    return tuple(tile)

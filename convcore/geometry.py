@@ -8,6 +8,7 @@ with, per spatial dim j,
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -16,6 +17,10 @@ import numpy as np
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 PADDING_WORDS = ("valid", "same", "full")
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# No array has a dim this long (2**48 cells ~ 256 TiB of bytes): a larger stride, padding,
+# dilation or padded extent describes nothing that can be computed, so it is refused by name.
+MAX_EXTENT = 2**48
+MAX_ELEMENTS = 2**62   # past this, no array (and no element count NumPy can hold) can be the output
 
 
 @dataclass(frozen=True)
@@ -166,22 +171,33 @@ def make_geometry(x_shape, W_shape, *, stride=1, padding=0, dilation=1, groups=1
     if c_in_g * groups != c_in:
         raise ValueError(f"channels do not match: x has c_in={c_in}, so W.shape[1] must be "
                          f"c_in // groups = {c_in // groups}, got W shape {W_shape} (groups={groups})")
+    if max(x_shape + W_shape) > MAX_EXTENT:
+        raise ValueError(f"x and W dims must be at most 2**48, got x shape {x_shape}, W shape {W_shape}")
     stride = per_dim(stride, ndim, "stride")
     dilation = per_dim(dilation, ndim, "dilation")
     if any(s < 1 for s in stride):
         raise ValueError(f"stride must be >= 1 in every dim, got stride={stride}")
     if any(d < 1 for d in dilation):
         raise ValueError(f"dilation must be >= 1 in every dim, got dilation={dilation}")
+    for name, values in (("stride", stride), ("dilation", dilation)):
+        if max(values) > MAX_EXTENT:
+            raise ValueError(f"{name} must be at most 2**48 in every dim, got {name}={values}")
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     kernel = W_shape[2:]
     pads = resolve_pads(padding, ndim, kernel, dilation, stride)
+    if max(v for pair in pads for v in pair) > MAX_EXTENT:
+        raise ValueError(f"padding must be at most 2**48 cells on each side, got padding={padding!r} "
+                         f"(resolved to {pads})")
     geom = ConvGeometry(x_shape, W_shape, stride, dilation, pads, groups, padding_mode)
     _check_padding_fits(geom)
     if any(p < ke for p, ke in zip(geom.padded, geom.dilated_kernel)):
         raise ValueError(f"kernel larger than the padded input: dilated kernel {geom.dilated_kernel} "
                          f"vs padded input {geom.padded} (x shape {x_shape}, W shape {W_shape}, "
                          f"padding={pads}, dilation={dilation})")
+    if math.prod(geom.out_shape) > MAX_ELEMENTS or math.prod(geom.padded) * n * c_in > MAX_ELEMENTS:
+        raise ValueError(f"padding={padding!r} makes the padded input {(n, c_in) + geom.padded} or the output "
+                         f"{geom.out_shape} larger than any array (2**62 elements)")
     return geom
 
 

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .conv import conv_backward
+from .padding import pad
 
 DIAGNOSIS_RTOL = 1e-4   # a candidate matches when max|u - a C| <= this * max|u|
 MAX_SHIFTS = 1000       # shift vectors tried per candidate (all combinations below this)
 MAX_SINGLES = 8         # channels / samples tried from each end for "only one contributes"
-_NUMPY_MODES = {"zeros": "constant", "circular": "wrap", "reflect": "reflect", "replicate": "edge"}
 
 
 @dataclass
@@ -250,7 +250,7 @@ class Diagnoser:
         # Correlating with a kernel 2*reach wider over an input with reach*dilation
         # zeros each side keeps the output shape and yields the lags outside 0..k-1.
         g = self.geom
-        x_pad = np.pad(self.x, ((0, 0), (0, 0)) + g.pads, mode=_NUMPY_MODES[g.padding_mode])
+        x_pad = pad(np, self.x, g.pads, g.padding_mode)
         x_pad = np.pad(x_pad, ((0, 0), (0, 0)) + tuple((r * dl, r * dl) for r, dl in zip(reach, g.dilation)))
         W_wide = np.zeros(g.kernel_shape[:2] + tuple(k + 2 * r for k, r in zip(g.kernel, reach)))
         grad = self._backward(gyv, x_pad, W_wide, ("W",), padding=0, padding_mode="zeros").gW

@@ -6,14 +6,15 @@ input cell, so its gradient is added to that cell.
 """
 from __future__ import annotations
 
-_XP_MODES = {"zeros": "constant", "circular": "wrap", "reflect": "reflect", "replicate": "edge"}
+# padding_mode -> the ``mode`` of numpy.pad / cupy.pad that fills the same cells.
+NUMPY_PAD_MODES = {"zeros": "constant", "circular": "wrap", "reflect": "reflect", "replicate": "edge"}
 
 
 def pad(xp, a, pads, mode):
     """Pad the spatial axes of ``a`` (n, c, d_1..d_N) -> (n, c, d_1+lo_1+hi_1, ...)."""
     if not any(lo or hi for lo, hi in pads):
         return a
-    return xp.pad(a, ((0, 0), (0, 0)) + tuple(pads), mode=_XP_MODES[mode])
+    return xp.pad(a, ((0, 0), (0, 0)) + tuple(pads), mode=NUMPY_PAD_MODES[mode])
 
 
 def pad_adjoint(xp, g, pads, mode, spatial):

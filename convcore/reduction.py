@@ -11,6 +11,11 @@ correlation. Per group g of the reduced problem:
 With stride 1 the dilation can stay native (``keep_dilation``: the direct
 algorithm skips zero taps); with stride > 1 the filters are dilated first and the
 polyphase split makes the core dilation 1.
+
+Only the part of the padded input that some output reads is kept: per dim the
+first ``read = (o - 1) * s + k_dilated`` cells. A dim with a single output runs
+with stride 1 (the stride never matters there), so an absurd stride such as 10**12
+costs nothing: no rounding up to a multiple of it, no prod(stride) phase channels.
 """
 from __future__ import annotations
 
@@ -24,43 +29,47 @@ from .padding import pad, pad_adjoint
 class Reduction:
     def __init__(self, xp, geom: ConvGeometry, keep_dilation: bool):
         self.xp, self.geom = xp, geom
-        strided = any(s != 1 for s in geom.stride)
+        # The stride the reduction runs with: 1 along dims with one output.
+        self.stride = tuple(1 if o == 1 else s for o, s in zip(geom.out_spatial, geom.stride))
+        self.read = tuple((o - 1) * s + ke for o, s, ke in zip(geom.out_spatial, self.stride,
+                                                               geom.dilated_kernel))
+        strided = any(s != 1 for s in self.stride)
         self.native_dilation = keep_dilation and not strided
         native = self.native_dilation
         self.core_dilation = geom.dilation if native else (1,) * geom.ndim
         extent = geom.kernel if native else geom.dilated_kernel
-        self.qx = tuple(-(-p // s) for p, s in zip(geom.padded, geom.stride))
-        self.qk = tuple(-(-e // s) for e, s in zip(extent, geom.stride))
-        self.channels = geom.in_channels // geom.groups * math.prod(geom.stride)
+        self.qx = tuple(-(-r // s) for r, s in zip(self.read, self.stride))
+        self.qk = tuple(-(-e // s) for e, s in zip(extent, self.stride))
+        self.channels = geom.in_channels // geom.groups * math.prod(self.stride)
         self.out_channels = geom.out_channels // geom.groups
 
     def inputs(self, x, lo, hi):
         """x[lo:hi] (b, c_I, d...) -> (b, g, C, q...): padded, split by phase, grouped."""
         geom, xp = self.geom, self.xp
-        a = pad(xp, x[lo:hi], geom.pads, geom.padding_mode)
-        a = layout.pad_high(xp, a, layout.round_up(a.shape[2:], geom.stride))
-        a = layout.space_to_depth(a, geom.stride)
+        a = layout.crop(pad(xp, x[lo:hi], geom.pads, geom.padding_mode), self.read)
+        a = layout.pad_high(xp, a, layout.round_up(self.read, self.stride))
+        a = layout.space_to_depth(a, self.stride)
         return a.reshape((a.shape[0], geom.groups, self.channels) + a.shape[2:])
 
     def filters(self, W):
         """W (c_O, c_I/g, k...) -> (g, c_O/g, C, k'...)."""
         geom, xp = self.geom, self.xp
         Wd = W if self.native_dilation else layout.dilate(xp, W, geom.dilation)
-        Wd = layout.pad_high(xp, Wd, tuple(q * s for q, s in zip(self.qk, geom.stride)))
-        Wp = layout.space_to_depth(Wd, geom.stride)
+        Wd = layout.pad_high(xp, Wd, tuple(q * s for q, s in zip(self.qk, self.stride)))
+        Wp = layout.space_to_depth(Wd, self.stride)
         return Wp.reshape((geom.groups, self.out_channels) + Wp.shape[1:])
 
     def input_grad(self, a):
         """Gradient of ``inputs``' output (b, g*C, q...) -> gx (b, c_I, d...)."""
         geom, xp = self.geom, self.xp
-        a = layout.depth_to_space(a, geom.stride)   # (b, c_I, q*s...)
-        a = layout.crop(a, geom.padded)
+        a = layout.depth_to_space(a, self.stride)   # (b, c_I, q*s...)
+        a = layout.pad_high(xp, layout.crop(a, self.read), geom.padded)   # unread cells get 0
         return pad_adjoint(xp, a, geom.pads, geom.padding_mode, geom.spatial)
 
     def weight_grad(self, a):
         """Gradient of ``filters``' output as (c_O, C, k'...) -> gW (c_O, c_I/g, k...)."""
         geom = self.geom
-        a = layout.depth_to_space(a, geom.stride)
+        a = layout.depth_to_space(a, self.stride)
         if self.native_dilation:
             a = layout.crop(a, geom.kernel)
         else:

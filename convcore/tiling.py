@@ -11,6 +11,7 @@ All helpers act on (B, K, s_1..s_N) arrays; ``counts`` is m per dim.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 
@@ -19,61 +20,47 @@ def tile_counts(out_len, tile):
 
 
 def windows(xp, a, tile, kernel, counts):
-    """(B, K, q...) -> (B * M, K, T + k - 1 ...) overlapping input windows, M = prod(counts)."""
-    N = len(tile)
+    """(B, K, q...) -> (B * M, K, T + k - 1 ...) overlapping input windows, M = prod(counts).
+
+    One copy per window position (all B images at once): M slice copies, each reading
+    its window once, instead of a pad, split and concatenate per dim.
+    """
     B, K = a.shape[:2]
-    for j in range(N):
-        axis = 2 + 2 * j  # axes before it are already split into (m, window) pairs
-        a = _split_windows(xp, a, axis, tile[j], kernel[j], counts[j])
-    # (B, K, m_1, w_1, ..., m_N, w_N) -> (B, m_1..m_N, K, w_1..w_N)
-    order = (0,) + tuple(2 + 2 * j for j in range(N)) + (1,) + tuple(3 + 2 * j for j in range(N))
     win = tuple(t + k - 1 for t, k in zip(tile, kernel))
-    return xp.ascontiguousarray(a.transpose(order)).reshape((B * math.prod(counts), K) + win)
-
-
-def _split_windows(xp, a, axis, T, k, m):
-    """Replace ``axis`` (length L) by (m, T + k - 1): window t covers [t*T, t*T + T + k - 1)."""
-    a = xp.moveaxis(a, axis, -1)
-    if m == 1:  # one tile: the window is the whole input (its tile may be shorter than k - 1)
-        return xp.moveaxis(a[..., None, :T + k - 1], (-2, -1), (axis, axis + 1))
-    need = (m + 1) * T
-    if a.shape[-1] < need:
-        a = xp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, need - a.shape[-1])])
-    a = a[..., :need]
-    head = a[..., :m * T].reshape(a.shape[:-1] + (m, T))
-    tail = a[..., T:need].reshape(a.shape[:-1] + (m, T))[..., :k - 1]
-    out = xp.concatenate([head, tail], axis=-1)           # (..., m, T + k - 1)
-    return xp.moveaxis(xp.moveaxis(out, -1, axis), -1, axis)  # back to (.., m, w, ..) at axis
+    a = _pad_to(xp, a, tuple((m - 1) * t + w for m, t, w in zip(counts, tile, win)))
+    out = xp.empty((B, math.prod(counts), K) + win, dtype=a.dtype)
+    for i, corner in enumerate(_corners(tile, counts)):
+        out[:, i] = a[(slice(None), slice(None)) + tuple(slice(c, c + w) for c, w in zip(corner, win))]
+    return out.reshape((B * math.prod(counts), K) + win)
 
 
 def overlap_add(xp, tiles, B, tile, kernel, counts, length):
-    """Adjoint of ``windows``: (B * M, K, T + k - 1 ...) -> (B, K, length...)."""
-    N = len(tile)
+    """Adjoint of ``windows``: (B * M, K, T + k - 1 ...) -> (B, K, length...).
+
+    Each window is added once at its place in a buffer that holds the last window's
+    end too, then the buffer is cut to ``length`` (zero-padded if shorter).
+    """
     K = tiles.shape[1]
     win = tiles.shape[2:]
-    a = tiles.reshape((B,) + tuple(counts) + (K,) + win)
-    order = (0, N + 1) + sum(((1 + j, N + 2 + j) for j in range(N)), ())
-    a = a.transpose(order)                                 # (B, K, m_1, w_1, ..., m_N, w_N)
-    for j in reversed(range(N)):
-        a = _fold_windows(xp, a, 2 + 2 * j, tile[j], kernel[j], counts[j], length[j])
-    return a
+    tiles = tiles.reshape((B, math.prod(counts), K) + win)
+    reach = tuple(max(L, (m - 1) * t + w) for L, m, t, w in zip(length, counts, tile, win))
+    out = xp.zeros((B, K) + reach, dtype=tiles.dtype)
+    for i, corner in enumerate(_corners(tile, counts)):
+        out[(slice(None), slice(None)) + tuple(slice(c, c + w) for c, w in zip(corner, win))] += tiles[:, i]
+    return out[(slice(None), slice(None)) + tuple(slice(0, L) for L in length)]
 
 
-def _fold_windows(xp, a, axis, T, k, m, length):
-    """Adjoint of ``_split_windows``: (.., m, T + k - 1, ..) at axis -> (.., length, ..)."""
-    a = xp.moveaxis(xp.moveaxis(a, axis + 1, -1), axis, -2)   # (..., m, w)
-    if m == 1:
-        out = a[..., 0, :length]
-        return xp.moveaxis(out, -1, axis)
-    # Index a contiguous (m + 1, T) buffer directly: never write through a reshaped view.
-    blocks = xp.zeros(a.shape[:-2] + (m + 1, T), dtype=a.dtype)
-    blocks[..., :m, :] += a[..., :T]
-    if k > 1:
-        blocks[..., 1:, :k - 1] += a[..., T:]   # window t's tail overlaps block t + 1
-    out = blocks.reshape(a.shape[:-2] + ((m + 1) * T,))
-    out = out[..., :length] if length <= out.shape[-1] else xp.pad(
-        out, [(0, 0)] * (out.ndim - 1) + [(0, length - out.shape[-1])])
-    return xp.moveaxis(out, -1, axis)
+def _corners(tile, counts):
+    """The first input index of every window, window positions in row-major order."""
+    return itertools.product(*(range(0, m * t, t) for m, t in zip(counts, tile)))
+
+
+def _pad_to(xp, a, shape):
+    """Zero-pad the trailing spatial axes at their high end up to ``shape`` (never cut)."""
+    extra = [max(0, L - d) for L, d in zip(shape, a.shape[2:])]
+    if not any(extra):
+        return a
+    return xp.pad(a, ((0, 0), (0, 0)) + tuple((0, e) for e in extra))
 
 
 def untile(xp, y, B, tile, counts):

@@ -1,6 +1,6 @@
 """convcore against JAX (lax.conv_general_dilated + jax.vjp) on a table of configurations.
 
-Each row runs under both dtypes and all three algorithms, through conv_forward /
+Each row runs under both dtypes, every registered engine and "auto", through conv_forward /
 conv_backward and through the reusing Convolution layer. The JAX reference is
 computed once per row (JAX compiles per shape, which dominates the run time).
 """
@@ -55,20 +55,20 @@ def reference(index):
     return jax_reference(CASES[index])
 
 
-@pytest.mark.parametrize("algorithm", ["fft", "direct", "auto"])
+@pytest.mark.parametrize("algorithm", convcore.algorithms())
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"N{c.ndim}-{i}" for i, c in enumerate(CASES)])
 def test_functions_match_jax(backend, index, dtype, algorithm):
     check_case(backend, CASES[index], reference(index), dtype, algorithm)
 
 
-@pytest.mark.parametrize("algorithm", ["fft", "direct", "auto"])
+@pytest.mark.parametrize("algorithm", convcore.algorithms())
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"N{c.ndim}-{i}" for i, c in enumerate(CASES)])
 def test_layer_reusing_forward_matches_jax(backend, index, algorithm):
     check_case(backend, CASES[index], reference(index), np.float64, algorithm, layer=True)
 
 
-@pytest.mark.parametrize("algorithm", ["fft", "direct"])
+@pytest.mark.parametrize("algorithm", convcore.engine_names())
 def test_non_contiguous_inputs(backend, algorithm):
     """Views (transposed, strided) are read correctly, not reinterpreted as contiguous memory."""
     case = CASES[8]

@@ -8,6 +8,7 @@ from CuPy to NumPy for its single-channel case.
 """
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -17,6 +18,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import fftconvolve
 
 from convcore.gradcheck import _fd_b, _fd_W, _fd_x, gradcheck
+
+gradcheck_module = importlib.import_module("convcore.gradcheck")   # the name is shadowed by the function
 
 
 def flip(a):
@@ -130,6 +133,39 @@ def test_diagnosis_in_a_strided_grouped_dilated_layer():
     assert report.user["gW"].cause_codes == ["mean_over_batch"]
 
 
+GROUPED = ConvCase((2, 6, 7, 6), (6, 2, 3, 3), groups=3, padding=[(1, 0), (2, 1)], seed=8)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_mean_over_channels_counts_the_channels_of_one_group(groups):
+    """Each input channel feeds c_O / groups outputs: the mean divides by that, not by c_O."""
+    case = ConvCase(GROUPED.x_shape, (6, 6 // groups, 3, 3), groups=groups, padding=GROUPED.padding, seed=8)
+    ref = torch_reference(case)
+    per_group = 6 // groups
+    report = gradcheck(ref.x, ref.W, ref.b, ref.gy, **case.params, gx=ref.gx / per_group)
+    cause = report.user["gx"].causes[0]
+    assert report.user["gx"].cause_codes == ["mean_over_channels"], str(report)
+    assert cause.details["factor"] == pytest.approx(1 / per_group) and f"({per_group})" in cause.message
+
+
+def test_missing_channel_sum_in_each_group():
+    """gx from only the last output channel of each group (a '=' where '+=' belongs, per group)."""
+    import torch
+    import torch.nn.functional as F
+
+    ref = torch_reference(GROUPED)
+    kept = np.zeros_like(ref.gy)
+    last = [1, 3, 5]                                     # channel 1 of each of the 3 groups of 2
+    kept[:, last] = ref.gy[:, last]
+    xt = torch.tensor(ref.x, requires_grad=True)
+    flat = [v for pair in reversed(GROUPED.explicit_pads()) for v in pair]
+    F.conv2d(F.pad(xt, flat), torch.tensor(ref.W), groups=3).backward(torch.tensor(kept))
+    report = gradcheck(ref.x, ref.W, ref.b, ref.gy, **GROUPED.params, gx=xt.grad.numpy())
+    assert report.user["gx"].cause_codes == ["missing_channel_sum"], str(report)
+    cause = report.user["gx"].causes[0]
+    assert cause.details["channel"] == 1 and "of each group" in cause.message
+
+
 def test_large_arrays_are_sampled_and_reported():
     rng = np.random.default_rng(0)
     x, W = rng.standard_normal((2, 3, 20, 20)), rng.standard_normal((4, 3, 5, 5))
@@ -139,6 +175,69 @@ def test_large_arrays_are_sampled_and_reported():
     assert (gx.checked, gx.total, gx.sampled) == (25, x.size, True)
     assert "gb" not in report.finite_differences   # no bias, no gb given
     assert json.loads(json.dumps(report.to_dict()))["finite_differences"]["gx"]["checked"] == 25
+
+
+# ---- gradcheck's verdict on a wrong conv_backward ------------------------------------
+def break_conv_backward(monkeypatch, corrupt):
+    """gradcheck sees the real conv_backward's result passed through corrupt(grads, gy).
+
+    This is the mutation under test (a wrong backward), not a stand-in for the
+    finite differences: those still run the real conv_forward.
+    """
+    real = gradcheck_module.conv_backward
+
+    def wrong(gy, *args, **kwargs):
+        return corrupt(real(gy, *args, **kwargs), gy)
+
+    monkeypatch.setattr(gradcheck_module, "conv_backward", wrong)
+
+
+@pytest.fixture
+def grouped_layer():
+    """x (3, 4, 7, 6), W (4, 2, 3, 3) with groups=2 and a bias: every gradient is checked."""
+    rng = np.random.default_rng(11)
+    return (rng.standard_normal((3, 4, 7, 6)), rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4),
+            dict(groups=2, padding=[(1, 0), (2, 1)], algorithm="direct"))
+
+
+@pytest.mark.parametrize("wrong, corrupt", [
+    ("gx", lambda g, gy: g._replace(gx=g.gx * 1.001)),                                 # a stray factor
+    ("gW", lambda g, gy: g._replace(gW=g.gW.swapaxes(-1, -2))),                        # kernel.T
+    ("gW", lambda g, gy: g._replace(gW=flip_spatial(g.gW))),                           # not flipped
+    ("gb", lambda g, gy: g._replace(gb=gy[0].sum(axis=(1, 2)))),                       # first sample only
+], ids=["gx-scaled", "gW-transposed", "gW-flipped", "gb-missing-batch-sum"])
+def test_wrong_conv_backward_fails_the_finite_difference_check(monkeypatch, grouped_layer, wrong, corrupt):
+    x, W, b, params = grouped_layer
+    assert gradcheck(x, W, b, **params).passed     # the real backward passes on this layer
+    break_conv_backward(monkeypatch, corrupt)
+    report = gradcheck(x, W, b, **params)
+    failed = [name for name, c in report.finite_differences.items() if not c.passed]
+    assert not report.passed and failed == [wrong], str(report)
+    assert report.finite_differences[wrong].max_rel_error > 1e-4
+    assert f"conv_backward {wrong}:" in str(report) and "WRONG" in str(report)
+    assert json.loads(json.dumps(report.to_dict()))["passed"] is False
+
+
+def test_finite_difference_verdict_follows_rtol_and_atol(monkeypatch, grouped_layer):
+    """gx off by 1e-6 relative: inside rtol=1e-5, outside rtol=1e-7, inside again with a large atol."""
+    x, W, b, params = grouped_layer
+    break_conv_backward(monkeypatch, lambda g, gy: g._replace(gx=g.gx * (1 + 1e-6)))
+    loose = gradcheck(x, W, b, **params, rtol=1e-5, atol=0.0)
+    assert loose.passed, str(loose)
+    tight = gradcheck(x, W, b, **params, rtol=1e-7, atol=0.0)
+    assert not tight.passed and not tight.finite_differences["gx"].passed, str(tight)
+    assert tight.finite_differences["gW"].passed and tight.finite_differences["gb"].passed
+    gx_scale = tight.finite_differences["gx"].max_abs_error / tight.finite_differences["gx"].max_rel_error
+    assert gradcheck(x, W, b, **params, rtol=0.0, atol=1e-5 * gx_scale).passed
+    assert not gradcheck(x, W, b, **params, rtol=0.0, atol=1e-7 * gx_scale).passed
+
+
+def test_finite_difference_step_is_eps(grouped_layer):
+    """L is linear, so the step only matters through rounding: eps=1e-12 loses ~4 more digits."""
+    x, W, b, params = grouped_layer
+    fine = gradcheck(x, W, b, **params).finite_differences["gx"]
+    tiny = gradcheck(x, W, b, **params, eps=1e-12, rtol=1.0).finite_differences["gx"]
+    assert fine.max_rel_error < 1e-8 and tiny.max_rel_error > 1e-6, (fine, tiny)
 
 
 # ---- the user's gradients -------------------------------------------------------------

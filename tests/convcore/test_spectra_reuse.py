@@ -152,7 +152,7 @@ def test_untimed_auto_depends_on_shapes_only(monkeypatch):
     W = np.ones((4, 3, 3, 3))
     autoselect.clear_cache()
     timed = []
-    monkeypatch.setattr(autoselect, "_time_both", lambda *a, **k: timed.append(1) or ("direct", None))
+    monkeypatch.setattr(autoselect, "_time_engines", lambda *a, **k: timed.append(1) or ("direct", None))
     monkeypatch.setattr(autoselect, "AMBIGUOUS", float("inf"))   # every call is a close call
     op = convcore.Convolution(algorithm="auto", autotune=False)
     op.forward(x, W)

@@ -1,0 +1,333 @@
+"""The cost model of every built-in engine: device rates, seconds and bytes, tile choice.
+
+``auto`` (autoselect.py) asks each registered engine for an ``Estimate`` and runs the
+cheapest; engines size their chunks and tiles with the same byte counts, and
+``estimate_memory`` (memory.py) adds them up before anything is allocated. Keeping
+rates, seconds and bytes in one module is what lets a new engine be compared with
+the others: its ``estimate`` uses the same ``Rates``.
+
+All sizes are Python ints, so absurd shapes give absurd numbers, never an overflow.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from . import backend, tiling
+from .geometry import ConvGeometry
+from .reduction import Reduction
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Sustained float32 rates of one device kind (float64 runs ``float64_slowdown`` times slower).
+
+    They only need to be right within a small factor: close calls are timed.
+    """
+
+    kind: str
+    gemm: float            # FLOP/s of a GEMM with inner size ~100
+    fft: float             # FLOP/s counted as 2.5 * L * log2(L) per real transform of size L
+    cmatmul: float         # FLOP/s of the batched complex matmul over frequencies
+    copy: float            # bytes/s streamed through memory by the direct GEMMs
+    matrix_call_s: float   # fixed cost of each small per-frequency product (one BLAS call each on the CPU)
+    # Fixed seconds of one forward + backward beyond the arithmetic (Python, transform set-up,
+    # transposes, kernel launches): what decides tiny layers, such as 8x8 images.
+    call_overhead: dict = field(default_factory=dict, hash=False)
+    float64_slowdown: float = 2.0
+
+    def overhead(self, engine: str) -> float:
+        return self.call_overhead.get(engine, DEFAULT_OVERHEAD_S)
+
+    def precision(self, itemsize: int) -> float:
+        return 1.0 if itemsize <= 4 else self.float64_slowdown
+
+
+DEFAULT_OVERHEAD_S = 1e-3
+# A 2-core CPU (the figures the model was fitted on; see docs/benchmarks.md).
+# gemm and copy: the direct engine's blocked GEMMs and column copies, fitted on 28 layers (H5).
+CPU_RATES = Rates("cpu", gemm=80e9, fft=3e9, cmatmul=8e9, copy=70e9, matrix_call_s=1.5e-6,
+                  call_overhead={"direct": 4e-4, "fft": 1.5e-3})
+# A data-centre GPU (A100/H100 class) through CuPy: batched products are one cuBLAS call,
+# so no per-frequency cost; Python and kernel launches make the fixed cost. ``calibrate``
+# measures the real figures of the device at hand.
+GPU_RATES = Rates("gpu", gemm=15e12, fft=1e12, cmatmul=5e12, copy=1e12, matrix_call_s=0.0,
+                  call_overhead={"direct": 1e-3, "fft": 2e-3})
+
+_calibrated: dict = {}   # device name -> Rates measured by calibrate()
+
+
+def rates_for(xp) -> Rates:
+    """The rates of ``xp``'s device: calibrated when ``calibrate`` ran for it, else its kind's table."""
+    name = backend.device_name(xp)
+    if name in _calibrated:
+        return _calibrated[name]
+    return CPU_RATES if backend.is_host_module(xp) else GPU_RATES
+
+
+def set_rates(xp, rates: Rates | None) -> None:
+    """Use ``rates`` for ``xp``'s device from now on (None: back to the kind's table)."""
+    name = backend.device_name(xp)
+    if rates is None:
+        _calibrated.pop(name, None)
+    else:
+        _calibrated[name] = rates
+
+
+class Estimate(NamedTuple):
+    """What one engine will cost for a forward pass and all gradients.
+
+    ``seconds`` is modelled (math.inf: cannot run under the budget). The byte dicts
+    name every array the engine allocates: ``shared`` is made by whichever pass runs
+    first (reduced input, spectra), ``forward`` only by the forward pass (y and its
+    buffers), ``backward`` only by backward (gx, gW and theirs). The caller's x, W and
+    gy are not counted. Each dict's sum bounds what that part can hold at once.
+    """
+
+    seconds: float
+    shared: dict
+    forward: dict
+    backward: dict
+
+    def bytes(self, forward: bool = True, backward: bool = True) -> int:
+        parts = [self.shared] + [self.forward] * forward + [self.backward] * backward
+        return sum(sum(p.values()) for p in parts)
+
+
+# ---- the reduction both built-in engines run (reduction.py) -----------------------
+
+
+def reduction_bytes(geom: ConvGeometry, itemsize: int, keep_dilation: bool, batch: int | None = None) -> dict:
+    """Copies the reduction makes of x (``batch`` images, default all), of W and of gx."""
+    red = Reduction(None, geom, keep_dilation)
+    b = geom.batch if batch is None else batch
+    image = b * geom.in_channels * itemsize
+    rounded = layout_round_up(red.read, red.stride)
+    strided = any(s != 1 for s in red.stride)
+    out = {}
+    if any(lo or hi for lo, hi in geom.pads):
+        out["padded_input"] = image * math.prod(geom.padded)
+    out["polyphase_input"] = image * math.prod(rounded) * ((rounded != red.read) + strided)
+    # filters: dilated (FFT or strided), padded to a multiple of the stride, split by phase
+    dilated = not red.native_dilation and any(d != 1 for d in geom.dilation)
+    extent = geom.kernel if red.native_dilation else geom.dilated_kernel
+    filt = geom.out_channels * (geom.in_channels // geom.groups) * itemsize
+    copies = dilated + (layout_round_up(extent, red.stride) != extent) + strided
+    out["dilated_filters"] = filt * math.prod(layout_round_up(extent, red.stride)) * copies
+    return {k: v for k, v in out.items() if v}
+
+
+def input_grad_bytes(geom: ConvGeometry, itemsize: int, keep_dilation: bool) -> dict:
+    """gx (n, c_I, d...) and the copies ``Reduction.input_grad`` makes on the way."""
+    red = Reduction(None, geom, keep_dilation)
+    image = geom.batch * geom.in_channels * itemsize
+    out = {"gx": image * math.prod(geom.spatial)}
+    if any(s != 1 for s in red.stride):
+        out["gx_polyphase"] = image * math.prod(q * s for q, s in zip(red.qx, red.stride))
+    if red.read != geom.padded:
+        out["gx_unread_cells"] = image * math.prod(geom.padded)
+    if geom.padding_mode != "zeros" and any(lo or hi for lo, hi in geom.pads):
+        out["gx_padding_fold"] = image * math.prod(geom.padded)
+    return out
+
+
+def weight_grad_bytes(geom: ConvGeometry, itemsize: int, keep_dilation: bool) -> dict:
+    """gW (c_O, c_I/g, k...) and its polyphase/dilated form."""
+    red = Reduction(None, geom, keep_dilation)
+    filt = geom.out_channels * (geom.in_channels // geom.groups) * itemsize
+    return {"gW": filt * math.prod(geom.kernel),
+            "gW_reduced": 2 * filt * math.prod(q * s for q, s in zip(red.qk, red.stride))}
+
+
+def layout_round_up(shape, multiple) -> tuple:
+    return tuple(-(-d // m) * m for d, m in zip(shape, multiple))
+
+
+def output_bytes(geom: ConvGeometry, itemsize: int) -> int:
+    """y (n, c_O, o...)."""
+    return geom.batch * geom.out_channels * math.prod(geom.out_spatial) * itemsize
+
+
+# ---- direct (direct_conv.py) ------------------------------------------------------
+
+BLOCK_BYTES = 1 << 20   # CPU: a column block this size stays in cache between its copy and its GEMM
+MIN_BLOCK = 256         # positions per block at least: fewer make the per-call cost dominate
+DIRECT_BLOCK_CALL_S = 3e-5   # CPU: Python, the strided view and the BLAS call of one column block (fitted)
+
+
+def pass_threads(madds: int, host: bool) -> int:
+    """Threads for a pass of ``madds`` multiply-adds. They only pay for themselves on large
+    passes: a small one would wait for the slowest thread, which on a busy machine can be
+    descheduled for milliseconds. A device runs each block as one call."""
+    return backend.num_threads() if host and madds >= backend.SPLIT_WORK else 1
+
+
+def block_positions(per_position: int, count: int, host: bool, budget: int) -> int:
+    """Positions per column block: about BLOCK_BYTES on the CPU (and a block for every thread),
+    up to a quarter of ``budget`` on a device; at least MIN_BLOCK, at most ``count``."""
+    if host:
+        B = max(MIN_BLOCK, BLOCK_BYTES // per_position)
+        return max(1, min(B, -(-count // backend.num_threads())))
+    return max(1, min(count, max(MIN_BLOCK, budget // 4 // per_position)))
+
+
+def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
+    """Blocked im2col: every grid position (b * prod(q), the ring past the outputs included)
+    costs C * taps * c_O/g multiply-adds per pass, and each pass copies its column blocks."""
+    red = Reduction(None, geom, keep_dilation=True)
+    g, C, O = geom.groups, red.channels, red.out_channels
+    taps = math.prod(red.qk)
+    positions = geom.batch * math.prod(red.qx)
+    flops = 3 * 2.0 * g * positions * taps * C * O
+    # columns written and read (x's twice: forward and gW; gy's once for gx), plus the grid
+    # copies of x, y, gy and gx and their crops/transposes
+    traffic = itemsize * g * positions * (2 * (2 * C + O) * taps + 4 * (C + O))
+    blocks = sum(-(-positions // max(MIN_BLOCK, BLOCK_BYTES // max(1, g * K * taps * itemsize)))
+                 for K in (C, C, O))
+    calls = blocks * DIRECT_BLOCK_CALL_S if rates.kind == "cpu" else 0.0
+    seconds = (rates.precision(itemsize) * (flops / rates.gemm + traffic / rates.copy)
+               + calls + rates.overhead("direct"))
+
+    grid = itemsize * g * positions      # one value per grid position
+    shared = reduction_bytes(geom, itemsize, True)
+    shared["grid_input"] = grid * C
+    host = rates.kind == "cpu"
+
+    def columns(K, rows):   # the column buffer of each thread of a pass
+        per_position = g * K * taps * itemsize
+        threads = pass_threads(g * positions * K * taps * rows, host)
+        return threads * per_position * block_positions(per_position, positions, host, budget)
+
+    forward = {"y_grid": grid * O, "y": output_bytes(geom, itemsize), "columns": columns(C, O)}
+    backward = {"gy_grid": grid * O, "gx_grid": 2 * grid * C, "columns": max(columns(C, O), columns(O, C)),
+                "gW_partials": 2 * itemsize * g * O * C * taps,
+                **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
+    return Estimate(seconds, shared, forward, backward)
+
+
+# ---- FFT (fft_conv.py) ---------------------------------------------------------------
+
+
+def fft_shape(red: Reduction, tile) -> tuple:
+    return tuple(backend.next_fast_len(t + k - 1) for t, k in zip(tile, red.qk))
+
+
+def fft_bytes(geom: ConvGeometry, itemsize: int, tile, rows: int) -> int:
+    """Spectra (x, W, y or gy) and real buffers of ``rows`` tile rows: the working set the budget bounds."""
+    red = Reduction(None, geom, keep_dilation=False)
+    L = fft_shape(red, tile)
+    freqs = math.prod(L[:-1]) * (L[-1] // 2 + 1)
+    C, O, g = red.channels, red.out_channels, geom.groups
+    spectra = 2 * itemsize * freqs * g * (rows * C + O * C + rows * O)
+    real = itemsize * math.prod(L) * rows * g * (C + O)
+    return spectra + real
+
+
+def fft_working_set(geom: ConvGeometry, itemsize: int, budget: int) -> int:
+    """Peak bytes of one chunk of rows under ``budget``, with the tiles the engine would choose."""
+    return fft_bytes(geom, itemsize, choose_tile(geom, itemsize, budget), 1)
+
+
+def fft_row_chunk(geom: ConvGeometry, itemsize: int, tile, rows: int, budget: int) -> int:
+    """Tile rows per chunk so that one chunk's spectra fit ``budget`` (at least 1)."""
+    fixed = fft_bytes(geom, itemsize, tile, 0)
+    per_row = fft_bytes(geom, itemsize, tile, 1) - fixed
+    return int(min(rows, max(1, (budget - fixed) // max(per_row, 1))))
+
+
+def fft_seconds(geom: ConvGeometry, itemsize: int, tile, rates: Rates = CPU_RATES) -> float:
+    """Modelled seconds of forward + all three gradients with output tiles ``tile``."""
+    red = Reduction(None, geom, keep_dilation=False)
+    L = fft_shape(red, tile)
+    size = math.prod(L)
+    freqs = math.prod(L[:-1]) * (L[-1] // 2 + 1)
+    valid = tuple(q - k + 1 for q, k in zip(red.qx, red.qk))
+    rows = geom.batch * math.prod(tiling.tile_counts(valid, tile))
+    C, O, g = red.channels, red.out_channels, geom.groups
+    transforms = 2 * g * (rows * C + O * C + rows * O)   # each once forward, once backward
+    fft_flops = transforms * 2.5 * size * math.log2(max(size, 2))
+    mm_flops = 3 * 8.0 * freqs * g * rows * C * O
+    calls = 3 * freqs * g if min(C, O) > 2 else 0   # tiny inner sizes are broadcast, not BLAS calls
+    return (rates.precision(itemsize) * (fft_flops / rates.fft + mm_flops / rates.cmatmul)
+            + calls * rates.matrix_call_s)
+
+
+def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
+    tile = choose_tile(geom, itemsize, budget, rates)
+    seconds = fft_seconds(geom, itemsize, tile, rates) + rates.overhead("fft")
+    if fft_bytes(geom, itemsize, tile, 1) > budget:
+        seconds = math.inf      # tiles as small as the kernel still overflow: FFT cannot fit
+    red = Reduction(None, geom, keep_dilation=False)
+    L = fft_shape(red, tile)
+    valid = tuple(q - k + 1 for q, k in zip(red.qx, red.qk))
+    counts = tiling.tile_counts(valid, tile)
+    rows = geom.batch * math.prod(counts)
+    chunk = fft_row_chunk(geom, itemsize, tile, rows, budget)
+    C, O, g = red.channels, red.out_channels, geom.groups
+    spec = 2 * itemsize * math.prod(L[:-1]) * (L[-1] // 2 + 1) * g     # one complex spectrum per (g) row
+    real = itemsize * math.prod(L) * g
+    window = itemsize * g * math.prod(t + k - 1 for t, k in zip(tile, red.qk))
+    tiled = any(c > 1 for c in counts)
+    shared = reduction_bytes(geom, itemsize, False)
+    if tiled:   # the windows, their transposed copy and the padded tail of each split
+        shared["input_tiles"] = 3 * rows * C * window
+    # built, then transposed contiguous; x's kept when all rows are one chunk
+    shared["x_spectrum"] = 2 * (rows if chunk == rows else chunk) * C * spec
+    shared["W_spectrum"] = 2 * O * C * spec + 2 * O * C * real
+    # forward: W's conjugate, each chunk's product and its transposed copy, the inverse
+    # transforms of all chunks (parts kept until concatenated), then y's tiles and crop
+    forward = {"W_spectrum_conj": O * C * spec, "y_spectrum": 2 * chunk * O * spec,
+               "y_tiles": 2 * rows * O * real, "y": 2 * output_bytes(geom, itemsize) * (1 + tiled)}
+    backward = {"gy_tiles": 2 * rows * O * g * itemsize * math.prod(tile) if tiled else 0,
+                "gy_spectrum": 3 * chunk * O * spec,
+                "gx_spectrum": 2 * chunk * C * spec, "gx_tiles": 2 * rows * C * real,
+                "gW_spectrum": 3 * O * C * spec, "gW_inverse": O * C * real,
+                **input_grad_bytes(geom, itemsize, False), **weight_grad_bytes(geom, itemsize, False)}
+    if tiled:
+        backward["gx_overlap_add"] = 3 * geom.batch * geom.in_channels * itemsize * math.prod(
+            (m + 1) * t for m, t in zip(counts, tile))
+    return Estimate(seconds, shared, forward, {k: v for k, v in backward.items() if v})
+
+
+TILE_GAIN = 0.6  # tile for speed only when the model predicts at least a 40% saving
+
+
+def choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates = CPU_RATES) -> tuple:
+    """Output tile per dim for overlap-save: the cheapest by the cost model that fits ``budget``."""
+    return _choose_tile(geom, itemsize, int(budget), rates)
+
+
+@functools.lru_cache(maxsize=1024)
+def _choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> tuple:
+    """Candidates per dim are the whole valid output and windows of about 2, 4 and 8
+    kernel lengths. If even the smallest tiles overflow half the budget, halves
+    the dim with the most room until it fits or tiles reach the kernel size.
+    """
+    red = Reduction(None, geom, keep_dilation=False)
+    valid = [q - k + 1 for q, k in zip(red.qx, red.qk)]
+    options = []
+    for v, k in zip(valid, red.qk):
+        sizes = {v} | {backend.next_fast_len(c * k) - k + 1 for c in (2, 4, 8)}
+        options.append(sorted(t for t in sizes if max(k, 1) <= t <= v) or [v])
+    if math.prod(len(o) for o in options) <= 4096:   # N <= 5 dims of <= 4 options each
+        fitting = [t for t in itertools.product(*options) if fft_bytes(geom, itemsize, t, 1) <= budget // 2]
+    else:
+        fitting = []
+    whole = tuple(valid)
+    if fitting:
+        best = min(fitting, key=lambda t: (fft_seconds(geom, itemsize, t, rates), -math.prod(t)))
+        # Tiles cost copies the model leaves out: only take them for a clear saving.
+        if whole in fitting and fft_seconds(geom, itemsize, best, rates) > TILE_GAIN * fft_seconds(
+                geom, itemsize, whole, rates):
+            return whole
+        return best
+    tile = [min(o) for o in options]
+    while fft_bytes(geom, itemsize, tile, 1) > budget // 2:
+        j = max(range(len(tile)), key=lambda d: tile[d] / red.qk[d])
+        if tile[j] <= red.qk[j]:
+            break
+        tile[j] = max(red.qk[j], -(-tile[j] // 2))
+    return tuple(tile)

@@ -1,0 +1,79 @@
+"""The engines ``Convolution`` can run, by name: a written protocol and a registry.
+
+Like SciPy's ``choose_conv_method`` beside the methods it picks from, ``auto``
+(autoselect.py) considers every registered engine by its ``estimate``. Adding an
+algorithm is one new module with a class that follows ``Engine`` plus one line:
+``register_engine("name", TheClass)``.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from .costs import Estimate, Rates
+from .direct_conv import DirectConv
+from .fft_conv import FFTConv
+from .geometry import ConvGeometry
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """One convolution on fixed arrays: forward, then any gradients, reusing its own work.
+
+    Shapes: x (n, c_I, d_1..d_N), W (c_O, c_I // groups, k_1..k_N), gy (n, c_O, o_1..o_N).
+    The constructor takes ``(xp, geom, x, W, budget)`` and must keep ``x`` and ``W`` as
+    attributes; it splits its work so its working set stays under ``budget`` bytes.
+    """
+
+    x: object
+    W: object
+
+    def forward(self):
+        """y (n, c_O, o...) without bias, in x's dtype and on x's device."""
+
+    def backward(self, gy, need_x: bool, need_W: bool):
+        """(gx (n, c_I, d...) or None, gW (c_O, c_I/g, k...) or None) for gy."""
+
+    @staticmethod
+    def estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
+        """Modelled seconds of forward + all gradients and the bytes of every array it allocates."""
+
+
+_ENGINES: dict = {}
+
+
+def register_engine(name: str, cls: type) -> type:
+    """Make ``cls`` available as ``Convolution(algorithm=name)`` and to ``auto``; returns ``cls``."""
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"an engine name must be a non-empty string other than 'auto', got {name!r}")
+    if name in _ENGINES:
+        raise ValueError(f"engine {name!r} is already registered ({_ENGINES[name].__name__})")
+    missing = [a for a in ("forward", "backward", "estimate") if not callable(getattr(cls, a, None))]
+    if missing:
+        raise TypeError(f"engine class {cls.__name__} lacks {missing} (see convcore.engines.Engine)")
+    _ENGINES[name] = cls
+    return cls
+
+
+def unregister_engine(name: str) -> None:
+    del _ENGINES[name]
+
+
+def engine_names() -> tuple:
+    """Registered engine names, in registration order."""
+    return tuple(_ENGINES)
+
+
+def get_engine(name: str) -> type:
+    try:
+        return _ENGINES[name]
+    except KeyError:
+        raise ValueError(f"no engine named {name!r}; registered: {engine_names()}") from None
+
+
+def make_engine(name: str, xp, geom: ConvGeometry, x, W, budget: int):
+    """The engine ``name`` for these arrays; it splits its work to stay under ``budget`` bytes."""
+    return get_engine(name)(xp, geom, x, W, budget)
+
+
+register_engine("fft", FFTConv)
+register_engine("direct", DirectConv)

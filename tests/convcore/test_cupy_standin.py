@@ -1,0 +1,150 @@
+"""The strict CuPy stand-in itself, and convcore's device-side habits checked under it.
+
+The stand-in (tests/support/cupy_standin.py) is a CPU imitation with CuPy's rules made
+strict; these tests show that it really refuses what it claims to, and then use its
+counters to check what only a device run would otherwise show: no hidden host round
+trips, the device's name asked once, the budget from free device memory, the pool
+released, autotune synchronized with a warm-up excluded.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from support import cupy_standin as cs
+
+import convcore
+from convcore import autoselect, backend, costs, resources
+from convcore.calibrate import calibrate
+
+
+@pytest.fixture(autouse=True)
+def fresh_counters():
+    cs.counters.reset()
+    yield
+    cs.counters.reset()
+
+
+# ---- the stand-in is strict ---------------------------------------------------------------
+
+
+def test_refuses_implicit_conversion_to_numpy():
+    a = cs.ones((2, 3))
+    for convert in (np.asarray, np.array, np.sum, lambda v: np.add(v, 1)):
+        with pytest.raises(TypeError):
+            convert(a)
+
+
+@pytest.mark.parametrize("combine", [
+    lambda d, h: d + h, lambda d, h: h + d, lambda d, h: d @ h.T, lambda d, h: cs.concatenate([d, h]),
+    lambda d, h: d.__setitem__(slice(None), h), lambda d, h: d.__iadd__(h)])
+def test_refuses_numpy_operands(combine):
+    with pytest.raises(TypeError):
+        combine(cs.ones((2, 3)), np.ones((2, 3)))
+
+
+def test_scalars_mix_and_reductions_stay_on_the_device():
+    a = cs.ones((2, 3)) * np.float32(2) + 1
+    total = a.sum()
+    assert isinstance(total, cs.ndarray) and total.shape == ()
+    assert cs.counters.device_to_host == 0
+    assert float(total) == 18.0 and cs.counters.device_to_host == 1
+
+
+def test_transfers_and_syncs_are_counted():
+    d = cs.asarray(np.arange(6.0))
+    assert cs.counters.host_to_device == 1
+    cs.asnumpy(d)
+    d.get()
+    d.tolist()
+    assert cs.counters.device_to_host == 3
+    cs.cuda.Device().synchronize()
+    assert cs.counters.syncs == 1
+
+
+def test_convcore_recognises_standin_arrays():
+    x = cs.ones((1, 1, 5))
+    assert backend.get_array_module(x) is cs and backend.is_device_array(x)
+    assert not backend.is_host_module(cs)
+    with pytest.raises(TypeError, match=r"inputs mix NumPy and CuPy arrays \(x=cupy, W=numpy\)"):
+        backend.get_array_module(("x", x), ("W", np.ones((1, 1, 2))))
+    assert isinstance(backend.to_host(x), np.ndarray) and cs.counters.device_to_host == 1
+
+
+# ---- convcore on the device -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", convcore.algorithms())
+def test_a_layer_never_copies_to_or_from_the_host(algorithm):
+    rng = np.random.default_rng(0)
+    x, W, b = (cs.asarray(rng.standard_normal(s)) for s in ((2, 3, 9, 8), (4, 3, 3, 3), (4,)))
+    gy = cs.asarray(rng.standard_normal((2, 4, 5, 4)))
+    cs.counters.reset()
+    op = convcore.Convolution(algorithm=algorithm, stride=2, padding=1, padding_mode="reflect")
+    y = op.forward(x, W, b)
+    grads = op.backward(gy)
+    assert all(isinstance(a, cs.ndarray) for a in (y, *grads))
+    assert (cs.counters.host_to_device, cs.counters.device_to_host) == (0, 0)
+
+
+def test_device_name_is_asked_once_per_device():
+    backend._device_names.clear()
+    x, W = cs.ones((1, 2, 8)), cs.ones((3, 2, 3))
+    for _ in range(5):
+        op = convcore.Convolution(algorithm="direct")
+        op.forward(x, W)
+        op.backward(cs.ones((1, 3, 6)))
+    assert op.device == "cupy_standin (CPU; not a GPU)"
+    assert cs.counters.device_property_calls == 1
+
+
+def test_memory_budget_follows_free_device_memory(monkeypatch):
+    monkeypatch.delenv("CONVCORE_MEMORY_BUDGET_MB", raising=False)
+    monkeypatch.setattr(cs.runtime, "free_bytes", 10 * 2**30)
+    monkeypatch.setattr(cs.get_default_memory_pool(), "cached", 2 * 2**30)
+    expected = int(12 * 2**30 * (1 - resources.DEVICE_HEADROOM_FRACTION)) - resources.DEVICE_HEADROOM_BYTES
+    assert resources.memory_budget(cs) == expected
+    op = convcore.Convolution()
+    op.forward(cs.ones((1, 1, 8)), cs.ones((1, 1, 3)))
+    assert op.budget_used == expected
+    monkeypatch.setattr(cs.runtime, "free_bytes", 2**20)          # a full device: the floor, not a negative budget
+    monkeypatch.setattr(cs.get_default_memory_pool(), "cached", 0)
+    assert resources.memory_budget(cs) == resources.MIN_BUDGET_BYTES
+    monkeypatch.setenv("CONVCORE_MEMORY_BUDGET_MB", "64")          # the setting wins
+    assert resources.memory_budget(cs) == 64 * 2**20
+    assert resources.memory_budget(np) == 64 * 2**20
+
+
+def test_release_memory_empties_the_pool_and_plan_cache(monkeypatch):
+    monkeypatch.setattr(cs.get_default_memory_pool(), "cached", 5 * 2**20)
+    cleared = cs._plan_cache.cleared
+    assert convcore.release_memory(cs) == 5 * 2**20
+    assert cs.get_default_memory_pool().free_bytes() == 0 and cs.counters.pool_releases == 2   # + pinned
+    assert cs._plan_cache.cleared == cleared + 1
+    assert convcore.release_memory(np) == 0
+
+
+def test_autotune_on_a_device_syncs_and_excludes_a_warm_up_run(monkeypatch):
+    """Each candidate runs once untimed, then its timed runs; every run ends with a device sync."""
+    built = []
+    real = autoselect.make_engine
+    monkeypatch.setattr(autoselect, "make_engine", lambda name, *a: built.append(name) or real(name, *a))
+    monkeypatch.setattr(autoselect, "AMBIGUOUS", float("inf"))   # every engine is a close call
+    autoselect.clear_cache()
+    op = convcore.Convolution(algorithm="auto", autotune=True)
+    op.forward(cs.ones((1, 2, 9, 9)), cs.ones((2, 2, 3, 3)))
+    autoselect.clear_cache()
+    for name in convcore.engine_names():
+        assert built.count(name) == 1 + 3, f"{name}: one warm-up then three timed runs (estimate < 20 ms)"
+    assert cs.counters.syncs == len(built)
+
+
+def test_device_rates_are_the_gpu_table_until_calibrated():
+    assert costs.rates_for(cs) is costs.GPU_RATES and costs.rates_for(np).kind == "cpu"
+    try:
+        rates = calibrate(cs, repeats=1, small=True)
+        assert costs.rates_for(cs) is rates and rates.kind == "gpu"
+        assert set(rates.call_overhead) == set(convcore.engine_names())
+        assert all(v > 0 for v in (rates.gemm, rates.fft, rates.cmatmul, rates.copy))
+    finally:
+        costs.set_rates(cs, None)
+    assert costs.rates_for(cs) is costs.GPU_RATES

@@ -1,0 +1,68 @@
+"""The direct engine's blocked im2col against JAX when the work is cut into many blocks.
+
+The table in test_conv_vs_jax.py uses layers so small that each pass is one block on
+one thread. Here blocks are shrunk to a few positions and (on the CPU) every pass goes
+to the thread pool, so block edges (inside an image, across images, the last short block),
+the per-thread weight-gradient partials and their sum are all exercised.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from conv_checks import check_case
+from conv_oracles import ConvCase, jax_reference
+
+from convcore import backend as convcore_backend
+from convcore import costs, direct_conv
+
+CASES = [
+    ConvCase((3, 2, 13), (4, 2, 3), padding=1, seed=60),
+    ConvCase((2, 3, 9, 7), (4, 3, 3, 3), padding=(1, 2), dilation=(2, 1), seed=61),
+    ConvCase((2, 4, 5, 6, 4), (4, 2, 3, 2, 3), groups=2, stride=(1, 2, 1), padding=1, seed=62),
+    ConvCase((1, 2, 4, 5, 4, 3), (3, 2, 2, 3, 2, 2), padding="same", padding_mode="circular", seed=63),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def reference(index):
+    return jax_reference(CASES[index])
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    """Blocks of 5 positions, and every pass handed to 3 threads however small."""
+    monkeypatch.setattr(costs, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(costs, "MIN_BLOCK", 5)
+    monkeypatch.setattr(convcore_backend, "SPLIT_WORK", 0)
+    monkeypatch.setenv("CONVCORE_NUM_THREADS", "3")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"N{c.ndim}-{i}" for i, c in enumerate(CASES)])
+def test_many_blocks_on_threads_match_jax(backend, tiny_blocks, index, dtype):
+    # On a device blocks are sized by the memory budget: a tiny one gives blocks of MIN_BLOCK.
+    check_case(backend, CASES[index], reference(index), dtype, "direct", layer=True, memory_budget=64)
+    check_case(backend, CASES[index], reference(index), dtype, "direct")
+
+
+def test_tiny_blocks_really_split_the_work(tiny_blocks):
+    """The fixture does what it says: a pass of 13 positions runs as several blocks on 3 threads."""
+    import convcore
+
+    seen = []
+    original = direct_conv._parallel
+
+    def recording(work, parts):
+        seen.append(len(parts))
+        return original(work, parts)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(direct_conv, "_parallel", recording)
+    try:
+        x = np.ones((1, 1, 13))
+        convcore.conv_forward(x, np.ones((1, 1, 3)), algorithm="direct", padding=1)
+    finally:
+        mp.undo()
+    assert seen == [3]

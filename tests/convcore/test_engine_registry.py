@@ -1,0 +1,188 @@
+"""The engine registry: auto chooses among every registered engine; settings are read when used; no import cycles."""
+from __future__ import annotations
+
+import ast
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conv_oracles import ConvCase, assert_close, jax_reference
+
+import convcore
+from convcore import autoselect, costs, engines
+from convcore.direct_conv import DirectConv
+
+CASE = ConvCase((2, 3, 9, 8), (4, 3, 3, 3), padding=1, seed=3)
+
+
+class ToyConv(DirectConv):
+    """A registered engine under test: the direct algorithm with its own (settable) cost, counting its runs."""
+
+    seconds = 0.0
+    runs = 0
+
+    def forward(self):
+        type(self).runs += 1
+        return super().forward()
+
+    @staticmethod
+    def estimate(geom, itemsize, budget, rates):
+        e = costs.direct_estimate(geom, itemsize, budget, rates)
+        return e._replace(seconds=ToyConv.seconds)
+
+
+@pytest.fixture
+def toy():
+    """ToyConv registered as "toy" for one test, unregistered (and the choices it made forgotten) after."""
+    autoselect.clear_cache()
+    ToyConv.runs = 0
+    convcore.register_engine("toy", ToyConv)
+    yield ToyConv
+    convcore.unregister_engine("toy")
+    autoselect.clear_cache()
+
+
+def test_builtin_engines_are_registered():
+    assert convcore.engine_names()[:2] == ("fft", "direct")
+    assert convcore.algorithms()[:3] == ("auto", "fft", "direct")
+    for name in convcore.engine_names():
+        assert isinstance(engines.get_engine(name), type)
+
+
+def test_auto_chooses_a_registered_engine_when_it_is_cheapest(toy):
+    ref = jax_reference(CASE)
+    toy.seconds = 1e-9
+    est = autoselect.estimate_seconds(convcore.make_geometry(CASE.x_shape, CASE.W_shape, **CASE.params), 8)
+    assert set(est) == {"fft", "direct", "toy"} and min(est, key=est.get) == "toy"
+    op = convcore.Convolution(algorithm="auto", autotune=False, **CASE.params)
+    y = op.forward(ref.x, ref.W, ref.b)
+    assert op.algorithm_used == "toy" and toy.runs == 1
+    assert_close("y", y, ref.y, np.float64)
+
+
+def test_auto_times_a_registered_engine_in_a_close_call(toy, monkeypatch):
+    """A toy estimate equal to the best makes a close call: timing must run the toy engine too."""
+    geom = convcore.make_geometry(CASE.x_shape, CASE.W_shape, **CASE.params)
+    toy.seconds = min(autoselect.estimate_seconds(geom, 8).values())
+    ref = jax_reference(CASE)
+    op = convcore.Convolution(algorithm="auto", autotune=True, **CASE.params)
+    op.forward(ref.x, ref.W)
+    assert toy.runs >= 1, "auto never ran the registered engine in a close call"
+    assert op.algorithm_used in convcore.engine_names()
+
+
+def test_an_expensive_registered_engine_is_not_chosen(toy):
+    toy.seconds = math.inf
+    op = convcore.Convolution(algorithm="auto", autotune=True, **CASE.params)
+    op.forward(np.ones(CASE.x_shape), np.ones(CASE.W_shape))
+    assert op.algorithm_used in ("fft", "direct") and toy.runs == 0
+
+
+def test_a_registered_engine_can_be_named_then_is_gone_after_unregistering(toy):
+    ref = jax_reference(CASE)
+    y = convcore.conv_forward(ref.x, ref.W, ref.b, algorithm="toy", **CASE.params)
+    assert toy.runs == 1
+    assert_close("y", y, ref.y, np.float64)
+    convcore.unregister_engine("toy")
+    try:
+        with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'fft', 'direct'\), got 'toy'"):
+            convcore.Convolution(algorithm="toy")
+        assert "toy" not in autoselect.estimate_seconds(convcore.make_geometry(CASE.x_shape, CASE.W_shape), 8)
+    finally:
+        convcore.register_engine("toy", ToyConv)   # the fixture unregisters it
+
+
+@pytest.mark.parametrize("name, cls, error", [
+    ("auto", ToyConv, ValueError), ("fft", ToyConv, ValueError), ("", ToyConv, ValueError),
+    ("half", object, TypeError)])
+def test_register_refuses_bad_names_and_classes(name, cls, error):
+    with pytest.raises(error):
+        convcore.register_engine(name, cls)
+    assert convcore.engine_names()[:2] == ("fft", "direct")
+
+
+def test_settings_are_read_when_used(monkeypatch):
+    """CONVCORE_MEMORY_BUDGET_MB and CONVCORE_AUTOTUNE set after import still take effect."""
+    monkeypatch.setenv("CONVCORE_MEMORY_BUDGET_MB", "3")
+    op = convcore.Convolution()
+    op.forward(np.ones((1, 1, 8)), np.ones((1, 1, 3)))
+    assert op.budget_used == 3 * 2**20
+    monkeypatch.setenv("CONVCORE_MEMORY_BUDGET_MB", "lots")
+    with pytest.raises(ValueError, match="CONVCORE_MEMORY_BUDGET_MB"):
+        convcore.Convolution().forward(np.ones((1, 1, 8)), np.ones((1, 1, 3)))
+    monkeypatch.delenv("CONVCORE_MEMORY_BUDGET_MB")
+    timed = []
+    monkeypatch.setattr(autoselect, "_time_engines", lambda *a, **k: timed.append(1) or ("direct", None))
+    monkeypatch.setattr(autoselect, "AMBIGUOUS", math.inf)
+    for value, expect in (("0", []), ("1", [1])):
+        autoselect.clear_cache()
+        monkeypatch.setenv("CONVCORE_AUTOTUNE", value)
+        convcore.Convolution().forward(np.ones((1, 2, 9)), np.ones((3, 2, 3)))
+        assert timed == expect, f"CONVCORE_AUTOTUNE={value}"
+    autoselect.clear_cache()
+
+
+ROOT = Path(convcore.__file__).resolve().parents[1]
+
+
+def _import_graph(package: str = "convcore") -> dict:
+    """{module: modules of ``package`` it imports anywhere, top level or inside functions}."""
+    files = {}
+    for path in (ROOT / package).rglob("*.py"):
+        files[".".join(path.with_suffix("").relative_to(ROOT).parts).removesuffix(".__init__")] = path
+    graph = {}
+    for module, path in files.items():
+        here = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                parts = here.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1]) if node.level else ""
+                base = ".".join(p for p in (base, node.module) if p)
+                # "from . import backend" depends on the module convcore.backend, not on the package
+                deps |= {f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names}
+        graph[module] = {d for d in deps if d in files and d != module}
+    return graph
+
+
+def test_convcore_has_no_import_cycles():
+    """No cycle among convcore's modules, counting imports inside functions."""
+    graph = _import_graph()
+    assert "convcore.costs" in graph["convcore.fft_conv"], "the import graph missed a known import"
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_subpackages_are_reachable_after_import_convcore(tmp_path):
+    """README: ``import convcore`` then ``convcore.nn.io.load(...)`` (and ``convcore.datasets``) work as written."""
+    path = str(tmp_path / "m.npz")
+    code = (
+        "import sys, convcore\n"
+        "assert 'convcore.nn' not in sys.modules and 'convcore.datasets' not in sys.modules\n"
+        "model = convcore.nn.Sequential.from_spec([{'type': 'flatten'}, {'type': 'dense', 'out_features': 2}],"
+        " (1, 4), seed=0)\n"
+        f"convcore.nn.io.save({path!r}, model)\n"
+        f"print(convcore.nn.io.load({path!r}).parameters().keys() == model.parameters().keys())\n"
+        "print(convcore.datasets.describe({'name': 'digits'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["True", "((1, 8, 8), 10)"]
