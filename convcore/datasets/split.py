@@ -1,11 +1,13 @@
-"""Validation split: a seeded, stratified hold-out so every class appears in both parts."""
+"""Validation split: a seeded hold-out, stratified by class for per-sample labels so every class
+appears in both parts; a plain seeded hold-out for per-voxel labels and fields."""
 from __future__ import annotations
 
 import numpy as np
 
 
 def train_val_split(x, y, validation_split=0.2, seed=0):
-    """(x_train, y_train, x_val, y_val); each class contributes round(fraction * its count) to val.
+    """(x_train, y_train, x_val, y_val); each class contributes round(fraction * its count) to val
+    (for dense targets: round(fraction * n) samples).
 
     ``validation_split`` in [0, 1): 0 gives an empty validation set.
     """
@@ -16,8 +18,10 @@ def train_val_split(x, y, validation_split=0.2, seed=0):
         raise ValueError(f"x and y must hold the same number of samples, got {len(x)} and {len(y)}")
     rng = np.random.default_rng(seed)
     val = []
-    for label in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == label))
+    # Dense targets (per-voxel labels, fields) have no per-sample class: one group of all samples.
+    groups = [np.flatnonzero(y == label) for label in np.unique(y)] if y.ndim == 1 else [np.arange(len(y))]
+    for group in groups:
+        members = rng.permutation(group)
         val.append(members[:int(round(validation_split * len(members)))])
     val_idx = rng.permutation(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
     is_val = np.zeros(len(y), dtype=bool)

@@ -1,4 +1,5 @@
-"""Checks of user-supplied datasets: an .npz with ``x`` (n, c, d_1..d_N) or (n, features) and ``y`` (n,).
+"""Checks of user-supplied datasets: an .npz with ``x`` (n, c, d_1..d_N) or (n, features) and ``y``:
+class labels (n,), per-voxel labels (n, d_1..d_N), or field targets (n, c', d_1..d_N) (floats).
 
 Every error is a ``DatasetError`` (a ValueError) whose message names the array and the values.
 """
@@ -44,34 +45,63 @@ def load_npz_bytes(data: bytes, max_bytes: int = MAX_BYTES):
     return validate_arrays(x, y, max_bytes=max_bytes)
 
 
+def target_kind(x_shape: tuple, y) -> str:
+    """What y is for x: "labels" (n,), "dense_labels" (n, d...) or "field" (n, c', d...); DatasetError otherwise."""
+    n, spatial = x_shape[0], tuple(x_shape[2:])
+    if y.ndim == 0 or y.shape[0] != n:
+        raise DatasetError(f"y must have shape (n,) = ({n},) to match x {x_shape}, got {y.shape} "
+                           f"(or (n, d...) for a class per voxel, (n, c, d...) for a field)")
+    if y.ndim == 1:
+        return "labels"
+    if spatial and tuple(y.shape[1:]) == spatial:
+        return "dense_labels"
+    if spatial and y.ndim == len(x_shape) and tuple(y.shape[2:]) == spatial:
+        return "field"
+    raise DatasetError(f"y must have shape (n,) (a class per sample), (n, d_1..d_N) (a class per voxel) or "
+                       f"(n, c, d_1..d_N) (a field) with x's spatial size {spatial} for x {x_shape}, got {y.shape}")
+
+
 def validate_arrays(x, y, max_bytes: int = MAX_BYTES, n_classes: int | None = None):
-    """(x float32, y int64, n_classes) after checking shapes, dtypes, finiteness, labels and size."""
+    """(x float32, y, n_classes) after checking shapes, dtypes, finiteness, labels and size.
+
+    y comes back int64 for labels (per sample or per voxel) or float32 for a field, whose n_classes is 0.
+    """
     if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
         raise DatasetError(f"x and y must be arrays, got {type(x).__name__} and {type(y).__name__}")
     if x.dtype.kind not in "fiu":
         raise DatasetError(f"x must hold real numbers (float or int), got dtype {x.dtype}")
-    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
-        raise DatasetError(f"y must hold integer class labels, got dtype {y.dtype}")
     if x.ndim < 2:
         raise DatasetError(f"x must have shape (n, c, d_1, ..., d_N) or (n, features), got {x.shape}")
     if x.ndim > 6:
         raise DatasetError(f"x has {x.ndim - 2} spatial dims; at most 4 are supported, got shape {x.shape}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise DatasetError(f"y must have shape (n,) = ({x.shape[0]},) to match x {x.shape}, got {y.shape}")
-    if x.shape[0] < 2 or min(x.shape) < 1:
-        raise DatasetError(f"x must hold at least 2 non-empty samples, got shape {x.shape}")
-    size = x.shape[0] * int(np.prod(x.shape[1:])) * 4 + y.shape[0] * 8
+    kind = target_kind(x.shape, y)
+    if kind != "field" and y.dtype.kind not in "iu" and not (
+            y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+        raise DatasetError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if kind == "field" and y.dtype.kind not in "fiu":
+        raise DatasetError(f"y (a field) must hold real numbers, got dtype {y.dtype}")
+    if x.shape[0] < 2 or min(x.shape) < 1 or min(y.shape) < 1:
+        raise DatasetError(f"x must hold at least 2 non-empty samples, got shape {x.shape} (y {y.shape})")
+    size = x.size * 4 + y.size * (4 if kind == "field" else 8)
     if size > max_bytes:
-        raise DatasetError(f"x {x.shape} and y take {size} bytes as float32/int64; the limit is {max_bytes} bytes")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        bad = np.argwhere(~np.isfinite(x))[0]
-        raise DatasetError(f"x must be finite; x{tuple(int(i) for i in bad)} = {x[tuple(bad)]}")
-    x32 = x.astype(np.float32)
-    if not np.isfinite(x32).all():
-        raise DatasetError(f"x has values beyond float32 range (max |x| = {np.abs(x).max()})")
+        raise DatasetError(f"x {x.shape} and y {y.shape} take {size} bytes as float32/int64; the limit is "
+                           f"{max_bytes} bytes")
+    x32 = _finite_float32("x", x)
+    if kind == "field":
+        return x32, _finite_float32("y", y), 0
     y64 = y.astype(np.int64)
     lo, hi = int(y64.min()), int(y64.max())
     limit = MAX_CLASSES if n_classes is None else n_classes
     if lo < 0 or hi >= limit:
         raise DatasetError(f"labels y must be in [0, {limit}), got min {lo} and max {hi}")
     return x32, y64, (hi + 1 if n_classes is None else n_classes)
+
+
+def _finite_float32(name: str, a):
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise DatasetError(f"{name} must be finite; {name}{tuple(int(i) for i in bad)} = {a[tuple(bad)]}")
+    a32 = a.astype(np.float32)
+    if not np.isfinite(a32).all():
+        raise DatasetError(f"{name} has values beyond float32 range (max |{name}| = {np.abs(a).max()})")
+    return a32

@@ -1,4 +1,5 @@
-"""Weight initialisation: He (Kaiming) normal for ReLU nets, Glorot (Xavier) uniform otherwise.
+"""Weight initialisation: He (Kaiming) normal for ReLU nets, Glorot (Xavier) uniform otherwise, and
+zeros (the last layer of a residual branch: the block starts as the identity, as in Goyal et al. 2017).
 
 fan_in / fan_out count the inputs / outputs that touch one weight:
 Dense W (out, in): fan_in = in;  Conv W (c_O, c_I/g, k...): fan_in = c_I/g * prod(k),
@@ -10,7 +11,7 @@ import math
 
 import numpy as np
 
-INITS = ("he", "glorot")
+INITS = ("he", "glorot", "zeros")
 
 
 def fans(shape: tuple, groups: int = 1) -> tuple:
@@ -20,10 +21,12 @@ def fans(shape: tuple, groups: int = 1) -> tuple:
 
 
 def init_weight(rng: np.random.Generator, shape: tuple, method: str, dtype, groups: int = 1):
-    """A NumPy array of ``shape`` drawn by ``method`` ("he" or "glorot")."""
+    """A NumPy array of ``shape`` drawn by ``method`` ("he", "glorot" or "zeros")."""
     fan_in, fan_out = fans(shape, groups)
     if method == "he":
         w = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+    elif method == "zeros":
+        w = np.zeros(shape)
     elif method == "glorot":
         limit = math.sqrt(6.0 / (fan_in + fan_out))
         w = rng.uniform(-limit, limit, size=shape)

@@ -2,7 +2,7 @@
 
 A model file holds its parameters and buffers under "param/<i>.<name>" and
 "buffer/<i>.<name>", and under "spec" a JSON string (a 0-d unicode array)
-{"layers": [...], "input_shape": [...], "dtype": ..., "seed": ...}. Loading uses
+{"layers": <the model spec, a list or a graph>, "input_shape": [...], "dtype": ..., "seed": ...}. Loading uses
 ``allow_pickle=False``, so a file cannot execute code.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ import json
 import numpy as np
 
 from ..backend import to_host
-from .sequential import Sequential
+from .graph import Graph
+from .sequential import build_model
 
 FORMAT = "convcore.nn/1"
 
@@ -39,7 +40,7 @@ def arrays_from_bytes(data: bytes) -> dict:
     return load_arrays(io.BytesIO(data))
 
 
-def model_arrays(model: Sequential) -> dict:
+def model_arrays(model: Graph) -> dict:
     """The model as a flat dict of arrays, spec included: what ``save`` writes."""
     meta = {"format": FORMAT, "layers": model.spec(), "input_shape": list(model.input_shape),
             "dtype": model.dtype.name, "seed": model.seed}
@@ -49,23 +50,23 @@ def model_arrays(model: Sequential) -> dict:
     return out
 
 
-def model_from_arrays(arrays: dict, xp=np) -> Sequential:
+def model_from_arrays(arrays: dict, xp=np) -> Graph:
     if "spec" not in arrays:
         raise ValueError(f"not a convcore.nn model file: no 'spec' entry among {sorted(arrays)}")
     meta = json.loads(str(arrays["spec"]))
     if meta.get("format") != FORMAT:
         raise ValueError(f"model format must be {FORMAT!r}, got {meta.get('format')!r}")
-    model = Sequential.from_spec(meta["layers"], meta["input_shape"], seed=meta["seed"], dtype=meta["dtype"], xp=xp)
+    model = build_model(meta["layers"], meta["input_shape"], seed=meta["seed"], dtype=meta["dtype"], xp=xp)
     model.load_arrays({k[6:]: v for k, v in arrays.items() if k.startswith("param/")},
                       {k[7:]: v for k, v in arrays.items() if k.startswith("buffer/")})
     return model
 
 
-def save(file, model: Sequential) -> None:
+def save(file, model: Graph) -> None:
     """Write parameters, buffers and spec to ``file`` (a path or a binary file object)."""
     save_arrays(file, model_arrays(model))
 
 
-def load(file, xp=np) -> Sequential:
+def load(file, xp=np) -> Graph:
     """Rebuild a model written by ``save``."""
     return model_from_arrays(load_arrays(file), xp=xp)

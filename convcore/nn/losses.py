@@ -1,55 +1,138 @@
 """Losses: each returns (loss as a Python float, gradient w.r.t. the network output).
 
-Both average over the batch like PyTorch's default ``reduction="mean"``.
-    logits / y: (n, C);  labels: (n,) ints in [0, C);  targets for MSE: (n, C) or labels (one-hot)
+Whole-sample and dense (per-voxel) targets alike, averaged like PyTorch's ``reduction="mean"``:
+    logits / y: (n, C) or (n, C, d_1..d_N)
+    labels:     (n,) or (n, d_1..d_N) ints in [0, C)   (cross_entropy, dice; mse one-hot encodes them)
+    targets:    y's shape, floats                      (mse, l1)
+A job names a loss by a string, or by {"type": "cross_entropy", "class_weights": [...]}.
 """
 from __future__ import annotations
 
+import functools
+
 from ..backend import get_array_module
 
+DICE_SMOOTH = 1e-5   # MONAI's DiceLoss smooth_nr = smooth_dr: an empty class in an empty sample scores 1
 
-def _check_labels(labels, n: int, n_classes: int):
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n},) to match the output, got {tuple(labels.shape)}")
+
+def check_labels(labels, out_shape: tuple) -> None:
+    """Labels (n,) or (n, d...) of int classes in [0, C) for an output (n, C) or (n, C, d...)."""
+    n, C = out_shape[:2]
+    want = (n,) + tuple(out_shape[2:])
+    if tuple(labels.shape) != want:
+        raise ValueError(f"labels must have shape {want} to match the output {tuple(out_shape)}, "
+                         f"got {tuple(labels.shape)}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
-        raise ValueError(f"labels must be in [0, {n_classes}), got min {int(labels.min())} max {int(labels.max())}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= C):
+        raise ValueError(f"labels must be in [0, {C}), got min {int(labels.min())} max {int(labels.max())}")
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean of -log softmax(logits)[label]; stable through log-sum-exp.  -> (loss, glogits (n, C))"""
+def _rows(a):
+    """(n, C, d...) -> (n * prod(d), C): one row per sample and voxel."""
+    return get_array_module(a).moveaxis(a, 1, -1).reshape(-1, a.shape[1])
+
+
+def _unrows(g, shape):
+    """Inverse of ``_rows``."""
+    return get_array_module(g).moveaxis(g.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
+
+
+def _one_hot(labels, C, dtype):
+    """(n, d...) ints -> (n, C, d...)."""
+    xp = get_array_module(labels)
+    return xp.moveaxis(xp.eye(C, dtype=dtype)[labels], -1, 1)
+
+
+def softmax_cross_entropy(logits, labels, class_weights=None):
+    """Mean over samples (and voxels) of -w[label] log softmax(logits)[label] / mean weight, as PyTorch's
+    F.cross_entropy(weight=...); stable through log-sum-exp.  -> (loss, glogits like logits)"""
     xp = get_array_module(logits)
-    n, C = logits.shape
-    _check_labels(labels, n, C)
-    shifted = logits - logits.max(axis=1, keepdims=True)  # largest logit is 0: exp cannot overflow
+    check_labels(labels, logits.shape)
+    z, t = _rows(logits), labels.reshape(-1)
+    shifted = z - z.max(axis=1, keepdims=True)  # largest logit is 0: exp cannot overflow
     log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-    rows = xp.arange(n)
-    loss = -log_p[rows, labels].mean()
+    rows = xp.arange(t.shape[0])
     g = xp.exp(log_p)
-    g[rows, labels] -= 1
-    return float(loss), g / logits.dtype.type(n)
+    g[rows, t] -= 1
+    if class_weights is None:
+        loss, g = -log_p[rows, t].mean(), g / logits.dtype.type(t.shape[0])
+    else:
+        w = xp.asarray(class_weights, dtype=logits.dtype)[t]          # (rows,)
+        total = w.sum()
+        loss, g = -(w * log_p[rows, t]).sum() / total, g * (w / total)[:, None]
+    return float(loss), _unrows(g, logits.shape) if logits.ndim > 2 else g
+
+
+def dice_loss(logits, labels):
+    """Soft multi-class Dice on softmax(logits) over channels, per sample and class, 1 - mean
+    (MONAI's DiceLoss(softmax=True, to_onehot_y=True)).  -> (loss, glogits like logits)"""
+    xp = get_array_module(logits)
+    check_labels(labels, logits.shape)
+    axes = tuple(range(2, logits.ndim))
+    e = xp.exp(logits - logits.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    t = _one_hot(labels, logits.shape[1], logits.dtype)
+    inter = (p * t).sum(axis=axes, keepdims=True)                     # (n, C, 1...)
+    denom = p.sum(axis=axes, keepdims=True) + t.sum(axis=axes, keepdims=True) + DICE_SMOOTH
+    dice = (2 * inter + DICE_SMOOTH) / denom
+    count = logits.dtype.type(inter.size)
+    gp = -(2 * t * denom - (2 * inter + DICE_SMOOTH)) / (denom * denom) / count   # dL/dp
+    g = p * (gp - (gp * p).sum(axis=1, keepdims=True))                # through the softmax
+    return float(1 - dice.mean()), g
+
+
+def _dense_target(y, target):
+    """Labels (n,) / (n, d...) one-hot encoded for an output (n, C) / (n, C, d...); floats as they are."""
+    if target.dtype.kind in "iu" and target.ndim == y.ndim - 1:
+        check_labels(target, y.shape)
+        return _one_hot(target, y.shape[1], y.dtype)
+    if target.shape != y.shape:
+        raise ValueError(f"target must have the output's shape {tuple(y.shape)}, got {tuple(target.shape)}")
+    return target.astype(y.dtype, copy=False)
 
 
 def mse(y, target):
-    """Mean over all entries of (y - target)^2; int labels (n,) become one-hot targets.  -> (loss, gy)"""
-    xp = get_array_module(y)
-    if target.ndim == 1 and target.dtype.kind in "iu" and y.ndim == 2:
-        _check_labels(target, y.shape[0], y.shape[1])
-        onehot = xp.zeros(y.shape, dtype=y.dtype)
-        onehot[xp.arange(y.shape[0]), target] = 1
-        target = onehot
-    if target.shape != y.shape:
-        raise ValueError(f"target must have the output's shape {tuple(y.shape)}, got {tuple(target.shape)}")
-    diff = y - target.astype(y.dtype, copy=False)
+    """Mean over all entries of (y - target)^2; int labels become one-hot targets.  -> (loss, gy)"""
+    diff = y - _dense_target(y, target)
     return float((diff * diff).mean()), diff * y.dtype.type(2.0 / y.size)
 
 
-LOSSES = {"cross_entropy": softmax_cross_entropy, "softmax_cross_entropy": softmax_cross_entropy, "mse": mse}
+def l1(y, target):
+    """Mean over all entries of |y - target| (gradient sign(y - target), 0 where equal, as PyTorch)."""
+    diff = y - _dense_target(y, target)
+    return float(get_array_module(y).abs(diff).mean()), get_array_module(y).sign(diff) * y.dtype.type(1.0 / y.size)
 
 
-def get_loss(name):
-    """The loss function for a job's ``loss`` name."""
-    if name not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
-    return LOSSES[name]
+LOSSES = {"cross_entropy": softmax_cross_entropy, "softmax_cross_entropy": softmax_cross_entropy,
+          "dice": dice_loss, "mse": mse, "l1": l1}
+LABEL_LOSSES = ("cross_entropy", "softmax_cross_entropy", "dice")   # take logits and integer labels
+WEIGHTED = ("cross_entropy", "softmax_cross_entropy")
+
+
+def loss_name(spec) -> str:
+    """The loss's name in a job's ``loss`` (a string or {"type": ...}); ValueError if unknown."""
+    name = spec.get("type") if isinstance(spec, dict) else spec
+    if not isinstance(name, str) or name not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)} or {{\"type\": ..., options}}, got {spec!r}")
+    return name
+
+
+def get_loss(spec, n_classes: int | None = None):
+    """The loss function for a job's ``loss``: a name, or {"type": "cross_entropy", "class_weights": [...]}."""
+    name = loss_name(spec)
+    options = {k: v for k, v in spec.items() if k != "type"} if isinstance(spec, dict) else {}
+    unknown = sorted(set(options) - ({"class_weights"} if name in WEIGHTED else set()))
+    if unknown:
+        raise ValueError(f"loss {name!r}: unknown option(s) {unknown}"
+                         + ("; accepted: ['class_weights']" if name in WEIGHTED else "; it takes none"))
+    weights = options.get("class_weights")
+    if weights is None:
+        return LOSSES[name]
+    if (not isinstance(weights, (list, tuple)) or not weights
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+            or not any(weights)):
+        raise ValueError(f"loss {name!r}: class_weights must be a list of numbers >= 0, not all 0, got {weights!r}")
+    if n_classes is not None and len(weights) != n_classes:
+        raise ValueError(f"loss {name!r}: class_weights needs one weight per class ({n_classes}), got {len(weights)}")
+    return functools.partial(softmax_cross_entropy, class_weights=[float(w) for w in weights])

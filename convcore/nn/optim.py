@@ -17,6 +17,7 @@ class Optimizer:
         self.lr = check_float("lr", lr, 0.0, 1e3)
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
+        self.base_lr = self.lr    # what a learning-rate schedule scales; ``lr`` is the current rate
         self.weight_decay = check_float("weight_decay", weight_decay, 0.0, 1.0)
         self.state: dict = {}     # name -> array, e.g. "momentum.0.W"
         self.steps = 0

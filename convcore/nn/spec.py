@@ -1,18 +1,19 @@
-"""JSON layer specs: building layers from dicts and checking a whole network without arrays.
+"""JSON model specs: building layers from dicts and checking a whole network without arrays.
 
-A spec is a list of dicts, each with a "type" among ``LAYER_TYPES`` and that layer's
-options, e.g. {"type": "conv", "out_channels": 8, "kernel_size": 3, "padding": "same"}.
+A spec is a list of layer dicts, or a graph {"graph": [...], "output": name} (topology.py). Each
+layer dict has a "type" among ``LAYER_TYPES`` and that layer's options, e.g.
+{"type": "conv", "out_channels": 8, "kernel_size": 3, "padding": "same"}.
 Shapes here are per sample, without the batch axis: (c, d_1..d_N) or (features,).
 """
 from __future__ import annotations
 
-import math
-
 import inspect
+import math
 
 import numpy as np
 
-from .layers import LAYER_TYPES
+from .layers import LAYER_TYPES, Merge
+from .topology import Topology, chain, parse_graph
 
 
 def construct(cls, options: dict, where: str):
@@ -27,21 +28,39 @@ def construct(cls, options: dict, where: str):
         raise ValueError(f"{where}: {e}") from None
 
 
-def build_layer(index: int, item):
-    """One layer from its spec dict; errors name the layer index and type."""
+def make_layer(where: str, item):
+    """One layer from its spec dict; errors start with ``where`` (e.g. 'layer 3' or "node 3 'up1'")."""
     if not isinstance(item, dict):
-        raise ValueError(f"layer {index}: a layer spec must be an object with a 'type', got {item!r}")
+        raise ValueError(f"{where}: a layer spec must be an object with a 'type', got {item!r}")
     kind = item.get("type")
     if kind not in LAYER_TYPES:
-        raise ValueError(f"layer {index}: unknown layer type {kind!r}; known types: {sorted(LAYER_TYPES)}")
+        raise ValueError(f"{where.split(' (')[0]}: unknown layer type {kind!r}; known types: {sorted(LAYER_TYPES)}")
     options = {k: v for k, v in item.items() if k != "type"}
-    return construct(LAYER_TYPES[kind], options, f"layer {index} ({kind})")
+    return construct(LAYER_TYPES[kind], options, where)
+
+
+def build_layer(index: int, item):
+    """One layer of a sequential spec; errors name the layer index and type."""
+    kind = item.get("type") if isinstance(item, dict) else None
+    return make_layer(f"layer {index} ({kind})" if isinstance(item, dict) else f"layer {index}", item)
 
 
 def build_layers(spec) -> list:
     if not isinstance(spec, (list, tuple)) or not spec:
         raise ValueError(f"model must be a non-empty list of layer specs, got {spec!r}")
-    return [build_layer(i, item) for i, item in enumerate(spec)]
+    layers = [build_layer(i, item) for i, item in enumerate(spec)]
+    merges = [i for i, layer in enumerate(layers) if isinstance(layer, Merge)]
+    if merges:
+        raise ValueError(f"layer {merges[0]} ({layers[merges[0]].type_name}) joins several inputs: write the "
+                         'model as a graph, {"graph": [...], "output": name}, with "inputs" on that node')
+    return layers
+
+
+def parse_model(spec) -> Topology:
+    """A model spec (list or graph) -> its Topology of freshly built layers."""
+    if isinstance(spec, dict):
+        return parse_graph(spec, make_layer)
+    return chain(build_layers(spec))
 
 
 def check_input_shape(input_shape) -> tuple:
@@ -56,52 +75,67 @@ def check_input_shape(input_shape) -> tuple:
     return tuple(int(d) for d in shape)
 
 
-def infer_shapes(layers: list, input_shape) -> list:
-    """Per-sample output shape of each layer; ValueError naming the layer index, type and shapes."""
+def node_input_shapes(topo: Topology, shapes: list, input_shape: tuple, i: int):
+    """The per-sample shape node i reads (a list of shapes for merges)."""
+    ins = [input_shape if s < 0 else shapes[s] for s in topo.sources[i]]
+    return ins if isinstance(topo.layers[i], Merge) else ins[0]
+
+
+def infer_shapes(topology, input_shape) -> list:
+    """Per-sample output shape of each node; ValueError naming the node, its type and the shapes.
+
+    ``topology``: a Topology, or a list of built layers (a sequential network).
+    """
+    topo = topology if isinstance(topology, Topology) else chain(topology)
     shape = check_input_shape(input_shape)
     shapes = []
-    for i, layer in enumerate(layers):
+    for i, layer in enumerate(topo.layers):
+        ins = node_input_shapes(topo, shapes, shape, i)
         try:
-            out = tuple(layer.output_shape(shape))
+            out = tuple(layer.output_shape(ins))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"layer {i} ({layer.type_name}) cannot take input shape {shape}: {e}") from None
+            if isinstance(layer, Merge):
+                listing = ", ".join(f"{tuple(s)} from '{topo.source_name(src)}'"
+                                    for s, src in zip(ins, topo.sources[i]))
+                raise ValueError(f"{topo.where(i)} cannot take input shapes [{listing}]: {e}") from None
+            raise ValueError(f"{topo.where(i)} cannot take input shape {ins}: {e}") from None
         if not out or min(out) < 1:
-            raise ValueError(f"layer {i} ({layer.type_name}) maps input shape {shape} to an empty output {out}")
+            raise ValueError(f"{topo.where(i)} maps input shape {ins} to an empty output {out}")
         shapes.append(out)
-        shape = out
     return shapes
 
 
 def footprint(spec, input_shape, batch_size: int, itemsize: int = 4) -> dict:
     """Bytes a training step needs, estimated from the spec alone (no arrays allocated).
 
-    Activations: every layer's output for one batch, kept for backward, plus as much
+    Activations: every node's output for one batch, kept for backward, plus as much
     again for their gradients. Parameters: values, gradients and two optimizer moments.
     Returns {"activations", "parameters", "total", "largest_layer"} (index, type, bytes).
     """
-    layers = build_layers(spec)
-    shapes = infer_shapes(layers, input_shape)
-    ins = [check_input_shape(input_shape)] + shapes[:-1]
+    topo = parse_model(spec)
+    shape = check_input_shape(input_shape)
+    shapes = infer_shapes(topo, shape)
     sizes = [2 * batch_size * math.prod(out) * itemsize for out in shapes]
-    params = sum(layer.param_count(shape) for layer, shape in zip(layers, ins)) * 4 * itemsize
-    biggest = max(range(len(layers)), key=sizes.__getitem__)
-    activations = sum(sizes) + 2 * batch_size * math.prod(ins[0]) * itemsize
+    params = sum(layer.param_count(node_input_shapes(topo, shapes, shape, i))
+                 for i, layer in enumerate(topo.layers)) * 4 * itemsize
+    biggest = max(range(len(topo.layers)), key=sizes.__getitem__)
+    activations = sum(sizes) + 2 * batch_size * math.prod(shape) * itemsize
     return {"activations": activations, "parameters": params, "total": activations + params,
-            "largest_layer": {"index": biggest, "type": layers[biggest].type_name, "bytes": sizes[biggest],
+            "largest_layer": {"index": biggest, "type": topo.layers[biggest].type_name, "bytes": sizes[biggest],
                               "output_shape": list(shapes[biggest])}}
 
 
 def validate_spec(spec, input_shape, n_classes: int | None = None) -> list:
     """Check a model spec against a per-sample input shape without allocating parameters.
 
-    Returns the per-sample output shape of every layer. With ``n_classes`` the last
-    output must be (n_classes,). Raises ValueError naming the layer, its type and the shapes.
+    Returns the per-sample output shape of every node. With ``n_classes`` the network's
+    output must be (n_classes,). Raises ValueError naming the node, its type and the shapes.
     """
-    layers = build_layers(spec)
-    shapes = infer_shapes(layers, input_shape)
-    if n_classes is not None and shapes[-1] != (int(n_classes),):
-        i = len(layers) - 1
-        raise ValueError(f"layer {i} ({layers[i].type_name}) outputs shape {shapes[-1]} but the dataset has "
+    topo = parse_model(spec)
+    shapes = infer_shapes(topo, input_shape)
+    out = shapes[topo.output]
+    if n_classes is not None and out != (int(n_classes),):
+        raise ValueError(f"{topo.where(topo.output)} outputs shape {out} but the dataset has "
                          f"{n_classes} classes: the last layer must output ({n_classes},), "
                          f"e.g. a dense layer with out_features={n_classes}")
     return shapes

@@ -121,7 +121,10 @@ def test_upload_not_a_zip():
 
 
 @pytest.mark.parametrize("spec, pattern", [
-    ({"name": "mnist"}, r"dataset must be an object with a 'name' among \['digits', 'shapes3d', 'synthetic'\]"),
+    ({"name": "mnist"}, r"dataset must be an object with a 'name' among \['digits', 'field', 'segmentation3d', "
+                        r"'shapes3d', 'synthetic'\]"),
+    ({"name": "field", "ndim": 5}, r"dataset 'field': ndim must be in 2..4, got 5"),
+    ({"name": "segmentation3d", "noise": -1}, r"noise must be a number in \[0, 10\], got -1"),
     ({"name": "synthetic", "ndim": 5}, r"ndim must be an int in 1..4, got 5|ndim must be in 1..4, got 5"),
     ({"name": "shapes3d", "n": 10**7}, r"n must be in \[4, 20000\], got 10000000"),
     ({"name": "digits", "n": 10}, r"dataset 'digits': unknown option\(s\) \['n'\]"),
@@ -129,3 +132,58 @@ def test_upload_not_a_zip():
 def test_builtin_spec_errors(spec, pattern):
     with pytest.raises(datasets.DatasetError, match=pattern):
         datasets.describe(spec)
+
+
+def test_segmentation3d_labels_are_the_solids_drawn():
+    x, y = datasets.make_segmentation3d(n=6, size=12, noise=0.0, seed=4)
+    assert x.shape == (6, 1, 12, 12, 12) and y.shape == (6, 12, 12, 12) and y.dtype == np.int64
+    brightness = np.asarray(datasets.segmentation3d.BRIGHTNESS, dtype=np.float32)
+    np.testing.assert_array_equal(x[:, 0], brightness[y])             # noise-free: x is the label's brightness
+    assert set(np.unique(y)) == {0, 1, 2, 3} and (y > 0).mean() > 0.05
+    noisy, y2 = datasets.make_segmentation3d(n=6, size=12, seed=4)
+    np.testing.assert_array_equal(y2, y)                               # the same seed draws the same volumes
+    assert datasets.info({"name": "segmentation3d", "n": 6, "size": 12}).task == "segment"
+
+
+@pytest.mark.parametrize("ndim", [2, 3, 4])
+def test_field_pairs_follow_the_pde_stencil(ndim):
+    """y is u after the explicit steps, computed here independently as 3^N stencil correlations."""
+    from scipy.ndimage import correlate
+
+    from convcore.datasets import field
+
+    x, y = datasets.make_field(ndim=ndim, n=3, size=8, seed=1)
+    assert x.shape == y.shape == (3, 1) + (8,) * ndim and x.dtype == np.float32
+    D, dt = field.DIFFUSION, field.DT
+    K = np.zeros((3,) * ndim)
+    K[(1,) * ndim] = 1 - 2 * ndim * D * dt
+    for j in range(ndim):
+        up, down = [1] * ndim, [1] * ndim
+        up[j], down[j] = 2, 0
+        K[tuple(up)] += dt * (D - field.DRIFT[j] / 2)      # u[i + 1]
+        K[tuple(down)] += dt * (D + field.DRIFT[j] / 2)    # u[i - 1]
+    for u, want in zip(x[:, 0].astype(np.float64), y[:, 0]):
+        for _ in range(field.STEPS):
+            u = correlate(u, K, mode="wrap")
+        np.testing.assert_allclose(u, want, rtol=1e-4, atol=1e-5)
+    assert np.abs(x - y).mean() > 0.1   # the steps change the field: the identity is a poor model
+
+
+def test_dense_uploads_and_split():
+    x = np.zeros((6, 2, 4, 5), np.float32)
+    labels = np.arange(6 * 20).reshape(6, 4, 5) % 3
+    xs, ys, n_classes = datasets.validate_arrays(x, labels)
+    assert ys.dtype == np.int64 and ys.shape == (6, 4, 5) and n_classes == 3
+    fields = np.ones((6, 1, 4, 5), np.float64)
+    xs, ys, n_classes = datasets.validate_arrays(x, fields)
+    assert ys.dtype == np.float32 and n_classes == 0
+    assert datasets.info_of_arrays(xs, ys, n_classes).task == "regress"
+    with pytest.raises(datasets.DatasetError, match=r"with x's spatial size \(4, 5\) for x \(6, 2, 4, 5\), "
+                                                    r"got \(6, 4, 4\)"):
+        datasets.validate_arrays(x, np.zeros((6, 4, 4), int))
+    with pytest.raises(datasets.DatasetError, match=r"y must be finite; y\(0, 0, 1, 2\) = nan"):
+        bad = fields.copy()
+        bad[0, 0, 1, 2] = np.nan
+        datasets.validate_arrays(x, bad)
+    xt, yt, xv, yv = datasets.train_val_split(x, ys, 0.5, seed=0)
+    assert len(xv) == 3 and len(xt) == 3

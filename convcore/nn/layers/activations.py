@@ -45,3 +45,30 @@ class Tanh(Layer):
 
     def backward(self, gy):
         return gy * (1 - self._y * self._y)
+
+
+class Sigmoid(Layer):
+    type_name = "sigmoid"
+
+    def forward(self, x, training=False):
+        xp = get_array_module(x)
+        e = xp.exp(-xp.abs(x))   # never overflows: 1/(1+e^-x) for x >= 0, e^x/(1+e^x) below
+        self._y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        return self._y
+
+    def backward(self, gy):
+        return gy * self._y * (1 - self._y)
+
+
+class Softmax(Layer):
+    """Softmax over the channel axis (axis 1) of (n, c) or (n, c, d_1..d_N)."""
+    type_name = "softmax"
+
+    def forward(self, x, training=False):
+        xp = get_array_module(x)
+        e = xp.exp(x - x.max(axis=1, keepdims=True))
+        self._y = e / e.sum(axis=1, keepdims=True)
+        return self._y
+
+    def backward(self, gy):
+        return self._y * (gy - (gy * self._y).sum(axis=1, keepdims=True))

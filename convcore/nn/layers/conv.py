@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from ...conv import ALGORITHMS, Convolution
-from ...geometry import PADDING_MODES, make_geometry
+from ...conv import Convolution
+from ...geometry import make_geometry
 from ..init import check_init, init_weight
 from .base import Layer, as_json, check_int, check_sizes, per_dim_option
 
@@ -26,14 +26,12 @@ class ConvND(Layer):
         self.kernel_size = kernel_size
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups = check_int("groups", groups)
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
         if not isinstance(bias, bool):
             raise ValueError(f"bias must be true or false, got {bias!r}")
         self.padding_mode, self.bias, self.algorithm = padding_mode, bias, algorithm
         self.init = check_init(init)
+        # Convolution checks algorithm here; make_geometry (at build, and in validate_spec) checks
+        # padding_mode and every size, naming the option, so nothing is checked twice.
         # "auto" decides by the cost model alone here: the choice depends only on the shapes,
         # so a seeded run trains bit for bit the same in any process (timing could differ).
         self.op = Convolution(stride=_as_tuple(stride), padding=_as_tuple(padding),

@@ -23,16 +23,23 @@ class _Pool(Layer):
         if stride is not None:
             check_sizes("stride", stride)
 
-    def output_shape(self, in_shape):
+    def _sizes(self, in_shape) -> tuple:
+        """(kernel, stride) per spatial dim for a per-sample input shape (c, d_1..d_N)."""
         if len(in_shape) < 2:
             raise ValueError(f"{self.type_name} needs an input (c, d_1, ..., d_N) with N >= 1, got {in_shape}")
         n = len(in_shape) - 1
-        self.k = per_dim_option("kernel_size", self.kernel_size, n)
-        self.s = self.k if self.stride is None else per_dim_option("stride", self.stride, n)
+        k = per_dim_option("kernel_size", self.kernel_size, n)
+        return k, (k if self.stride is None else per_dim_option("stride", self.stride, n))
+
+    def output_shape(self, in_shape):
+        k, s = self._sizes(in_shape)
         spatial = tuple(in_shape[1:])
-        if any(k > d for k, d in zip(self.k, spatial)):
-            raise ValueError(f"{self.type_name} kernel_size {self.k} is larger than the input {spatial}")
-        return (in_shape[0],) + tuple((d - k) // s + 1 for d, k, s in zip(spatial, self.k, self.s))
+        if any(kk > d for kk, d in zip(k, spatial)):
+            raise ValueError(f"{self.type_name} kernel_size {k} is larger than the input {spatial}")
+        return (in_shape[0],) + tuple((d - kk) // ss + 1 for d, kk, ss in zip(spatial, k, s))
+
+    def init_params(self, rng, dtype, xp):
+        self.k, self.s = self._sizes(self.in_shape)   # resolved once, at build
 
     def windows(self, out_spatial):
         """For each kernel tap, the strided slice of x that it reads for all outputs."""
@@ -42,7 +49,6 @@ class _Pool(Layer):
 
     def _prepare(self, x):
         self._x_shape = x.shape
-        self.output_shape(x.shape[1:])
         return tuple((d - k) // s + 1 for d, k, s in zip(x.shape[2:], self.k, self.s))
 
     @property
