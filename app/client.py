@@ -6,7 +6,8 @@
         for kind, view in c.events(job["id"]):      # "progress" ... then "end"
             print(view["state"], view["progress"].get("fraction"))
         c.save_model(job["id"], "model.npz")
-        c.predict(job["id"], x)["predictions"]      # x (n, *input_shape)
+        c.predict(job["id"], x)["classes"]          # x (n, *input_shape): a class per sample or per voxel
+        c.predict(job["id"], x, binary=True)        # the same, arrays as raw bytes both ways
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 
-DATATYPES = {"FP32": np.float32, "FP64": np.float64}
+DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64}
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class ClientError(Exception):
@@ -36,6 +38,32 @@ def _tensor(a: np.ndarray) -> dict:
 
 def _array(t: dict) -> np.ndarray:
     return np.asarray(t["data"], dtype=DATATYPES[t["datatype"]]).reshape(t["shape"])
+
+
+def _binary_body(doc: dict, arrays: dict) -> tuple[bytes, int]:
+    """(JSON header + raw little-endian blobs, header length): the binary-data extension's request."""
+    header, blobs = dict(doc), []
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        datatype = "FP64" if a.dtype == np.float64 else "FP32"
+        raw = np.ascontiguousarray(a, dtype=np.dtype(DATATYPES[datatype]).newbyteorder("<")).tobytes()
+        header[name] = {"shape": list(a.shape), "datatype": datatype, "parameters": {"binary_data_size": len(raw)}}
+        blobs.append(raw)
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), len(head)
+
+
+def _binary_answer(content: bytes, header_length: str) -> dict:
+    """A binary-data answer -> its JSON header with every tensor replaced by an ndarray."""
+    n = int(header_length)
+    doc, offset = json.loads(content[:n]), n
+    for key, value in doc.items():
+        size = (value.get("parameters") or {}).get("binary_data_size") if isinstance(value, dict) else None
+        if size is not None:
+            dtype = np.dtype(DATATYPES[value["datatype"]]).newbyteorder("<")
+            doc[key] = np.frombuffer(content[offset:offset + size], dtype=dtype).reshape(value["shape"])
+            offset += size
+    return doc
 
 
 class Client:
@@ -108,16 +136,28 @@ class Client:
         return len(data)
 
     def upload_dataset(self, x: np.ndarray, y: np.ndarray) -> dict:
-        """Upload x (n, c, d_1..d_N) and y (n,) labels; returns the dataset's info with its ``id``."""
+        """Upload x (n, c, d_1..d_N) and y: (n,) class labels, (n, d_1..d_N) per-voxel labels or
+        (n, c, d_1..d_N) a field (floats); returns the dataset's info with its ``id`` and ``task``."""
         buf = io.BytesIO()
         np.savez(buf, x=x, y=y)
         return self._call("POST", "/v1/datasets", content=buf.getvalue(),
                           headers={"Content-Type": "application/octet-stream"}).json()
 
-    def predict(self, model_id: str, x: np.ndarray) -> dict:
-        """{"predictions": [...], "outputs": ndarray, "probabilities": ndarray or None, ...}."""
-        doc = self._call("POST", f"/v1/models/{model_id}/predict", json={"x": _tensor(x)}).json()
-        for key in ("outputs", "probabilities"):
+    def predict(self, model_id: str, x: np.ndarray, binary: bool = False) -> dict:
+        """{"task", "outputs": ndarray (n, *output_shape), "classes": int64 ndarray (n,) or (n, d...) (class
+        targets), "probabilities": ndarray (cross_entropy / dice), "predictions": [...] (classifiers), ...}.
+
+        ``binary``: x goes and the arrays come back as raw bytes (no JSON number lists: large volumes)."""
+        path = f"/v1/models/{model_id}/predict"
+        if binary:
+            content, n = _binary_body({"binary_data_output": True}, {"x": x})
+            r = self._call("POST", path, content=content, headers={"Content-Type": "application/octet-stream",
+                                                                    HEADER_LENGTH: str(n)})
+            if HEADER_LENGTH in r.headers:
+                return _binary_answer(r.content, r.headers[HEADER_LENGTH])
+            return r.json()  # 202: the job is still running
+        doc = self._call("POST", path, json={"x": _tensor(x)}).json()
+        for key in ("outputs", "classes", "probabilities"):
             if isinstance(doc.get(key), dict):
                 doc[key] = _array(doc[key])
         return doc

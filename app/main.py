@@ -1,4 +1,4 @@
-"""The FastAPI app: settings, job store, routers, error handlers."""
+"""The FastAPI app: settings, job store, task sender, routers, error handlers."""
 from __future__ import annotations
 
 import logging
@@ -8,10 +8,13 @@ import anyio
 import redis
 from fastapi import FastAPI
 
-from app.api import errors
-from app.api.routes import conv, datasets, health, jobs, models, train
+from app.api import docs, errors, middleware, openapi
+from app.api.http_metrics import HttpInstruments, HttpMetrics
+from app.api.routes import conv, datasets, health, jobs, metrics, models, train, v2, workers
 from app.core.config import Settings, get_settings
-from app.jobs.store import JobStore
+from app.ui import pages
+from worker.celery_app import make_celery
+from worker.store import JobStore
 
 log = logging.getLogger("convnd.api")
 
@@ -38,8 +41,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         client.close()
 
-    app = FastAPI(title="convnd", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="convnd", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # /docs from local assets: app.api.docs
     app.state.settings = settings
+    app.state.celery = make_celery(settings)  # sends tasks by name; connects on first send
     errors.install(app)
     app.include_router(health.router)
     app.include_router(conv.router, prefix="/v1")
@@ -47,6 +52,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(train.router, prefix="/v1")
     app.include_router(datasets.router, prefix="/v1")
     app.include_router(models.router, prefix="/v1")
+    app.include_router(workers.router, prefix="/v1")
+    app.include_router(v2.router)  # the Open Inference Protocol: /v2/...
+    app.state.metrics_registry = metrics.make_registry(app)
+    app.add_middleware(HttpMetrics, instruments=HttpInstruments(app.state.metrics_registry))
+    app.include_router(metrics.router)
+    pages.install(app)  # the dashboard: / -> /ui/
+    middleware.install(app, settings)  # added last: its catch-all wraps everything above
+    openapi.install(app)
+    docs.install(app, app.title)
     return app
 
 

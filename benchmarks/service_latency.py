@@ -1,7 +1,21 @@
-"""Service latency: a small forward request end to end vs convcore in-process; throughput; JSON vs binary.
+"""Service latency: a small forward request end to end vs convcore in-process, where the time
+goes (the breakdown docs/benchmarks.md quotes), throughput, JSON vs binary.
 
-Starts its own embedded Redis-protocol server, one worker (prefork, 1 child) and the API on
-loopback, then prints figures.  Usage:  python3 benchmarks/service_latency.py [--requests 300]
+Starts its own embedded Redis-protocol server, one worker (the configured pool, CONVND_WORKER_POOL)
+and the API on loopback, then prints figures.
+
+    python3 benchmarks/service_latency.py [--requests 300] [--clients 8] [--skip-large]
+
+Breakdown of a small synchronous forward (p50 of each part, measured separately on the same stack):
+  HTTP floor   GET /healthz: HTTP + uvicorn + FastAPI, no work
+  publish      Celery's send_task to the same broker, timed in this process (to a queue no worker
+               reads, emptied afterwards): what the API pays to queue a job
+  queued       job created -> worker started it (job timings of "async" submits): publish,
+               broker delivery and the worker's hand-off to its pool
+  hand-off     queued - publish
+  worker       worker started -> finished (job timings): reading arrays, convolution, storing the result
+  API rest     sync p50 - (HTTP floor + queued + worker): validation, job-store writes, waiting
+               for the result and encoding the answer
 """
 from __future__ import annotations
 
@@ -29,11 +43,16 @@ def tensor(a):
     return {"shape": list(a.shape), "datatype": "FP32", "data": a.ravel().tolist()}
 
 
+def p50(values) -> float:
+    return float(np.median(values)) * 1e3
+
+
 def start_service():
     redis_proc, url = processes.start_redis(processes.free_port())
     port = processes.free_port()
     env = {**os.environ, "REDIS_URL": url, "CONVND_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}",
            "CONVND_LOG_LEVEL": "WARNING"}
+    os.environ["REDIS_URL"] = url   # for the in-process publish timing (breakdown)
     cli = [sys.executable, "-m", "app.cli"]
     procs = [redis_proc, processes.spawn(cli + ["worker"], env, stdout=processes.subprocess.DEVNULL,
                                          stderr=processes.subprocess.DEVNULL),
@@ -54,6 +73,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--skip-large", action="store_true", help="skip the 16 MiB JSON vs binary round trip")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
@@ -80,6 +100,7 @@ def main():
         print(f"  convcore in-process : {percentiles(local)}")
         print(f"  HTTP->Celery->HTTP  : {percentiles(remote)}")
         print(f"  overhead (p50)      : {1e3 * (np.median(remote) - np.median(local)):7.2f} ms")
+        breakdown(base, body, remote, args.requests)
 
         def client_loop(n):
             with httpx.Client(base_url=base, timeout=60) as c:
@@ -93,15 +114,20 @@ def main():
         print(f"  throughput          : {per * args.clients / (time.perf_counter() - t):7.1f} requests/s "
               f"with {args.clients} concurrent clients, 1 worker")
 
+        if args.skip_large:
+            return
         big = rng.standard_normal((1, 1, 2048, 2048)).astype(np.float32)  # 16 MiB
         k = rng.standard_normal((1, 1, 3, 3)).astype(np.float32)
         with httpx.Client(base_url=base, timeout=300) as c:
             t = time.perf_counter()
             json_body = json.dumps({"x": tensor(big), "W": tensor(k)}).encode()
             r = c.post("/v1/conv/forward", content=json_body, headers={"Content-Type": "application/json"})
-            r.raise_for_status()
-            np.asarray(r.json()["y"]["data"], dtype=np.float32)
-            t_json = time.perf_counter() - t
+            t_json = None   # a JSON body over the service's JSON size cap is refused (413): that is the point
+            if r.status_code != 413:
+                r.raise_for_status()
+                np.asarray(r.json()["y"]["data"], dtype=np.float32)
+                t_json = time.perf_counter() - t
+            json_answer = f"{t_json:6.2f} s" if t_json is not None else f"refused ({r.status_code}: {r.text[:80]})"
             t = time.perf_counter()
             head = json.dumps({"x": {"shape": list(big.shape), "datatype": "FP32",
                                      "parameters": {"binary_data_size": big.nbytes}},
@@ -114,11 +140,78 @@ def main():
             np.frombuffer(r.content[n:], dtype="<f4")
             t_bin = time.perf_counter() - t
         print(f"16 MiB input x{big.shape} FP32, round trip incl. client encode/decode")
-        print(f"  JSON   : {t_json:6.2f} s  (request body {len(json_body) / 2**20:6.1f} MiB)")
+        print(f"  JSON   : {json_answer}  (request body {len(json_body) / 2**20:6.1f} MiB)")
         print(f"  binary : {t_bin:6.2f} s  (request body {(len(head) + big.nbytes) / 2**20:6.1f} MiB)")
     finally:
         for p in reversed(procs):
             processes.stop(p)
+
+
+def breakdown(base, body, remote, requests: int) -> None:
+    """Print where a small synchronous forward's time goes (see the module docstring)."""
+    n = max(20, requests // 3)
+    with httpx.Client(base_url=base, timeout=60) as c:
+        floor = []
+        for _ in range(n):
+            t = time.perf_counter()
+            c.get("/healthz").raise_for_status()
+            floor.append(time.perf_counter() - t)
+        submit, ids = [], []
+        for _ in range(n):
+            t = time.perf_counter()
+            r = c.post("/v1/conv/forward", json={**body, "async": True})
+            submit.append(time.perf_counter() - t)
+            if r.status_code != 202:
+                raise SystemExit(f"async submit answered {r.status_code}: {r.text[:200]}")
+            ids.append(r.json()["id"])
+            wait_finished(c, ids[-1])   # one job at a time: no queueing behind each other
+        timings = [c.get(f"/v1/jobs/{job_id}").json()["timings"] for job_id in ids]
+    queued = [t["queued_s"] for t in timings]
+    run = [t["run_s"] for t in timings]
+    publish = publish_seconds(n)
+    print(f"breakdown of the sync p50 ({p50(remote):.2f} ms), p50 of each part, {n} samples each:")
+    print(f"  HTTP floor (GET /healthz)      : {p50(floor):7.2f} ms")
+    print(f"  async submit (202, for scale)  : {p50(submit):7.2f} ms")
+    print(f"  publish (send_task)            : {p50(publish):7.2f} ms")
+    print(f"  queued (created -> started)    : {p50(queued):7.2f} ms")
+    print(f"  hand-off (queued - publish)    : {p50(queued) - p50(publish):7.2f} ms")
+    print(f"  worker (started -> finished)   : {p50(run):7.2f} ms")
+    print(f"  API rest (sync - floor - queued - worker): "
+          f"{p50(remote) - p50(floor) - p50(queued) - p50(run):7.2f} ms")
+
+
+def wait_finished(client, job_id: str, deadline_s: float = 60.0) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        state = client.get(f"/v1/jobs/{job_id}").json()["state"]
+        if state in ("succeeded", "failed", "cancelled"):
+            if state != "succeeded":
+                raise SystemExit(f"job {job_id} ended {state}")
+            return
+        time.sleep(0.002)
+    raise SystemExit(f"job {job_id} did not finish within {deadline_s} s")
+
+
+def publish_seconds(n: int) -> list:
+    """Celery publish time to the benchmark's broker, on a queue no worker reads (deleted after)."""
+    import redis
+
+    from worker.celery_app import make_celery
+    from worker.settings import get_runtime_settings
+
+    settings = get_runtime_settings()
+    app = make_celery(settings)
+    queue = f"bench-sink-{uuid.uuid4().hex[:8]}"
+    times = []
+    try:
+        for i in range(n + 5):   # the first publishes open connections: not counted
+            t = time.perf_counter()
+            app.send_task("bench.never_consumed", args=[f"job-{i}"], queue=queue)
+            if i >= 5:
+                times.append(time.perf_counter() - t)
+    finally:
+        redis.Redis.from_url(settings.redis_url).delete(queue)
+    return times
 
 
 if __name__ == "__main__":

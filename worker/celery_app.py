@@ -1,21 +1,24 @@
-"""The Celery app, built from Settings (Celery's ``proj/celery.py`` pattern).
+"""The Celery app, built from the runtime settings (Celery's ``proj/celery.py`` pattern).
 
-Only the JSON serializer is accepted: messages carry job ids, never arrays.
+Only the JSON serializer is accepted: messages carry job ids, never arrays. The API builds
+its own instance with ``make_celery`` to send tasks by name (``worker.kinds``).
 """
 from __future__ import annotations
 
 from celery import Celery
 
-from app.core.config import Settings, get_settings
+from .settings import RuntimeSettings, get_runtime_settings
 
 
-def make_celery(settings: Settings) -> Celery:
-    app = Celery("convnd", broker=settings.redis_url, include=["worker.tasks", "worker.training"])
+def make_celery(settings: RuntimeSettings) -> Celery:
+    app = Celery("convnd", broker=settings.redis_url, include=["worker.tasks"])
     app.conf.update(
         task_serializer="json", accept_content=["json"], result_serializer="json",
         task_ignore_result=True,  # results live in the job store, not in Celery's backend
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit_s, task_time_limit=settings.task_time_limit_s,
+        # The CPU queue; GPU workers consume settings.queue_for("gpu") and the API names the queue of
+        # each job's device when it sends (app.jobs.submit.route), so CPU and GPU work never mix.
         task_default_queue=settings.queue, worker_concurrency=settings.worker_concurrency,
         worker_pool=settings.worker_pool, broker_connection_retry_on_startup=True,
         # An unacked message (its worker died) returns to the queue after the visibility timeout;
@@ -32,4 +35,4 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-celery = make_celery(get_settings())
+celery = make_celery(get_runtime_settings())

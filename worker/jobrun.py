@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import logging
 import traceback
+import uuid
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app.core.config import get_settings
-
-from . import runtime
+from . import devices, runtime
 
 log = logging.getLogger("convnd.worker")
 
@@ -23,7 +22,7 @@ def run_job(job_id: str, op, inputs: tuple) -> str:
     attempt = store.count_attempt(job_id)
     if attempt is None:
         return "skipped"
-    if attempt > get_settings().max_attempts:
+    if attempt > runtime.settings().max_attempts:
         store.finish(job_id, "failed", error={
             "status": 500, "type": "WorkerLost", "message": f"the job was started {attempt - 1} times and its "
             "worker process died each time (out of memory?); it is not retried"})
@@ -36,13 +35,30 @@ def run_job(job_id: str, op, inputs: tuple) -> str:
         store.finish(job_id, "failed", error={"status": 422, "type": type(exc).__name__, "message": str(exc)})
         return "failed"
     except SoftTimeLimitExceeded:
+        # Also how a cancel interrupts a running job: the API revokes the task with the soft-limit signal.
+        if store.cancel_requested(job_id):
+            log.info("job %s stopped: cancelled", job_id)
+            return "cancelled"
         store.finish(job_id, "failed", error={"status": 504, "type": "TimeLimit",
                                               "message": "the task ran past its time limit"})
         return "failed"
     except Exception as exc:  # noqa: BLE001 - stored and shown on the job instead of crashing
-        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-        store.finish(job_id, "failed", error={"status": 500, "type": type(exc).__name__, "message": str(exc)})
-        return "failed"
+        return fail_unexpected(store, job_id, exc)
     meta["outputs"] = sorted(outputs)
     store.finish(job_id, "succeeded", result=meta, arrays=outputs)
     return "succeeded"
+
+
+def fail_unexpected(store, job_id: str, exc: Exception) -> str:
+    """End a job that raised something unexpected: a 507 when the device ran out of memory (the
+    memory handed back first), else a 500 whose message points to the traceback in the log (the
+    exception's text may show paths, addresses or data, so the client never sees it). Returns "failed"."""
+    if devices.out_of_memory(exc):
+        runtime.release_memory()
+        store.finish(job_id, "failed", error=devices.out_of_memory_error(exc, runtime.device()))
+        return "failed"
+    ref = uuid.uuid4().hex[:12]
+    log.error("job %s failed (reference %s):\n%s", job_id, ref, traceback.format_exc())
+    store.finish(job_id, "failed", error={"status": 500, "type": "InternalError", "message":
+                                          f"internal error in the worker (reference {ref} in its log)"})
+    return "failed"

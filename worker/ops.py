@@ -12,7 +12,7 @@ import numpy as np
 import convcore
 from convcore import backend
 
-from .params import conv_kwargs
+from .kinds import conv_kwargs
 
 
 def _to_device(xp, arrays: dict) -> dict:

@@ -1,8 +1,9 @@
-"""Per-process worker state: the array device, the job store and the heartbeat.
+"""Per-process worker state: settings, the array device, the job store and the heartbeat.
 
 ``init_process`` runs in the process that executes tasks (a prefork child, or the
 worker itself with the solo/threads pool), never in a parent that forks later:
-a CUDA context does not survive ``fork``.
+a CUDA context does not survive ``fork``. Tests call it with their own settings
+(and no heartbeat) to run task bodies in-process against a real server.
 """
 from __future__ import annotations
 
@@ -14,32 +15,109 @@ import time
 
 import redis
 
-from app.core.config import get_settings
-from app.jobs.store import JobStore
-from convcore import backend
+from convcore import backend, resources
+
+from . import devices, selftest
+from .lease import OrphanSweeper
+from .settings import RuntimeSettings, get_runtime_settings
+from .store import JobStore
 
 log = logging.getLogger("convnd.worker")
 _state: dict = {}
+_plan: dict = {}   # set in the worker's parent before the pool forks (no CUDA there)
 
 
-def init_process() -> None:
-    """Pick the device (first CUDA GPU when CuPy sees one, else the CPU) and start the heartbeat."""
+def init_process(settings: RuntimeSettings | None = None, heartbeat: bool = True) -> None:
+    """Bind this process's device (``worker.devices``), self-test it, start the heartbeat.
+
+    A GPU worker process binds GPU ``i mod count`` of the plan (i: its pool index) and runs
+    ``worker.selftest`` there. On failure: with CONVND_DEVICE=auto it logs why and computes on
+    the CPU; with ``gpu`` it raises DeviceUnavailable (``worker.signals`` stops the worker).
+    """
     if _state:
         return
-    xp = None
-    if backend.cupy_available():
-        import cupy
-
-        cupy.cuda.Device(0).use()
-        xp = cupy
     import numpy
 
-    _state["xp"] = xp or numpy
-    _state["device"] = backend.device_name(_state["xp"])
+    settings = settings or get_runtime_settings()
+    plan = _plan.get("plan") or devices.in_process_plan(settings)
+    xp, reason, gpu = numpy, plan.reason, plan.gpu_for(process_index())
+    if plan.device == "gpu":
+        xp, result = _bind_gpu(gpu)
+        if xp is None:
+            why = f"GPU {gpu} failed its self-test: {selftest.summary(result)}"
+            if settings.device == "gpu":
+                raise devices.DeviceUnavailable(f"CONVND_DEVICE=gpu but {why}")
+            log.error("%s; this process serves on the CPU (CONVND_DEVICE=auto)", why)
+            xp, reason, gpu = numpy, f"{why}; serving on the CPU", None
+    if xp is numpy:
+        result = selftest.run(numpy)
+    _state["settings"] = settings
+    _state["xp"] = xp
+    _state["device"] = backend.device_name(xp)
     _state["id"] = f"{socket.gethostname()}:{os.getpid()}"
-    _state["store"] = make_store()
-    threading.Thread(target=_beat, name="convnd-heartbeat", daemon=True).start()
-    log.info("worker process %s ready on %s", _state["id"], _state["device"])
+    _state["info"] = {"device": _state["device"], "device_kind": "cpu" if xp is numpy else "gpu",
+                      "gpu": gpu, "serves": plan.serves, "queue": plan.queue, "reason": reason,
+                      "selftest": {"ok": result["ok"], "summary": selftest.summary(result),
+                                   "seconds": result.get("seconds")}}
+    _state["store"] = make_store(settings)
+    if heartbeat:
+        threading.Thread(target=_beat, name="convnd-heartbeat", daemon=True).start()
+    log.info("worker process %s ready on %s (queue %s; %s; self-test %s)", _state["id"], _state["device"],
+             plan.queue, reason, _state["info"]["selftest"]["summary"])
+
+
+def use_device() -> None:
+    """Make this process's GPU current in the calling thread (CUDA's current device is per thread:
+    the threads pool runs tasks in threads that would otherwise start on GPU 0)."""
+    init_process()
+    gpu = _state["info"]["gpu"]
+    if gpu is not None and _state["xp"].cuda.runtime.getDevice() != gpu:
+        _state["xp"].cuda.Device(gpu).use()
+
+
+def set_plan(plan: devices.DevicePlan | None) -> None:
+    """The plan the worker's parent made (``devices.plan``); forked children inherit it."""
+    _plan.clear()
+    if plan is not None:
+        _plan["plan"] = plan
+
+
+def process_index() -> int:
+    """This process's index in Celery's prefork pool (0..concurrency-1); 0 in any other process."""
+    try:
+        from billiard.process import current_process
+
+        return int(getattr(current_process(), "index", 0) or 0)
+    except (ImportError, TypeError, ValueError):
+        return 0
+
+
+def _bind_gpu(gpu: int):
+    """(cupy, self-test result) when GPU ``gpu`` passes, else (None, result)."""
+    try:
+        cupy = devices.gpu_module()
+        cupy.cuda.Device(gpu).use()
+        result = selftest.run(cupy)
+    except Exception as exc:  # noqa: BLE001 - no CuPy, or the device cannot be used at all
+        return None, {"ok": False, "device": "unknown", "checks": [{"name": "bind", "ok": False,
+                                                                    "error": f"{type(exc).__name__}: {exc}"}]}
+    release_memory(cupy)
+    return (cupy if result["ok"] else None), result
+
+
+def release_memory(xp=None) -> int:
+    """Hand the device's cached memory back between jobs (no-op on the CPU); bytes released."""
+    xp = xp if xp is not None else _state.get("xp")
+    try:
+        return resources.release_memory(xp)
+    except Exception as exc:  # noqa: BLE001 - a failed release must not fail the next job
+        log.warning("releasing device memory failed: %s", exc)
+        return 0
+
+
+def device() -> str:
+    init_process()
+    return _state["device"]
 
 
 def stop_process() -> None:
@@ -51,9 +129,19 @@ def stop_process() -> None:
             pass
 
 
-def make_store() -> JobStore:
-    s = get_settings()
-    return JobStore(redis.Redis.from_url(s.redis_url), s.key_prefix, s.result_ttl_s)
+def reset() -> None:
+    """Forget this process's state (tests: the next ``init_process`` starts afresh)."""
+    stop_process()
+    _state.clear()
+
+
+def make_store(settings: RuntimeSettings) -> JobStore:
+    return JobStore(redis.Redis.from_url(settings.redis_url), settings.key_prefix, settings.result_ttl_s)
+
+
+def settings() -> RuntimeSettings:
+    init_process()
+    return _state["settings"]
 
 
 def store() -> JobStore:
@@ -72,12 +160,15 @@ def worker_id() -> str:
 
 
 def _beat() -> None:
-    s = get_settings()
+    s = _state["settings"]
     info = {"id": _state["id"], "hostname": socket.gethostname(), "pid": os.getpid(),
-            "device": _state["device"], "started_at": time.time()}
+            **_state["info"], "started_at": time.time()}
+    # Training jobs left running by a lost worker are queued again (worker.lease.recover_orphan).
+    sweeper = OrphanSweeper(_state["store"], _state["info"].get("queue"), s.train_lease_s, s.queue_for)
     while not _state.get("stopping"):
         try:
             _state["store"].heartbeat(_state["id"], info, ttl_s=s.worker_liveness_s)
         except redis.RedisError as exc:  # Redis restarting: keep trying, the API shows 503 meanwhile
             log.warning("heartbeat failed: %s", exc)
+        sweeper.maybe_run()
         time.sleep(s.worker_heartbeat_s)

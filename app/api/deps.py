@@ -1,17 +1,18 @@
-"""Dependencies shared by the routers: settings, job store, caller identity, size-limited body."""
+"""Dependencies shared by the routers: settings, job store, task sender, caller identity, size-limited body."""
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
+from celery import Celery
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.errors import ApiError
 from app.core.config import Settings, hash_key
 from app.core.tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, parse_json, split_binary_body
-from app.jobs.store import JobStore
+from worker.store import JobStore
 
 OPEN_OWNER = "open"
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
@@ -26,8 +27,14 @@ def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
+def get_sender(request: Request) -> Celery:
+    """The Celery app the API sends tasks with (by name; it never runs them)."""
+    return request.app.state.celery
+
+
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
+SenderDep = Annotated[Celery, Depends(get_sender)]
 
 
 def get_owner(settings: SettingsDep,
@@ -68,9 +75,9 @@ class Body:
         return parse_json(self.raw), b""
 
 
-async def read_limited(request: Request, limit: int, what: str = "request body") -> bytes:
+async def read_limited(request: Request, limit: int, what: str = "request body", hint: str = "") -> bytes:
     """The body, read in chunks and refused (413) as soon as it passes ``limit`` bytes."""
-    too_big = ApiError(413, f"{what} exceeds the limit of {limit} bytes", "body")
+    too_big = ApiError(413, f"{what} exceeds the limit of {limit} bytes{hint}", "body")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_big
@@ -83,10 +90,51 @@ async def read_limited(request: Request, limit: int, what: str = "request body")
     return b"".join(chunks)
 
 
-async def read_body(request: Request, settings: SettingsDep) -> Body:
-    """The request body, refused (413) as soon as it passes ``max_body_bytes``."""
+JSON_CONTENT_TYPE = "application/json"
+
+
+def body_kind(request: Request) -> str:
+    """"json" or "binary" from Content-Type; 415 for anything else. A browser sends a cross-site form or
+    ``text/plain`` POST without asking first: requiring these types keeps such requests out."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == BINARY_CONTENT_TYPE or (request.headers.get(HEADER_LENGTH) is not None
+                                               and content_type in ("", JSON_CONTENT_TYPE)):
+        return "binary"
+    if content_type == JSON_CONTENT_TYPE:
+        return "json"
+    raise ApiError(415, f"Content-Type must be {JSON_CONTENT_TYPE} (or {BINARY_CONTENT_TYPE} with the "
+                        f"{HEADER_LENGTH} header for binary tensors), got {content_type or 'none'!r}", "Content-Type")
+
+
+async def read_body_within(request: Request, settings: Settings, json_limit: int) -> Body:
+    """The body, refused (413) as soon as it passes its limit: ``json_limit`` for JSON (parsing takes
+    several times the text's size in memory), ``max_body_bytes`` for the binary form."""
+    kind = body_kind(request)
+    header_length = request.headers.get(HEADER_LENGTH)
+    if kind == "json":
+        limit = min(json_limit, settings.max_body_bytes)
+        raw = await read_limited(request, limit, hint="; send large arrays in the binary form (Content-Type: "
+                                 f"{BINARY_CONTENT_TYPE} with the {HEADER_LENGTH} header, see the README)")
+        return Body(raw, JSON_CONTENT_TYPE, None)
+    if header_length is not None and header_length.strip().isdigit() and int(header_length) > json_limit:
+        raise ApiError(413, f"the JSON header of {header_length} bytes exceeds the limit of {json_limit} bytes",
+                       HEADER_LENGTH)
     raw = await read_limited(request, settings.max_body_bytes)
-    return Body(raw, request.headers.get("content-type", ""), request.headers.get(HEADER_LENGTH))
+    return Body(raw, BINARY_CONTENT_TYPE, header_length)
+
+
+async def read_body(request: Request, settings: SettingsDep) -> Body:
+    """The request body (JSON up to ``max_json_bytes``, binary up to ``max_body_bytes``), else 413/415."""
+    return await read_body_within(request, settings, settings.max_json_bytes)
 
 
 BodyDep = Annotated[Body, Depends(read_body)]
+
+
+async def read_train_body(request: Request, settings: SettingsDep) -> Body:
+    """A training spec's body: JSON up to ``max_train_spec_bytes`` (a spec is small; a huge one is refused
+    before any parsing)."""
+    return await read_body_within(request, settings, min(settings.max_train_spec_bytes, settings.max_json_bytes))
+
+
+TrainBodyDep = Annotated[Body, Depends(read_train_body)]

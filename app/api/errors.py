@@ -12,8 +12,11 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from app.core.tensors import TensorError
+from worker.store import is_out_of_memory
 
 log = logging.getLogger("convnd.api")
+STORE_FULL = ("the job store is full (its memory limit is reached): retry once running jobs end and their data "
+              "expire, or ask the operator to raise the limit")
 
 
 class ApiError(Exception):
@@ -60,5 +63,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     @app.exception_handler(OperationalError)
     async def _down(_: Request, exc: Exception):
-        log.warning("backend unavailable: %s", exc)
-        return _json(503, f"the job store / broker (Redis) is unavailable: {exc}")
+        return _json(*backend_failure(exc))
+
+
+def backend_failure(exc: Exception) -> tuple[int, str, None, dict | None]:
+    """(status, message, field, headers) for a Redis or broker error: 507 when the store is full, else 503.
+
+    The address and the driver's text go to the log only (/v1 and /v2 answer alike)."""
+    if is_out_of_memory(exc):  # noeviction: nothing was stored (job writes are all-or-nothing)
+        log.warning("job store full: %s", exc)
+        return 507, STORE_FULL, None, None
+    log.warning("backend unavailable: %s", exc)
+    return 503, "the job store / broker (Redis) is unavailable; retry shortly", None, {"Retry-After": "5"}
+

@@ -5,8 +5,9 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.errors import ApiError
 from app.core.tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, encode_binary, encode_tensor
-from app.jobs.store import JobStore
+from app.jobs.submit import wait_for
 from app.schemas.jobs import job_view
+from worker.store import FINAL, JobStore
 
 JOBS_PATH = "/v1/jobs"
 
@@ -32,3 +33,15 @@ def outcome(store: JobStore, job: dict, binary: bool) -> Response:
         content, n = encode_binary({**doc, **arrays})
         return Response(content, media_type=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(n)})
     return JSONResponse({**doc, **{k: encode_tensor(v) for k, v in arrays.items()}})
+
+
+def answer(store, job: dict, params, timeout_s: float) -> Response:
+    """The outcome once the job has ended within ``timeout_s`` (unless ``async``); else 202 with its state.
+
+    An async job is answered from the record just written (queued): re-reading it could show
+    any later state, depending on how fast a worker is."""
+    if not params.async_:
+        job = wait_for(store, job, timeout_s)
+        if job["state"] in FINAL:
+            return outcome(store, job, params.binary_data_output)
+    return accepted(job)

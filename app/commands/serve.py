@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 
 from app.core.config import get_settings
+from worker.settings import get_runtime_settings
 
 
 def register(sub) -> None:
@@ -11,30 +14,58 @@ def register(sub) -> None:
     api = sub.add_parser("api", help="run the HTTP API (uvicorn)")
     api.add_argument("--host", default=s.host, help=f"bind address (default {s.host})")
     api.add_argument("--port", type=int, default=s.port, help=f"port (default {s.port})")
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     api.set_defaults(func=run_api)
 
-    worker = sub.add_parser("worker", help="run a Celery worker that executes convolution jobs")
-    worker.add_argument("--concurrency", type=int, default=s.worker_concurrency)
-    worker.add_argument("--pool", default=s.worker_pool, choices=["prefork", "solo", "threads"])
-    worker.add_argument("--loglevel", default=s.log_level)
+    worker = sub.add_parser("worker", help="run a Celery worker that executes convolution and training jobs")
+    worker.add_argument("--concurrency", type=int, default=s.worker_concurrency,
+                        help=f"jobs run at once, one process each (default $CONVND_WORKER_CONCURRENCY "
+                             f"or {s.worker_concurrency})")
+    worker.add_argument("--pool", default=s.worker_pool, choices=["prefork", "solo", "threads"],
+                        help=f"Celery pool: prefork isolates each job in a child process that a hard time "
+                             f"limit can kill; solo runs jobs in the worker itself (default {s.worker_pool})")
+    worker.add_argument("--loglevel", default=s.log_level,
+                        help=f"DEBUG, INFO, WARNING or ERROR (default $CONVND_LOG_LEVEL or {s.log_level})")
+    worker.add_argument("--no-root-warning", action="store_true",
+                        help="don't print Celery's warning about running as root (convnd up passes it and "
+                             "says so once); the worker accepts only JSON messages, never pickle")
     worker.set_defaults(func=run_worker)
 
 
 def run_api(args) -> int:
     import uvicorn
 
+    s = get_settings()
     uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
-                log_level=get_settings().log_level.lower())
+                log_level=s.log_level.lower(), http="app.commands.http_limits:LimitedH11Protocol",
+                # uvicorn answers 503 past this many connections or requests in progress; the
+                # protocol also closes connections past it at once, so idle ones cannot pile up.
+                limit_concurrency=s.http_max_connections,
+                timeout_keep_alive=5,  # an idle keep-alive connection is closed after 5 s
+                h11_max_incomplete_event_size=16 * 1024)  # request line + headers: 16 KiB at most
     return 0
 
 
 def run_worker(args) -> int:
     os.environ["CONVND_WORKER_POOL"] = args.pool  # the signal hooks read the pool from the settings
     get_settings.cache_clear()
+    get_runtime_settings.cache_clear()
+    if args.no_root_warning:
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning, message="You're running the worker with superuser")
+    from worker import devices, runtime
     from worker.celery_app import celery
 
+    # The device and so the queue (CPU and GPU work wait apart), decided before Celery forks its pool.
+    try:
+        plan = devices.plan(get_runtime_settings(), args.concurrency)
+    except (devices.DeviceUnavailable, ValueError) as exc:
+        print(f"convnd worker: {exc}", file=sys.stderr)
+        return 2
+    print(f"convnd worker: {plan.device} ({plan.reason}); queue {plan.queue}", file=sys.stderr, flush=True)
+    runtime.set_plan(plan)
     celery.worker_main(["worker", f"--loglevel={args.loglevel}", f"--concurrency={args.concurrency}",
-                        f"--pool={args.pool}", f"--queues={get_settings().queue}",
+                        f"--pool={args.pool}", f"--queues={plan.queue}",
                         f"--hostname=convnd-{os.getpid()}@%h", "--without-gossip", "--without-mingle"])
     return 0

@@ -65,9 +65,27 @@ def _num(v, fmt=".4f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _side(row: dict, side: str) -> str:
+    """'loss L acc A' for labels (+ ' dice D' per voxel), 'loss L mae M' for fields; side 'train' or 'val'."""
+    text = f"loss {_num(row.get(side + '_loss'))}"
+    if row.get(side + "_mae") is not None:
+        return f"{text} mae {_num(row[side + '_mae'])}"
+    text += f" acc {_num(row.get(side + '_accuracy'))}"
+    return text + (f" dice {_num(row[side + '_dice'])}" if row.get(side + "_dice") is not None else "")
+
+
+def _headline(row: dict) -> tuple[str, float | None]:
+    """The validation figure a row is read by: Dice for segmentation, MAE for fields, else accuracy."""
+    for key in ("val_dice", "val_mae"):
+        if row.get(key) is not None:
+            return key[4:], row[key]
+    return "acc", row.get("val_accuracy")
+
+
 def epoch_line(row: dict, epochs) -> str:
-    return (f"epoch {row['epoch']}/{epochs}  train loss {_num(row['train_loss'])} acc {_num(row['train_accuracy'])}"
-            f"  val loss {_num(row['val_loss'])} acc {_num(row['val_accuracy'])}  {_num(row['seconds'], '.2f')} s")
+    best = "  (best)" if row.get("best_epoch") is not None and row["best_epoch"] == row["epoch"] else ""
+    return (f"epoch {row['epoch']}/{epochs}  train {_side(row, 'train')}  val {_side(row, 'val')}"
+            f"  {_num(row['seconds'], '.2f')} s{best}")
 
 
 def bar_line(view: dict) -> str:
@@ -77,9 +95,10 @@ def bar_line(view: dict) -> str:
     filled = int(round(p["fraction"] * BAR))
     latest = p.get("latest") or {}
     eta = f"ETA {p['eta_s']:.0f} s" if p.get("eta_s") is not None else "ETA -"
+    name, value = _headline(latest)
     return (f"[{'#' * filled}{'.' * (BAR - filled)}] {100 * p['fraction']:5.1f}%  epoch {p['epoch']}/{p['epochs']}"
             f" step {p['step']}/{p.get('steps') or '?'}  loss {_num(p.get('loss'))}"
-            f"  val acc {_num(latest.get('val_accuracy'))}  {eta}")
+            f"  val {name} {_num(value)}  {eta}")
 
 
 def end_line(view) -> str:
@@ -87,8 +106,12 @@ def end_line(view) -> str:
         return "the event stream ended without news of the job"
     if view["state"] == "succeeded":
         r = view["result"] or {}
+        name, value = _headline(r.get("final") or {})
+        best = ""
+        if r.get("best_epoch") is not None:
+            best = (f", best epoch {r['best_epoch']} ({r['monitor']} {_num(r.get('best_value'))})"
+                    + (", stopped early" if r.get("early_stopped") else ""))
         return (f"succeeded: {len(r.get('history', []))} epochs in {_num(view['timings']['run_s'], '.1f')} s, "
-                f"final val acc {_num((r.get('final') or {}).get('val_accuracy'))}; "
-                f"model: convnd model {view['id']} -o model.npz")
+                f"final val {name} {_num(value)}{best}; model: convnd model {view['id']} -o model.npz")
     error = view.get("error") or {}
     return f"{view['state']}: {error.get('message', '')}"

@@ -19,7 +19,9 @@ import numpy as np
 
 DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 NAMES = {v: k for k, v in DATATYPES.items()}
+NAMES[np.dtype("<i8")] = "INT64"  # answers only (a prediction's class map); inputs stay FP32/FP64
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MAX_DIMS = 64  # NumPy's limit: an array cannot have more axes
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
 
@@ -43,6 +45,8 @@ def decode_tensor(field: str, obj, max_bytes: int, blob: bytes | None = None) ->
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
         raise TensorError(field, f"shape must be a list of non-negative integers, got {shape!r}")
+    if len(shape) > MAX_DIMS:
+        raise TensorError(field, f"shape has {len(shape)} dimensions, at most {MAX_DIMS} are supported")
     if datatype not in DATATYPES:
         raise TensorError(field, f"datatype must be one of {sorted(DATATYPES)}, got {datatype!r}")
     dtype = DATATYPES[datatype]
@@ -68,7 +72,9 @@ def _from_data(field, data, shape, count, dtype) -> np.ndarray:
     try:
         arr = np.asarray(data)
     except ValueError:
-        raise TensorError(field, "data is a ragged nested list") from None
+        raise TensorError(field, "data is a ragged or too deeply nested list") from None
+    except RecursionError:
+        raise TensorError(field, "data is nested too deeply") from None
     if arr.dtype.kind not in "iuf" and arr.size:
         raise TensorError(field, f"data must hold numbers, got elements of kind {arr.dtype.kind!r}")
     if arr.ndim > 1 and list(arr.shape) != list(shape):
@@ -101,6 +107,8 @@ def parse_json(raw: bytes) -> dict:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TensorError("body", f"is not valid JSON ({exc})") from None
+    except RecursionError:  # the parser recurses once per level
+        raise TensorError("body", "is nested too deeply (JSON arrays/objects within each other)") from None
     if not isinstance(doc, dict):
         raise TensorError("body", f"must be a JSON object, got {type(doc).__name__}")
     return doc
@@ -117,17 +125,35 @@ def decode_tensors(doc: dict, fields: tuple, max_bytes: int, binary: bytes = b""
         if params is not None and not isinstance(params, dict):
             raise TensorError(field, f"parameters must be an object such as {{\"binary_data_size\": N}}, "
                                      f"got {params!r}")
-        size = (params or {}).get("binary_data_size")
-        blob = None
-        if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise TensorError(field, f"binary_data_size {size!r} does not fit the {len(binary) - offset} "
-                                         "binary bytes left in the body")
-            blob, offset = binary[offset:offset + size], offset + size
+        blob, offset = take_blob(field, params, binary, offset)
         arrays[field] = decode_tensor(field, obj, max_bytes, blob)
+    check_all_claimed(binary, offset)
+    return arrays
+
+
+def take_blob(field: str, params: dict | None, binary: bytes, offset: int) -> tuple[bytes | None, int]:
+    """(this tensor's blob or None when its data is in the JSON, the offset of the next blob)."""
+    size = (params or {}).get("binary_data_size")
+    if size is None:
+        return None, offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+        raise TensorError(field, f"binary_data_size {size!r} does not fit the {len(binary) - offset} "
+                                 "binary bytes left in the body")
+    return binary[offset:offset + size], offset + size
+
+
+def check_all_claimed(binary: bytes, offset: int) -> None:
+    """Every blob after the header belongs to some tensor: extra bytes are a malformed body."""
     if offset != len(binary):
         raise TensorError("body", f"{len(binary) - offset} binary bytes follow the header that no tensor claims")
-    return arrays
+
+
+def encode_blob(arr: np.ndarray) -> tuple[dict, bytes]:
+    """ndarray -> (tensor object with ``parameters.binary_data_size`` instead of data, its raw bytes)."""
+    arr = np.asarray(arr)
+    dtype = arr.dtype.newbyteorder("<")
+    raw = np.ascontiguousarray(arr, dtype=dtype).tobytes()
+    return {"shape": list(arr.shape), "datatype": NAMES[dtype], "parameters": {"binary_data_size": len(raw)}}, raw
 
 
 def encode_binary(doc: dict) -> tuple[bytes, int]:
@@ -135,9 +161,7 @@ def encode_binary(doc: dict) -> tuple[bytes, int]:
     header, blobs = {}, []
     for key, value in doc.items():
         if isinstance(value, np.ndarray):
-            raw = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
-            header[key] = {"shape": list(value.shape), "datatype": NAMES[value.dtype.newbyteorder("<")],
-                           "parameters": {"binary_data_size": len(raw)}}
+            header[key], raw = encode_blob(value)
             blobs.append(raw)
         else:
             header[key] = value

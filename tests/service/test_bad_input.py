@@ -1,4 +1,7 @@
-"""Every bad input is a JSON error naming the field: 400 malformed, 413 too big, 422 convcore's message."""
+"""Every bad input is a JSON error naming the field: 400 malformed, 413 too big, 422 convcore's message.
+
+Run against the API in this process (FastAPI's TestClient: validation and error mapping need no
+HTTP server); the session's real worker runs the jobs that pass."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +10,11 @@ from service_helpers import tensor
 
 X = {"shape": [1, 2, 5], "datatype": "FP32", "data": list(range(10))}
 W = {"shape": [3, 2, 2], "datatype": "FP32", "data": [0.5] * 12}
+
+
+@pytest.fixture
+def client(app_client):
+    return app_client
 
 
 def post(client, **body):
@@ -109,7 +117,7 @@ def test_wrong_shaped_user_gradient_is_diagnosed(client):
 
 def test_task_error_is_stored_and_worker_survives(client, rdb, redis_url, base_env, worker):
     """A job whose arrays convcore rejects (queued behind the API's back) fails with 422; the worker lives on."""
-    from app.jobs.store import JobStore
+    from worker.store import JobStore
 
     store = JobStore(rdb, prefix=base_env["CONVND_KEY_PREFIX"])
     bad = {"x": np.ones((1, 3, 4)), "W": np.ones((1, 2, 2))}  # channels do not match
@@ -136,18 +144,19 @@ def _queue_behind_the_api(store, redis_url, base_env, arrays, **fields):
 
     from worker import tasks
 
-    job_id = store.create("conv.forward", "test", {}, arrays)
+    job_id = store.create("conv.forward", "test", {}, arrays)["id"]
     if fields:
         store.r.hset(store.job_key(job_id), mapping=fields)
     sender = Celery(broker=redis_url)
     sender.conf.task_serializer = "json"
-    sender.send_task(tasks.conv_forward.name, args=[job_id], queue=base_env["CONVND_QUEUE"], task_id=job_id)
+    queue = store.workers()[0]["queue"]  # the session worker's: CONVND_QUEUE, or its .gpu queue on a GPU machine
+    sender.send_task(tasks.conv_forward.name, args=[job_id], queue=queue, task_id=job_id)
     return job_id
 
 
 def test_a_job_whose_worker_keeps_dying_fails_instead_of_looping(rdb, redis_url, base_env, worker):
     """Deliveries are counted: past max_attempts (3) the job fails as WorkerLost and is not run again."""
-    from app.jobs.store import JobStore
+    from worker.store import JobStore
 
     store = JobStore(rdb, prefix=base_env["CONVND_KEY_PREFIX"])
     job_id = _queue_behind_the_api(store, redis_url, base_env, {"x": np.ones((1, 1, 4)), "W": np.ones((1, 1, 2))},
@@ -163,10 +172,10 @@ def test_a_conv_job_running_past_its_hard_limit_is_reported_lost(client, rdb, ba
     """A job left "running" (its task killed at the hard limit) is failed when read, not shown running forever."""
     import time
 
-    from app.jobs.store import JobStore
+    from worker.store import JobStore
 
     store = JobStore(rdb, prefix=base_env["CONVND_KEY_PREFIX"])
-    job_id = store.create("conv.forward", "open", {})
+    job_id = store.create("conv.forward", "open", {})["id"]
     store.start(job_id, "gone-worker")
     store.r.hset(store.job_key(job_id), "started_at", repr(time.time() - 3600))  # the default hard limit is 660 s
     r = client.get(f"/v1/jobs/{job_id}")

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from service_helpers import tensor
+from support.stack import wait_job
 
 
 def binary_request(header: dict, *blobs: bytes) -> tuple[bytes, dict]:
@@ -45,9 +45,7 @@ def test_result_fetched_as_binary_later(client):
     r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "async": True})
     assert r.status_code == 202, r.text
     job = r.json()["id"]
-    for _ in range(200):
-        if client.get(f"/v1/jobs/{job}").json()["state"] == "succeeded":
-            break
+    assert wait_job(client, job)["state"] == "succeeded"
     r = client.get(f"/v1/jobs/{job}/result", headers={"Accept": "application/octet-stream"})
     header, blobs = split_response(r)
     assert header["y"]["datatype"] == "FP64"

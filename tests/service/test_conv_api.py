@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from service_helpers import array, tensor
 
 import convcore
-
-from service_helpers import array, tensor
 
 TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 CASES = [  # (x shape, W shape, params)
@@ -36,9 +35,23 @@ def test_forward_matches_torch_and_convcore(client, x_shape, W_shape, params, dt
     assert r.status_code == 200, r.text
     body = r.json()
     y = array(body["y"])
-    assert y.dtype == dtype and body["device"] == "cpu" and body["algorithm"] in ("fft", "direct")
+    devices = {w["device"] for w in client.get("/readyz").json()["workers"]}  # the CPU, or this machine's GPU
+    assert y.dtype == dtype and body["device"] in devices and body["algorithm"] in ("fft", "direct")
     np.testing.assert_allclose(y, _torch_forward(x, W, b, params).numpy(), rtol=tol, atol=tol)
     np.testing.assert_allclose(y, convcore.conv_forward(x, W, b, **params), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "fft"])
+def test_padding_mode_and_algorithm_reach_the_worker(client, algorithm):
+    """Through HTTP, Celery and the worker: replicate padding as PyTorch does it, with the algorithm asked for."""
+    x, W, b = _draw((1, 2, 6, 5), (3, 2, 3, 3), np.float64, seed=6)
+    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "padding": 1,
+                                              "padding_mode": "replicate", "algorithm": algorithm})
+    assert r.status_code == 200, r.text
+    assert r.json()["algorithm"] == algorithm
+    ref = F.conv2d(F.pad(torch.from_numpy(x), (1, 1, 1, 1), mode="replicate"), torch.from_numpy(W)).numpy()
+    np.testing.assert_allclose(array(r.json()["y"]), ref, rtol=1e-10, atol=1e-10)
+    assert np.abs(ref - F.conv2d(torch.from_numpy(x), torch.from_numpy(W), padding=1).numpy()).max() > 0.1
 
 
 def test_forward_hand_computed_nested_data(client):
@@ -77,10 +90,12 @@ def test_backward_computes_only_what_is_needed(client):
 
 
 def test_gradcheck_from_shapes_and_seed_passes(client):
+    tolerances = {"eps": 1e-5, "rtol": 1e-4, "atol": 1e-7}
     r = client.post("/v1/conv/gradcheck", json={"x_shape": [2, 2, 5, 4], "W_shape": [3, 2, 2, 2], "padding": 1,
-                                                "stride": [2, 1], "seed": 3, "samples": 8})
+                                                "stride": [2, 1], "seed": 3, "samples": 8, **tolerances})
     assert r.status_code == 200, r.text
     report = r.json()["report"]
+    assert {k: report["settings"][k] for k in tolerances} == tolerances  # what convcore was called with
     assert report["passed"] is True and report["user"] == {}
     assert set(report["finite_differences"]) == {"gx", "gW", "gb"}
     sizes = {"gx": 2 * 2 * 5 * 4, "gW": 3 * 2 * 2 * 2, "gb": 3}

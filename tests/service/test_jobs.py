@@ -6,20 +6,13 @@ import time
 import numpy as np
 import pytest
 from service_helpers import array, tensor
+from support.stack import wait_job
 
 import convcore
 
-SLOW = {"x_shape": [2, 4, 24, 24], "W_shape": [4, 4, 3, 3], "padding": 1, "samples": 150, "async": True}
-
-
-def wait_state(client, job_id, states=("succeeded", "failed", "cancelled"), timeout_s=30.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in states:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} still {job['state']} after {timeout_s} s")
+# A gradcheck of tens of seconds (cancelled jobs stop within about a second): a 2-D one of 150 samples
+# took 0.15 s on a warm worker and ended before the test could cancel it.
+SLOW = {"x_shape": [1, 4, 24, 24, 24], "W_shape": [4, 4, 3, 3, 3], "padding": 1, "samples": 1000, "async": True}
 
 
 def test_async_forward_returns_202_then_the_result(client):
@@ -28,8 +21,9 @@ def test_async_forward_returns_202_then_the_result(client):
     r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "async": True})
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
-    assert r.headers["location"] == f"/v1/jobs/{job_id}" and r.json()["state"] in ("queued", "running")
-    job = wait_state(client, job_id)
+    # The API answers from the record it wrote, however fast the worker picks the job up.
+    assert r.headers["location"] == f"/v1/jobs/{job_id}" and r.json()["state"] == "queued"
+    job = wait_job(client, job_id)
     assert job["state"] == "succeeded" and job["kind"] == "conv.forward"
     assert job["timings"]["run_s"] >= 0 and job["timings"]["queued_s"] >= 0
     y = array(client.get(f"/v1/jobs/{job_id}/result").json()["y"])
@@ -37,16 +31,10 @@ def test_async_forward_returns_202_then_the_result(client):
     assert job_id in [j["id"] for j in client.get("/v1/jobs").json()["jobs"]]
 
 
-def test_wait_timeout_turns_into_202(api_factory, worker):
-    api = api_factory("no_wait", wait_timeout_s=0)
-    r = api.client.post("/v1/conv/forward", json={"x": tensor(np.ones((1, 1, 3))), "W": tensor(np.ones((1, 1, 2)))})
-    assert r.status_code == 202 and r.headers["location"].startswith("/v1/jobs/")
-
-
 def test_cancel_queued_and_running_jobs(client):
     running = client.post("/v1/conv/gradcheck", json=SLOW).json()["id"]
     queued = client.post("/v1/conv/gradcheck", json=SLOW).json()["id"]
-    wait_state(client, running, states=("running",))
+    wait_job(client, running, states=("running",))
     for job_id in (queued, running):
         r = client.delete(f"/v1/jobs/{job_id}")
         assert r.status_code == 200 and r.json()["state"] == "cancelled", r.text
@@ -74,8 +62,11 @@ def test_results_expire(api_factory, worker, rdb, base_env):
     assert r.status_code == 200
     job_id = r.json()["job_id"]
     keys = rdb.keys(f"{base_env['CONVND_KEY_PREFIX']}:job:{job_id}*")
-    assert len(keys) >= 4 and all(0 < rdb.ttl(k) <= 2 for k in keys)  # job, x, W, y (+ done)
-    time.sleep(2.5)
+    assert len(keys) >= 2 and all(0 < rdb.ttl(k) <= 2 for k in keys)  # job, y (+ done); inputs dropped at the end
+    # TTLs are whole seconds, so the outputs may outlive the record by up to one: wait for all of it to go.
+    deadline = time.monotonic() + 10
+    while rdb.keys(f"{base_env['CONVND_KEY_PREFIX']}:job:{job_id}*"):
+        assert time.monotonic() < deadline, f"keys of a 2 s job still there after 10 s: {rdb.keys(f'*{job_id}*')}"
+        time.sleep(0.1)
     assert api.client.get(f"/v1/jobs/{job_id}").status_code == 404
     assert api.client.get(f"/v1/jobs/{job_id}/result").status_code == 404
-    assert rdb.keys(f"{base_env['CONVND_KEY_PREFIX']}:job:{job_id}*") == []

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from conftest import tiny_job, wait_job
+from support.stack import tiny_job, wait_job
 
 from convcore import nn
 

@@ -7,7 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import tiny_job, wait_job
+from support.stack import tiny_job, wait_job
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((60, 1, 6, 6)).astype(np.float32)

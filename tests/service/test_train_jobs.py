@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_job, wait_job
 from service_helpers import array, tensor
+from support.stack import tiny_job, wait_job
 
 from convcore import datasets, nn
 
@@ -121,22 +120,21 @@ def test_unknown_model_is_404(client):
 
 
 def test_cancel_stops_within_a_step_and_keeps_the_checkpoint(client):
-    job_id = client.post("/v1/train", json=tiny_job(epochs=200)).json()["id"]
+    """1000 epochs would take minutes: the worker (concurrency 1) starting and finishing the next job within
+    the deadline, with the cancelled job's checkpoint at most one epoch further, shows that training stopped."""
+    job_id = client.post("/v1/train", json=tiny_job(epochs=1000)).json()["id"]
     wait_job(client, job_id, ("running",), until=lambda j: j["progress"].get("history"))
     r = client.delete(f"/v1/jobs/{job_id}")
-    cancelled_at = time.time()
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
-    # The worker (concurrency 1) is free again at once: the next job starts within a fraction of a second.
+    at_cancel = len(r.json()["progress"]["history"])
     nxt = client.post("/v1/train", json=tiny_job(epochs=1)).json()["id"]
-    started = wait_job(client, nxt, ("running", "succeeded"))["timings"]["started_at"]
-    assert started - cancelled_at < 1.5
+    assert wait_job(client, nxt, timeout_s=60)["state"] == "succeeded"
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["state"] == "cancelled" and job["progress"]["fraction"] < 0.5
-    done = len(job["progress"]["history"])
     r = client.get(f"/v1/jobs/{job_id}/model")
     assert r.status_code == 200 and r.headers["x-job-state"] == "cancelled"
-    assert int(r.headers["x-epochs-trained"]) >= done >= 1
-    wait_job(client, nxt)
+    # The epoch running at the cancel may have ended (and been checkpointed); no later one ran.
+    assert at_cancel <= int(r.headers["x-epochs-trained"]) <= at_cancel + 1
 
 
 def test_divergence_fails_the_job_with_epoch_and_layer(client):

@@ -1,11 +1,17 @@
-"""POST /v1/train checks the whole job before queueing: 422 naming the layer and the shapes."""
+"""POST /v1/train checks the whole job before queueing: 422 naming the layer and the shapes.
+(The API in this process, FastAPI's TestClient: nothing here needs an HTTP server or a worker.)"""
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_job
+from support.stack import tiny_job
 
 CONV = {"type": "conv", "out_channels": 4, "kernel_size": 3}
 DENSE10 = {"type": "dense", "out_features": 10}
+
+
+@pytest.fixture
+def client(app_client):
+    return app_client
 
 
 @pytest.mark.parametrize("changes, field, words", [

@@ -3,20 +3,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from fastapi import APIRouter
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from app.api.deps import BodyDep, OwnerDep, SettingsDep, StoreDep
+from app.api.conv_limits import FORWARD_NEEDS, GRADCHECK_NEEDS, check_conv
+from app.api.deps import BodyDep, OwnerDep, SenderDep, SettingsDep, StoreDep
 from app.api.errors import ApiError
-from app.api.results import accepted, outcome
-from app.core.tensors import TensorError, decode_tensors
+from app.api.results import answer
+from app.core.tensors import MAX_DIMS, TensorError, decode_tensors
 from app.jobs.submit import submit
 from app.schemas.conv import (BackwardBody, BackwardParams, ConvParams, ConvResult, ForwardBody,
                               GradcheckBody, GradcheckParams)
 from app.schemas.jobs import ErrorBody, JobView
-from convcore import make_geometry
-from convcore.geometry import check_arrays
+from worker.kinds import BACKWARD, FORWARD, GRADCHECK, JobKind
 
 router = APIRouter(prefix="/conv", tags=["convolution"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 413, 422, 503)}
@@ -37,11 +38,12 @@ def _doc(body_model: type[BaseModel]) -> dict:
 RESPONSES = {200: {"model": ConvResult}, 202: {"model": JobView}, **ERRORS}
 
 
-def _read(body, settings, fields: tuple, params_model):
-    """Body -> (validated params, {name: ndarray})."""
+def _read(body, settings, kind: JobKind, params_model):
+    """Body -> (validated params, {name: ndarray}), with the kind's required tensors present."""
     doc, binary = body.parse()
-    arrays = decode_tensors(doc, fields, settings.max_array_bytes, binary)
-    params = params_model.model_validate({k: v for k, v in doc.items() if k not in fields})
+    arrays = decode_tensors(doc, kind.inputs, settings.max_array_bytes, binary)
+    params = params_model.model_validate({k: v for k, v in doc.items() if k not in kind.inputs})
+    _require(arrays, *kind.required)
     return params, arrays
 
 
@@ -51,58 +53,52 @@ def _require(arrays: dict, *names: str) -> None:
             raise TensorError(name, "is required")
 
 
-def _check(x_shape, W_shape, params: ConvParams, max_bytes: int, **arrays) -> None:
-    """convcore's own shape and dtype checks, before anything is queued (422 with its message),
-    and a 413 when padding or the output would make the worker allocate more than ``max_bytes``."""
-    try:
-        geom = make_geometry(x_shape, W_shape, **{k: v for k, v in params.conv_kwargs().items() if k != "algorithm"})
-        if arrays:
-            check_arrays(geom, **arrays)
-    except (ValueError, TypeError) as exc:
-        raise ApiError(422, str(exc)) from None
-    padded = geom.batch * geom.in_channels * math.prod(geom.padded)
-    for what, count, field in (("the padded input", padded, "padding"), ("the output", math.prod(geom.out_shape), "x")):
-        if 8 * count > max_bytes:
-            raise ApiError(413, f"{what} would hold {count} values ({8 * count} bytes as float64) for "
-                                f"{geom.describe()}, over the limit of {max_bytes} bytes", field)
+def _check(x_shape, W_shape, params: ConvParams, settings, need, dtype=None, **arrays) -> None:
+    """Shapes, dtypes and every allocation of the job, before anything is queued (``conv_limits``);
+    ``dtype`` defaults to the arrays' own."""
+    if dtype is None:
+        dtype = next((a.dtype for a in arrays.values() if a is not None), np.dtype(np.float64))
+    check_conv(x_shape, W_shape, params.conv_kwargs(), dtype, need, settings, **arrays)
 
 
-def _run(kind, params: ConvParams, arrays, owner, store, settings) -> Response:
-    job_id = submit(store, kind, owner, params.model_dump(by_alias=True), arrays)
-    if not params.async_ and store.wait(job_id, settings.wait_timeout_s):
-        return outcome(store, store.get(job_id), params.binary_data_output)
-    return accepted(store.get(job_id))
+def _run(kind: JobKind, params: ConvParams, arrays, owner, store, sender, settings) -> Response:
+    job = submit(store, sender, kind, owner, params.model_dump(by_alias=True), arrays)
+    return answer(store, job, params, settings.wait_timeout_s)
 
 
 @router.post("/forward", summary="y = conv(x, W) + b", responses=RESPONSES, openapi_extra=_doc(ForwardBody))
-def forward(body: BodyDep, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> Response:
-    params, a = _read(body, settings, ("x", "W", "b"), ConvParams)
-    _require(a, "x", "W")
-    _check(a["x"].shape, a["W"].shape, params, settings.max_array_bytes, x=a["x"], W=a["W"], b=a.get("b"))
-    return _run("conv.forward", params, a, owner, store, settings)
+def forward(body: BodyDep, owner: OwnerDep, store: StoreDep, sender: SenderDep, settings: SettingsDep) -> Response:
+    params, a = _read(body, settings, FORWARD, ConvParams)
+    _check(a["x"].shape, a["W"].shape, params, settings, FORWARD_NEEDS, x=a["x"], W=a["W"], b=a.get("b"))
+    return _run(FORWARD, params, a, owner, store, sender, settings)
 
 
 @router.post("/backward", summary="gx, gW, gb for gy = dL/dy", responses=RESPONSES,
              openapi_extra=_doc(BackwardBody))
-def backward(body: BodyDep, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> Response:
-    params, a = _read(body, settings, ("gy", "x", "W"), BackwardParams)
-    _require(a, "gy", "x", "W")
-    _check(a["x"].shape, a["W"].shape, params, settings.max_array_bytes, x=a["x"], W=a["W"], gy=a["gy"])
-    return _run("conv.backward", params, a, owner, store, settings)
+def backward(body: BodyDep, owner: OwnerDep, store: StoreDep, sender: SenderDep, settings: SettingsDep) -> Response:
+    params, a = _read(body, settings, BACKWARD, BackwardParams)
+    _check(a["x"].shape, a["W"].shape, params, settings, params.need, x=a["x"], W=a["W"], gy=a["gy"])
+    return _run(BACKWARD, params, a, owner, store, sender, settings)
 
 
 @router.post("/gradcheck", summary="finite-difference check of the gradients", responses=RESPONSES,
              openapi_extra=_doc(GradcheckBody))
-def gradcheck(body: BodyDep, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> Response:
-    params, a = _read(body, settings, ("x", "W", "b", "gy", "gx", "gW", "gb"), GradcheckParams)
+def gradcheck(body: BodyDep, owner: OwnerDep, store: StoreDep, sender: SenderDep, settings: SettingsDep) -> Response:
+    params, a = _read(body, settings, GRADCHECK, GradcheckParams)
     if "x" in a or "W" in a:
         _require(a, "x", "W")
-        _check(a["x"].shape, a["W"].shape, params, settings.max_array_bytes, x=a["x"], W=a["W"], b=a.get("b"), gy=a.get("gy"))
+        # Finite differences run in float64 whatever the posted dtype.
+        _check(a["x"].shape, a["W"].shape, params, settings, GRADCHECK_NEEDS, np.float64, x=a["x"], W=a["W"],
+               b=a.get("b"), gy=a.get("gy"))
     elif params.x_shape is None or params.W_shape is None:
         raise ApiError(422, "gradcheck needs either tensors x and W, or x_shape and W_shape (with a seed)", "x")
     else:
-        _check(params.x_shape, params.W_shape, params, settings.max_array_bytes)
         for name, shape in (("x_shape", params.x_shape), ("W_shape", params.W_shape)):
-            if 8 * math.prod(shape) > settings.max_array_bytes:
+            if len(shape) > MAX_DIMS:
+                raise ApiError(422, f"{name} has {len(shape)} dimensions, at most {MAX_DIMS} are supported", name)
+            if any(d < 0 for d in shape):
+                raise ApiError(422, f"{name} must hold non-negative sizes, got {shape}", name)
+            if 8 * math.prod(shape) > settings.max_array_bytes:  # drawn as float64
                 raise ApiError(413, f"{name}={shape} exceeds the limit of {settings.max_array_bytes} bytes", name)
-    return _run("conv.gradcheck", params, a, owner, store, settings)
+        _check(params.x_shape, params.W_shape, params, settings, GRADCHECK_NEEDS, np.float64)
+    return _run(GRADCHECK, params, a, owner, store, sender, settings)

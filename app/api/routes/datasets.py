@@ -1,5 +1,8 @@
 """POST /v1/datasets (an .npz with x and y, raw or multipart), GET /v1/datasets/{id}.
 
+y holds a class per sample (n,), a class per voxel (n, d_1..d_N) or a field (n, c, d_1..d_N)
+(floats); the stored info says which (target_shape, task).
+
 The upload is counted while it is read (Content-Length is not trusted), the archive's
 declared sizes are checked before anything is decompressed, and arrays are read without
 pickle and validated (shapes, dtypes, finite values, labels) before they are stored.
@@ -15,10 +18,10 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.deps import OwnerDep, SettingsDep, StoreDep, read_limited
 from app.api.errors import ApiError
-from app.jobs import training
 from app.schemas.jobs import ErrorBody
 from app.schemas.train import DatasetInfo
 from convcore import datasets
+from worker import dataset_store
 
 router = APIRouter(prefix="/datasets", tags=["training"])
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 503)}
@@ -57,7 +60,8 @@ def _check_archive(data: bytes, limit: int) -> None:
 
 
 @router.post("", status_code=201, response_model=DatasetInfo, responses=ERRORS,
-             summary="upload an .npz with x (n, c, d_1..d_N) and y (n,) class labels",
+             summary="upload an .npz with x (n, c, d_1..d_N) and y: (n,) class labels, (n, d_1..d_N) "
+                     "per-voxel labels or (n, c, d_1..d_N) a field",
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                  "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -74,12 +78,12 @@ async def upload(request: Request, owner: OwnerDep, store: StoreDep, settings: S
         x, y, n_classes = await run_in_threadpool(datasets.load_npz_bytes, data, limit)
     except datasets.DatasetError as exc:  # names the array and the values
         raise ApiError(422, str(exc), "file") from None
-    return await run_in_threadpool(training.put_dataset, store, owner, x, y, n_classes, settings.dataset_ttl_s)
+    return await run_in_threadpool(dataset_store.put_dataset, store, owner, x, y, n_classes, settings.dataset_ttl_s)
 
 
 @router.get("/{dataset_id}", response_model=DatasetInfo, responses=ERRORS, summary="an uploaded dataset's shape")
 def info(dataset_id: str, owner: OwnerDep, store: StoreDep) -> dict:
-    found = training.dataset_info(store, dataset_id, owner)
+    found = dataset_store.dataset_info(store, dataset_id, owner)
     if found is None:
         raise ApiError(404, f"no dataset {dataset_id!r} (unknown, expired or not yours)", "id")
     return found

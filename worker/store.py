@@ -3,10 +3,11 @@
 Generic on purpose: a job is (kind, owner, params, input arrays) -> (state, progress,
 result, output arrays), so convolution calls and training runs share it.
 
-Keys (``p`` = settings.key_prefix):
+Keys (``p`` = settings.key_prefix; checkpoints, leases and datasets add theirs in
+``worker.checkpoints``, ``worker.lease`` and ``worker.dataset_store``):
     p:job:<id>            hash: id kind owner state created_at started_at finished_at
                           params progress result error worker cancel_requested
-    p:job:<id>:in:<name>  hash: dtype shape data (raw little-endian bytes)
+    p:job:<id>:in:<name>  hash: dtype shape data (``worker.codec``: raw little-endian bytes)
     p:job:<id>:out:<name> same, for results
     p:job:<id>:done       list: one item pushed when the job reaches a final state
     p:owner:<owner>:jobs  sorted set of job ids by creation time
@@ -19,11 +20,17 @@ import json
 import time
 import uuid
 
-import numpy as np
+import redis
+
+from . import codec, metrics
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
 _JSON_FIELDS = ("params", "progress", "result", "error")
+
+# Longest single BLPOP of ``wait``: a blocking read must end before the client's socket timeout
+# (redis-py 8 defaults to 5 s), or a long wait would fail as a Redis error instead of running out.
+WAIT_SLICE_S = 2.0
 
 # Compare-and-set of the state: a cancel and a finishing worker cannot overwrite each other.
 _CAS = """
@@ -55,21 +62,24 @@ class JobStore:
         return f"{self.prefix}:owner:{owner}:jobs"
 
     # records
-    def create(self, kind: str, owner: str, params: dict, arrays: dict | None = None) -> str:
-        """Store a new ``queued`` job with its input arrays; returns its id."""
+    def create(self, kind: str, owner: str, params: dict, arrays: dict | None = None) -> dict:
+        """Store a new ``queued`` job with its input arrays; returns its record as written (what ``get``
+        would have returned then: a later ``get`` may already see it running or finished)."""
         job_id = uuid.uuid4().hex
         now = time.time()
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hset(self.job_key(job_id), mapping={
-            "id": job_id, "kind": kind, "owner": owner, "state": "queued", "created_at": repr(now),
-            "params": json.dumps(params), "progress": "{}", "cancel_requested": "0"})
+        fields = {"id": job_id, "kind": kind, "owner": owner, "state": "queued", "created_at": repr(now),
+                  "params": json.dumps(params), "progress": "{}", "cancel_requested": "0",
+                  "inputs": ",".join(name for name, arr in (arrays or {}).items() if arr is not None)}
+        # MULTI/EXEC: a write refused at the memory limit (OOM, noeviction) leaves no half-written job.
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.job_key(job_id), mapping=fields)
         pipe.expire(self.job_key(job_id), self.ttl)
         self._put_arrays(pipe, job_id, "in", arrays or {})
         pipe.zremrangebyscore(self._owner_key(owner), "-inf", now - self.ttl)  # their jobs have expired
         pipe.zadd(self._owner_key(owner), {job_id: now})
         pipe.expire(self._owner_key(owner), self.ttl)
         pipe.execute()
-        return job_id
+        return _record(fields)
 
     def get(self, job_id: str, owner: str | None = None) -> dict | None:
         """The job record, or None when it is unknown, expired or (with ``owner``) someone else's."""
@@ -79,12 +89,7 @@ class JobStore:
         job = {k.decode(): v.decode() for k, v in raw.items()}
         if owner is not None and job.get("owner") != owner:
             return None
-        for field in _JSON_FIELDS:
-            job[field] = json.loads(job[field]) if job.get(field) else None
-        for field in ("created_at", "started_at", "finished_at"):
-            job[field] = float(job[field]) if job.get(field) else None
-        job["cancel_requested"] = job.get("cancel_requested") == "1"
-        return job
+        return _record(job)
 
     def list_ids(self, owner: str, limit: int = 100) -> list[str]:
         """Newest first."""
@@ -122,13 +127,21 @@ class JobStore:
         Outputs expire with the job record (whose TTL the API that created it chose).
         """
         assert state in FINAL
+        self.drop_inputs(job_id)  # nobody reads them once the job ends; frees memory for the outputs
         if arrays:
             ttl = self.r.ttl(self.job_key(job_id))
             if ttl <= 0:
                 return False  # expired meanwhile: nobody can fetch the outputs
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.r.pipeline(transaction=True)  # all outputs or none
             self._put_arrays(pipe, job_id, "out", arrays, ttl)
-            pipe.execute()
+            try:
+                pipe.execute()
+            except redis.ResponseError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                state, result, error = "failed", None, {
+                    "status": 507, "type": "StoreFull", "message": "the result does not fit in the job store "
+                    "(its memory limit is reached); retry later or ask for a smaller output"}
         fields = {"finished_at": repr(time.time()), **extra}
         if result is not None:
             fields["result"] = result
@@ -137,6 +150,7 @@ class JobStore:
         changed = self.transition(job_id, state, ("queued", "running"), **fields)
         if changed:
             self._wake(job_id, max(self.r.ttl(self.job_key(job_id)), 1))
+            metrics.count_final(self.r, self.prefix, self.job_key(job_id), state)  # once: the CAS changed it
         return changed
 
     def fail_if_overdue(self, job: dict, limit_s: float) -> dict:
@@ -154,14 +168,33 @@ class JobStore:
         return self.finish(job_id, "cancelled", error={"status": 409, "type": "Cancelled",
                                                        "message": "cancelled by the user"}, cancel_requested="1")
 
+    def drop_inputs(self, job_id: str) -> None:
+        """Delete the job's input arrays (DEL is allowed even at the memory limit)."""
+        names = self.r.hget(self.job_key(job_id), "inputs")
+        if names:
+            self.r.delete(*(self.array_key(job_id, "in", n) for n in names.decode().split(",")))
+
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self.job_key(job_id), "cancel_requested") == b"1"
 
     def wait(self, job_id: str, timeout_s: float) -> bool:
-        """Block until the job reaches a final state (True) or ``timeout_s`` passes (False)."""
-        if timeout_s <= 0:
-            return False
-        return self.r.blpop([self._done_key(job_id)], timeout=timeout_s) is not None
+        """Block until the job reaches a final state (True) or ``timeout_s`` passes (False).
+
+        Blocks in slices shorter than the client's socket timeout, so a wait of any length runs
+        out as False rather than as a socket timeout."""
+        deadline = time.monotonic() + timeout_s
+        slice_s = self._wait_slice_s()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            # BLPOP takes fractional seconds; 0 would mean "forever", hence the floor.
+            if self.r.blpop([self._done_key(job_id)], timeout=max(min(left, slice_s), 0.01)) is not None:
+                return True
+
+    def _wait_slice_s(self) -> float:
+        socket_timeout = self.r.connection_pool.connection_kwargs.get("socket_timeout")
+        return min(WAIT_SLICE_S, socket_timeout / 2) if socket_timeout else WAIT_SLICE_S
 
     def _wake(self, job_id: str, ttl: int) -> None:
         pipe = self.r.pipeline(transaction=False)
@@ -174,10 +207,8 @@ class JobStore:
         for name, arr in arrays.items():
             if arr is None:
                 continue
-            arr = np.ascontiguousarray(arr)
             key = self.array_key(job_id, role, name)
-            pipe.hset(key, mapping={"dtype": arr.dtype.newbyteorder("<").str, "shape": json.dumps(arr.shape),
-                                    "data": arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()})
+            pipe.hset(key, mapping=codec.encode(arr))
             pipe.expire(key, ttl or self.ttl)
 
     def get_arrays(self, job_id: str, role: str, names) -> dict:
@@ -189,8 +220,7 @@ class JobStore:
         out = {}
         for name, raw in zip(names, pipe.execute()):
             if raw:
-                shape = tuple(json.loads(raw[b"shape"]))
-                out[name] = np.frombuffer(raw[b"data"], dtype=np.dtype(raw[b"dtype"].decode())).reshape(shape)
+                out[name] = codec.decode(raw)
         return out
 
     # workers: a sorted set of ids scored by expiry, plus one info key each (no SCAN of the keyspace)
@@ -215,3 +245,20 @@ class JobStore:
         ids = pipe.execute()[1]
         values = self.r.mget([f"{self.prefix}:worker:{i.decode()}" for i in ids]) if ids else []
         return [json.loads(v) for v in values if v]
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """Redis refused a write at its ``maxmemory`` (policy noeviction): "OOM command not allowed ..."."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and "used memory > 'maxmemory'" in str(exc))
+
+
+def _record(fields: dict) -> dict:
+    """Stored string fields -> the job record (JSON fields parsed, times as floats)."""
+    job = dict(fields)
+    for field in _JSON_FIELDS:
+        job[field] = json.loads(job[field]) if job.get(field) else None
+    for field in ("created_at", "started_at", "finished_at"):
+        job[field] = float(job[field]) if job.get(field) else None
+    job["cancel_requested"] = job.get("cancel_requested") == "1"
+    return job

@@ -1,0 +1,115 @@
+"""Issue 7 (service side) with the real worker: a training job that lost its worker is queued again
+(when read, and by the workers' periodic sweep) or fails with the reason; a cancel stops a running
+convolution within about a second and the worker lives on; SIGTERM during training checkpoints,
+queues the job again and the next worker resumes it (no WorkerLostError)."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+import redis
+from service_helpers import tensor
+from support.stack import (
+    in_process_api,
+    start_worker,
+    tiny_job,
+    wait_for_worker,
+    wait_job,
+)
+
+from app.core import processes
+from worker.lease import leased_index
+
+
+@pytest.fixture(scope="module")
+def train_params(app_client):
+    """The worker's parameters of a real (checked) one-epoch training job."""
+    r = app_client.post("/v1/train", json=tiny_job(epochs=1))
+    assert r.status_code == 202, r.text
+    job = wait_job(app_client, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    return app_client.app.state.store.get(job["id"])["params"]
+
+
+def _orphan(store, params: dict, **fields) -> str:
+    """What a Redis outage leaves: a training job shown running, no lease, no message anywhere."""
+    job_id = store.create("train", "open", params)["id"]
+    store.start(job_id, "lost-worker")
+    if fields:
+        store.r.hset(store.job_key(job_id), mapping=fields)
+    return job_id
+
+
+def test_an_orphaned_training_job_is_queued_again_when_read(app_client, train_params):
+    store = app_client.app.state.store
+    job_id = _orphan(store, train_params)
+    assert app_client.get(f"/v1/jobs/{job_id}").json()["state"] != "running" or store.r.exists(
+        f"{store.job_key(job_id)}:lease")  # queued again, or already claimed by the worker
+    job = wait_job(app_client, job_id, timeout_s=60)
+    assert job["state"] == "succeeded" and job["result"]["attempts"] == 1, job
+
+
+def test_the_workers_sweep_requeues_it_without_any_read(app_client, train_params):
+    store = app_client.app.state.store
+    job_id = _orphan(store, train_params)
+    store.r.sadd(leased_index(store), job_id)  # as its lost worker's claim had left it
+    assert store.wait(job_id, 60), store.get(job_id)  # no API read: the heartbeat thread's sweep
+    assert store.get(job_id)["state"] == "succeeded"
+
+
+def test_an_orphan_out_of_attempts_fails_with_the_reason(app_client, train_params):
+    store = app_client.app.state.store
+    job_id = _orphan(store, train_params, attempts="3")  # train_max_attempts deliveries already made
+    app_client.get("/v1/jobs")  # the list reads it too
+    job = wait_job(app_client, job_id, timeout_s=60)
+    assert job["state"] == "failed" and job["error"]["type"] == "WorkerLost", job
+    assert "worker was lost" in job["error"]["message"]
+
+
+def test_cancel_stops_a_running_gradcheck_and_the_worker_lives_on(app_client, worker):
+    """A gradcheck of ~30 s, cancelled once running: the next job (same single worker) answers at once."""
+    r = app_client.post("/v1/conv/gradcheck", json={"x_shape": [1, 4, 24, 24, 24], "W_shape": [4, 4, 3, 3, 3],
+                                                    "samples": 1000, "async": True})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    wait_job(app_client, job_id, ("running",), timeout_s=30)
+    time.sleep(0.5)
+    assert app_client.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+    start = time.monotonic()
+    r = app_client.post("/v1/conv/forward", json={"x": tensor(np.ones((1, 1, 4))), "W": tensor(np.ones((1, 1, 2)))})
+    assert r.status_code == 200 and r.json()["y"]["data"] == [2.0, 2.0, 2.0], r.text
+    assert time.monotonic() - start < 5, "the cancelled gradcheck kept the worker busy"
+    assert worker.poll() is None
+
+
+def test_sigterm_during_training_requeues_and_the_next_worker_resumes(base_env, redis_url, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    env = {**base_env, "CONVND_KEY_PREFIX": f"convnd-term-{tag}", "CONVND_QUEUE": f"convnd-term-{tag}"}
+    rdb, log = redis.Redis.from_url(redis_url), tmp_path / "workers.log"
+    first = start_worker(env, log)
+    second = None
+    try:
+        wait_for_worker(rdb, env["CONVND_KEY_PREFIX"], first, log)
+        with in_process_api(redis_url, env["CONVND_KEY_PREFIX"], env["CONVND_QUEUE"]) as client:
+            job_id = client.post("/v1/train", json=tiny_job(epochs=15)).json()["id"]
+            wait_job(client, job_id, ("running",), until=lambda j: len(j["progress"].get("history") or []) >= 1)
+            processes.stop(first)  # SIGTERM to the worker and its child, as `convnd up` does on Ctrl-C
+            assert first.returncode is not None
+            text = log.read_text()
+            assert "WorkerLostError" not in text and "queued again after SIGTERM" in text, text[-3000:]
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            assert job["state"] == "queued", job
+            kept = len(job["progress"]["history"])
+            second = start_worker(env, log)
+            job = wait_job(client, job_id, timeout_s=120)
+            assert job["state"] == "succeeded", job
+            assert job["progress"]["resumed_from_epoch"] >= kept >= 1
+            assert [h["epoch"] for h in job["result"]["history"]] == list(range(1, 16))
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                processes.stop(proc)
+        for key in rdb.scan_iter(f"{env['CONVND_KEY_PREFIX']}:*"):
+            rdb.delete(key)
