@@ -12,7 +12,9 @@ from ui_helpers import make_page
 pytestmark = pytest.mark.timeout(120)
 
 # Slow enough per epoch to watch the curve grow, small enough to end in a few seconds.
-WATCHED = tiny_job(epochs=3)
+# Long enough (a few seconds) that the page is seen "running" with points on its curve even when the
+# engine is fast and the machine idle; three quick epochs could end between two looks of the test.
+WATCHED = tiny_job(epochs=12, batch_size=8)
 KEYS = {"alice": "alice-key-0123", "bob": "bob-key-4567"}
 
 
