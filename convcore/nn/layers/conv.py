@@ -15,7 +15,34 @@ from ..init import check_init, init_weight
 from .base import Layer, as_json, check_int, check_sizes, per_dim_option
 
 
-class ConvND(Layer):
+class FilterLayer(Layer):
+    """A layer that owns a filter W, an optional bias b and one op with ``forward(x, W, b)`` and
+    ``backward(gy, need)`` (a convolution or a transposed one). Subclasses give ``self.op``,
+    ``out_channels``, ``groups``, ``bias``, ``init`` and ``weight_shape(in_shape)``."""
+
+    def param_count(self, in_shape):
+        return math.prod(self.weight_shape(in_shape)) + (self.out_channels if self.bias else 0)
+
+    def init_params(self, rng, dtype, xp):
+        W = init_weight(rng, self.weight_shape(self.in_shape), self.init, dtype, self.groups)
+        self.params["W"] = xp.asarray(W)
+        if self.bias:
+            self.params["b"] = xp.zeros((self.out_channels,), dtype=dtype)
+
+    def forward(self, x, training=False):
+        return self.op.forward(x, self.params["W"], self.params.get("b"))
+
+    def backward(self, gy):
+        need = ("x",) if self.input_grad else ()
+        need += ("W", "b") if self.bias else ("W",)
+        gx, gW, gb = self.op.backward(gy, need=need)  # reuses forward's spectra / columns
+        self.grads["W"] = gW
+        if self.bias:
+            self.grads["b"] = gb
+        return gx
+
+
+class ConvND(FilterLayer):
     type_name = "conv"
 
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
@@ -48,27 +75,6 @@ class ConvND(Layer):
         # make_geometry checks channels, groups, padding and kernel-vs-input with named values.
         geom = make_geometry((1,) + tuple(in_shape), self.weight_shape(in_shape), **self.op.params)
         return geom.out_shape[1:]
-
-    def param_count(self, in_shape):
-        return math.prod(self.weight_shape(in_shape)) + (self.out_channels if self.bias else 0)
-
-    def init_params(self, rng, dtype, xp):
-        W = init_weight(rng, self.weight_shape(self.in_shape), self.init, dtype, self.groups)
-        self.params["W"] = xp.asarray(W)
-        if self.bias:
-            self.params["b"] = xp.zeros((self.out_channels,), dtype=dtype)
-
-    def forward(self, x, training=False):
-        return self.op.forward(x, self.params["W"], self.params.get("b"))
-
-    def backward(self, gy):
-        need = ("x",) if self.input_grad else ()
-        need += ("W", "b") if self.bias else ("W",)
-        gx, gW, gb = self.op.backward(gy, need=need)  # reuses forward's spectra / columns
-        self.grads["W"] = gW
-        if self.bias:
-            self.grads["b"] = gb
-        return gx
 
     def config(self):
         return {"out_channels": self.out_channels, "kernel_size": as_json(self.kernel_size),

@@ -7,15 +7,13 @@ transforms for gW.
 """
 from __future__ import annotations
 
-import math
-
 from ...transpose import ConvTranspose, make_transpose_geometry
-from ..init import check_init, init_weight
-from .base import Layer, as_json, check_int, check_sizes, per_dim_option
-from .conv import _as_tuple
+from ..init import check_init
+from .base import as_json, check_int, check_sizes, per_dim_option
+from .conv import FilterLayer, _as_tuple
 
 
-class ConvTransposeND(Layer):
+class ConvTransposeND(FilterLayer):
     type_name = "conv_transpose"
 
     def __init__(self, out_channels, kernel_size, stride=1, padding=0, output_padding=0, dilation=1, groups=1,
@@ -47,27 +45,6 @@ class ConvTransposeND(Layer):
     def output_shape(self, in_shape):
         geom = make_transpose_geometry((1,) + tuple(in_shape), self.weight_shape(in_shape), **self.op.params)
         return geom.out_shape[1:]
-
-    def param_count(self, in_shape):
-        return math.prod(self.weight_shape(in_shape)) + (self.out_channels if self.bias else 0)
-
-    def init_params(self, rng, dtype, xp):
-        W = init_weight(rng, self.weight_shape(self.in_shape), self.init, dtype, self.groups)
-        self.params["W"] = xp.asarray(W)
-        if self.bias:
-            self.params["b"] = xp.zeros((self.out_channels,), dtype=dtype)
-
-    def forward(self, x, training=False):
-        return self.op.forward(x, self.params["W"], self.params.get("b"))
-
-    def backward(self, gy):
-        need = ("x",) if self.input_grad else ()
-        need += ("W", "b") if self.bias else ("W",)
-        gx, gW, gb = self.op.backward(gy, need=need)
-        self.grads["W"] = gW
-        if self.bias:
-            self.grads["b"] = gb
-        return gx
 
     def config(self):
         return {"out_channels": self.out_channels, "kernel_size": as_json(self.kernel_size),
