@@ -95,7 +95,7 @@ class Convolution:
 
         With x and W omitted, reuses the arrays and spectra of the last ``forward``.
         """
-        need = _check_need(need)
+        need = check_need(need)
         if x is not None or W is not None:
             if x is None or W is None:
                 raise ValueError("backward needs both x and W, or neither (to reuse forward's)")
@@ -114,7 +114,7 @@ class Convolution:
         return ConvGrads(gx, gW, gb)
 
 
-def _check_need(need) -> tuple:
+def check_need(need) -> tuple:
     if isinstance(need, str):
         need = (need,)
     need = tuple(need)

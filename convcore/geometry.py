@@ -145,26 +145,36 @@ def check_dtype(name: str, a) -> None:
         raise TypeError(f"{name} has dtype {a.dtype}; convcore supports float32 and float64")
 
 
-def make_geometry(x_shape, W_shape, *, stride=1, padding=0, dilation=1, groups=1,
-                  padding_mode="zeros") -> ConvGeometry:
-    """Check a convolution's shapes and parameters and resolve them to a ConvGeometry.
+def check_shapes(x_shape, W_shape, groups, W_layout: str) -> tuple:
+    """The checks every convolution-like call shares: ranks, groups, no empty dims.
 
-    Raises ValueError / TypeError whose message names the argument and the values.
+    ``W_layout`` names W's expected layout in messages, with ``{N}`` for the spatial rank.
+    Returns (x_shape, W_shape, groups) as Python ints.
     """
     x_shape, W_shape = tuple(int(s) for s in x_shape), tuple(int(s) for s in W_shape)
     if len(x_shape) < 3:
         raise ValueError(f"x must have shape (n, c_in, d_1, ..., d_N) with N >= 1, got shape {x_shape}")
     ndim = len(x_shape) - 2
     if len(W_shape) != ndim + 2:
-        raise ValueError(f"W must have shape (c_out, c_in // groups, k_1..k_{ndim}) to match x's {ndim} "
+        raise ValueError(f"W must have shape {W_layout.format(N=ndim)} to match x's {ndim} "
                          f"spatial dims, got W shape {W_shape} for x shape {x_shape}")
     if not isinstance(groups, Integral) or isinstance(groups, bool) or groups < 1:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
-    groups = int(groups)
-    n, c_in = x_shape[:2]
-    c_out, c_in_g = W_shape[:2]
     if min(x_shape) < 1 or min(W_shape) < 1:
         raise ValueError(f"x and W must have no empty dims, got x shape {x_shape}, W shape {W_shape}")
+    return x_shape, W_shape, int(groups)
+
+
+def make_geometry(x_shape, W_shape, *, stride=1, padding=0, dilation=1, groups=1,
+                  padding_mode="zeros") -> ConvGeometry:
+    """Check a convolution's shapes and parameters and resolve them to a ConvGeometry.
+
+    Raises ValueError / TypeError whose message names the argument and the values.
+    """
+    x_shape, W_shape, groups = check_shapes(x_shape, W_shape, groups, "(c_out, c_in // groups, k_1..k_{N})")
+    ndim = len(x_shape) - 2
+    n, c_in = x_shape[:2]
+    c_out, c_in_g = W_shape[:2]
     if c_in % groups or c_out % groups:
         raise ValueError(f"groups={groups} must divide both c_in={c_in} (x shape {x_shape}) and "
                          f"c_out={c_out} (W shape {W_shape})")

@@ -19,11 +19,10 @@ contribute nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral
 
 from . import backend
-from .conv import GRADIENTS, ConvGrads, Convolution, _check_need, check_algorithm
-from .geometry import check_dtype, per_dim
+from .conv import GRADIENTS, ConvGrads, Convolution, check_need, check_algorithm
+from .geometry import check_dtype, check_shapes, per_dim
 
 
 @dataclass(frozen=True)
@@ -53,18 +52,8 @@ class TransposeGeometry:
 def make_transpose_geometry(x_shape, W_shape, *, stride=1, padding=0, output_padding=0, dilation=1,
                             groups=1) -> TransposeGeometry:
     """Check a transposed convolution's shapes and options; errors name the argument and values."""
-    x_shape, W_shape = tuple(int(s) for s in x_shape), tuple(int(s) for s in W_shape)
-    if len(x_shape) < 3:
-        raise ValueError(f"x must have shape (n, c_in, d_1, ..., d_N) with N >= 1, got shape {x_shape}")
+    x_shape, W_shape, groups = check_shapes(x_shape, W_shape, groups, "(c_in, c_out // groups, k_1..k_{N})")
     N = len(x_shape) - 2
-    if len(W_shape) != N + 2:
-        raise ValueError(f"W must have shape (c_in, c_out // groups, k_1..k_{N}) to match x's {N} spatial dims, "
-                         f"got W shape {W_shape} for x shape {x_shape}")
-    if not isinstance(groups, Integral) or isinstance(groups, bool) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
-    groups = int(groups)
-    if min(x_shape) < 1 or min(W_shape) < 1:
-        raise ValueError(f"x and W must have no empty dims, got x shape {x_shape}, W shape {W_shape}")
     c_in = x_shape[1]
     if W_shape[0] != c_in:
         raise ValueError(f"W must have shape (c_in, c_out // groups, k...) with c_in = {c_in} (x shape {x_shape}), "
@@ -158,7 +147,7 @@ class ConvTranspose:
 
         With x and W omitted, uses those of the last ``forward``.
         """
-        need = _check_need(need)
+        need = check_need(need)
         if x is None and W is None:
             if self._x is None:
                 raise ValueError("backward without x and W needs a forward call first")
