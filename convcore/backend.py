@@ -197,7 +197,7 @@ def matmul(xp, a, b):
     return out
 
 
-BROADCAST_INNER = 2  # inner sizes up to this (depthwise, one channel) skip BLAS: one call per tiny matrix
+BROADCAST_INNER = 1  # inner size 1 (depthwise, one channel) skips BLAS: an outer product per matrix
 SPLIT_WORK = 1 << 25  # multiply-adds below which handing work to threads costs more than it saves
 
 

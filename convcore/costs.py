@@ -175,18 +175,21 @@ def block_positions(per_position: int, count: int, host: bool, budget: int) -> i
 
 
 def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
-    """Blocked im2col: every grid position (b * prod(q), the ring past the outputs included)
-    costs C * taps * c_O/g multiply-adds per pass, and each pass copies its column blocks."""
+    """Blocked im2col: each position of a pass costs C * taps * c_O/g multiply-adds, and each
+    pass copies its column blocks. The input gradient runs over every grid position (b * prod(q));
+    on the CPU the forward and weight-gradient passes skip the ring past the outputs on every
+    axis but the last (direct_conv's output space), on a device they run the whole grid too."""
     red = Reduction(None, geom, keep_dilation=True)
     g, C, O = geom.groups, red.channels, red.out_channels
     taps = math.prod(red.qk)
     positions = geom.batch * math.prod(red.qx)
-    flops = 3 * 2.0 * g * positions * taps * C * O
+    outputs = (geom.batch * math.prod(geom.out_spatial[:-1]) * red.qx[-1]) if rates.kind == "cpu" else positions
+    flops = 2.0 * g * (2 * outputs + positions) * taps * C * O
     # columns written and read (x's twice: forward and gW; gy's once for gx), plus the grid
     # copies of x, y, gy and gx and their crops/transposes
-    traffic = itemsize * g * positions * (2 * (2 * C + O) * taps + 4 * (C + O))
-    blocks = sum(-(-positions // max(MIN_BLOCK, BLOCK_BYTES // max(1, g * K * taps * itemsize)))
-                 for K in (C, C, O))
+    traffic = itemsize * g * ((2 * outputs * C + positions * O) * 2 * taps + 4 * positions * (C + O))
+    blocks = sum(-(-count // max(MIN_BLOCK, BLOCK_BYTES // max(1, g * K * taps * itemsize)))
+                 for K, count in ((C, outputs), (C, outputs), (O, positions)))
     calls = blocks * DIRECT_BLOCK_CALL_S if rates.kind == "cpu" else 0.0
     seconds = (rates.precision(itemsize) * (flops / rates.gemm + traffic / rates.copy)
                + calls + rates.overhead("direct"))
@@ -201,7 +204,7 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
         threads = pass_threads(g * positions * K * taps * rows, host)
         return threads * per_position * block_positions(per_position, positions, host, budget)
 
-    forward = {"y_grid": grid * O, "y": output_bytes(geom, itemsize), "columns": columns(C, O)}
+    forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": columns(C, O)}
     backward = {"gy_grid": grid * O, "gx_grid": 2 * grid * C, "columns": max(columns(C, O), columns(O, C)),
                 "gW_partials": 2 * itemsize * g * O * C * taps,
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}

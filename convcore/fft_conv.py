@@ -52,10 +52,15 @@ class FFTConv:
 
     # ---- transforms ------------------------------------------------------
     def _spectrum(self, a):
-        """(B, g, C, spatial...) real -> (F, g, B, C) complex, one transform per (B, g, C)."""
+        """(B, g, C, spatial...) real -> (F, g, B, C) complex, one transform per (B, g, C).
+
+        The transform reads a channels-last view, so its output is already in the products'
+        layout: the transpose costs nothing extra instead of a copy of the whole spectrum."""
         B, g, C = a.shape[:3]
-        spec = backend.rfftn(self.xp, a, self.fft_shape, self.axes).reshape(B, g, C, -1)
-        return self.xp.ascontiguousarray(spec.transpose(3, 1, 0, 2))
+        N = self.geom.ndim
+        channels_last = a.transpose(tuple(range(3, 3 + N)) + (1, 0, 2))   # (spatial..., g, B, C)
+        spec = backend.rfftn(self.xp, channels_last, self.fft_shape, tuple(range(N)))
+        return spec.reshape(-1, g, B, C)
 
     def _inverse(self, spec, crop_shape):
         """(F, g, B, C) complex -> (B, g*C, crop_shape...) real."""

@@ -24,8 +24,9 @@ class TransformLog:
         self.inverse.clear()
 
     def leading(self) -> list:
-        """(B, g, C) of each transformed array, in call order (FFTConv's (B, g, C, spatial...))."""
-        return [shape[:3] for shape, _, _ in self.forward]
+        """(B, g, C) of each transformed array, in call order. FFTConv transforms channels-last
+        views (spatial..., g, B, C), so the transform writes the products' layout directly."""
+        return [(shape[-2], shape[-3], shape[-1]) for shape, _, _ in self.forward]
 
 
 @pytest.fixture

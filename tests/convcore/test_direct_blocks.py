@@ -66,3 +66,20 @@ def test_tiny_blocks_really_split_the_work(tiny_blocks):
     finally:
         mp.undo()
     assert seen == [3]
+
+
+@pytest.mark.parametrize("dims, target", [((3, 11), 5), ((2, 5, 4, 6), 7), ((2, 5, 4, 6), 24), ((4, 3, 2), 1000),
+                                          ((1, 7), 3)])
+def test_position_space_blocks_cover_each_position_once_at_its_grid_index(dims, target):
+    """A block is the run [start, start + size) of the space's positions in row-major order, and its
+    box (base, shape, strides) addresses exactly those positions' grid indices."""
+    strides = tuple(int(s) for s in np.random.default_rng(len(dims)).integers(1, 50, len(dims)))
+    space = direct_conv._Space(dims, strides)
+    grid_index = np.einsum("i...,i->...", np.indices(dims), np.array(strides)).ravel()   # per position
+    seen = np.zeros(space.count, int)
+    for block in space.blocks(target):
+        assert 0 < block.size <= target
+        seen[block.start:block.start + block.size] += 1
+        box = block.base + np.einsum("i...,i->...", np.indices(block.shape), np.array(block.strides)).ravel()
+        np.testing.assert_array_equal(box, grid_index[block.start:block.start + block.size])
+    np.testing.assert_array_equal(seen, 1)

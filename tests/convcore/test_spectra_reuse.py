@@ -2,7 +2,7 @@
 
 Counting goes through convcore.backend.rfftn (see the ``transform_log`` fixture):
 the wrappers observe the real transforms, the math is untouched. An FFT engine
-transforms (B, g, C, spatial...) arrays; with n = 2, c_in = 3 and c_out = 5 below,
+transforms (B, g, C) x spatial arrays (as channels-last views); with n = 2, c_in = 3 and c_out = 5 below,
 x's arrays lead with (2, 1, 3*S), W's with (5, 1, 3*S) and gy's with (2, 1, 5),
 S = prod(stride), so each transform can be told apart by its leading dims.
 """
