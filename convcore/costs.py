@@ -174,39 +174,68 @@ def block_positions(per_position: int, count: int, host: bool, budget: int) -> i
     return max(1, min(count, max(MIN_BLOCK, budget // 4 // per_position)))
 
 
+NATIVE_STRIDE_MIN_SAVING = 1.2   # polyphase taps / real taps above which reading in place pays
+
+
+def native_stride_pays(geom: ConvGeometry) -> bool:
+    """Whether the CPU's forward and weight-gradient passes read strided outputs in place.
+
+    Unstrided, it is the same grid either way. Strided, the polyphase split runs
+    prod(stride) * prod(ceil(k / stride)) taps per output where prod(k) are real, in contiguous
+    column copies; in place the copies step over the stride, a little slower per tap. Measured
+    (one thread, float32, forward + both gradients, in place / polyphase): 3x3 at stride 2
+    (1.78x the taps) 0.90, 3^3 (2.4x) 0.77-0.84, 7x7 (1.31x) 0.90, 5^3 (1.73x) 0.82; 1-D k 9
+    (1.11x) 1.04 and 11x11 at stride 4 (1.19x) about 1.1: in place when it saves at least 1.2x.
+    """
+    taps = math.prod(geom.kernel)
+    polyphase = 1
+    for s, o, k in zip(geom.stride, geom.out_spatial, geom.dilated_kernel):
+        s = 1 if o == 1 else s
+        polyphase *= s * -(-k // s)
+    return polyphase >= NATIVE_STRIDE_MIN_SAVING * taps
+
+
 def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
     """Blocked im2col: each position of a pass costs C * taps * c_O/g multiply-adds, and each
-    pass copies its column blocks. The input gradient runs over every grid position (b * prod(q));
-    on the CPU the forward and weight-gradient passes skip the ring past the outputs on every
-    axis but the last (direct_conv's output space), on a device they run the whole grid too."""
+    pass copies its column blocks. The input gradient runs over every position of the polyphase
+    grid (b * prod(q)). On the CPU the forward and weight-gradient passes run over the outputs
+    in place on the padded input (stride native: prod(k) taps of c_I/g channels; direct_conv's
+    output space, with the last axis's ring when that axis is unstrided); on a device they run
+    the whole polyphase grid too."""
+    host = rates.kind == "cpu"
     red = Reduction(None, geom, keep_dilation=True)
+    fw = Reduction(None, geom, keep_dilation=True, native_stride=True) if host and native_stride_pays(geom) else red
     g, C, O = geom.groups, red.channels, red.out_channels
-    taps = math.prod(red.qk)
+    taps, fw_taps, fw_C = math.prod(red.qk), math.prod(fw.qk), fw.channels
     positions = geom.batch * math.prod(red.qx)
-    outputs = (geom.batch * math.prod(geom.out_spatial[:-1]) * red.qx[-1]) if rates.kind == "cpu" else positions
-    flops = 2.0 * g * (2 * outputs + positions) * taps * C * O
+    fw_positions = geom.batch * math.prod(fw.qx)
+    last = fw.qx[-1] if fw.out_stride[-1] == 1 else geom.out_spatial[-1]
+    outputs = geom.batch * math.prod(geom.out_spatial[:-1]) * last if host else positions
+    flops = 2.0 * g * O * (2 * outputs * fw_taps * fw_C + positions * taps * C)
     # columns written and read (x's twice: forward and gW; gy's once for gx), plus the grid
     # copies of x, y, gy and gx and their crops/transposes
-    traffic = itemsize * g * ((2 * outputs * C + positions * O) * 2 * taps + 4 * positions * (C + O))
-    blocks = sum(-(-count // max(MIN_BLOCK, BLOCK_BYTES // max(1, g * K * taps * itemsize)))
-                 for K, count in ((C, outputs), (C, outputs), (O, positions)))
-    calls = blocks * DIRECT_BLOCK_CALL_S if rates.kind == "cpu" else 0.0
+    traffic = itemsize * g * (2 * (2 * outputs * fw_C * fw_taps + positions * O * taps) + 4 * positions * (C + O))
+    blocks = sum(-(-count // max(MIN_BLOCK, BLOCK_BYTES // max(1, g * K * k * itemsize)))
+                 for K, count, k in ((fw_C, outputs, fw_taps), (fw_C, outputs, fw_taps), (O, positions, taps)))
+    calls = blocks * DIRECT_BLOCK_CALL_S if host else 0.0
     seconds = (rates.precision(itemsize) * (flops / rates.gemm + traffic / rates.copy)
                + calls + rates.overhead("direct"))
 
-    grid = itemsize * g * positions      # one value per grid position
+    grid = itemsize * g * positions      # one value per polyphase grid position
     shared = reduction_bytes(geom, itemsize, True)
-    shared["grid_input"] = grid * C
-    host = rates.kind == "cpu"
+    shared["grid_input"] = itemsize * g * fw_positions * fw_C
 
-    def columns(K, rows):   # the column buffer of each thread of a pass
-        per_position = g * K * taps * itemsize
-        threads = pass_threads(g * positions * K * taps * rows, host)
-        return threads * per_position * block_positions(per_position, positions, host, budget)
+    def columns(K, k, count, rows):   # the column buffer of each thread of a pass
+        per_position = g * K * k * itemsize
+        threads = pass_threads(g * count * K * k * rows, host)
+        return threads * per_position * block_positions(per_position, count, host, budget)
 
-    forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": columns(C, O)}
-    backward = {"gy_grid": grid * O, "gx_grid": 2 * grid * C, "columns": max(columns(C, O), columns(O, C)),
-                "gW_partials": 2 * itemsize * g * O * C * taps,
+    fw_columns = columns(fw_C, fw_taps, outputs, O)
+    forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": fw_columns}
+    strided = fw is not red and any(s != 1 for s in fw.out_stride)
+    backward = {"gy_grid": grid * O, "gy_outputs": itemsize * g * outputs * O if strided else 0,
+                "gx_grid": 2 * grid * C, "columns": max(fw_columns, columns(O, taps, positions, C)),
+                "gW_partials": 2 * itemsize * g * O * fw_C * fw_taps,
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
     return Estimate(seconds, shared, forward, backward)
 

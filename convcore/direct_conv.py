@@ -43,61 +43,80 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backend, costs
-from .costs import block_positions, pass_threads
+from .costs import block_positions, native_stride_pays, pass_threads
 from .geometry import ConvGeometry
 from .reduction import Reduction
 
+class _Grid:
+    """A reduction's input grid, flattened with the batch: tap offsets and position counts."""
+
+    def __init__(self, red: Reduction, batch: int):
+        N = len(red.qx)
+        self.red = red
+        self.strides = tuple(math.prod(red.qx[j + 1:]) for j in range(N))   # of each grid axis
+        self.steps = tuple(d * s for d, s in zip(red.core_dilation, self.strides))
+        self.max_off = sum((k - 1) * st for k, st in zip(red.qk, self.steps))
+        self.positions = batch * math.prod(red.qx)      # b * prod(q): all grid positions
+        self.taps = math.prod(red.qk)
+        self.offsets = [sum(t * st for t, st in zip(tap, self.steps))
+                        for tap in itertools.product(*(range(k) for k in red.qk))]   # row-major taps
+
+
 class DirectConv:
-    """One direct convolution; keeps the reduced input (A) for the weight gradient."""
+    """One direct convolution; keeps the reduced input (A) for the weight gradient.
+
+    Two reductions: ``red`` (polyphase for strides) for the input gradient, and ``fw`` for the
+    forward and weight-gradient passes: on the CPU with the stride native (outputs read in place
+    on the padded input, prod(k) taps each), on a device the same as ``red``.
+    """
 
     def __init__(self, xp, geom: ConvGeometry, x, W, budget: int):
         self.xp, self.geom = xp, geom
         self.x, self.W = x, W
         self.budget = budget
-        red = self.red = Reduction(xp, geom, keep_dilation=True)
-        N = geom.ndim
-        grid_stride = [math.prod(red.qx[j + 1:]) for j in range(N)]
-        self.steps = tuple(d * s for d, s in zip(red.core_dilation, grid_stride))
-        self.max_off = sum((k - 1) * st for k, st in zip(red.qk, self.steps))
-        self.positions = geom.batch * math.prod(red.qx)      # b * prod(q): all grid positions
-        self.taps = math.prod(red.qk)
-        self.offsets = [sum(t * st for t, st in zip(tap, self.steps))
-                        for tap in itertools.product(*(range(k) for k in red.qk))]   # row-major taps
+        self.host = backend.is_host_module(xp)
+        self.red = Reduction(xp, geom, keep_dilation=True)
+        native = self.host and native_stride_pays(geom)
+        self.fw = Reduction(xp, geom, keep_dilation=True, native_stride=True) if native else self.red
+        self.gx_grid = _Grid(self.red, geom.batch)
+        self.fw_grid = _Grid(self.fw, geom.batch) if self.fw is not self.red else self.gx_grid
         self._A = None
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
 
     # ---- the blocked im2col primitive ---------------------------------------------
-    def _block(self, K: int, count: int) -> int:
+    def _block(self, K: int, count: int, taps: int) -> int:
         """Positions per block for a (K * taps, block) column matrix over ``count`` positions."""
-        per_position = self.geom.groups * K * self.taps * self.x.dtype.itemsize
-        return block_positions(per_position, count, backend.is_host_module(self.xp), self.budget)
+        per_position = self.geom.groups * K * taps * self.x.dtype.itemsize
+        return block_positions(per_position, count, self.host, self.budget)
 
-    def _run_blocks(self, src, mats, space, K, out=None, acc_rhs=None):
+    def _run_blocks(self, grid, src, mats, space, K, out=None, acc_rhs=None, rhs_on_grid=True):
         """For each block of the position ``space`` (``_Space``), with cols the block's column matrix
-        of ``src`` (g, K, grid + max_off): ``out[:, :, p:p+w] = mats @ cols`` (out given, indexed by
-        the space's own row-major positions), or sum ``acc_rhs[block] @ cols^T`` over blocks and
-        return it (g, rows, K * taps), ``acc_rhs`` (g, rows, grid) read at the block's grid positions."""
+        of ``src`` (g, K, grid + max_off) on ``grid``: ``out[:, :, p:p+w] = mats @ cols`` (out given,
+        indexed by the space's own row-major positions), or sum ``acc_rhs[block] @ cols^T`` over
+        blocks and return it (g, rows, K * taps), ``acc_rhs`` being (g, rows, grid positions) read
+        at the block's grid positions (``rhs_on_grid``) or (g, rows, space.count) at its own."""
         xp, g = self.xp, self.geom.groups
-        B = self._block(K, space.count)
+        B = self._block(K, space.count, grid.taps)
         spans = space.blocks(B)
 
         def work(part):
-            buf = xp.empty((g, K) + self.red.qk + (B,), src.dtype)
+            buf = xp.empty((g, K) + grid.red.qk + (B,), src.dtype)
             acc = None
             for block in part:
                 p, w = block.start, block.size
-                cols = self._cols(src, block, buf)                     # (g, K * taps, w)
+                cols = self._cols(grid, src, block, buf)               # (g, K * taps, w)
                 if out is not None:
                     xp.matmul(mats, cols, out=out[:, :, p:p + w])
                 else:
-                    prod = xp.matmul(self._box(acc_rhs, block), cols.swapaxes(-1, -2))
+                    rhs = self._box(acc_rhs, block) if rhs_on_grid else acc_rhs[:, :, p:p + w]
+                    prod = xp.matmul(rhs, cols.swapaxes(-1, -2))
                     acc = prod if acc is None else acc.__iadd__(prod)
             return acc
 
         rows = (mats if out is not None else acc_rhs).shape[1]
-        madds = g * space.count * K * self.taps * rows                # multiply-adds of this pass
-        threads = min(pass_threads(madds, backend.is_host_module(xp)), len(spans))
+        madds = g * space.count * K * grid.taps * rows                # multiply-adds of this pass
+        threads = min(pass_threads(madds, self.host), len(spans))
         parts = [spans[t::threads] for t in range(threads)]
         results = _parallel(work, parts)
         if out is None:
@@ -107,83 +126,83 @@ class DirectConv:
             return total
         return out
 
-    def _box(self, grid, block):
-        """(g, rows, w): the block's positions of a flat grid array (g, rows, grid), as a view when
-        they are one contiguous run (always on a device, whose spaces are flat)."""
+    def _box(self, flat, block):
+        """(g, rows, w): the block's positions of a flat grid array (g, rows, positions), as a view
+        when they are one contiguous run (always on a device, whose spaces are flat)."""
         if len(block.shape) == 1 and block.strides[0] == 1:
-            return grid[:, :, block.base:block.base + block.size]
-        g, rows = grid.shape[:2]
-        sg, sr, s1 = grid.strides
-        view = np.lib.stride_tricks.as_strided(grid[:, :, block.base:], shape=(g, rows) + block.shape,
+            return flat[:, :, block.base:block.base + block.size]
+        g, rows = flat.shape[:2]
+        sg, sr, s1 = flat.strides
+        view = np.lib.stride_tricks.as_strided(flat[:, :, block.base:], shape=(g, rows) + block.shape,
                                                strides=(sg, sr) + tuple(st * s1 for st in block.strides),
                                                writeable=False)
         return view.reshape(g, rows, block.size)
 
-    def _cols(self, src, block, buf):
+    def _cols(self, grid, src, block, buf):
         """buf[..., :w] <- src[g, K, base(j) + off(k)] for the block's w positions j, as (g, K * taps, w)."""
         g, K = src.shape[:2]
-        w = block.size
+        w, qk = block.size, grid.red.qk
         cols = buf[..., :w]
-        if backend.is_host_module(self.xp):   # one strided copy of an as_strided view
+        if self.host:   # one strided copy of an as_strided view
             sg, sK, s1 = src.strides
             view = np.lib.stride_tricks.as_strided(
-                src[:, :, block.base:], shape=(g, K) + self.red.qk + block.shape,
-                strides=(sg, sK) + tuple(st * s1 for st in self.steps) + tuple(st * s1 for st in block.strides),
+                src[:, :, block.base:], shape=(g, K) + qk + block.shape,
+                strides=(sg, sK) + tuple(st * s1 for st in grid.steps) + tuple(st * s1 for st in block.strides),
                 writeable=False)
-            cols.reshape((g, K) + self.red.qk + block.shape)[...] = view
+            cols.reshape((g, K) + qk + block.shape)[...] = view
         else:   # device arrays, flat spaces: one slice copy per tap (no strided views needed)
             p = block.base
-            flat = cols.reshape(g, K, self.taps, w)
-            for t, off in enumerate(self.offsets):
+            flat = cols.reshape(g, K, grid.taps, w)
+            for t, off in enumerate(grid.offsets):
                 flat[:, :, t] = src[:, :, p + off:p + off + w]
-        return cols.reshape(g, K * self.taps, w)
+        return cols.reshape(g, K * grid.taps, w)
+
+    # ---- position spaces -------------------------------------------------------------
+    @staticmethod
+    def _grid_space(grid: _Grid):
+        """Every grid position, flat: what the input gradient needs (and a device runs)."""
+        return _Space((grid.positions,), (1,))
+
+    def _output_space(self):
+        """The CPU's forward and weight-gradient passes on the ``fw`` grid: the outputs
+        (b, o_1..o_N), each at its strided place. Along an unstrided last axis the space takes
+        the whole axis (q_N, its ring included): then its last two axes are one contiguous run of
+        the grid, which keeps the column copies long and fast (skipping that ring would cut them
+        into runs of o_N, slower than the work saved)."""
+        red, geom, grid = self.fw, self.geom, self.fw_grid
+        last = red.qx[-1] if red.out_stride[-1] == 1 else geom.out_spatial[-1]
+        dims = (geom.batch,) + tuple(geom.out_spatial[:-1]) + (last,)
+        strides = (math.prod(red.qx),) + tuple(s * st for s, st in zip(red.out_stride, grid.strides))
+        return _Space(dims, strides)
 
     # ---- forward and backward ---------------------------------------------------------
     def grid_input(self):
-        """A (g, C, b * prod(q) + max_off): the reduced input, batch inside the channels."""
+        """A (g, C, b * prod(q) + max_off): the forward reduction's input, batch inside the channels."""
         if self._A is None:
-            xp, geom, red = self.xp, self.geom, self.red
+            xp, geom, red, grid = self.xp, self.geom, self.fw, self.fw_grid
             a = red.inputs(self.x, 0, geom.batch)                         # (b, g, C, q...)
             g, C = geom.groups, red.channels
-            A = xp.empty((g, C, self.positions + self.max_off), a.dtype)
-            A[:, :, self.positions:] = 0
-            grid = A[:, :, :self.positions].reshape((g, C, geom.batch) + red.qx)
-            grid[...] = a.transpose((1, 2, 0) + tuple(range(3, 3 + geom.ndim)))
+            A = xp.empty((g, C, grid.positions + grid.max_off), a.dtype)
+            A[:, :, grid.positions:] = 0
+            A[:, :, :grid.positions].reshape((g, C, geom.batch) + red.qx)[...] = a.transpose(
+                (1, 2, 0) + tuple(range(3, 3 + geom.ndim)))
             self._A = A
         return self._A
 
-    # ---- position spaces -------------------------------------------------------------
-    def _grid_space(self):
-        """Every grid position, flat: what the input gradient needs (and a device runs)."""
-        return _Space((self.positions,), (1,))
-
-    def _output_space(self):
-        """The CPU's forward and weight-gradient passes: (b, o_1..o_{N-1}, q_N) on the grid, the
-        outputs and the ring of the last axis only. Its last two axes are one contiguous run of
-        the grid (o_{N-1} * q_N positions), which keeps the column copies long and fast; skipping
-        the last axis's ring too would cut them into runs of o_N, slower than the work saved."""
-        red, geom, N = self.red, self.geom, self.geom.ndim
-        grid_stride = tuple(math.prod(red.qx[j + 1:]) for j in range(N))
-        dims = (geom.batch,) + tuple(geom.out_spatial[:-1]) + (red.qx[-1],)
-        return _Space(dims, (math.prod(red.qx),) + grid_stride)
-
-    def _outputs_only(self) -> bool:
-        return backend.is_host_module(self.xp)
-
     def forward(self):
         """y: (n, c_O, o...) without bias."""
-        xp, geom, red, N = self.xp, self.geom, self.red, self.geom.ndim
+        xp, geom, red, grid, N = self.xp, self.geom, self.fw, self.fw_grid, self.geom.ndim
         A = self.grid_input()
         g, C, O = geom.groups, red.channels, red.out_channels
-        Wmat = xp.ascontiguousarray(red.filters(self.W)).reshape(g, O, C * self.taps)
-        if self._outputs_only():
+        Wmat = xp.ascontiguousarray(red.filters(self.W)).reshape(g, O, C * grid.taps)
+        if self.host:
             space = self._output_space()
             Y = xp.empty((g, O, space.count), A.dtype)
-            self._run_blocks(A, Wmat, space, C, out=Y)
+            self._run_blocks(grid, A, Wmat, space, C, out=Y)
             Y = Y.reshape((g, O) + space.dims)[..., :geom.out_spatial[-1]]
         else:
-            Y = xp.empty((g, O, self.positions), A.dtype)
-            self._run_blocks(A, Wmat, self._grid_space(), C, out=Y)
+            Y = xp.empty((g, O, grid.positions), A.dtype)
+            self._run_blocks(grid, A, Wmat, self._grid_space(grid), C, out=Y)
             Y = Y.reshape((g, O, geom.batch) + red.qx)
             Y = Y[(slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)]
         y = xp.empty(geom.out_shape, A.dtype)
@@ -197,23 +216,36 @@ class DirectConv:
             return None, None
         xp, geom, red, N = self.xp, self.geom, self.red, self.geom.ndim
         g, C, O, b = geom.groups, red.channels, red.out_channels, geom.batch
-        # G (g, O, max_off + b * prod(q)): gy at its grid positions, zeros elsewhere and in front
-        G = xp.zeros((g, O, self.max_off + self.positions), gy.dtype)
-        grid = G[:, :, self.max_off:].reshape((g, O, b) + red.qx)
-        grid[(slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy.reshape(
-            (b, g, O) + geom.out_spatial).transpose((1, 2, 0) + tuple(range(3, 3 + N)))
+        gy_grouped = gy.reshape((b, g, O) + geom.out_spatial).transpose((1, 2, 0) + tuple(range(3, 3 + N)))
+        same_grid = all(s == 1 for s in self.fw.out_stride)   # then fw and red share one grid
+        G = None
+        if need_x or same_grid:
+            # G (g, O, max_off + b * prod(q)): gy at its (polyphase) grid positions, zeros elsewhere and in front
+            G = xp.zeros((g, O, self.gx_grid.max_off + self.gx_grid.positions), gy.dtype)
+            G[:, :, self.gx_grid.max_off:].reshape((g, O, b) + red.qx)[
+                (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
         gx = gW = None
         if need_W:
-            space = self._output_space() if self._outputs_only() else self._grid_space()
-            gWm = self._run_blocks(self.grid_input(), None, space, C,
-                                   acc_rhs=G[:, :, self.max_off:])          # (g, O, C * taps)
-            gW = red.weight_grad(gWm.reshape((g * O, C) + red.qk))
+            fw = self.fw
+            if not self.host:
+                space, rhs, on_grid = self._grid_space(self.fw_grid), G[:, :, self.gx_grid.max_off:], True
+            elif same_grid:
+                space, rhs, on_grid = self._output_space(), G[:, :, self.gx_grid.max_off:], True
+            else:   # strided: gy in the output space's own layout (zeros on a last-axis ring it includes)
+                space = self._output_space()
+                rhs = xp.zeros((g, O) + space.dims, gy.dtype)
+                rhs[..., :geom.out_spatial[-1]] = gy_grouped
+                rhs, on_grid = rhs.reshape(g, O, space.count), False
+            gWm = self._run_blocks(self.fw_grid, self.grid_input(), None, space, fw.channels,
+                                   acc_rhs=rhs, rhs_on_grid=on_grid)          # (g, O, C * taps)
+            gW = fw.weight_grad(gWm.reshape((g * O, fw.channels) + fw.qk))
         if need_x:
+            grid = self.gx_grid
             flip = (slice(None),) * 3 + (slice(None, None, -1),) * N
             Wadj = xp.ascontiguousarray(red.filters(self.W)[flip].swapaxes(1, 2)).reshape(
-                g, C, O * self.taps)
-            gA = xp.empty((g, C, self.positions), gy.dtype)
-            self._run_blocks(G, Wadj, self._grid_space(), O, out=gA)
+                g, C, O * grid.taps)
+            gA = xp.empty((g, C, grid.positions), gy.dtype)
+            self._run_blocks(grid, G, Wadj, self._grid_space(grid), O, out=gA)
             gA = gA.reshape((g * C, b) + red.qx).swapaxes(0, 1)              # (b, g*C, q...)
             gx = red.input_grad(xp.ascontiguousarray(gA))
         return gx, gW

@@ -27,12 +27,19 @@ from .padding import pad, pad_adjoint
 
 
 class Reduction:
-    def __init__(self, xp, geom: ConvGeometry, keep_dilation: bool):
+    """``native_stride``: no polyphase split; the outputs sit on the grid at multiples of
+    ``out_stride`` (the direct engine's forward and weight-gradient passes read them in place,
+    prod(k) taps each instead of prod(stride) * prod(ceil(k / stride)))."""
+
+    def __init__(self, xp, geom: ConvGeometry, keep_dilation: bool, native_stride: bool = False):
         self.xp, self.geom = xp, geom
-        # The stride the reduction runs with: 1 along dims with one output.
-        self.stride = tuple(1 if o == 1 else s for o, s in zip(geom.out_spatial, geom.stride))
-        self.read = tuple((o - 1) * s + ke for o, s, ke in zip(geom.out_spatial, self.stride,
+        # The stride the outputs are taken with: 1 along dims with one output.
+        run_stride = tuple(1 if o == 1 else s for o, s in zip(geom.out_spatial, geom.stride))
+        self.read = tuple((o - 1) * s + ke for o, s, ke in zip(geom.out_spatial, run_stride,
                                                                geom.dilated_kernel))
+        # The stride of the polyphase split, and the one left for the engine to step over.
+        self.stride = (1,) * geom.ndim if native_stride else run_stride
+        self.out_stride = run_stride if native_stride else (1,) * geom.ndim
         strided = any(s != 1 for s in self.stride)
         self.native_dilation = keep_dilation and not strided
         native = self.native_dilation

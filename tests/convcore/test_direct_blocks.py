@@ -22,6 +22,8 @@ CASES = [
     ConvCase((2, 3, 9, 7), (4, 3, 3, 3), padding=(1, 2), dilation=(2, 1), seed=61),
     ConvCase((2, 4, 5, 6, 4), (4, 2, 3, 2, 3), groups=2, stride=(1, 2, 1), padding=1, seed=62),
     ConvCase((1, 2, 4, 5, 4, 3), (3, 2, 2, 3, 2, 2), padding="same", padding_mode="circular", seed=63),
+    ConvCase((2, 3, 11, 9), (4, 3, 3, 2), stride=(2, 3), dilation=(2, 1), padding=(2, 1), seed=64),
+    ConvCase((2, 2, 7, 6, 9), (3, 2, 3, 2, 3), stride=(1, 2, 2), padding=(1, 0, 1), padding_mode="reflect", seed=65),
 ]
 
 
@@ -39,9 +41,17 @@ def tiny_blocks(monkeypatch):
     monkeypatch.setenv("CONVCORE_NUM_THREADS", "3")
 
 
+@pytest.fixture(params=["in-place", "polyphase"])
+def stride_mode(request, monkeypatch):
+    """Strided forward and weight-gradient passes both ways: outputs read in place on the padded
+    input, and the polyphase split (costs.native_stride_pays decides between them by kernel)."""
+    monkeypatch.setattr(costs, "NATIVE_STRIDE_MIN_SAVING", 0.0 if request.param == "in-place" else float("inf"))
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"N{c.ndim}-{i}" for i, c in enumerate(CASES)])
-def test_many_blocks_on_threads_match_jax(backend, tiny_blocks, index, dtype):
+def test_many_blocks_on_threads_match_jax(backend, tiny_blocks, stride_mode, index, dtype):
     # On a device blocks are sized by the memory budget: a tiny one gives blocks of MIN_BLOCK.
     check_case(backend, CASES[index], reference(index), dtype, "direct", layer=True, memory_budget=64)
     check_case(backend, CASES[index], reference(index), dtype, "direct")
