@@ -18,6 +18,8 @@ from .engines import engine_names, get_engine, make_engine
 AMBIGUOUS = 3.0
 MAX_TIMED_SECONDS = 2.0  # don't time configurations estimated to take longer than this
 MAX_DECISIONS = 4096     # geometries remembered; the oldest is forgotten first
+LOSING = 1.5             # a timed run this much slower than the best so far is not repeated,
+LOSING_MIN_S = 0.1       # ... when it took this long (cheap runs are repeated: noise decides those)
 
 _decisions: collections.OrderedDict = collections.OrderedDict()
 
@@ -59,7 +61,8 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
     Each time ends with a device sync. On a device, one untimed warm-up run per
     engine first takes kernel compilation and FFT plan creation out of the timing.
     Calls estimated under 20 ms are timed three times, under 0.5 s twice (best of),
-    so that noise on a busy machine does not decide them. Only the fastest engine so
+    so that noise on a busy machine does not decide them; a run over 0.1 s and 1.5x slower than
+    the best so far (the cheapest estimate runs first) is not repeated. Only the fastest engine so
     far is kept alive, so timing never holds more than two engines' buffers.
     """
     gy = xp.ones(geom.out_shape, dtype=x.dtype)
@@ -78,6 +81,8 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
             if seconds < best_time:
                 best, best_time, best_engine = name, seconds, engine
             del engine
+            if best != name and seconds > max(LOSING * best_time, LOSING_MIN_S):
+                break   # clearly and costly slower than the best so far: repeating it only spends time
     return best, best_engine
 
 

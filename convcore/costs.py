@@ -155,6 +155,7 @@ def output_bytes(geom: ConvGeometry, itemsize: int) -> int:
 
 BLOCK_BYTES = 1 << 20   # CPU: a column block this size stays in cache between its copy and its GEMM
 MIN_BLOCK = 256         # positions per block at least: fewer make the per-call cost dominate
+SPILL_SLOWDOWN = 10          # CPU: column blocks too large for the cache move at main-memory speed
 DIRECT_BLOCK_CALL_S = 3e-5   # CPU: Python, the strided view and the BLAS call of one column block (fitted)
 
 
@@ -212,13 +213,18 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     last = fw.qx[-1] if fw.out_stride[-1] == 1 else geom.out_spatial[-1]
     outputs = geom.batch * math.prod(geom.out_spatial[:-1]) * last if host else positions
     flops = 2.0 * g * O * (2 * outputs * fw_taps * fw_C + positions * taps * C)
-    # columns written and read (x's twice: forward and gW; gy's once for gx), plus the grid
-    # copies of x, y, gy and gx and their crops/transposes
-    traffic = itemsize * g * (2 * (2 * outputs * fw_C * fw_taps + positions * O * taps) + 4 * positions * (C + O))
-    blocks = sum(-(-count // max(MIN_BLOCK, BLOCK_BYTES // max(1, g * K * k * itemsize)))
-                 for K, count, k in ((fw_C, outputs, fw_taps), (fw_C, outputs, fw_taps), (O, positions, taps)))
+    passes = ((fw_C, outputs, fw_taps), (fw_C, outputs, fw_taps), (O, positions, taps))   # y, gW, gx
+    # columns written and read by each pass, at the cache rate while a block of MIN_BLOCK positions
+    # fits in BLOCK_BYTES, else from memory (a 7^4 kernel's columns: 7x slower than estimated
+    # with the cache rate); plus the grid copies of x, y, gy and gx and their crops/transposes
+    copy_seconds = 4 * itemsize * g * positions * (C + O) / rates.copy
+    for K, count, k in passes:
+        per_position = g * K * k * itemsize
+        rate = rates.copy if per_position * MIN_BLOCK <= BLOCK_BYTES or not host else rates.copy / SPILL_SLOWDOWN
+        copy_seconds += 2 * per_position * count / rate
+    blocks = sum(-(-count // max(MIN_BLOCK, BLOCK_BYTES // max(1, g * K * k * itemsize))) for K, count, k in passes)
     calls = blocks * DIRECT_BLOCK_CALL_S if host else 0.0
-    seconds = (rates.precision(itemsize) * (flops / rates.gemm + traffic / rates.copy)
+    seconds = (rates.precision(itemsize) * (flops / rates.gemm + copy_seconds)
                + calls + rates.overhead("direct"))
 
     grid = itemsize * g * positions      # one value per polyphase grid position

@@ -125,6 +125,28 @@ def test_settings_are_read_when_used(monkeypatch):
     autoselect.clear_cache()
 
 
+def test_autotune_does_not_repeat_a_clearly_losing_engine(monkeypatch):
+    """Candidates run cheapest estimate first; one whose run is costly and clearly slower than the
+    best so far is not run again (a 7^4 direct run took 3 s, and was run twice)."""
+    runs = []
+    real = autoselect.make_engine
+    monkeypatch.setattr(autoselect, "make_engine", lambda name, *a: runs.append(name) or real(name, *a))
+    monkeypatch.setattr(autoselect, "AMBIGUOUS", math.inf)
+    x, W = np.ones((1, 2, 9, 9)), np.ones((2, 2, 3, 3))
+    for losing, losing_min_s, timed_runs in ((math.inf, 0.0, 3), (0.0, 0.0, 1)):
+        monkeypatch.setattr(autoselect, "LOSING", losing)            # 0: every run counts as losing
+        monkeypatch.setattr(autoselect, "LOSING_MIN_S", losing_min_s)
+        runs.clear()
+        autoselect.clear_cache()
+        convcore.Convolution(autotune=True).forward(x, W)
+        first = runs[0]
+        assert runs.count(first) == 3, "the first candidate has no best to lose against: all its runs"
+        for name in convcore.engine_names():
+            if name != first:
+                assert runs.count(name) == timed_runs, (name, losing)
+    autoselect.clear_cache()
+
+
 ROOT = Path(convcore.__file__).resolve().parents[1]
 
 
