@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a few small configs")
     p.add_argument("--filter", help="glob or substring of config names, e.g. '3d-*' or k15")
+    p.add_argument("--layer", action="append", default=[],
+                   help="a layer outside the table instead, e.g. \"x=2,16,10,10,10,10 W=16,16,3,3,3,3 "
+                        "padding=1\" (also stride=, dilation=, groups=); repeatable")
     p.add_argument("--threads", type=int, default=convcore.cpu_count(),
                    help="threads for every side (default: the CPUs this process may use)")
     p.add_argument("--samples", type=int, default=5, help="timed runs per side after its warm-up")
@@ -281,7 +284,11 @@ def main(argv=None):
     anchor_objs = [anchors.TorchAnchor(args.device, args.threads), anchors.TorchConv4dAnchor(args.device, args.threads),
                    anchors.JaxAnchor(args.device, args.dtype),
                    anchor_loop.LoopAnchor(args.device, args.dtype, args.threads, args.max_run)]
-    configs = conv_configs.select(args.quick, args.filter)
+    try:
+        configs = [conv_configs.parse_layer(text) for text in args.layer] or \
+            conv_configs.select(args.quick, args.filter)
+    except ValueError as exc:
+        sys.exit(str(exc))
     if not configs:
         sys.exit(f"--filter {args.filter!r} matches no config")
     print(f"convcore benchmark: device={args.device} dtype={args.dtype} threads={args.threads} (every side; "

@@ -7,7 +7,7 @@ targets are decided from the shapes (``targets``), exactly as the issue words th
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,27 @@ QUICK = [
 LARGE_FROM = {1: 129, 2: 13, 3: 9}
 MID = {2: range(7, 12), 3: range(5, 8)}
 LARGE_TARGET = {1: 5.0, 2: 2.5, 3: 5.0}
+
+
+def parse_layer(text: str) -> Config:
+    """A layer outside the table, from ``"x=N,C,D1,..,DN W=O,C/g,K1,..,KN [stride=S] [padding=P]
+    [dilation=D] [groups=G] [kind=K]"`` (stride, padding and dilation one int for every dim)."""
+    fields = dict(item.split("=", 1) for item in text.split())
+    unknown = set(fields) - {"x", "W", "stride", "padding", "dilation", "groups", "kind"}
+    if unknown or "x" not in fields or "W" not in fields:
+        raise ValueError(f"--layer {text!r}: needs x=... and W=..., knows stride padding dilation groups kind")
+    x = tuple(int(v) for v in fields["x"].split(","))
+    W = tuple(int(v) for v in fields["W"].split(","))
+    if len(x) != len(W) or len(x) < 3:
+        raise ValueError(f"--layer {text!r}: x and W need the same number (>= 3) of sizes")
+    groups = int(fields.get("groups", 1))
+    cfg = Config("custom", fields.get("kind", "custom"), x[0], x[1], W[0], x[2:], W[2:],
+                 stride=int(fields.get("stride", 1)), padding=int(fields.get("padding", 0)),
+                 dilation=int(fields.get("dilation", 1)), groups=groups)
+    if W[1] * groups != x[1]:
+        raise ValueError(f"--layer {text!r}: W's second size times groups must be x's channels")
+    k = "x".join(str(v) for v in cfg.kernel) if len(set(cfg.kernel)) > 1 else f"k{cfg.kernel[0]}"
+    return replace(cfg, name=f"{cfg.ndim}d-{k}-c{x[1]}")
 
 
 def select(quick: bool, pattern: str | None) -> list:
