@@ -15,22 +15,20 @@ log = logging.getLogger("convnd.worker")
 def run_job(job_id: str, op, inputs: tuple) -> str:
     """Run ``op(xp, arrays, params)`` for a queued job; returns the final state."""
     store = runtime.store()
-    if not store.start(job_id, runtime.worker_id()):
+    # One round trip: running, the delivery counted, the record and its inputs read.
+    claim = store.claim(job_id, runtime.worker_id(), inputs)
+    if claim is None:
         return "skipped"  # cancelled before it started, or expired
     # A message comes back when its worker process died (acks_late + reject_on_worker_lost):
     # after max_attempts such deliveries the job fails instead of killing the next worker.
-    attempt = store.count_attempt(job_id)
-    if attempt is None:
-        return "skipped"
+    attempt = claim.attempt
     if attempt > runtime.settings().max_attempts:
         store.finish(job_id, "failed", error={
             "status": 500, "type": "WorkerLost", "message": f"the job was started {attempt - 1} times and its "
             "worker process died each time (out of memory?); it is not retried"})
         return "failed"
     try:
-        job = store.get(job_id)
-        arrays = store.get_arrays(job_id, "in", inputs)
-        meta, outputs = op(runtime.xp(), arrays, job["params"])
+        meta, outputs = op(runtime.xp(), claim.inputs(), claim.job["params"])
     except (ValueError, TypeError) as exc:  # the user's arguments: convcore names them
         store.finish(job_id, "failed", error={"status": 422, "type": type(exc).__name__, "message": str(exc)})
         return "failed"

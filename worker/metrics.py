@@ -11,8 +11,6 @@ Keys (``p`` = key prefix):
 """
 from __future__ import annotations
 
-import bisect
-
 # Upper bounds (s) of the duration histogram: from a millisecond convolution to a 4-hour training run.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
 
@@ -24,22 +22,39 @@ def _key(prefix: str, *parts: str) -> str:
     return ":".join((prefix, "metrics", *parts))
 
 
+def _lua_buckets() -> str:
+    return "{" + ", ".join(repr(float(b)) for b in DURATION_BUCKETS) + "}"
+
+
+# The Lua form of the count, so a job store script can count a job in the same atomic step that
+# ends it (worker.store.JobStore.finish): defines count_final(prefix, job_key, state).
+COUNT_FINAL_LUA = """
+local function count_final(prefix, job_key, state)
+  local rec = redis.call('HMGET', job_key, 'kind', 'created_at', 'finished_at')
+  local kind, created, finished = rec[1], tonumber(rec[2]), tonumber(rec[3])
+  if not kind then return end
+  local seconds = 0.0
+  if created and finished then seconds = math.max(finished - created, 0.0) end
+  local bounds, bucket = %s, nil
+  for i, bound in ipairs(bounds) do
+    if seconds <= bound then bucket = i - 1 break end
+  end
+  bucket = bucket or #bounds
+  local duration = prefix .. ':metrics:duration:' .. kind
+  redis.call('HINCRBY', prefix .. ':metrics:jobs', kind .. '|' .. state, 1)
+  redis.call('HINCRBY', duration, 'b' .. bucket, 1)
+  redis.call('HINCRBYFLOAT', duration, 'sum', seconds)
+  redis.call('HINCRBY', duration, 'count', 1)
+  redis.call('SADD', prefix .. ':metrics:kinds', kind)
+end
+""" % _lua_buckets()
+
+
 def count_final(r, prefix: str, job_key: str, state: str) -> None:
     """The job at ``job_key`` has just reached final ``state`` (call once, after the state change):
-    count it under its kind, with its time from submission to now in the duration histogram."""
-    kind, created, finished = r.hmget(job_key, ["kind", "created_at", "finished_at"])
-    if kind is None:
-        return  # expired meanwhile
-    kind = kind.decode()
-    seconds = max(float(finished or 0) - float(created or 0), 0.0) if created and finished else 0.0
-    bucket = bisect.bisect_left(DURATION_BUCKETS, seconds)  # the first bound >= seconds ("le")
-    pipe = r.pipeline(transaction=True)
-    pipe.hincrby(_key(prefix, "jobs"), f"{kind}|{state}", 1)
-    pipe.hincrby(_key(prefix, "duration", kind), f"b{bucket}", 1)
-    pipe.hincrbyfloat(_key(prefix, "duration", kind), "sum", seconds)
-    pipe.hincrby(_key(prefix, "duration", kind), "count", 1)
-    pipe.sadd(_key(prefix, "kinds"), kind)
-    pipe.execute()
+    count it under its kind, with its time from submission to now in the duration histogram
+    (the bucket is the first bound >= its seconds, "le")."""
+    r.eval(COUNT_FINAL_LUA + "count_final(ARGV[1], KEYS[1], ARGV[2])", 1, job_key, prefix, state)
 
 
 def count_epoch(r, prefix: str) -> None:

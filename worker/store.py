@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass
 
 import redis
 
@@ -40,6 +41,92 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
 
+# A worker takes a job in one round trip: queued/running -> running, one more delivery counted,
+# the record and the input hashes (KEYS[2..]) read. Nil when the job has ended or expired.
+_CLAIM = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if s ~= 'queued' and s ~= 'running' then return false end
+redis.call('HSET', KEYS[1], 'state', 'running', 'started_at', ARGV[1], 'worker', ARGV[2])
+local out = {redis.call('HINCRBY', KEYS[1], 'attempts', 1), redis.call('HGETALL', KEYS[1])}
+for i = 2, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end
+return out
+"""
+
+# Ending a job in one step (``finish``): the CAS on the state, inputs dropped, outputs stored with
+# the record's TTL, the record's fields, the waiters woken and the job counted (once: only the
+# step that changed the state counts). ARGV: allowed states, final state, n outputs, then
+# (name, dtype, shape, data) per output, then the record's field/value pairs.
+_FINISH_BODY = metrics.COUNT_FINAL_LUA + """
+local job = KEYS[1]
+local s = redis.call('HGET', job, 'state')
+if (not s) or (not string.find(ARGV[1], ',' .. s .. ',', 1, true)) then return 0 end
+local inputs = redis.call('HGET', job, 'inputs')
+if inputs then
+  for name in string.gmatch(inputs, '[^,]+') do redis.call('DEL', job .. ':in:' .. name) end
+end
+local ttl, n = redis.call('TTL', job), tonumber(ARGV[3])
+if n > 0 and ttl <= 0 then return 0 end
+local i = 4
+for _ = 1, n do
+  local key = job .. ':out:' .. ARGV[i]
+  redis.call('HSET', key, 'dtype', ARGV[i + 1], 'shape', ARGV[i + 2], 'data', ARGV[i + 3])
+  redis.call('EXPIRE', key, ttl)
+  i = i + 4
+end
+redis.call('HSET', job, 'state', ARGV[2], unpack(ARGV, i))
+redis.call('RPUSH', job .. ':done', '1')
+redis.call('EXPIRE', job .. ':done', math.max(ttl, 1))
+count_final(KEYS[2], job, ARGV[2])
+return 1
+"""
+# With the shebang (no flags) the server refuses the whole script when it is at maxmemory as it
+# starts: no half-written outputs; ``finish`` then takes the stepwise path that drops the inputs
+# first. That path ends the job with the allow-oom form (outputs already handled, n = 0): its few
+# small writes go through even at the limit, so the job still ends (507 when the outputs did not fit).
+_FINISH = "#!lua\n" + _FINISH_BODY
+_FINISH_STEPWISE = "#!lua flags=allow-oom\n" + _FINISH_BODY
+
+# A job's record and, when it succeeded and ARGV[1] is "1", its output hashes (the names its
+# result lists): {record fields, name, fields, name, fields, ...}. Sent right behind a wait's
+# BLPOP, so the answer to a waiting call is read in the same round trip as the wake-up.
+_READ = """
+local flat = redis.call('HGETALL', KEYS[1])
+local out = {flat}
+local fields = {}
+for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+if ARGV[1] == '1' and fields['state'] == 'succeeded' and fields['result'] then
+  local ok, result = pcall(cjson.decode, fields['result'])
+  if ok and type(result) == 'table' and type(result['outputs']) == 'table' then
+    for _, name in ipairs(result['outputs']) do
+      out[#out + 1] = name
+      out[#out + 1] = redis.call('HGETALL', KEYS[1] .. ':out:' .. name)
+    end
+  end
+end
+return out
+"""
+
+# Live workers' info in one round trip: expired heartbeats dropped from the index, the rest read.
+_WORKERS = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #ids == 0 then return {} end
+for i, id in ipairs(ids) do ids[i] = ARGV[2] .. id end
+return redis.call('MGET', unpack(ids))
+"""
+
+
+@dataclass
+class Claim:
+    """A job a worker has just taken (``JobStore.claim``)."""
+    attempt: int       # deliveries so far, this one included
+    job: dict          # the record, as ``get`` returns it
+    raw_inputs: dict   # name -> stored hash fields (decoded by ``inputs``)
+
+    def inputs(self) -> dict:
+        """{name: ndarray} of the stored inputs (missing ones are left out); CodecError if damaged."""
+        return {name: codec.decode(raw) for name, raw in self.raw_inputs.items() if raw}
+
 
 class JobStore:
     """Job records and their arrays in Redis (a ``redis.Redis`` with bytes responses)."""
@@ -47,6 +134,11 @@ class JobStore:
     def __init__(self, redis, prefix: str = "convnd", ttl_s: int = 86400):
         self.r, self.prefix, self.ttl = redis, prefix, int(ttl_s)
         self._cas = redis.register_script(_CAS)
+        self._claim = redis.register_script(_CLAIM)
+        self._finish = redis.register_script(_FINISH)
+        self._finish_stepwise = redis.register_script(_FINISH_STEPWISE)
+        self._workers = redis.register_script(_WORKERS)
+        self._read = redis.register_script(_READ)
 
     # keys
     def job_key(self, job_id: str) -> str:
@@ -65,6 +157,15 @@ class JobStore:
     def create(self, kind: str, owner: str, params: dict, arrays: dict | None = None) -> dict:
         """Store a new ``queued`` job with its input arrays; returns its record as written (what ``get``
         would have returned then: a later ``get`` may already see it running or finished)."""
+        return self._create(kind, owner, params, arrays, read_workers=False)[0]
+
+    def create_reading_workers(self, kind: str, owner: str, params: dict,
+                               arrays: dict | None = None) -> tuple[dict, list[dict]]:
+        """``create`` and ``workers`` in one round trip: (record, live workers' info). A caller that
+        finds no worker for the job ``discard``s it."""
+        return self._create(kind, owner, params, arrays, read_workers=True)
+
+    def _create(self, kind, owner, params, arrays, read_workers: bool) -> tuple[dict, list[dict] | None]:
         job_id = uuid.uuid4().hex
         now = time.time()
         fields = {"id": job_id, "kind": kind, "owner": owner, "state": "queued", "created_at": repr(now),
@@ -72,14 +173,35 @@ class JobStore:
                   "inputs": ",".join(name for name, arr in (arrays or {}).items() if arr is not None)}
         # MULTI/EXEC: a write refused at the memory limit (OOM, noeviction) leaves no half-written job.
         pipe = self.r.pipeline(transaction=True)
+        if read_workers:  # EVALSHA itself: a Script object would add a SCRIPT EXISTS round trip
+            pipe.evalsha(self._workers.sha, 1, f"{self.prefix}:workers", now, f"{self.prefix}:worker:")
         pipe.hset(self.job_key(job_id), mapping=fields)
         pipe.expire(self.job_key(job_id), self.ttl)
         self._put_arrays(pipe, job_id, "in", arrays or {})
         pipe.zremrangebyscore(self._owner_key(owner), "-inf", now - self.ttl)  # their jobs have expired
         pipe.zadd(self._owner_key(owner), {job_id: now})
         pipe.expire(self._owner_key(owner), self.ttl)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies[1 if read_workers else 0:]:
+            if isinstance(reply, Exception):
+                raise reply
+        workers = None
+        if read_workers:
+            if isinstance(replies[0], redis.exceptions.NoScriptError):  # a restarted server: load it
+                workers = self.workers()
+            elif isinstance(replies[0], Exception):
+                raise replies[0]
+            else:
+                workers = [json.loads(v) for v in replies[0] if v]
+        return _record(fields), workers
+
+    def discard(self, job: dict) -> None:
+        """Delete a job that was created but never queued (no worker serves it): record, inputs, listing."""
+        job_id = job["id"]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(self.job_key(job_id), *(self.array_key(job_id, "in", n) for n in job["inputs"].split(",") if n))
+        pipe.zrem(self._owner_key(job["owner"]), job_id)
         pipe.execute()
-        return _record(fields)
 
     def get(self, job_id: str, owner: str | None = None) -> dict | None:
         """The job record, or None when it is unknown, expired or (with ``owner``) someone else's."""
@@ -108,6 +230,19 @@ class JobStore:
         return self.transition(job_id, "running", ("queued", "running"), started_at=repr(time.time()),
                                worker=worker)
 
+    def claim(self, job_id: str, worker: str, inputs) -> Claim | None:
+        """``start`` + ``count_attempt`` + ``get`` + the input arrays ``inputs``, atomically, in one
+        round trip; None when the job has ended (cancelled before it started) or expired."""
+        inputs = list(inputs)
+        keys = [self.job_key(job_id)] + [self.array_key(job_id, "in", n) for n in inputs]
+        out = self._claim(keys=keys, args=[repr(time.time()), worker])
+        if out is None:
+            return None
+        attempt, flat, raws = out[0], out[1], out[2:]
+        job = _record({flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)})
+        raw_inputs = {name: dict(zip(raw[::2], raw[1::2])) for name, raw in zip(inputs, raws)}
+        return Claim(int(attempt), job, raw_inputs)
+
     def count_attempt(self, job_id: str) -> int | None:
         """One more delivery of the job; its count, or None when the job has expired."""
         attempt = self.r.hincrby(self.job_key(job_id), "attempts", 1)
@@ -124,10 +259,28 @@ class JobStore:
                arrays: dict | None = None, **extra) -> bool:
         """Move a queued/running job to a final state, storing its outputs; wakes waiters.
 
-        Outputs expire with the job record (whose TTL the API that created it chose).
+        One script (``_FINISH``) in the usual case. Outputs expire with the job record (whose TTL
+        the API that created it chose).
         """
         assert state in FINAL
-        self.drop_inputs(job_id)  # nobody reads them once the job ends; frees memory for the outputs
+        fields = _final_fields(result, error, extra)
+        outputs = []
+        for name, arr in (arrays or {}).items():
+            if arr is not None:
+                enc = codec.encode(arr)
+                outputs += [name, enc["dtype"], enc["shape"], enc["data"]]
+        try:
+            return bool(self._finish(keys=[self.job_key(job_id), self.prefix],
+                                     args=[",queued,running,", state, len(outputs) // 4, *outputs, *fields]))
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+        return self._finish_at_memory_limit(job_id, state, result, error, arrays, extra)
+
+    def _finish_at_memory_limit(self, job_id, state, result, error, arrays, extra) -> bool:
+        """``finish`` when the store was full as it started: drop the inputs first (DEL is allowed at
+        the limit), then store all outputs or none (a 507 failure when they still do not fit)."""
+        self.drop_inputs(job_id)
         if arrays:
             ttl = self.r.ttl(self.job_key(job_id))
             if ttl <= 0:
@@ -142,16 +295,9 @@ class JobStore:
                 state, result, error = "failed", None, {
                     "status": 507, "type": "StoreFull", "message": "the result does not fit in the job store "
                     "(its memory limit is reached); retry later or ask for a smaller output"}
-        fields = {"finished_at": repr(time.time()), **extra}
-        if result is not None:
-            fields["result"] = result
-        if error is not None:
-            fields["error"] = error
-        changed = self.transition(job_id, state, ("queued", "running"), **fields)
-        if changed:
-            self._wake(job_id, max(self.r.ttl(self.job_key(job_id)), 1))
-            metrics.count_final(self.r, self.prefix, self.job_key(job_id), state)  # once: the CAS changed it
-        return changed
+        fields = _final_fields(result, error, extra)
+        return bool(self._finish_stepwise(keys=[self.job_key(job_id), self.prefix],
+                                          args=[",queued,running,", state, 0, *fields]))
 
     def fail_if_overdue(self, job: dict, limit_s: float) -> dict:
         """A job still ``running`` ``limit_s`` after it started lost its task (hard time limit, lost
@@ -192,15 +338,33 @@ class JobStore:
             if self.r.blpop([self._done_key(job_id)], timeout=max(min(left, slice_s), 0.01)) is not None:
                 return True
 
+    def wait_outcome(self, job_id: str, timeout_s: float, outputs: bool = True) -> tuple[dict | None, dict]:
+        """``wait``, then (the record or None when unknown/expired, {name: ndarray} of a succeeded job's
+        outputs when ``outputs``), read in the same round trip as the wait's last BLPOP."""
+        deadline = time.monotonic() + timeout_s
+        slice_s = self._wait_slice_s()
+        read_args = (self._read.sha, 1, self.job_key(job_id), "1" if outputs else "0")
+        while True:
+            left = deadline - time.monotonic()
+            pipe = self.r.pipeline(transaction=False)
+            if left > 0:
+                pipe.blpop([self._done_key(job_id)], timeout=max(min(left, slice_s), 0.01))
+            pipe.evalsha(*read_args)  # runs once the BLPOP has returned (commands run in order)
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies[:-1]:
+                if isinstance(reply, Exception):
+                    raise reply
+            if left <= 0 or replies[0] is not None:
+                read = replies[-1]
+                if isinstance(read, redis.exceptions.NoScriptError):  # a restarted server: load it
+                    read = self._read(keys=[self.job_key(job_id)], args=[read_args[-1]])
+                elif isinstance(read, Exception):
+                    raise read
+                return _parse_read(read)
+
     def _wait_slice_s(self) -> float:
         socket_timeout = self.r.connection_pool.connection_kwargs.get("socket_timeout")
         return min(WAIT_SLICE_S, socket_timeout / 2) if socket_timeout else WAIT_SLICE_S
-
-    def _wake(self, job_id: str, ttl: int) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.rpush(self._done_key(job_id), b"1")
-        pipe.expire(self._done_key(job_id), ttl)
-        pipe.execute()
 
     # arrays
     def _put_arrays(self, pipe, job_id: str, role: str, arrays: dict, ttl: int | None = None) -> None:
@@ -238,12 +402,7 @@ class JobStore:
 
     def workers(self) -> list[dict]:
         """Info of every worker whose heartbeat has not expired."""
-        now = time.time()
-        pipe = self.r.pipeline(transaction=False)
-        pipe.zremrangebyscore(f"{self.prefix}:workers", "-inf", now)
-        pipe.zrange(f"{self.prefix}:workers", 0, -1)
-        ids = pipe.execute()[1]
-        values = self.r.mget([f"{self.prefix}:worker:{i.decode()}" for i in ids]) if ids else []
+        values = self._workers(keys=[f"{self.prefix}:workers"], args=[time.time(), f"{self.prefix}:worker:"])
         return [json.loads(v) for v in values if v]
 
 
@@ -251,6 +410,31 @@ def is_out_of_memory(exc: Exception) -> bool:
     """Redis refused a write at its ``maxmemory`` (policy noeviction): "OOM command not allowed ..."."""
     return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
         isinstance(exc, redis.ResponseError) and "used memory > 'maxmemory'" in str(exc))
+
+
+def _parse_read(read: list) -> tuple[dict | None, dict]:
+    flat = read[0]
+    if not flat:
+        return None, {}
+    job = _record({flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)})
+    arrays = {}
+    for name, raw in zip(read[1::2], read[2::2]):
+        if raw:
+            arrays[name.decode()] = codec.decode(dict(zip(raw[::2], raw[1::2])))
+    return job, arrays
+
+
+def _final_fields(result: dict | None, error: dict | None, extra: dict) -> list:
+    """The field/value pairs a final state writes on the record (JSON fields encoded)."""
+    fields = {"finished_at": repr(time.time()), **extra}
+    if result is not None:
+        fields["result"] = result
+    if error is not None:
+        fields["error"] = error
+    out = []
+    for k, v in fields.items():
+        out += [k, json.dumps(v) if k in _JSON_FIELDS else str(v)]
+    return out
 
 
 def _record(fields: dict) -> dict:

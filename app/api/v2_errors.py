@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from app.api.errors import ApiError, backend_failure, validation_detail
-from app.core.tensors import HEADER_LENGTH, TensorError
+from app.core.tensors import HEADER_LENGTH, TensorError, UnencodableOutput
 
 log = logging.getLogger("convnd.api")
 
@@ -31,7 +31,8 @@ def as_v2_error(exc: Exception) -> JSONResponse | None:
     if isinstance(exc, ApiError):  # its message names the field
         return v2_error(exc.status, exc.detail, exc.headers)
     if isinstance(exc, TensorError):
-        about_input = exc.field not in ("body", HEADER_LENGTH)  # else the body or its header length
+        # else the body or its header length, or an output JSON cannot carry
+        about_input = exc.field not in ("body", HEADER_LENGTH) and not isinstance(exc, UnencodableOutput)
         return v2_error(exc.status, f"input {exc}" if about_input else str(exc))
     if isinstance(exc, (ValidationError, RequestValidationError)):
         return v2_error(400, validation_detail(exc.errors())[0])

@@ -33,6 +33,13 @@ class TensorError(ValueError):
         self.field, self.status = field, status
 
 
+class UnencodableOutput(TensorError):
+    """A result the JSON form cannot carry (NaN or Inf): 422 naming the output."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(field, message, 422)
+
+
 def is_tensor(obj) -> bool:
     return isinstance(obj, dict) and "shape" in obj and "datatype" in obj
 
@@ -84,9 +91,13 @@ def _from_data(field, data, shape, count, dtype) -> np.ndarray:
     return arr.astype(dtype, copy=False).reshape(shape)
 
 
-def encode_tensor(arr: np.ndarray) -> dict:
-    """ndarray -> JSON tensor object with flat data."""
+def encode_tensor(arr: np.ndarray, name: str = "output") -> dict:
+    """ndarray -> JSON tensor object with flat data. NaN and Inf (a float32 result can overflow)
+    have no JSON form: 422 naming the output and the binary form, which carries them."""
     arr = np.asarray(arr)
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        raise UnencodableOutput(name, "holds NaN or Inf (the result overflowed its dtype?), which JSON cannot "
+                                      "carry: ask for the binary form (binary_data_output) to receive it")
     return {"shape": list(arr.shape), "datatype": NAMES[arr.dtype.newbyteorder("<")],
             "data": arr.ravel().tolist()}
 

@@ -47,7 +47,7 @@ def require(arrays: dict, model: str, *names: str) -> None:
 def encode_output(name: str, arr: np.ndarray, binary: bool) -> tuple[dict, bytes]:
     """(the output's JSON object, its raw bytes or b'' when the data is in the JSON)."""
     if not binary:
-        return {"name": name, **encode_tensor(arr)}, b""
+        return {"name": name, **encode_tensor(arr, name)}, b""
     head, raw = encode_blob(arr)
     return {"name": name, **head}, raw
 

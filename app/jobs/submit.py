@@ -9,8 +9,9 @@ from worker.kinds import JobKind
 from worker.store import JobStore
 
 
-def require_worker(store: JobStore) -> list[dict]:
-    workers = store.workers()
+def require_worker(store: JobStore, workers: list[dict] | None = None) -> list[dict]:
+    """The live workers (``workers`` when already read), or 503 when there is none."""
+    workers = store.workers() if workers is None else workers
     if not workers:
         raise ApiError(503, "no worker is answering: start one with `convnd worker` (same REDIS_URL)")
     return workers
@@ -43,13 +44,31 @@ def submit(store: JobStore, sender: Celery, kind: JobKind, owner: str, params: d
     unknown = sorted(set(arrays or {}) - set(kind.inputs))
     if unknown:  # a route passing arrays its kind does not read is a programming error
         raise ValueError(f"{kind.name} jobs take no arrays {unknown}")
-    _device, queue = route(require_worker(store), params.get("device") or "auto")
-    job = store.create(kind.name, owner, params, arrays)
+    # The job is written and the workers read in one round trip; without a worker for it, it is deleted.
+    job, workers = store.create_reading_workers(kind.name, owner, params, arrays)
+    try:
+        _device, queue = route(require_worker(store, workers), params.get("device") or "auto")
+    except ApiError:
+        store.discard(job)
+        raise
     sender.send_task(kind.task, args=[job["id"]], task_id=job["id"], queue=queue)
     return job
 
 
 def wait_for(store: JobStore, job: dict, timeout_s: float) -> dict:
-    """The job as it is once it has ended or ``timeout_s`` has run out (``job`` if it expired meanwhile)."""
-    store.wait(job["id"], timeout_s)
-    return store.get(job["id"]) or job
+    """The job as it is once it has ended or ``timeout_s`` has run out (``job`` if it expired meanwhile;
+    ``job`` as given when ``timeout_s`` <= 0: no wait, no re-read)."""
+    if timeout_s <= 0:
+        return job
+    return store.wait_outcome(job["id"], timeout_s, outputs=False)[0] or job
+
+
+def wait_for_outcome(store: JobStore, job: dict, timeout_s: float) -> tuple[dict, dict | None]:
+    """``wait_for`` and, when the job succeeded, its outputs {name: ndarray} (read in the same round
+    trip as the wake-up); None when the job has not succeeded."""
+    if timeout_s <= 0:
+        return job, None
+    ended, arrays = store.wait_outcome(job["id"], timeout_s)
+    if ended is None:
+        return job, None
+    return ended, arrays if ended["state"] == "succeeded" else None

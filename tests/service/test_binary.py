@@ -67,3 +67,20 @@ def test_unclaimed_binary_bytes_and_bad_header_are_400(client):
     headers["Inference-Header-Content-Length"] = "abc"
     r = client.post("/v1/conv/forward", content=body, headers=headers)
     assert r.status_code == 400 and r.json()["field"] == "Inference-Header-Content-Length"
+
+
+def test_an_overflowing_float32_result_is_a_422_in_json_and_arrives_in_binary(client):
+    """3e38 * 3e38 overflows float32 to Inf: JSON has no Inf, so the JSON answer is a 422 naming y
+    and the binary form (the job keeps the result: fetched again in binary, the Inf is there)."""
+    x = np.full((1, 1, 4), 3e38, dtype=np.float32)
+    W = np.full((1, 1, 2), 3e38, dtype=np.float32)
+    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W)})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "y" and "binary" in r.json()["detail"]
+    body, headers = binary_request({"x": tensor(x), "W": tensor(W), "binary_data_output": True})
+    r = client.post("/v1/conv/forward", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    header, blobs = split_response(r)
+    assert np.isposinf(np.frombuffer(blobs, "<f4")).all() and header["y"]["shape"] == [1, 1, 3]
+    job = header["job_id"]
+    assert client.get(f"/v1/jobs/{job}/result").status_code == 422

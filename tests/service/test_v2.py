@@ -260,3 +260,15 @@ def test_a_slow_job_is_answered_202_with_its_job(app_client, monkeypatch):
     x = np.arange(15.0).reshape(3, 5)
     windows = x[:, :-1] + x[:, 1:]  # W is all ones, (2, 3, 2): each output sums two taps of every channel
     np.testing.assert_allclose(y, np.broadcast_to(windows.sum(0), (1, 2, 4)), rtol=1e-6)
+
+
+def test_an_overflowing_output_is_a_400_in_json_and_arrives_in_binary(tc):
+    """float32 overflow gives Inf, which JSON cannot carry: a protocol error naming the output (not
+    an input) and the binary form; asked for in binary, tritonclient reads the Inf."""
+    x, W = np.full((1, 1, 4), 3e38, np.float32), np.full((1, 1, 2), 3e38, np.float32)
+    with pytest.raises(InferenceServerException) as err:
+        tc.infer("conv_forward", _inputs(True, x=x, W=W),
+                 outputs=[triton.InferRequestedOutput("y", binary_data=False)])
+    assert err.value.status() == "400" and "y" in err.value.message() and "input" not in err.value.message()
+    r = tc.infer("conv_forward", _inputs(True, x=x, W=W), outputs=[triton.InferRequestedOutput("y", binary_data=True)])
+    assert np.isposinf(r.as_numpy("y")).all()
