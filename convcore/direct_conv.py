@@ -97,25 +97,43 @@ class DirectConv:
         blocks and return it (g, rows, K * taps), ``acc_rhs`` being (g, rows, rhs_front + grid
         positions) read at the block's grid positions (``rhs_on_grid``) or (g, rows, space.count)
         at its own."""
-        xp, g = self.xp, self.geom.groups
+        xp, g, qk = self.xp, self.geom.groups, grid.red.qk
         B = self._block(K, space.count, grid.taps)
         spans = space.blocks(B)
+        rows = (mats if out is not None else acc_rhs).shape[1]
+        if self.host:   # one strided view of the whole pass; a block is a basic slice of it
+            lead = (slice(None),) * (2 + len(qk))
+            src_all = _view(src, 0, (g, K) + qk + space.dims, (None, None) + grid.steps + space.strides)
+            if acc_rhs is not None and rhs_on_grid:
+                rhs_all = _view(acc_rhs, rhs_front, (g, rows) + space.dims, (None, None) + space.strides)
 
         def work(part):
-            buf = xp.empty((g, K) + grid.red.qk + (B,), src.dtype)
+            buf = xp.empty((g, K) + qk + (B,), src.dtype)
+            shaped = {}   # block shape -> (copy destination, column matrix): views of buf
             acc = None
             for block in part:
                 p, w = block.start, block.size
-                cols = self._cols(grid, src, block, buf)               # (g, K * taps, w)
+                if self.host:
+                    if block.shape not in shaped:
+                        shaped[block.shape] = (buf[..., :w].reshape((g, K) + qk + block.shape),
+                                               buf[..., :w].reshape(g, K * grid.taps, w))
+                    dst, cols = shaped[block.shape]
+                    dst[...] = src_all[lead + block.index]                   # (g, K * taps, w)
+                else:
+                    cols = self._cols(grid, src, block, buf)
                 if out is not None:
                     xp.matmul(mats, cols, out=out[:, :, p:p + w])
+                    continue
+                if not rhs_on_grid:
+                    rhs = acc_rhs[:, :, p:p + w]
+                elif self.host:
+                    rhs = rhs_all[(slice(None), slice(None)) + block.index].reshape(g, rows, w)
                 else:
-                    rhs = self._box(acc_rhs, rhs_front, block) if rhs_on_grid else acc_rhs[:, :, p:p + w]
-                    prod = xp.matmul(rhs, cols.swapaxes(-1, -2))
-                    acc = prod if acc is None else acc.__iadd__(prod)
+                    rhs = self._box(acc_rhs, rhs_front, block)
+                prod = xp.matmul(rhs, cols.swapaxes(-1, -2))
+                acc = prod if acc is None else acc.__iadd__(prod)
             return acc
 
-        rows = (mats if out is not None else acc_rhs).shape[1]
         madds = g * space.count * K * grid.taps * rows                # multiply-adds of this pass
         threads = min(pass_threads(madds, self.host), len(spans))
         parts = [spans[t::threads] for t in range(threads)]
@@ -127,31 +145,23 @@ class DirectConv:
             return total
         return out
 
-    def _box(self, grid_array, front: int, block):
-        """(g, rows, w): the block's positions of a grid array (g, rows, front + positions) whose grid
-        starts after ``front`` cells, as a view when they are one contiguous run (always on a device,
-        whose spaces are flat)."""
+    @staticmethod
+    def _box(grid_array, front: int, block):
+        """Device arrays: (g, rows, w), the block's positions of a grid array (g, rows, front + positions)
+        whose grid starts after ``front`` cells (a device's spaces are flat: one contiguous run)."""
         start = front + block.base
-        if len(block.shape) == 1 and block.strides[0] == 1:
-            return grid_array[:, :, start:start + block.size]
-        g, rows = grid_array.shape[:2]
-        view = _view(grid_array, start, (g, rows) + block.shape, (None, None) + block.strides)
-        return view.reshape(g, rows, block.size)
+        return grid_array[:, :, start:start + block.size]
 
-    def _cols(self, grid, src, block, buf):
-        """buf[..., :w] <- src[g, K, base(j) + off(k)] for the block's w positions j, as (g, K * taps, w)."""
+    @staticmethod
+    def _cols(grid, src, block, buf):
+        """Device arrays: buf[..., :w] <- src[g, K, base + j + off(k)] as (g, K * taps, w), one slice
+        copy per tap (no strided views needed)."""
         g, K = src.shape[:2]
-        w, qk = block.size, grid.red.qk
-        cols = buf[..., :w]
-        if self.host:   # one strided copy of a strided view
-            view = _view(src, block.base, (g, K) + qk + block.shape, (None, None) + grid.steps + block.strides)
-            cols.reshape((g, K) + qk + block.shape)[...] = view
-        else:   # device arrays, flat spaces: one slice copy per tap (no strided views needed)
-            p = block.base
-            flat = cols.reshape(g, K, grid.taps, w)
-            for t, off in enumerate(grid.offsets):
-                flat[:, :, t] = src[:, :, p + off:p + off + w]
-        return cols.reshape(g, K * grid.taps, w)
+        w, p = block.size, block.base
+        flat = buf[..., :w].reshape(g, K, grid.taps, w)
+        for t, off in enumerate(grid.offsets):
+            flat[:, :, t] = src[:, :, p + off:p + off + w]
+        return flat.reshape(g, K * grid.taps, w)
 
     # ---- position spaces -------------------------------------------------------------
     @staticmethod
@@ -248,13 +258,15 @@ class DirectConv:
 
 
 class _Block(NamedTuple):
-    """Positions [start, start + size) of a space (row-major), as a strided box of ``shape``
-    starting at flat grid index ``base`` with the space's ``strides``."""
+    """Positions [start, start + size) of a space (row-major): ``index`` into the space's axes (the
+    outer indices, then a slice of one axis; the axes after it whole), a box of ``shape`` starting
+    at flat grid index ``base`` with the space's ``strides``."""
     start: int
     size: int
     base: int
     shape: tuple
     strides: tuple
+    index: tuple
 
 
 class _Space(NamedTuple):
@@ -280,7 +292,7 @@ class _Space(NamedTuple):
             for r0 in range(0, dims[m], rows):
                 r = min(rows, dims[m] - r0)
                 out.append(_Block(start0 + r0 * tail, r * tail, base0 + r0 * strides[m], (r,) + dims[m + 1:],
-                                  strides[m:]))
+                                  strides[m:], outer + (slice(r0, r0 + r),)))
         return out
 
 

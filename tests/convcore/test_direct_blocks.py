@@ -92,4 +92,6 @@ def test_position_space_blocks_cover_each_position_once_at_its_grid_index(dims, 
         seen[block.start:block.start + block.size] += 1
         box = block.base + np.einsum("i...,i->...", np.indices(block.shape), np.array(block.strides)).ravel()
         np.testing.assert_array_equal(box, grid_index[block.start:block.start + block.size])
+        by_index = np.arange(space.count).reshape(dims)[block.index].ravel()   # the CPU path's slice
+        np.testing.assert_array_equal(by_index, np.arange(block.start, block.start + block.size))
     np.testing.assert_array_equal(seen, 1)
