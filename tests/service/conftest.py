@@ -33,6 +33,22 @@ def app_client(redis_url, base_env, worker):
 
 
 @pytest.fixture
+def store(redis_url, request):
+    """A JobStore on the real server under a fresh key prefix (named after the test module), with
+    a 60 s TTL; its keys are deleted afterwards."""
+    import redis
+
+    from worker.store import JobStore
+
+    client = redis.Redis.from_url(redis_url)
+    s = JobStore(client, f"convnd-{request.module.__name__}-{uuid.uuid4().hex[:8]}", ttl_s=60)
+    yield s
+    for key in client.scan_iter(f"{s.prefix}:*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
 def worker_runtime(redis_url):
     """The worker's per-process state set up in this process under a fresh key prefix (no heartbeat,
     no Celery worker): call task functions directly. Yields the job store."""

@@ -5,26 +5,13 @@ from __future__ import annotations
 import io
 import json
 import time
-import uuid
 
 import numpy as np
 import pytest
-import redis
 
 from convcore import datasets, nn
 from worker import checkpoints, codec, dataset_store
 from worker.lease import Lease, Renewer
-from worker.store import JobStore
-
-
-@pytest.fixture
-def store(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    s = JobStore(client, f"convnd-data-{uuid.uuid4().hex[:8]}", ttl_s=60)
-    yield s
-    for key in client.scan_iter(f"{s.prefix}:*"):
-        client.delete(key)
-    client.close()
 
 
 def _state():

@@ -2,23 +2,10 @@
 first becomes final, in its kind's duration bucket; queue lengths count every priority list."""
 from __future__ import annotations
 
-import uuid
 
 import pytest
-import redis
 
 from worker import metrics
-from worker.store import JobStore
-
-
-@pytest.fixture
-def store(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    s = JobStore(client, f"convnd-metrics-unit-{uuid.uuid4().hex[:8]}", ttl_s=60)
-    yield s
-    for key in client.scan_iter(f"{s.prefix}:*"):
-        client.delete(key)
-    client.close()
 
 
 def test_each_job_is_counted_once_at_its_final_state(store):

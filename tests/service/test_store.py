@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import numpy as np
-import pytest
 import redis
 
 from worker.store import JobStore
-
-
-@pytest.fixture
-def store(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    s = JobStore(client, f"convnd-store-{uuid.uuid4().hex[:8]}", ttl_s=60)
-    yield s
-    for key in client.scan_iter(f"{s.prefix}:*"):
-        client.delete(key)
-    client.close()
 
 
 def test_create_returns_the_record_get_reads(store):

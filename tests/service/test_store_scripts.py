@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -13,16 +12,6 @@ import redis
 from app.core import processes
 from worker import metrics
 from worker.store import JobStore
-
-
-@pytest.fixture
-def store(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    s = JobStore(client, f"convnd-scripts-{uuid.uuid4().hex[:8]}", ttl_s=60)
-    yield s
-    for key in client.scan_iter(f"{s.prefix}:*"):
-        client.delete(key)
-    client.close()
 
 
 @pytest.fixture
