@@ -16,6 +16,10 @@ Breakdown of a small synchronous forward (p50 of each part, measured separately 
   worker       worker started -> finished (job timings): reading arrays, convolution, storing the result
   API rest     sync p50 - (HTTP floor + queued + worker): validation, job-store writes, waiting
                for the result and encoding the answer
+
+CPU per request (read from /proc around the sequential and the concurrent runs) for each process:
+the API, the worker's parent and its pool children, Redis and this client. On a busy machine wall
+times wander; CPU time per request is what an A/B comparison should read.
 """
 from __future__ import annotations
 
@@ -45,6 +49,49 @@ def tensor(a):
 
 def p50(values) -> float:
     return float(np.median(values)) * 1e3
+
+
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * TICK_S   # utime, stime
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (a prefork worker's pool processes)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        kids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return kids
+
+
+def cpu_snapshot(procs) -> dict:
+    """CPU seconds so far of Redis, the worker parent, its children, the API and this client."""
+    redis_proc, worker, api = procs
+    kids = children(worker.pid)
+    # `convnd worker` runs Celery's main in its own process: the pool children are its children.
+    return {"api": cpu_s(api.pid), "worker parent": cpu_s(worker.pid),
+            "worker children": sum(cpu_s(k) for k in kids), "redis": cpu_s(redis_proc.pid),
+            "client": sum(os.times()[:2])}
+
+
+def print_cpu(before: dict, after: dict, requests: int, label: str) -> None:
+    parts = {k: 1e3 * (after[k] - before[k]) / requests for k in before}
+    shown = "  ".join(f"{k} {v:5.2f}" for k, v in parts.items())
+    print(f"  CPU per request ({label}), ms: {shown}  | service total {sum(parts.values()) - parts['client']:5.2f}")
 
 
 def start_service():
@@ -92,14 +139,17 @@ def main():
             for _ in range(20):  # warm-up: connections, FFT plans, algorithm choice
                 c.post("/v1/conv/forward", json=body).raise_for_status()
             remote = []
+            cpu_before = cpu_snapshot(procs)
             for _ in range(args.requests):
                 t = time.perf_counter()
                 c.post("/v1/conv/forward", json=body).raise_for_status()
                 remote.append(time.perf_counter() - t)
+            cpu_after = cpu_snapshot(procs)
         print(f"small forward x{x.shape} W{W.shape}, {args.requests} sequential requests")
         print(f"  convcore in-process : {percentiles(local)}")
         print(f"  HTTP->Celery->HTTP  : {percentiles(remote)}")
         print(f"  overhead (p50)      : {1e3 * (np.median(remote) - np.median(local)):7.2f} ms")
+        print_cpu(cpu_before, cpu_after, args.requests, "sequential")
         breakdown(base, body, remote, args.requests)
 
         def client_loop(n):
@@ -108,11 +158,13 @@ def main():
                     c.post("/v1/conv/forward", json=body).raise_for_status()
 
         per = max(1, args.requests // args.clients)
+        cpu_before = cpu_snapshot(procs)
         t = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(client_loop, [per] * args.clients))
         print(f"  throughput          : {per * args.clients / (time.perf_counter() - t):7.1f} requests/s "
               f"with {args.clients} concurrent clients, 1 worker")
+        print_cpu(cpu_before, cpu_snapshot(procs), per * args.clients, f"{args.clients} clients")
 
         if args.skip_large:
             return

@@ -1,11 +1,16 @@
 """Answers carrying a job's outcome: the result (JSON or binary arrays), an error, or 202."""
 from __future__ import annotations
 
-import orjson
 from fastapi.responses import JSONResponse, Response
 
 from app.api.errors import ApiError
-from app.core.tensors import BINARY_CONTENT_TYPE, HEADER_LENGTH, encode_binary, encode_tensor
+from app.core.tensors import (
+    BINARY_CONTENT_TYPE,
+    HEADER_LENGTH,
+    dumps_json,
+    encode_binary,
+    encode_tensor,
+)
 from app.jobs.submit import wait_for_outcome
 from app.schemas.jobs import job_view
 from worker.store import FINAL, JobStore
@@ -37,9 +42,9 @@ def outcome(store: JobStore, job: dict, binary: bool, arrays: dict | None = None
         content, n = encode_binary({**doc, **arrays})
         return Response(content, media_type=BINARY_CONTENT_TYPE, headers={HEADER_LENGTH: str(n)})
     answer_doc = {**doc, **{k: encode_tensor(v, k) for k, v in arrays.items()}}   # 422 on NaN/Inf
-    # orjson: the same numbers (each float's shortest round-trip form) at ~10x the speed of json.dumps,
-    # whose float formatting was the API's largest CPU cost on a small forward.
-    return Response(orjson.dumps(answer_doc), media_type="application/json")
+    # orjson, arrays as arrays: ~10x json.dumps (whose float formatting was the API's largest CPU cost
+    # on a small forward), and float32 values in their shortest form (~45 % fewer bytes to send and parse).
+    return Response(dumps_json(answer_doc), media_type="application/json")
 
 
 def answer(store, job: dict, params, timeout_s: float) -> Response:

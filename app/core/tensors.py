@@ -16,6 +16,7 @@ import json
 import math
 
 import numpy as np
+import orjson
 
 DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 NAMES = {v: k for k, v in DATATYPES.items()}
@@ -92,14 +93,24 @@ def _from_data(field, data, shape, count, dtype) -> np.ndarray:
 
 
 def encode_tensor(arr: np.ndarray, name: str = "output") -> dict:
-    """ndarray -> JSON tensor object with flat data. NaN and Inf (a float32 result can overflow)
-    have no JSON form: 422 naming the output and the binary form, which carries them."""
+    """ndarray -> JSON tensor object with flat data, to be written by ``dumps_json``: ``data`` stays a
+    1-D array, so a float32 value is written in its shortest round-trip form ("0.33333334", read back as
+    the same float32) instead of the 17 digits of the float64 it would become as a Python float.
+    NaN and Inf (a float32 result can overflow) have no JSON form: 422 naming the output and the
+    binary form, which carries them."""
     arr = np.asarray(arr)
     if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
         raise UnencodableOutput(name, "holds NaN or Inf (the result overflowed its dtype?), which JSON cannot "
                                       "carry: ask for the binary form (binary_data_output) to receive it")
-    return {"shape": list(arr.shape), "datatype": NAMES[arr.dtype.newbyteorder("<")],
-            "data": arr.ravel().tolist()}
+    # orjson writes only C-contiguous arrays of the machine's byte order.
+    flat = np.ascontiguousarray(arr.ravel(), dtype=arr.dtype.newbyteorder("="))
+    return {"shape": list(arr.shape), "datatype": NAMES[arr.dtype.newbyteorder("<")], "data": flat}
+
+
+def dumps_json(doc: dict) -> bytes:
+    """A document holding ``encode_tensor`` objects -> JSON bytes (orjson, ~10x json.dumps; each
+    float in its shortest round-trip form for its own dtype)."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def split_binary_body(body: bytes, header_length: str) -> tuple[dict, bytes]:
@@ -113,7 +124,45 @@ def split_binary_body(body: bytes, header_length: str) -> tuple[dict, bytes]:
     return parse_json(body[:n]), body[n:]
 
 
+# Integers are exact in orjson up to 64 bits; a longer one it reads as a float. An integer token of 19
+# or more digits (one not part of a fraction or exponent) sends the document to the standard parser.
+# Found with bytes.translate + find (memchr speed): a regex over a 30 kB body costs more than orjson.
+_LONG_INT_DIGITS = 19
+_CLASSES = bytes(ord("9") if chr(b).isdigit() and b < 128 else ord(".") if chr(b) in ".eE" else ord(" ")
+                 for b in range(256))
+_DIGIT_RUN = b"9" * _LONG_INT_DIGITS
+# Fewer opening brackets than this: the document cannot nest deeper than the standard parser can
+# (it recurses once per level, ~1000 levels minus the caller's stack), so both accept it.
+_FAST_MAX_OPENERS = 512
+
+
+def _may_hold_long_ints(raw: bytes) -> bool:
+    """True when ``raw`` has a run of 19+ digits neither after a '.' nor before '.', 'e' or 'E'."""
+    mapped = raw.translate(_CLASSES)
+    start = mapped.find(_DIGIT_RUN)
+    while start >= 0:
+        end = start + _LONG_INT_DIGITS
+        while end < len(mapped) and mapped[end] == ord("9"):
+            end += 1
+        if (start == 0 or mapped[start - 1] != ord(".")) and (end == len(mapped) or mapped[end] != ord(".")):
+            return True
+        start = mapped.find(_DIGIT_RUN, end)
+    return False
+
+
 def parse_json(raw: bytes) -> dict:
+    """The body's JSON object, else 400 naming the body. orjson reads a typical body ~5x faster than
+    the standard parser (0.11 vs 0.6 ms for 27 kB); a document it refuses (NaN literals, lone surrogates, UTF-16, invalid text),
+    one that may hold integers past 64 bits or may nest deeper than the standard parser allows goes to
+    the standard parser, so what is accepted and every error message stay those of ``json.loads``."""
+    if raw.count(b"[") + raw.count(b"{") < _FAST_MAX_OPENERS and not _may_hold_long_ints(raw):
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(doc, dict):
+                return doc
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -176,5 +225,5 @@ def encode_binary(doc: dict) -> tuple[bytes, int]:
             blobs.append(raw)
         else:
             header[key] = value
-    head = json.dumps(header).encode()
+    head = dumps_json(header)
     return head + b"".join(blobs), len(head)

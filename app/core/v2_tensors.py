@@ -9,14 +9,13 @@ outputs may also be INT64); this module adds the v2 framing: names, and blobs in
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from app.core.tensors import (
     TensorError,
     check_all_claimed,
     decode_tensor,
+    dumps_json,
     encode_blob,
     encode_tensor,
     take_blob,
@@ -59,7 +58,7 @@ def response_body(doc: dict, outputs: list[tuple[str, np.ndarray, bool]]) -> tup
         obj, raw = encode_output(name, arr, binary)
         encoded.append(obj)
         blobs.append(raw)
-    head = json.dumps({**doc, "outputs": encoded}).encode()
+    head = dumps_json({**doc, "outputs": encoded})
     if not any(binary for _, _, binary in outputs):
         return head, None
     return head + b"".join(blobs), len(head)
