@@ -252,8 +252,8 @@ class DirectConv:
                 g, C, O * grid.taps)
             gA = xp.empty((g, C, grid.positions), gy.dtype)
             self._run_blocks(grid, G, Wadj, self._grid_space(grid), O, out=gA)
-            gA = gA.reshape((g * C, b) + red.qx).swapaxes(0, 1)              # (b, g*C, q...)
-            gx = red.input_grad(xp.ascontiguousarray(gA))
+            # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
+            gx = red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
         return gx, gW
 
 
