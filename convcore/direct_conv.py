@@ -23,13 +23,17 @@ and transposed.
 
 Which positions a pass runs over is its *position space*: axes with strides in the flat
 grid. On the CPU the forward and weight-gradient passes run over the outputs only,
-(b, o_1..o_N) with strides (prod(q), grid strides): a block is a range of one axis times
-the whole of the axes after it, still one strided view. (Over the whole grid, the ring of
-positions whose window runs past an edge would be computed and cropped: (q/o)^N more
-work, 1.3-2.4x for a 3^N kernel on 8-24 points per axis.) The input gradient needs every
-grid position, so its space is the flat grid. On a GPU (CuPy), whose copies are one slice
-per tap, every pass runs over the flat grid and crops. Blocks are independent, so on the
-CPU they are shared by a pool of threads, each BLAS call single-threaded; on a GPU they
+(b, o_1..o_{N-1}, q_N) with strides (prod(q), grid strides): the ring of positions whose
+window runs past an edge is skipped on every axis but the last (over the whole grid it
+would be computed and cropped: (q/o)^N more work, 1.3-2.4x for a 3^N kernel on 8-24 points
+per axis), and the last axis is kept whole so that a block's copies stay long contiguous
+runs. A block is a range of one axis times the whole of the axes after it: a basic slice
+of one strided view of the pass. With a stride (when costs.native_stride_pays) these two
+passes run on the padded input itself (the ``fw`` reduction, no polyphase split) over the
+outputs at their strided places, prod(k) taps each. The input gradient needs every position
+of the (polyphase) grid, so its space is the flat grid. On a GPU (CuPy), whose copies are one
+slice per tap, every pass runs over the flat grid and crops. Blocks are independent, so on
+the CPU they are shared by a pool of threads, each BLAS call single-threaded; on a GPU they
 are as large as the budget allows.
 """
 from __future__ import annotations
