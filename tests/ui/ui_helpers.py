@@ -11,6 +11,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
          "--window-size=1280,1400")
 WAIT_S = 30
+STALE_RETRIES = 3   # re-renders in a row that a read of one element may meet
 
 
 class Page:
@@ -46,6 +47,15 @@ class Page:
         raise AssertionError(f"waited {timeout_s} s for {what}; last error: {last!r}; page errors: {self.errors()}")
 
     def text(self, css: str) -> str:
+        """The element's text now. A page may re-render between finding the element and reading
+        it (a job's page renders again when its state arrives): a stale element is found again."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(STALE_RETRIES):
+            try:
+                return self.find(css).text
+            except StaleElementReferenceException:
+                continue
         return self.find(css).text
 
     def errors(self) -> list[str]:

@@ -136,7 +136,8 @@ function show(next) {
 }
 
 async function follow() {
-  for (;;) {
+  // A job shown already ended has nothing to follow (a second fetch would only re-render it).
+  while (!FINAL.includes(view.state)) {
     try {
       if (view.kind === "train") {
         await streamEvents(`/v1/jobs/${encodeURIComponent(jobId)}/events`, (_event, data) => {
