@@ -102,13 +102,15 @@ def test_workers_page(browser, ui_api):
     page = make_page(browser, ui_api, KEYS["alice"])
     page.open("/ui/workers")
     ready = ui_api.client.get("/readyz").json()["workers"]
-    row = page.wait(lambda: page.find_all("#workers tbody tr"), "the worker rows")
-    assert len(row) == len(ready) and ready[0]["device"] in row[0].text
+    # Rows are read inside the wait: the page re-renders its tables every few seconds, and a row
+    # found before a refresh is stale after it (the wait then reads the new ones).
+    rows = page.wait(lambda: [r.text for r in page.find_all("#workers tbody tr")], "the worker rows")
+    assert len(rows) == len(ready) and ready[0]["device"] in rows[0]
     selftest = ready[0]["selftest"]
-    assert ("passed" if selftest["ok"] else "FAILED") in row[0].text and selftest["summary"] in row[0].text
-    queues = page.wait(lambda: page.find_all("#queues tbody tr"), "the queue rows")
-    assert [q.get_attribute("data-queue") for q in queues] == [
-        q["name"] for q in ui_api.client.get("/v1/workers").json()["queues"]]
+    assert ("passed" if selftest["ok"] else "FAILED") in rows[0] and selftest["summary"] in rows[0]
+    queues = page.wait(lambda: [q.get_attribute("data-queue") for q in page.find_all("#queues tbody tr")],
+                       "the queue rows")
+    assert queues == [q["name"] for q in ui_api.client.get("/v1/workers").json()["queues"]]
 
 
 def test_a_key_sees_only_its_own_jobs(browser, ui_api):
