@@ -71,7 +71,10 @@ class Convolution:
     def prepare(self, x, W, b=None, gy=None):
         """Check the arrays, resolve the geometry and pick the algorithm."""
         xp = backend.get_array_module(("x", x), ("W", W), ("b", b), ("gy", gy))
-        geom = make_geometry(x.shape, W.shape, **self.params)
+        if self.geometry is not None and self.geometry.in_shape == x.shape and self.geometry.kernel_shape == W.shape:
+            geom = self.geometry   # a layer calls with the same shapes every step: resolved once
+        else:
+            geom = make_geometry(x.shape, W.shape, **self.params)
         check_arrays(geom, x, W, b, gy)
         budget = self.memory_budget or resources.memory_budget(xp)
         name, engine = self.algorithm, None

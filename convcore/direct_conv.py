@@ -30,14 +30,17 @@ per axis), and the last axis is kept whole so that a block's copies stay long co
 runs. A block is a range of one axis times the whole of the axes after it: a basic slice
 of one strided view of the pass. With a stride (when costs.native_stride_pays) these two
 passes run on the padded input itself (the ``fw`` reduction, no polyphase split) over the
-outputs at their strided places, prod(k) taps each. The input gradient needs every position
-of the (polyphase) grid, so its space is the flat grid. On a GPU (CuPy), whose copies are one
-slice per tap, every pass runs over the flat grid and crops. Blocks are independent, so on
+outputs at their strided places, prod(k) taps each. The input gradient runs over the cells
+of x (the ring skipped the same way) when padding is zeros and there is no stride; with a
+stride or another padding mode (whose ring gradient folds back onto x) it needs every
+position of the (polyphase) grid. On a GPU (CuPy), whose copies are one slice per tap,
+every pass runs over the flat grid and crops. Blocks are independent, so on
 the CPU they are shared by a pool of threads, each BLAS call single-threaded; on a GPU they
 are as large as the budget allows.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -66,6 +69,17 @@ class _Grid:
                         for tap in itertools.product(*(range(k) for k in red.qk))]   # row-major taps
 
 
+@functools.lru_cache(maxsize=256)
+def _layout(xp, geom: ConvGeometry, host: bool) -> tuple:
+    """(red, fw, gx_grid, fw_grid) of a geometry: no arrays, so built once per layer shape and
+    shared by every call (a training step makes a new engine per call; rebuilding these was a
+    tenth of a small layer's time)."""
+    red = Reduction(xp, geom, keep_dilation=True)
+    fw = Reduction(xp, geom, keep_dilation=True, native_stride=True) if host and native_stride_pays(geom) else red
+    gx_grid = _Grid(red, geom.batch)
+    return red, fw, gx_grid, (_Grid(fw, geom.batch) if fw is not red else gx_grid)
+
+
 class DirectConv:
     """One direct convolution; keeps the reduced input (A) for the weight gradient.
 
@@ -79,11 +93,7 @@ class DirectConv:
         self.x, self.W = x, W
         self.budget = budget
         self.host = backend.is_host_module(xp)
-        self.red = Reduction(xp, geom, keep_dilation=True)
-        native = self.host and native_stride_pays(geom)
-        self.fw = Reduction(xp, geom, keep_dilation=True, native_stride=True) if native else self.red
-        self.gx_grid = _Grid(self.red, geom.batch)
-        self.fw_grid = _Grid(self.fw, geom.batch) if self.fw is not self.red else self.gx_grid
+        self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host)
         self._A = None
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
@@ -107,9 +117,9 @@ class DirectConv:
         rows = (mats if out is not None else acc_rhs).shape[1]
         if self.host:   # one strided view of the whole pass; a block is a basic slice of it
             lead = (slice(None),) * (2 + len(qk))
-            src_all = _view(src, 0, (g, K) + qk + space.dims, (None, None) + grid.steps + space.strides)
+            src_all = _view(src, space.origin, (g, K) + qk + space.dims, (None, None) + grid.steps + space.strides)
             if acc_rhs is not None and rhs_on_grid:
-                rhs_all = _view(acc_rhs, rhs_front, (g, rows) + space.dims, (None, None) + space.strides)
+                rhs_all = _view(acc_rhs, rhs_front + space.origin, (g, rows) + space.dims, (None, None) + space.strides)
 
         def work(part):
             buf = xp.empty((g, K) + qk + (B,), src.dtype)
@@ -185,6 +195,36 @@ class DirectConv:
         strides = (math.prod(red.qx),) + tuple(s * st for s, st in zip(red.out_stride, grid.strides))
         return _Space(dims, strides)
 
+    def _input_rows(self) -> tuple:
+        """Per spatial axis, the cells of x on the input-gradient grid, from the low pad on: all of
+        them, except where an axis with one output reads less than the padded input."""
+        return tuple(max(0, min(d, q - lo)) for d, q, (lo, _) in zip(self.geom.spatial, self.red.qx, self.geom.pads))
+
+    def _input_space(self):
+        """The CPU's input-gradient pass when no padded cell's gradient is kept (zero padding) and
+        there is no polyphase split: the grid cells of x itself, (b, r_1..r_{N-1}, q_N) with r_j the
+        rows of x on the grid. The ring of padding is skipped on every axis but the last, which
+        stays whole for long copies as in the output space (a 4x4 input padded to 6x6 runs 24
+        positions per image instead of 36). None where the pass needs the whole grid."""
+        red, geom, grid = self.red, self.geom, self.gx_grid
+        rows = self._input_rows()
+        if not self.host or geom.padding_mode != "zeros" or any(s != 1 for s in red.stride) or not all(rows):
+            return None
+        dims = (geom.batch,) + rows[:-1] + (red.qx[-1],)
+        origin = sum(lo * st for (lo, _), st in zip(geom.pads[:-1], grid.strides[:-1]))
+        return _Space(dims, (math.prod(red.qx),) + grid.strides, origin)
+
+    def _input_from_space(self, gA, space):
+        """gx (b, c_I, d...) from the input space's gradient (g, C, space.count): the last axis
+        cropped to x, the batch moved to the front, zeros for cells of x the grid never read."""
+        xp, geom, N = self.xp, self.geom, self.geom.ndim
+        rows, lo = self._input_rows(), geom.pads[-1][0]
+        a = gA.reshape((geom.groups, self.red.channels) + space.dims)[..., lo:lo + rows[-1]]
+        gx = (xp.empty if rows == geom.spatial else xp.zeros)(geom.in_shape, gA.dtype)
+        gx.reshape((geom.batch, geom.groups, self.red.channels) + geom.spatial)[
+            (slice(None),) * 3 + tuple(slice(0, r) for r in rows)] = a.transpose((2, 0, 1) + tuple(range(3, 3 + N)))
+        return gx
+
     # ---- forward and backward ---------------------------------------------------------
     def grid_input(self):
         """A (g, C, b * prod(q) + max_off): the forward reduction's input, batch inside the channels."""
@@ -224,6 +264,10 @@ class DirectConv:
         """(gx, gW) for gy (n, c_O, o...); an entry not asked for is None."""
         if not (need_x or need_W):
             return None, None
+        with backend._single_threaded_blas():   # once for both passes (each pass's own is then a count)
+            return self._backward(gy, need_x, need_W)
+
+    def _backward(self, gy, need_x: bool, need_W: bool):
         xp, geom, red, N = self.xp, self.geom, self.red, self.geom.ndim
         g, C, O, b = geom.groups, red.channels, red.out_channels, geom.batch
         gy_grouped = gy.reshape((b, g, O) + geom.out_spatial).transpose((1, 2, 0) + tuple(range(3, 3 + N)))
@@ -254,10 +298,14 @@ class DirectConv:
             flip = (slice(None),) * 3 + (slice(None, None, -1),) * N
             Wadj = xp.ascontiguousarray(red.filters(self.W)[flip].swapaxes(1, 2)).reshape(
                 g, C, O * grid.taps)
-            gA = xp.empty((g, C, grid.positions), gy.dtype)
-            self._run_blocks(grid, G, Wadj, self._grid_space(grid), O, out=gA)
-            # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
-            gx = red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
+            inner = self._input_space()
+            space = inner or self._grid_space(grid)
+            gA = xp.empty((g, C, space.count), gy.dtype)
+            self._run_blocks(grid, G, Wadj, space, O, out=gA)
+            if inner is not None:
+                gx = self._input_from_space(gA, inner)
+            else:   # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
+                gx = red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
         return gx, gW
 
 
@@ -274,30 +322,38 @@ class _Block(NamedTuple):
 
 
 class _Space(NamedTuple):
-    """Positions a pass runs over: axes ``dims`` with ``strides`` in the flat grid (row-major)."""
+    """Positions a pass runs over: axes ``dims`` with ``strides`` in the flat grid (row-major),
+    the first at grid cell ``origin``."""
     dims: tuple
     strides: tuple
+    origin: int = 0
 
     @property
     def count(self) -> int:
         return math.prod(self.dims)
 
-    def blocks(self, target: int) -> list:
+    def blocks(self, target: int) -> tuple:
         """Blocks of about ``target`` positions (at most): a range of one axis m times all of the axes
         after it, the smallest m whose trailing axes fit, so each block stays one strided box."""
-        dims, strides = self.dims, self.strides
-        m = next(a for a in range(len(dims)) if math.prod(dims[a + 1:]) <= target)
-        tail = math.prod(dims[m + 1:])
-        rows = max(1, min(dims[m], target // tail))
-        out = []
-        for outer in itertools.product(*(range(d) for d in dims[:m])):
-            start0 = sum(i * math.prod(dims[a + 1:]) for a, i in enumerate(outer))
-            base0 = sum(i * st for i, st in zip(outer, strides))
-            for r0 in range(0, dims[m], rows):
-                r = min(rows, dims[m] - r0)
-                out.append(_Block(start0 + r0 * tail, r * tail, base0 + r0 * strides[m], (r,) + dims[m + 1:],
-                                  strides[m:], outer + (slice(r0, r0 + r),)))
-        return out
+        return _blocks(self, target)
+
+
+@functools.lru_cache(maxsize=64)   # a network has a few spaces per layer; a space can have thousands of blocks
+def _blocks(space: _Space, target: int) -> tuple:
+    """``_Space.blocks``, computed once per space and block size."""
+    dims, strides = space.dims, space.strides
+    m = next(a for a in range(len(dims)) if math.prod(dims[a + 1:]) <= target)
+    tail = math.prod(dims[m + 1:])
+    rows = max(1, min(dims[m], target // tail))
+    out = []
+    for outer in itertools.product(*(range(d) for d in dims[:m])):
+        start0 = sum(i * math.prod(dims[a + 1:]) for a, i in enumerate(outer))
+        base0 = space.origin + sum(i * st for i, st in zip(outer, strides))
+        for r0 in range(0, dims[m], rows):
+            r = min(rows, dims[m] - r0)
+            out.append(_Block(start0 + r0 * tail, r * tail, base0 + r0 * strides[m], (r,) + dims[m + 1:],
+                              strides[m:], outer + (slice(r0, r0 + r),)))
+    return tuple(out)
 
 
 def _view(owner, start: int, shape: tuple, steps: tuple):

@@ -14,6 +14,10 @@ def pad(xp, a, pads, mode):
     """Pad the spatial axes of ``a`` (n, c, d_1..d_N) -> (n, c, d_1+lo_1+hi_1, ...)."""
     if not any(lo or hi for lo, hi in pads):
         return a
+    if mode == "zeros":   # zeros and one copy: xp.pad's Python overhead is ~0.3 ms a call, a small layer's budget
+        out = xp.zeros(a.shape[:2] + tuple(d + lo + hi for d, (lo, hi) in zip(a.shape[2:], pads)), a.dtype)
+        out[(slice(None), slice(None)) + tuple(slice(lo, lo + d) for d, (lo, _) in zip(a.shape[2:], pads))] = a
+        return out
     return xp.pad(a, ((0, 0), (0, 0)) + tuple(pads), mode=NUMPY_PAD_MODES[mode])
 
 

@@ -24,6 +24,10 @@ CASES = [
     ConvCase((1, 2, 4, 5, 4, 3), (3, 2, 2, 3, 2, 2), padding="same", padding_mode="circular", seed=63),
     ConvCase((2, 3, 11, 9), (4, 3, 3, 2), stride=(2, 3), dilation=(2, 1), padding=(2, 1), seed=64),
     ConvCase((2, 2, 7, 6, 9), (3, 2, 3, 2, 3), stride=(1, 2, 2), padding=(1, 0, 1), padding_mode="reflect", seed=65),
+    # the input gradient over the cells of x only: asymmetric zero padding, and a strided axis with
+    # one output, whose grid reads 3 of the 4 rows of x (the fourth gets a zero gradient)
+    ConvCase((2, 3, 6, 7), (4, 3, 3, 2), padding=((2, 0), (1, 3)), seed=66),
+    ConvCase((2, 3, 4, 7), (5, 3, 3, 3), stride=(2, 1), padding=((0, 0), (1, 1)), seed=67),
 ]
 
 
