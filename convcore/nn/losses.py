@@ -28,16 +28,6 @@ def check_labels(labels, out_shape: tuple) -> None:
         raise ValueError(f"labels must be in [0, {C}), got min {int(labels.min())} max {int(labels.max())}")
 
 
-def _rows(a):
-    """(n, C, d...) -> (n * prod(d), C): one row per sample and voxel."""
-    return get_array_module(a).moveaxis(a, 1, -1).reshape(-1, a.shape[1])
-
-
-def _unrows(g, shape):
-    """Inverse of ``_rows``."""
-    return get_array_module(g).moveaxis(g.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
-
-
 def _one_hot(labels, C, dtype):
     """(n, d...) ints -> (n, C, d...)."""
     xp = get_array_module(labels)
@@ -49,19 +39,20 @@ def softmax_cross_entropy(logits, labels, class_weights=None):
     F.cross_entropy(weight=...); stable through log-sum-exp.  -> (loss, glogits like logits)"""
     xp = get_array_module(logits)
     check_labels(labels, logits.shape)
-    z, t = _rows(logits), labels.reshape(-1)
-    shifted = z - z.max(axis=1, keepdims=True)  # largest logit is 0: exp cannot overflow
+    # In the (n, C, d...) layout, reducing over the channel axis runs along long contiguous
+    # rows; one row per voxel would reduce C (often 2-10) values at a time, 3-4x slower.
+    C = logits.shape[1]
+    shifted = logits - logits.max(axis=1, keepdims=True)  # largest logit is 0: exp cannot overflow
     log_p = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-    rows = xp.arange(t.shape[0])
+    hit = labels[:, None] == xp.arange(C).reshape((1, C) + (1,) * (logits.ndim - 2))   # one-hot, bool
     g = xp.exp(log_p)
-    g[rows, t] -= 1
+    g -= hit
+    picked = xp.where(hit, log_p, 0).sum(axis=1)                     # (n, d...): log p of each label
     if class_weights is None:
-        loss, g = -log_p[rows, t].mean(), g / logits.dtype.type(t.shape[0])
-    else:
-        w = xp.asarray(class_weights, dtype=logits.dtype)[t]          # (rows,)
-        total = w.sum()
-        loss, g = -(w * log_p[rows, t]).sum() / total, g * (w / total)[:, None]
-    return float(loss), _unrows(g, logits.shape) if logits.ndim > 2 else g
+        return float(-picked.mean()), g / logits.dtype.type(labels.size)
+    w = xp.asarray(class_weights, dtype=logits.dtype)[labels]        # (n, d...)
+    total = w.sum()
+    return float(-(w * picked).sum() / total), g * (w / total)[:, None]
 
 
 def dice_loss(logits, labels):
