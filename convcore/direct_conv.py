@@ -69,6 +69,12 @@ class _Grid:
                         for tap in itertools.product(*(range(k) for k in red.qk))]   # row-major taps
 
 
+def _x_rows(geom: ConvGeometry, red: Reduction) -> tuple:
+    """Per spatial axis, how many cells of x an unstrided reduction's grid holds from the low pad
+    on: all of them, except where an axis with one output reads less than the padded input."""
+    return tuple(max(0, min(d, q - lo)) for d, q, (lo, _) in zip(geom.spatial, red.qx, geom.pads))
+
+
 @functools.lru_cache(maxsize=256)
 def _layout(xp, geom: ConvGeometry, host: bool) -> tuple:
     """(red, fw, gx_grid, fw_grid) of a geometry: no arrays, so built once per layer shape and
@@ -195,11 +201,6 @@ class DirectConv:
         strides = (math.prod(red.qx),) + tuple(s * st for s, st in zip(red.out_stride, grid.strides))
         return _Space(dims, strides)
 
-    def _input_rows(self) -> tuple:
-        """Per spatial axis, the cells of x on the input-gradient grid, from the low pad on: all of
-        them, except where an axis with one output reads less than the padded input."""
-        return tuple(max(0, min(d, q - lo)) for d, q, (lo, _) in zip(self.geom.spatial, self.red.qx, self.geom.pads))
-
     def _input_space(self):
         """The CPU's input-gradient pass when no padded cell's gradient is kept (zero padding) and
         there is no polyphase split: the grid cells of x itself, (b, r_1..r_{N-1}, q_N) with r_j the
@@ -207,7 +208,7 @@ class DirectConv:
         stays whole for long copies as in the output space (a 4x4 input padded to 6x6 runs 24
         positions per image instead of 36). None where the pass needs the whole grid."""
         red, geom, grid = self.red, self.geom, self.gx_grid
-        rows = self._input_rows()
+        rows = _x_rows(geom, red)
         if not self.host or geom.padding_mode != "zeros" or any(s != 1 for s in red.stride) or not all(rows):
             return None
         dims = (geom.batch,) + rows[:-1] + (red.qx[-1],)
@@ -218,7 +219,7 @@ class DirectConv:
         """gx (b, c_I, d...) from the input space's gradient (g, C, space.count): the last axis
         cropped to x, the batch moved to the front, zeros for cells of x the grid never read."""
         xp, geom, N = self.xp, self.geom, self.geom.ndim
-        rows, lo = self._input_rows(), geom.pads[-1][0]
+        rows, lo = _x_rows(geom, self.red), geom.pads[-1][0]
         a = gA.reshape((geom.groups, self.red.channels) + space.dims)[..., lo:lo + rows[-1]]
         gx = (xp.empty if rows == geom.spatial else xp.zeros)(geom.in_shape, gA.dtype)
         gx.reshape((geom.batch, geom.groups, self.red.channels) + geom.spatial)[
@@ -229,13 +230,22 @@ class DirectConv:
     def grid_input(self):
         """A (g, C, b * prod(q) + max_off): the forward reduction's input, batch inside the channels."""
         if self._A is None:
-            xp, geom, red, grid = self.xp, self.geom, self.fw, self.fw_grid
-            a = red.inputs(self.x, 0, geom.batch)                         # (b, g, C, q...)
-            g, C = geom.groups, red.channels
-            A = xp.empty((g, C, grid.positions + grid.max_off), a.dtype)
-            A[:, :, grid.positions:] = 0
-            A[:, :, :grid.positions].reshape((g, C, geom.batch) + red.qx)[...] = a.transpose(
-                (1, 2, 0) + tuple(range(3, 3 + geom.ndim)))
+            xp, geom, red, grid, N = self.xp, self.geom, self.fw, self.fw_grid, self.geom.ndim
+            g, C, b = geom.groups, red.channels, geom.batch
+            if geom.padding_mode == "zeros" and all(s == 1 for s in red.stride):
+                # x straight into its place on the zero grid: one copy, no padded intermediate
+                A = xp.zeros((g, C, grid.positions + grid.max_off), self.x.dtype)
+                rows = _x_rows(geom, red)
+                place = tuple(slice(lo, lo + r) for r, (lo, _) in zip(rows, geom.pads))
+                A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[(slice(None),) * 3 + place] = self.x.reshape(
+                    (b, g, C) + geom.spatial)[(slice(None),) * 3 + tuple(slice(0, r) for r in rows)].transpose(
+                    (1, 2, 0) + tuple(range(3, 3 + N)))
+            else:
+                a = red.inputs(self.x, 0, b)                                  # (b, g, C, q...)
+                A = xp.empty((g, C, grid.positions + grid.max_off), a.dtype)
+                A[:, :, grid.positions:] = 0
+                A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[...] = a.transpose(
+                    (1, 2, 0) + tuple(range(3, 3 + N)))
             self._A = A
         return self._A
 

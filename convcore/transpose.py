@@ -15,12 +15,16 @@ with that convolution ``C`` (same stride, dilation, groups; pads (p_j, max(0, p_
 high pad shrinks by it (never below 0). When output_padding >= stride (allowed when it is below
 dilation) C has more than d outputs: x is zero-padded to C's output length, and those zeros
 contribute nothing.
+
+When the kernel tiles the output (kernel == stride, no padding, no dilation, no output_padding,
+the up-convolution of U-Nets), each input cell writes its own k_1..k_N block of y, and the
+layer is one GEMM per group (``tiled.py``) in every direction: no adjoint convolution.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import backend
+from . import backend, tiled
 from .conv import GRADIENTS, ConvGrads, Convolution, check_need, check_algorithm
 from .geometry import check_dtype, check_shapes, per_dim
 
@@ -99,6 +103,13 @@ class ConvTranspose:
         self.algorithm_used = None
         self._x = self._W = None
 
+    @property
+    def _tiled(self) -> bool:
+        """Whether the kernel tiles the output (and the algorithm allows a direct method)."""
+        g = self.geometry
+        return (self.conv_options["algorithm"] in ("auto", "direct") and g.kernel_shape[2:] == g.stride
+                and not any(g.padding) and not any(g.output_padding) and all(d == 1 for d in g.dilation))
+
     def _convolution(self) -> Convolution:
         g = self.geometry
         return Convolution(stride=g.stride, padding=g.conv_pads, dilation=g.dilation, groups=g.groups,
@@ -133,11 +144,15 @@ class ConvTranspose:
         """y (n, c_O, o...) from x (n, c_I, d...), W (c_I, c_O // groups, k...), b (c_O,)."""
         geom = self.prepare(x, W, b)
         xp = backend.get_array_module(x)
-        # The adjoint convolution's input is only a shape here: its gx needs gy (= x) and W alone.
-        z = xp.broadcast_to(xp.zeros((), dtype=x.dtype), geom.out_shape)
-        op = self._convolution()
-        y = op.backward(self._x_on_conv_output(x), z, W, need=("x",)).gx
-        self.algorithm_used, self._x, self._W = op.algorithm_used, x, W
+        if self._tiled:
+            y, self.algorithm_used = tiled.forward(x, W, geom.groups), "direct"
+        else:
+            # The adjoint convolution's input is only a shape here: its gx needs gy (= x) and W alone.
+            z = xp.broadcast_to(xp.zeros((), dtype=x.dtype), geom.out_shape)
+            op = self._convolution()
+            y = op.backward(self._x_on_conv_output(x), z, W, need=("x",)).gx
+            self.algorithm_used = op.algorithm_used
+        self._x, self._W = x, W
         if b is not None:
             y += b.reshape((1, -1) + (1,) * geom.ndim)
         return y
@@ -156,7 +171,10 @@ class ConvTranspose:
             raise ValueError("backward needs both x and W, or neither (to reuse forward's)")
         self.prepare(x, W, gy=gy)
         gx = gW = gb = None
-        if "x" in need or "W" in need:
+        if ("x" in need or "W" in need) and self._tiled:
+            gx, gW = tiled.backward(gy, x, W, self.geometry.groups, "x" in need, "W" in need)
+            self.algorithm_used = "direct"
+        elif "x" in need or "W" in need:
             op = self._convolution()
             if "x" in need:
                 full = op.forward(gy, W)                                   # (n, c_I, m...), m >= d

@@ -29,6 +29,10 @@ CASES = [
     ((2, 2, 3, 3, 2, 3), (2, 2, 3, 2, 2, 2), dict(stride=(2, 1, 2, 1), padding=1, output_padding=(1, 0, 0, 0))),
     ((1, 4, 2, 3, 2, 2), (4, 1, 2, 2, 3, 2), dict(groups=2, stride=2, dilation=(1, 2, 1, 1), padding=(0, 1, 0, 1))),
     ((1, 2, 2, 2, 3, 2, 2), (2, 1, 2, 2, 2, 2, 2), dict(stride=(2, 1, 1, 2, 1), output_padding=(1, 0, 0, 0, 0))),
+    # kernel == stride tiles the output: one GEMM per group ("direct"), the adjoint convolution ("fft")
+    ((2, 3, 4, 5), (3, 2, 2, 2), dict(stride=2)),
+    ((2, 4, 2, 3, 2), (4, 3, 2, 3, 1), dict(stride=(2, 3, 1), groups=2)),
+    ((1, 2, 2, 1, 2, 3), (2, 3, 2, 2, 2, 2), dict(stride=2)),
 ]
 TORCH = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
