@@ -9,12 +9,15 @@ K = prod(k), D = prod(d) and, per group, x (n, C, D), W (C, O, K):
     gW[c, o, t]    = sum_{n,i} x[n, c, i] gy[n, o, t, i]
 
 and y's (o, t, i) layout is one transposed copy away from (n, c_O, d_1 k_1, ..., d_N k_N).
+The products go through backend.matmul, single-threaded BLAS like every convcore GEMM (OpenBLAS's
+own threads on these small stacked products ran 100x slower on a busy machine).
 Shapes as in transpose.py: x (n, c_I, d...), W (c_I, c_O // g, k...), y / gy (n, c_O, d k...).
 """
 from __future__ import annotations
 
 import math
 
+from . import backend
 from .backend import get_array_module
 
 
@@ -34,7 +37,7 @@ def forward(x, W, groups: int):
     n, N, d, k = x.shape[0], x.ndim - 2, x.shape[2:], W.shape[2:]
     C, O, K, D = W.shape[0] // groups, W.shape[1], math.prod(k), math.prod(d)
     Wt = W.reshape(groups, C, O * K).swapaxes(1, 2)                    # (g, O K, C)
-    Z = xp.matmul(Wt, x.reshape(n, groups, C, D))                      # (n, g, O K, D)
+    Z = backend.matmul(xp, Wt, x.reshape(n, groups, C, D))             # (n, g, O K, D)
     y = xp.empty((n, groups * O) + tuple(a * b for a, b in zip(d, k)), x.dtype)
     y.reshape((n, groups, O) + sum(((a, b) for a, b in zip(d, k)), ()))[...] = Z.reshape(
         (n, groups, O) + k + d).transpose(_interleave(N))
@@ -50,8 +53,8 @@ def backward(gy, x, W, groups: int, need_x: bool, need_W: bool):
         _split(N))).reshape(n, groups, O * K, D)                        # (n, g, O K, D)
     gx = gW = None
     if need_x:
-        gx = xp.matmul(W.reshape(groups, C, O * K), G).reshape(x.shape)  # (n, g, C, D)
+        gx = backend.matmul(xp, W.reshape(groups, C, O * K), G).reshape(x.shape)  # (n, g, C, D)
     if need_W:
         X = x.reshape(n, groups, C, D)
-        gW = xp.matmul(X, G.swapaxes(-1, -2)).sum(axis=0).reshape(W.shape)   # (g, C, O K) summed over n
+        gW = backend.matmul(xp, X, G.swapaxes(-1, -2)).sum(axis=0).reshape(W.shape)   # (g, C, O K) summed over n
     return gx, gW
