@@ -354,7 +354,8 @@ def _blocks(space: _Space, target: int) -> tuple:
     dims, strides = space.dims, space.strides
     m = next(a for a in range(len(dims)) if math.prod(dims[a + 1:]) <= target)
     tail = math.prod(dims[m + 1:])
-    rows = max(1, min(dims[m], target // tail))
+    most = max(1, min(dims[m], target // tail))
+    rows = -(-dims[m] // -(-dims[m] // most))   # the axis in equal parts: no sliver of a block left over
     out = []
     for outer in itertools.product(*(range(d) for d in dims[:m])):
         start0 = sum(i * math.prod(dims[a + 1:]) for a, i in enumerate(outer))
