@@ -76,12 +76,12 @@ def _x_rows(geom: ConvGeometry, red: Reduction) -> tuple:
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(xp, geom: ConvGeometry, host: bool) -> tuple:
-    """(red, fw, gx_grid, fw_grid) of a geometry: no arrays, so built once per layer shape and
-    shared by every call (a training step makes a new engine per call; rebuilding these was a
-    tenth of a small layer's time)."""
+def _layout(xp, geom: ConvGeometry, native: bool) -> tuple:
+    """(red, fw, gx_grid, fw_grid) of a geometry, ``fw`` reading strided outputs in place when
+    ``native``: no arrays, so built once per layer shape and shared by every call (a training step
+    makes a new engine per call; rebuilding these was a tenth of a small layer's time)."""
     red = Reduction(xp, geom, keep_dilation=True)
-    fw = Reduction(xp, geom, keep_dilation=True, native_stride=True) if host and native_stride_pays(geom) else red
+    fw = Reduction(xp, geom, keep_dilation=True, native_stride=True) if native else red
     gx_grid = _Grid(red, geom.batch)
     return red, fw, gx_grid, (_Grid(fw, geom.batch) if fw is not red else gx_grid)
 
@@ -99,7 +99,8 @@ class DirectConv:
         self.x, self.W = x, W
         self.budget = budget
         self.host = backend.is_host_module(xp)
-        self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host)
+        # native_stride_pays is decided on every call (its threshold is a setting), not cached
+        self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host and native_stride_pays(geom))
         self._A = None
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
