@@ -191,10 +191,17 @@ def matmul(xp, a, b):
         if threads == 1 or work < SPLIT_WORK:
             np.matmul(a, b, out=out)
         elif len(shape) > 2 and shape[0] >= 2 * threads:
-            _run_split(threads, shape[0], lambda s: np.matmul(a[s], b[s], out=out[s]))
+            nd = len(shape)
+            _run_split(threads, shape[0], lambda s: np.matmul(_lead(a, s, nd), _lead(b, s, nd), out=out[s]))
         else:
             _run_split(threads, shape[-2], lambda s: np.matmul(a[..., s, :], b, out=out[..., s, :]))
     return out
+
+
+def _lead(arr, s: slice, nd: int):
+    """The operand ``arr``'s part of the result's first-axis slice ``s`` (result of ``nd`` axes):
+    all of it where that axis is broadcast (missing in ``arr`` or of size 1)."""
+    return arr[s] if arr.ndim == nd and arr.shape[0] != 1 else arr
 
 
 BROADCAST_INNER = 1  # inner size 1 (depthwise, one channel) skips BLAS: an outer product per matrix

@@ -36,6 +36,26 @@ def test_matmul_matches_numpy(a_shape, b_shape, dtype):
     np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((4, 64, 48), (600, 4, 48, 40)),        # a without the split axis (the tiled transpose's filters)
+    ((1, 4, 64, 48), (600, 4, 48, 40)),     # a with it of size 1
+    ((600, 4, 64, 48), (4, 48, 40)),        # b without it
+    ((600, 600, 8, 6), (600, 6, 5)),        # a's second axis as long as the split one: not sliced by mistake
+])
+def test_batch_split_with_a_broadcast_operand_matches_numpy(a_shape, b_shape, monkeypatch):
+    """The batch-axis split slices only operands that have that axis: a broadcast operand is shared by
+    every slice (once it was sliced along its own first axis, a ValueError or a wrong product)."""
+    monkeypatch.setenv("CONVCORE_NUM_THREADS", "2")
+    monkeypatch.setattr(backend, "SPLIT_WORK", 1)
+    assert backend.num_threads() == 2
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    out, ref = backend.matmul(np, a, b), np.matmul(a, b)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
 def test_concurrent_products_leave_the_blas_thread_count_as_it_was():
     before = _blas_threads()
     a = np.random.default_rng(1).standard_normal((800, 300)).astype(np.float32)

@@ -33,6 +33,7 @@ CASES = [
     ((2, 3, 4, 5), (3, 2, 2, 2), dict(stride=2)),
     ((2, 4, 2, 3, 2), (4, 3, 2, 3, 1), dict(stride=(2, 3, 1), groups=2)),
     ((1, 2, 2, 1, 2, 3), (2, 3, 2, 2, 2, 2), dict(stride=2)),
+    ((4, 4, 3, 2, 2), (4, 3, 2, 2, 2), dict(stride=2, groups=2)),   # batch 4: the split over the batch (below)
 ]
 TORCH = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
@@ -96,6 +97,28 @@ def test_matches_reference(backend, index, dtype, algorithm):
     assert isinstance(y, backend.xp.ndarray)
     for name, got, want in (("y", y, y_ref), ("gx", gx, gx_ref), ("gW", gW, gW_ref), ("gb", gb, gb_ref)):
         assert_close(name, backend.to_numpy(got), want, dtype, f"[case {index}, {algorithm}]")
+
+
+TILED = [i for i, (x_shape, W_shape, kw) in enumerate(CASES) if set(kw) <= {"stride", "groups"}
+         and all(k == s for k, s in zip(W_shape[2:], np.broadcast_to(kw["stride"], len(W_shape) - 2)))]
+
+
+@pytest.mark.parametrize("index", TILED)
+def test_tiled_products_split_over_threads_match_reference(index, monkeypatch):
+    """The tiled transpose's GEMMs split across two threads, as large layers are (its filters are
+    broadcast over the batch: once that split sliced them along their group axis and failed)."""
+    monkeypatch.setenv("CONVCORE_NUM_THREADS", "2")
+    monkeypatch.setattr(convcore.backend, "SPLIT_WORK", 1)
+    x, W, b, gy, y_ref, gx_ref, gW_ref, gb_ref = reference(index)
+    kw = CASES[index][2]
+    y = convcore.conv_transpose_forward(x, W, b, algorithm="direct", **kw)
+    gx, gW, gb = convcore.conv_transpose_backward(gy, x, W, algorithm="direct", **kw)
+    for name, got, want in (("y", y, y_ref), ("gx", gx, gx_ref), ("gW", gW, gW_ref), ("gb", gb, gb_ref)):
+        assert_close(name, got, want, np.float64, f"[case {index}, split]")
+
+
+def test_tiled_cases_include_a_batch_split():
+    assert len(TILED) >= 4 and any(CASES[i][0][0] >= 4 for i in TILED)
 
 
 @pytest.mark.parametrize("index", [0, 4, 6])
