@@ -1,0 +1,88 @@
+"""Does ``algorithm="auto"`` pick well on layers outside the benchmark table? A script that prints
+figures (not a test).
+
+    python3 benchmarks/auto_sweep.py                 # 30 random layers, seed 1
+    python3 benchmarks/auto_sweep.py --layers 60 --seed 7 --samples 7
+
+Draws random layers (N = 1-4, kernels 3-129 by N, 1-32 channels, batch 1-8, stride 1-2, zero or
+"same"-like padding; inputs above 64 MB are skipped), times forward + all three gradients with each
+engine forced and with ``auto`` (a fresh ``Convolution`` per call, medians after one warm-up call),
+and prints ``auto`` time / best engine time (issue 10: at most 1.2x). A line where ``auto`` chose
+the best engine but still reads above 1.2x is the machine's noise, not a wrong choice: the
+``chose`` column says which engine ``auto`` ran.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import numpy as np
+
+import convcore
+
+KERNELS = {1: [3, 9, 31, 65, 129], 2: [3, 5, 7, 9, 13], 3: [3, 5, 7], 4: [3, 5]}
+SIDES = {1: [256, 1024, 4096], 2: [24, 48, 96], 3: [12, 20, 28], 4: [8, 10, 12]}
+
+
+def draw(rng: random.Random):
+    """One random layer: (x shape, W shape, stride, padding)."""
+    N = rng.choice([1, 2, 2, 3, 3, 4])
+    k = rng.choice(KERNELS[N])
+    side = max(rng.choice(SIDES[N]), k)
+    C, O, n = rng.choice([1, 4, 8, 16, 32]), rng.choice([4, 8, 16, 32]), rng.choice([1, 2, 4, 8])
+    return (n, C) + (side,) * N, (O, C) + (k,) * N, rng.choice([1, 1, 1, 2]), rng.choice([0, k // 2])
+
+
+def median_seconds(x, W, b, stride, padding, algorithm, samples):
+    """(median seconds of forward + backward, the engine that ran)."""
+    used = {}
+
+    def call():
+        op = convcore.Convolution(stride=stride, padding=padding, algorithm=algorithm)
+        y = op.forward(x, W, b)
+        op.backward(np.ones_like(y))
+        used["engine"] = op.algorithm_used
+
+    call()
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), used["engine"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--samples", type=int, default=5)
+    args = p.parse_args()
+    rng, data = random.Random(args.seed), np.random.default_rng(args.seed)
+    engines = convcore.engine_names()
+    print(f"{'verdict':7s} {'auto/best':>9s}  layer  (ms: auto [chose], then each engine)")
+    verdicts = []
+    for _ in range(args.layers):
+        xs, ws, stride, padding = draw(rng)
+        if np.prod(xs) * 4 > 64e6:
+            continue
+        x = data.standard_normal(xs).astype(np.float32)
+        W = data.standard_normal(ws).astype(np.float32)
+        b = np.zeros(ws[0], np.float32)
+        auto_s, chose = median_seconds(x, W, b, stride, padding, "auto", args.samples)
+        forced = {e: median_seconds(x, W, b, stride, padding, e, args.samples)[0] for e in engines}
+        best = min(forced, key=forced.get)
+        ratio = auto_s / forced[best]
+        verdict = "ok" if ratio <= 1.2 else ("noise" if chose == best else "MISS")
+        verdicts.append(verdict)
+        cols = "  ".join(f"{e} {1e3 * t:.1f}" for e, t in forced.items())
+        print(f"{verdict:7s} {ratio:9.2f}  x{xs} W{ws[2:]} s{stride} p{padding}  auto {1e3 * auto_s:.1f} [{chose}]  {cols}",
+              flush=True)
+    print(f"\n{len(verdicts)} layers: ok {verdicts.count('ok')}, noise (auto ran the best engine) "
+          f"{verdicts.count('noise')}, MISS (auto chose an engine > 1.2x slower) {verdicts.count('MISS')}")
+
+
+if __name__ == "__main__":
+    main()
