@@ -66,6 +66,7 @@ class Row:
 
 
 TARGETS = {"small": 0.5, "large": 3.0, "nd": 2.0}
+AGREEMENT = 1e-3    # float32 outputs further apart than this from an anchor's (max|diff| / max|anchor|) fail
 RECIPE_TARGET = 1.0  # never slower than the Conv3d recipe a PyTorch user already has
 ANCHOR_NAMES = {"torch": "PyTorch+cuDNN", "jax": "JAX", "recipe": "PyTorch Conv3d recipe"}
 ROWS = [
@@ -434,6 +435,12 @@ def run_table(out: Path, device: str, rows: list[Row], repeats: int, budget_s: f
     return results
 
 
+def table_status(results: list[dict]) -> int:
+    """1 where convcore failed a row or disagreed with an anchor (beyond AGREEMENT), else 0. An anchor
+    that cannot run (JAX aborting on 4-D) is shown in its line but is not convcore's failure."""
+    return int(any("error" in r or r.get("max_rel_err", 0.0) > AGREEMENT for r in results))
+
+
 def _header() -> str:
     return ("| layer | x | W | auto | convcore s | anchor | anchor s | ratio | target | meets | check |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
@@ -503,7 +510,7 @@ def main(argv=None) -> int:
             f"(> 1: convcore faster); check = max|convcore - anchor| / max|anchor|")
     rows = TINY_ROWS if args.tiny else ROWS
     results = run_table(args.out, args.device, rows, args.repeats, args.budget, args.table_budget, log)
-    status["table"] = int(any("error" in r or "anchor_error" in r for r in results))
+    status["table"] = table_status(results)
     log("", f"== done in {time.monotonic() - started:.0f} s; exit codes {status} (0 = ok); files in {args.out}")
     return 0 if not any(status.values()) else 1
 

@@ -93,3 +93,16 @@ def test_a_jax_anchor_whose_process_dies_is_reported_not_fatal():
              np.zeros(2, np.float32), np.zeros((1, 2, 4, 4, 4, 4), np.float32)]  # 3 channels, W takes 2
     with pytest.raises(RuntimeError, match=r"JAX's process died \(exit [1-9]"):
         gpu_check._jax_in_child("cpu", row, wrong, repeats=1, budget_s=0.1)
+
+
+def test_exit_status_counts_convcore_failures_and_disagreements_not_anchors_that_cannot_run():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    agreeing = {"name": "2d", "max_rel_err": 3e-6}
+    jax_died = {"name": "4d", "anchor_error": "RuntimeError: JAX's process died (exit -6): Check failed"}
+    assert gpu_check.table_status([agreeing, jax_died]) == 0
+    assert gpu_check.table_status([agreeing, {"name": "3d", "error": "OutOfMemoryError: ..."}]) == 1
+    assert gpu_check.table_status([agreeing, {"name": "1d", "max_rel_err": 0.2}]) == 1
