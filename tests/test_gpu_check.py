@@ -3,6 +3,7 @@
 where there is no GPU, and the GPU tests it runs import without the service's packages."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -81,26 +82,25 @@ def test_gpu_tests_import_without_the_service_packages():
 def test_a_jax_anchor_whose_process_dies_is_reported_not_fatal():
     """XLA aborts the whole process on convolutions its GPU compiler does not support (seen on an H100:
     4-D, a failed CHECK): the script times JAX in a child process so such a row says why instead of
-    ending the table. Here the child fails for real (asked for a GPU JAX does not have on this machine,
-    or given a row whose arrays do not match its shapes)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    row = gpu_check.Row("4d-bad", "nd", (1, 2, 4, 4, 4, 4), (2, 2, 3, 3, 3, 3), 1)
+    ending the table. Here the child fails for real (given arrays that do not match as a layer)."""
+    gpu_anchors = _benchmark_module("gpu_anchors")
     wrong = [np.zeros((1, 3, 4, 4, 4, 4), np.float32), np.zeros((2, 2, 3, 3, 3, 3), np.float32),
              np.zeros(2, np.float32), np.zeros((1, 2, 4, 4, 4, 4), np.float32)]  # 3 channels, W takes 2
     with pytest.raises(RuntimeError, match=r"JAX's process died \(exit [1-9]"):
-        gpu_check._jax_in_child("cpu", row, wrong, repeats=1, budget_s=0.1)
+        gpu_anchors.jax_in_child("cpu", gpu_anchors.Layer(ndim=4, padding=1), wrong, repeats=1, budget_s=0.1)
+
+
+def _benchmark_module(name: str):
+    """A module of benchmarks/ (a folder of scripts, not a package), imported as its scripts do."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 def test_exit_status_counts_convcore_failures_and_disagreements_not_anchors_that_cannot_run():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    gpu_check = _benchmark_module("gpu_check")
     agreeing = {"name": "2d", "max_rel_err": 3e-6}
     jax_died = {"name": "4d", "anchor_error": "RuntimeError: JAX's process died (exit -6): Check failed"}
     assert gpu_check.table_status([agreeing, jax_died]) == 0
