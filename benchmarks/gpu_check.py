@@ -299,7 +299,8 @@ def _format(r: dict) -> str:
     if "error" in r or "skipped" in r:
         return f"| {r['name']} | {r.get('error') or 'skipped: ' + r['skipped']} |"
     shape = lambda s: "x".join(map(str, s))  # noqa: E731
-    anchor = ANCHOR_NAMES[r["anchor"]] + ("" if r.get("device") == "gpu" else " (CPU)")
+    anchor = ANCHOR_NAMES[r["anchor"]] if r.get("device") == "gpu" else \
+        ANCHOR_NAMES[r["anchor"]].replace("+cuDNN", "").replace(" on cuDNN", "") + " (CPU)"
     head = (f"| {r['name']} | {shape(r['x'])} | {shape(r['W'])} | {r['auto']} | "
             f"{r['convcore_s']:.5f} ({r['convcore_runs']}) | {anchor} |")
     if "anchor_error" in r:
