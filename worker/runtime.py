@@ -25,6 +25,7 @@ from .store import JobStore
 log = logging.getLogger("convnd.worker")
 _state: dict = {}
 _plan: dict = {}   # set in the worker's parent before the pool forks (no CUDA there)
+_fast_lane: dict = {}   # "start": what serve_fast_lane was given, until the first heartbeat runs it
 
 
 def init_process(settings: RuntimeSettings | None = None, heartbeat: bool = True) -> None:
@@ -120,9 +121,25 @@ def device() -> str:
     return _state["device"]
 
 
+def serve_fast_lane(start) -> None:
+    """Run ``start()`` (-> an object with ``stop()``: ``worker.fastlane.FastLane``) once this process's
+    first heartbeat is written, so other workers never take it for dead; from then on its heartbeat
+    says it serves the fast lane. Call it before ``init_process`` (which starts the heartbeat)."""
+    _fast_lane["start"] = start
+
+
+def queue() -> str:
+    """The queue this process's device serves (the CPU or the GPU queue)."""
+    init_process()
+    return _state["info"]["queue"]
+
+
 def stop_process() -> None:
     if _state:
         _state["stopping"] = True
+        lane = _state.pop("fast_lane", None)
+        if lane is not None:   # before the heartbeat goes: its job finishes here, not in another worker
+            lane.stop()
         try:
             _state["store"].forget_worker(_state["id"])
         except redis.RedisError:
@@ -133,6 +150,7 @@ def reset() -> None:
     """Forget this process's state (tests: the next ``init_process`` starts afresh)."""
     stop_process()
     _state.clear()
+    _fast_lane.clear()
 
 
 def make_store(settings: RuntimeSettings) -> JobStore:
@@ -167,8 +185,24 @@ def _beat() -> None:
     sweeper = OrphanSweeper(_state["store"], _state["info"].get("queue"), s.train_lease_s, s.queue_for)
     while not _state.get("stopping"):
         try:
+            info["fast_lane"] = "fast_lane" in _state
             _state["store"].heartbeat(_state["id"], info, ttl_s=s.worker_liveness_s)
+            if "start" in _fast_lane and not _state.get("stopping"):
+                _start_fast_lane(info, s.worker_liveness_s)
         except redis.RedisError as exc:  # Redis restarting: keep trying, the API shows 503 meanwhile
             log.warning("heartbeat failed: %s", exc)
         sweeper.maybe_run()
         time.sleep(s.worker_heartbeat_s)
+
+
+def _start_fast_lane(info: dict, ttl_s: float) -> None:
+    start = _fast_lane.pop("start")
+    try:
+        lane = start()
+    except Exception:  # noqa: BLE001 - the heartbeat must go on; this process then takes Celery's jobs only
+        log.exception("the fast lane did not start in %s", _state["id"])
+        return
+    if lane is not None:
+        _state["fast_lane"] = lane
+        info["fast_lane"] = True   # said now, not a heartbeat later
+        _state["store"].heartbeat(_state["id"], info, ttl_s=ttl_s)

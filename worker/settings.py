@@ -40,6 +40,10 @@ class RuntimeSettings(BaseSettings):
     restore_interval_s: int = Field(10, gt=0, description="How often workers look for such messages (s).")
     train_lease_s: float = Field(10.0, gt=0, description="A training job's claim by its worker lasts this long "
                                                          "unless renewed; a redelivered job waits it out.")
+    fast_lane_max_madds: int = Field(
+        50_000_000, ge=0, description="Forward and backward jobs of at most this many multiply-adds skip Celery's "
+                                      "message path: a thread in each worker process takes them from a Redis list "
+                                      "(worker/fastlane.py). 0 turns the fast lane off.")
     max_attempts: int = Field(3, gt=0, description="Deliveries of a convolution job whose worker died before "
                               "it fails (WorkerLost).")
     train_max_attempts: int = Field(3, gt=0, description="Deliveries of a training job before it fails.")

@@ -8,7 +8,7 @@ import signal
 
 from celery import signals
 
-from . import runtime
+from . import fastlane, runtime
 from .devices import DeviceUnavailable
 
 log = logging.getLogger("convnd.worker")
@@ -17,6 +17,7 @@ log = logging.getLogger("convnd.worker")
 def _init_or_stop(main_pid: int) -> None:
     """Set this process up; when CONVND_DEVICE=gpu and its GPU fails the self-test, stop the worker
     (Celery logs and swallows exceptions raised in signal handlers, so this says it and exits)."""
+    runtime.serve_fast_lane(fastlane.start_here)
     try:
         runtime.init_process()
     except DeviceUnavailable as exc:

@@ -12,6 +12,7 @@ import numpy as np
 from app.api.errors import ApiError
 from convcore import estimate_memory, make_geometry
 from convcore.geometry import check_arrays
+from worker.fastlane import Work, multiply_adds
 
 # What each kind computes, in estimate_memory's words ("y" forward; "x", "W", "b" gradients).
 FORWARD_NEEDS = ("y",)
@@ -27,9 +28,10 @@ def named_parameter(message: str) -> str | None:
     return head if head in PARAMETERS else None
 
 
-def check_conv(x_shape, W_shape, conv_kwargs: dict, dtype, need, settings, **arrays) -> None:
+def check_conv(x_shape, W_shape, conv_kwargs: dict, dtype, need, settings, **arrays) -> Work:
     """convcore's shape and dtype checks (422 with its message), then 413 naming the parameter when one
     array the worker makes passes ``max_array_bytes`` or the whole call passes ``max_job_bytes``.
+    Returns the job's size (multiply-adds and peak bytes: what decides whether it takes the fast lane).
 
     x_shape (n, c_I, d_1..d_N), W_shape (c_O, c_I // groups, k_1..k_N); ``dtype`` is the arrays'
     (counted at its real size: FP32 = 4 bytes a value)."""
@@ -66,3 +68,4 @@ def check_conv(x_shape, W_shape, conv_kwargs: dict, dtype, need, settings, **arr
                             f"limit of {settings.max_job_bytes} bytes; its largest array is {largest} "
                             f"({size} bytes), sized by {estimate['parameter']} ({geom.describe()})",
                        estimate["parameter"])
+    return Work(multiply_adds(geom, need), estimate["peak_bytes"])

@@ -19,6 +19,7 @@ from app.api.v2_models import Model
 from app.core.v2_tensors import decode_inputs, require
 from app.schemas.conv import AnswerParams, BackwardParams, ConvParams
 from app.schemas.v2 import CONV_BACKWARD, CONV_FORWARD, InferRequest
+from worker.fastlane import Work
 from worker.kinds import BACKWARD, CONV_PARAMS, FORWARD, PREDICT, JobKind
 
 # Request parameters of the protocol (Triton's), accepted by every model; only binary_data_output is used.
@@ -35,6 +36,7 @@ class Plan:
     params: dict
     arrays: dict
     outputs: list = field(default_factory=list)  # [(name, binary)] in the order they are returned
+    work: Work | None = None   # a convolution's size (the fast lane's bound); None for a trained model
 
 
 def _parameters(req: InferRequest, model: Model, known: tuple) -> dict:
@@ -119,13 +121,13 @@ def plan(store, model: Model, req: InferRequest, binary: bytes, settings) -> Pla
     require(a, model.name, *kind.required)
     if model.name == CONV_BACKWARD:  # compute only the gradients asked for
         params = _conv_params(raw, BackwardParams, need=[GRADIENT_OF[n] for n, _ in outputs])
-        check_conv(a["x"].shape, a["W"].shape, params.conv_kwargs(), a["x"].dtype, params.need, settings,
+        work = check_conv(a["x"].shape, a["W"].shape, params.conv_kwargs(), a["x"].dtype, params.need, settings,
                    x=a["x"], W=a["W"], gy=a["gy"])
     else:
         params = _conv_params(raw, ConvParams)
-        check_conv(a["x"].shape, a["W"].shape, params.conv_kwargs(), a["x"].dtype, FORWARD_NEEDS, settings,
+        work = check_conv(a["x"].shape, a["W"].shape, params.conv_kwargs(), a["x"].dtype, FORWARD_NEEDS, settings,
                    x=a["x"], W=a["W"], b=a.get("b"))
-    return Plan(kind, params.model_dump(by_alias=True), a, outputs)
+    return Plan(kind, params.model_dump(by_alias=True), a, outputs, work)
 
 
 def _plan_predict(store, model: Model, req, inputs, binary, max_bytes, outputs) -> Plan:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from app.api.errors import ApiError
+from worker import fastlane
 from worker.kinds import JobKind
 from worker.store import JobStore
 
@@ -38,9 +39,10 @@ def route(workers: list[dict], device: str = "auto") -> tuple[str, str | None]:
 
 
 def submit(store: JobStore, sender: Celery, kind: JobKind, owner: str, params: dict,
-           arrays: dict | None = None) -> dict:
-    """Store the job and queue its task on the queue of the device ``params["device"]`` asks for
-    (default "auto"); returns the job record as written (state ``queued``)."""
+           arrays: dict | None = None, fast: bool = False) -> dict:
+    """Store the job and queue it for the device ``params["device"]`` asks for (default "auto"):
+    on that device's fast lane when ``fast`` (``worker.fastlane.eligible``) and a live worker serves
+    it, else as a Celery task on its queue. Returns the job record as written (state ``queued``)."""
     unknown = sorted(set(arrays or {}) - set(kind.inputs))
     if unknown:  # a route passing arrays its kind does not read is a programming error
         raise ValueError(f"{kind.name} jobs take no arrays {unknown}")
@@ -51,6 +53,9 @@ def submit(store: JobStore, sender: Celery, kind: JobKind, owner: str, params: d
     except ApiError:
         store.discard(job)
         raise
+    if fast and fastlane.served(workers, queue):
+        fastlane.push(store.r, store.prefix, queue, kind.name, job["id"], store.job_key(job["id"]))
+        return {**job, "lane": "fast"}
     sender.send_task(kind.task, args=[job["id"]], task_id=job["id"], queue=queue)
     return job
 

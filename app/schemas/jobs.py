@@ -13,6 +13,9 @@ class JobView(BaseModel):
     timings: dict = Field(..., description="created_at, started_at, finished_at (epoch s), queued_s, run_s")
     error: dict | None = Field(None, description="status, type and message of a failed job")
     result: dict | None = Field(None, description="metadata of a finished job (arrays at /result)")
+    lane: str = Field("celery", description="how the job reached its worker: `celery` (a task on its device's "
+                                            "queue) or `fast` (a small job taken by a worker thread, no Celery "
+                                            "message: docs/architecture.md)")
     links: dict
 
 
@@ -33,4 +36,5 @@ def job_view(job: dict, base: str = "/v1/jobs") -> dict:
                "run_s": (finished - started) if finished and started else None}
     return {"id": job["id"], "kind": job["kind"], "state": job["state"], "progress": job["progress"],
             "params": job["params"], "timings": timings, "error": job["error"], "result": job["result"],
+            "lane": job.get("lane") or "celery",
             "links": {"self": f"{base}/{job['id']}", "result": f"{base}/{job['id']}/result"}}

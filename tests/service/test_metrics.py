@@ -32,7 +32,9 @@ def stack(api_factory, base_env, rdb, tmp_path_factory):
     """(API with a key and a metrics token, key prefix); two workers on a queue of their own."""
     tag = uuid.uuid4().hex[:8]
     prefix, queue = f"convnd-metrics-{tag}", f"convnd-metrics-{tag}"
-    env = {**base_env, "CONVND_KEY_PREFIX": prefix, "CONVND_QUEUE": queue}
+    # The fast lane off in these workers: a small forward must wait in the Celery queue while both are busy
+    # (with it on, it would run at once beside the training jobs: tests/service/test_fastlane.py).
+    env = {**base_env, "CONVND_KEY_PREFIX": prefix, "CONVND_QUEUE": queue, "CONVND_FAST_LANE_MAX_MADDS": "0"}
     log = tmp_path_factory.mktemp("metrics-workers") / "workers.log"
     workers = [start_worker(env, log) for _ in range(2)]
     try:
@@ -140,6 +142,7 @@ def test_counters_across_two_workers_and_the_api(stack, rdb):
     for device in set(devices):
         assert value(samples, "convnd_workers", device=device) == devices.count(device)
     assert value(samples, "convnd_queue_length", queue=prefix) == 0
+    assert value(samples, "convnd_fast_lane_length", queue=prefix) == 0
     assert value(samples, "convnd_store_up") == 1
 
     # HTTP metrics of this API process, by route template and status.

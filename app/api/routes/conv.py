@@ -17,6 +17,7 @@ from app.jobs.submit import submit
 from app.schemas.conv import (BackwardBody, BackwardParams, ConvParams, ConvResult, ForwardBody,
                               GradcheckBody, GradcheckParams)
 from app.schemas.jobs import ErrorBody, JobView
+from worker import fastlane
 from worker.kinds import BACKWARD, FORWARD, GRADCHECK, JobKind
 
 router = APIRouter(prefix="/conv", tags=["convolution"])
@@ -53,32 +54,34 @@ def _require(arrays: dict, *names: str) -> None:
             raise TensorError(name, "is required")
 
 
-def _check(x_shape, W_shape, params: ConvParams, settings, need, dtype=None, **arrays) -> None:
+def _check(x_shape, W_shape, params: ConvParams, settings, need, dtype=None, **arrays) -> fastlane.Work:
     """Shapes, dtypes and every allocation of the job, before anything is queued (``conv_limits``);
-    ``dtype`` defaults to the arrays' own."""
+    ``dtype`` defaults to the arrays' own. Returns the job's size."""
     if dtype is None:
         dtype = next((a.dtype for a in arrays.values() if a is not None), np.dtype(np.float64))
-    check_conv(x_shape, W_shape, params.conv_kwargs(), dtype, need, settings, **arrays)
+    return check_conv(x_shape, W_shape, params.conv_kwargs(), dtype, need, settings, **arrays)
 
 
-def _run(kind: JobKind, params: ConvParams, arrays, owner, store, sender, settings) -> Response:
-    job = submit(store, sender, kind, owner, params.model_dump(by_alias=True), arrays)
+def _run(kind: JobKind, params: ConvParams, arrays, owner, store, sender, settings,
+         work: fastlane.Work | None = None) -> Response:
+    fast = fastlane.eligible(kind.name, work, settings.fast_lane_max_madds)
+    job = submit(store, sender, kind, owner, params.model_dump(by_alias=True), arrays, fast)
     return answer(store, job, params, settings.wait_timeout_s)
 
 
 @router.post("/forward", summary="y = conv(x, W) + b", responses=RESPONSES, openapi_extra=_doc(ForwardBody))
 def forward(body: BodyDep, owner: OwnerDep, store: StoreDep, sender: SenderDep, settings: SettingsDep) -> Response:
     params, a = _read(body, settings, FORWARD, ConvParams)
-    _check(a["x"].shape, a["W"].shape, params, settings, FORWARD_NEEDS, x=a["x"], W=a["W"], b=a.get("b"))
-    return _run(FORWARD, params, a, owner, store, sender, settings)
+    work = _check(a["x"].shape, a["W"].shape, params, settings, FORWARD_NEEDS, x=a["x"], W=a["W"], b=a.get("b"))
+    return _run(FORWARD, params, a, owner, store, sender, settings, work)
 
 
 @router.post("/backward", summary="gx, gW, gb for gy = dL/dy", responses=RESPONSES,
              openapi_extra=_doc(BackwardBody))
 def backward(body: BodyDep, owner: OwnerDep, store: StoreDep, sender: SenderDep, settings: SettingsDep) -> Response:
     params, a = _read(body, settings, BACKWARD, BackwardParams)
-    _check(a["x"].shape, a["W"].shape, params, settings, params.need, x=a["x"], W=a["W"], gy=a["gy"])
-    return _run(BACKWARD, params, a, owner, store, sender, settings)
+    work = _check(a["x"].shape, a["W"].shape, params, settings, params.need, x=a["x"], W=a["W"], gy=a["gy"])
+    return _run(BACKWARD, params, a, owner, store, sender, settings, work)
 
 
 @router.post("/gradcheck", summary="finite-difference check of the gradients", responses=RESPONSES,

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from app.api.deps import get_owner
 from app.api.errors import ApiError
 from app.schemas.jobs import ErrorBody
-from worker import metrics
+from worker import fastlane, metrics
 from worker.kinds import KINDS
 from worker.store import FINAL
 
@@ -40,6 +40,7 @@ class JobCollector:
             counts = metrics.read(store.r, store.prefix)
             devices = Counter(w["device"] for w in store.workers())
             queues = metrics.queue_lengths(store.r, metrics.queue_names(settings))
+            fast = fastlane.lengths(store.r, store.prefix, metrics.queue_names(settings))
         except redis.RedisError:
             up.add_metric([], 0)
             yield up
@@ -66,6 +67,11 @@ class JobCollector:
         for name, length in queues.items():
             queue.add_metric([name], length)
         yield queue
+        lanes = GaugeMetricFamily("convnd_fast_lane_length", "Small jobs waiting on each queue's fast lane "
+                                  "(worker/fastlane.py)", labels=["queue"])
+        for name, length in fast.items():
+            lanes.add_metric([name], length)
+        yield lanes
         workers = GaugeMetricFamily("convnd_workers", "Live worker processes by device", labels=["device"])
         for device, n in sorted({"cpu": 0, **devices}.items()):
             workers.add_metric([device], n)

@@ -26,6 +26,7 @@ from app.jobs.submit import submit, wait_for
 from app.schemas.jobs import job_view
 from app.schemas.v2 import (VERSION, IndexEntry, IndexRequest, InferRequest, InferResponse, ModelMetadata,
                             Readiness, ServerMetadata, V2Error)
+from worker import fastlane
 from worker.store import FINAL
 
 
@@ -120,7 +121,8 @@ def infer(model_name: str, body: V2BodyDep, owner: OwnerDep, store: StoreDep, se
     doc, binary = body.parse()
     req = parse_request(doc)
     job_plan = plan(store, model, req, binary, settings)
-    job = submit(store, sender, job_plan.kind, owner, job_plan.params, job_plan.arrays)
+    job = submit(store, sender, job_plan.kind, owner, job_plan.params, job_plan.arrays,
+                 fastlane.eligible(job_plan.kind.name, job_plan.work, settings.fast_lane_max_madds))
     job = wait_for(store, job, settings.wait_timeout_s)
     if job["state"] not in FINAL:
         return _still_running(job, model_name, req.id, settings.wait_timeout_s)

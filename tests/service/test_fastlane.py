@@ -1,0 +1,239 @@
+"""The fast lane (worker/fastlane.py) on the real stack: small forward and backward jobs reach the
+real worker without a Celery message, answers checked against PyTorch; large jobs, gradchecks and an
+API with the lane off keep Celery's path; entries taken by a worker that died are run again by a
+live one (and fail as WorkerLost once they have killed too many); a small job is answered while a
+training job occupies the worker's only process; the thread itself against the real server.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import redis
+import torch
+from service_helpers import array, tensor
+from support.stack import in_process_api, tiny_job, wait_job
+
+from worker import fastlane
+from worker.kinds import BACKWARD, FORWARD, GRADCHECK
+from worker.store import JobStore
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _conv2d(x, W, padding):
+    return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(W), padding=padding)
+
+
+def test_a_small_forward_takes_the_fast_lane_and_matches_pytorch(client):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
+    W = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "padding": 1})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(array(r.json()["y"]), _conv2d(x, W, 1).numpy(), rtol=1e-5, atol=1e-5)
+    job = client.get(f"/v1/jobs/{r.json()['job_id']}").json()
+    assert job["lane"] == "fast", job
+
+
+def test_a_small_backward_takes_the_fast_lane_and_matches_pytorch_autograd(client):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 2, 9, 9))
+    W = rng.standard_normal((4, 2, 3, 3))
+    gy = rng.standard_normal((1, 4, 9, 9))
+    r = client.post("/v1/conv/backward", json={"x": tensor(x), "W": tensor(W), "gy": tensor(gy), "padding": 1})
+    assert r.status_code == 200, r.text
+    tx, tW = torch.from_numpy(x).requires_grad_(), torch.from_numpy(W).requires_grad_()
+    torch.nn.functional.conv2d(tx, tW, padding=1).backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(array(r.json()["gx"]), tx.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(array(r.json()["gW"]), tW.grad.numpy(), rtol=1e-10, atol=1e-10)
+    assert client.get(f"/v1/jobs/{r.json()['job_id']}").json()["lane"] == "fast"
+
+
+def test_an_async_small_job_says_its_lane_at_once(client):
+    x, W = np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32)
+    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "async": True})
+    assert r.status_code == 202 and r.json()["lane"] == "fast", r.text
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "succeeded" and job["lane"] == "fast"
+    assert np.all(array(client.get(f"/v1/jobs/{job['id']}/result").json()["y"]) == 9.0)
+
+
+def test_a_job_over_the_bound_and_a_gradcheck_go_through_celery(client):
+    rng = np.random.default_rng(3)
+    # 16 x 64 x 64 outputs x 16 x 9 x 9 taps = 85 million multiply-adds: over the default 50 million
+    x = rng.standard_normal((1, 16, 64, 64)).astype(np.float32)
+    W = rng.standard_normal((16, 16, 9, 9)).astype(np.float32)
+    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "padding": 4})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(array(r.json()["y"]), _conv2d(x, W, 4).numpy(), rtol=1e-3, atol=1e-3)
+    assert client.get(f"/v1/jobs/{r.json()['job_id']}").json()["lane"] == "celery"
+
+    r = client.post("/v1/conv/gradcheck", json={"x_shape": [1, 1, 5], "W_shape": [1, 1, 3], "seed": 0})
+    assert r.status_code == 200, r.text
+    assert client.get(f"/v1/jobs/{r.json()['job_id']}").json()["lane"] == "celery"
+
+
+def test_an_api_with_the_lane_off_sends_every_job_through_celery(redis_url, base_env, worker):
+    with in_process_api(redis_url, base_env["CONVND_KEY_PREFIX"], base_env["CONVND_QUEUE"],
+                        fast_lane_max_madds=0) as api:
+        x, W = np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32)
+        r = api.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W)})
+        assert r.status_code == 200, r.text
+        assert np.all(array(r.json()["y"]) == 9.0)
+        assert api.get(f"/v1/jobs/{r.json()['job_id']}").json()["lane"] == "celery"
+
+
+def test_the_live_worker_says_it_serves_the_fast_lane(client, base_env):
+    workers = client.get("/v1/workers").json()["workers"]
+    assert any(w.get("fast_lane") and w["queue"] == base_env["CONVND_QUEUE"] for w in workers), workers
+
+
+def _job_of_a_dead_worker(rdb, base_env, attempts: int = 0) -> str:
+    """A stored small forward whose fast-lane entry a worker that no longer beats had taken."""
+    prefix, queue = base_env["CONVND_KEY_PREFIX"], base_env["CONVND_QUEUE"]
+    store = JobStore(rdb, prefix, ttl_s=120)
+    x, W = np.full((1, 1, 5), 2.0), np.ones((1, 1, 3))
+    job = store.create(FORWARD.name, "open", {"padding": 1}, {"x": x, "W": W})
+    if attempts:
+        rdb.hset(store.job_key(job["id"]), "attempts", attempts)
+    ghost = f"ghost-{uuid.uuid4().hex[:8]}:1"   # never had a heartbeat key
+    rdb.rpush(fastlane.taken_key(prefix, queue, ghost), f"{FORWARD.name}:{job['id']}")
+    rdb.sadd(fastlane.takers_key(prefix, queue), ghost)
+    return job["id"]
+
+
+def test_an_entry_taken_by_a_dead_worker_is_run_by_a_live_one(client, rdb, base_env):
+    job_id = _job_of_a_dead_worker(rdb, base_env)
+    job = wait_job(client, job_id, timeout_s=30)   # the live worker sweeps every worker_liveness_s (1.5 s here)
+    assert job["state"] == "succeeded", job
+    assert rdb.hget(f"{base_env['CONVND_KEY_PREFIX']}:job:{job_id}", "attempts") == b"1"   # its one delivery
+    assert array(client.get(f"/v1/jobs/{job_id}/result").json()["y"]).ravel().tolist() == [4.0, 6.0, 6.0, 6.0, 4.0]
+
+
+def test_an_entry_that_killed_its_worker_too_often_fails_as_worker_lost(client, rdb, base_env):
+    job_id = _job_of_a_dead_worker(rdb, base_env, attempts=3)   # max_attempts: 3 deliveries already
+    job = wait_job(client, job_id, timeout_s=30)
+    assert job["state"] == "failed" and job["error"]["type"] == "WorkerLost", job
+
+
+def test_a_small_job_is_answered_while_a_training_job_holds_the_only_process(client):
+    long_id = client.post("/v1/train", json=tiny_job(epochs=500)).json()["id"]
+    try:
+        wait_job(client, long_id, states=("running",), until=lambda j: j["progress"].get("steps"))
+        x, W = np.ones((1, 1, 6), np.float32), np.ones((1, 1, 3), np.float32)
+        r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W)})
+        assert r.status_code == 200 and array(r.json()["y"]).ravel().tolist() == [3.0] * 4, r.text
+        assert client.get(f"/v1/jobs/{long_id}").json()["state"] == "running"
+    finally:
+        client.delete(f"/v1/jobs/{long_id}")
+        wait_job(client, long_id)
+
+
+# The thread alone, against the real server ------------------------------------------------------
+
+@pytest.fixture
+def lane_keys(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    prefix = f"convnd-lane-{uuid.uuid4().hex[:8]}"
+    yield r, prefix, "q"
+    for key in r.scan_iter(f"{prefix}:*"):
+        r.delete(key)
+    r.close()
+
+
+def _until(check, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_thread_runs_entries_in_order_and_empties_its_taken_list(lane_keys):
+    r, prefix, queue = lane_keys
+    ran = []
+    lane = fastlane.FastLane(r, prefix, queue, "w1", lambda job_id, kind: ran.append((kind.name, job_id)), 60).start()
+    try:
+        for i in range(3):
+            r.rpush(fastlane.list_key(prefix, queue), f"{BACKWARD.name if i == 1 else FORWARD.name}:j{i}")
+        r.rpush(fastlane.list_key(prefix, queue), f"{GRADCHECK.name}:j9")   # not a fast-lane kind: dropped
+        r.rpush(fastlane.list_key(prefix, queue), "no-separator")            # malformed: dropped
+        r.rpush(fastlane.list_key(prefix, queue), f"{FORWARD.name}:j3")      # and the thread goes on
+        _until(lambda: len(ran) == 4)
+        assert ran == [(FORWARD.name, "j0"), (BACKWARD.name, "j1"), (FORWARD.name, "j2"), (FORWARD.name, "j3")]
+    finally:
+        lane.stop()
+    assert r.llen(fastlane.list_key(prefix, queue)) == 0
+    assert r.llen(fastlane.taken_key(prefix, queue, "w1")) == 0   # the last one leaves as the thread stops
+    assert r.smembers(fastlane.takers_key(prefix, queue)) == {b"w1"}
+
+
+def test_an_entry_whose_run_raises_is_dropped_and_the_thread_lives_on(lane_keys):
+    r, prefix, queue = lane_keys
+    ran = []
+
+    def run(job_id, kind):
+        ran.append(job_id)
+        if job_id == "bad":
+            raise RuntimeError("a bug in a job's run")
+
+    lane = fastlane.FastLane(r, prefix, queue, "w1", run, 60).start()
+    try:
+        r.rpush(fastlane.list_key(prefix, queue), f"{FORWARD.name}:bad", f"{FORWARD.name}:good")
+        _until(lambda: ran == ["bad", "good"])
+    finally:
+        lane.stop()
+    assert r.llen(fastlane.taken_key(prefix, queue, "w1")) == 0
+
+
+def test_a_restarted_process_runs_what_its_taken_list_still_holds_first(lane_keys):
+    r, prefix, queue = lane_keys
+    r.rpush(fastlane.taken_key(prefix, queue, "w1"), f"{FORWARD.name}:left")
+    r.rpush(fastlane.list_key(prefix, queue), f"{FORWARD.name}:next")
+    ran = []
+    lane = fastlane.FastLane(r, prefix, queue, "w1", lambda job_id, kind: ran.append(job_id), 60).start()
+    try:
+        _until(lambda: len(ran) == 2)
+    finally:
+        lane.stop()
+    assert ran == ["left", "next"]
+
+
+def test_the_sweep_moves_only_dead_workers_entries_back_to_the_head(lane_keys):
+    r, prefix, queue = lane_keys
+    r.rpush(fastlane.list_key(prefix, queue), "k:waiting")
+    r.rpush(fastlane.taken_key(prefix, queue, "dead"), "k:a", "k:b")
+    r.rpush(fastlane.taken_key(prefix, queue, "alive"), "k:c")
+    r.sadd(fastlane.takers_key(prefix, queue), "dead", "alive")
+    r.set(f"{prefix}:worker:alive", "{}", px=60_000)   # a heartbeat key
+    assert fastlane.sweep(r, prefix, queue) == 2
+    assert r.lrange(fastlane.list_key(prefix, queue), 0, -1) == [b"k:a", b"k:b", b"k:waiting"]
+    assert r.lrange(fastlane.taken_key(prefix, queue, "alive"), 0, -1) == [b"k:c"]
+    assert r.smembers(fastlane.takers_key(prefix, queue)) == {b"alive"}
+    assert fastlane.sweep(r, prefix, queue) == 0
+
+
+def test_stop_returns_while_the_thread_waits_for_entries(lane_keys):
+    r, prefix, queue = lane_keys
+    lane = fastlane.FastLane(r, prefix, queue, "w1", lambda *a: None, 60).start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    lane.stop()
+    assert time.monotonic() - started < fastlane.TAKE_TIMEOUT_S + 1.0
+    assert not any(t.name == "convnd-fast-lane" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("kind, madds, peak, max_madds, expected", [
+    (FORWARD.name, 10, 1000, 100, True),
+    (BACKWARD.name, 100, 1000, 100, True),
+    (FORWARD.name, 101, 1000, 100, False),                        # over the bound
+    (FORWARD.name, 10, fastlane.MAX_PEAK_BYTES + 1, 100, False),  # too much memory beside a Celery job
+    (FORWARD.name, 10, 1000, 0, False),                           # the lane is off
+    (GRADCHECK.name, 10, 1000, 100, False),                       # not a fast-lane kind
+])
+def test_eligible(kind, madds, peak, max_madds, expected):
+    assert fastlane.eligible(kind, fastlane.Work(madds, peak), max_madds) is expected
+    assert fastlane.eligible(kind, None, max_madds) is False

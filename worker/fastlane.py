@@ -1,0 +1,208 @@
+"""The fast lane: small forward and backward jobs taken from a Redis list by one thread in each worker
+process, without Celery's message path.
+
+Why: on the 2-core benchmark machine Celery takes 2.4-4.4 ms from ``send_task`` to the start of a task
+that does nothing (docs/benchmarks.md, "The service"), several times a small convolution; a thread
+blocked in BLMOVE on the same server wakes in a fraction of that. Large jobs, gradchecks and training
+keep Celery's path (time limits that kill a child, revocation); a fast-lane job is bounded by
+``fast_lane_max_madds`` when the API sends it, so it ends within milliseconds.
+
+Keys (p: the key prefix, q: the queue of the worker's device, as Celery's):
+
+  p:fast:q               list of waiting entries ``<kind>:<job id>`` (the API RPUSHes, threads BLMOVE the head)
+  p:fast:q:taken:<wid>   the entries worker process <wid> has taken and not yet finished
+  p:fast:q:takers        worker ids that may hold taken entries
+
+A process that dies holding an entry (killed, out of memory, the hard time limit of a Celery task beside
+it) leaves it in its taken list. Once its heartbeat has expired, any live worker of the queue moves it
+back to the head of the list (``SWEEP``, every ``worker_liveness_s``); the claim counts that delivery,
+so a job that keeps killing its worker fails as WorkerLost after ``max_attempts``, exactly as a Celery
+redelivery does (``worker.jobrun``).
+
+The thread runs next to the Celery task of its process: a small job never waits behind a training job.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import NamedTuple
+
+import redis
+
+from . import ops, runtime
+from .jobrun import run_job
+from .kinds import BACKWARD, FORWARD
+
+log = logging.getLogger("convnd.worker")
+
+KINDS = (FORWARD, BACKWARD)
+OPS = {FORWARD.name: ops.forward, BACKWARD.name: ops.backward}
+TAKE_TIMEOUT_S = 1.0   # how long one BLMOVE blocks: a stopping worker notices within this
+# A fast-lane job runs beside the Celery task of its process, so its memory adds to that job's peak:
+# it stays small (64 MiB is ~10x the arrays of a small layer's call).
+MAX_PEAK_BYTES = 64 * 2**20
+RETRY_S = 0.5          # back-off after a Redis error
+
+# Entries held by workers whose heartbeat key has expired go back to the head of the list, in the
+# order they were taken. KEYS: takers set, fast list; ARGV: taken-list prefix, heartbeat-key prefix.
+SWEEP = """
+local moved = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[2] .. id) == 0 then
+    while redis.call('LMOVE', ARGV[1] .. id, KEYS[2], 'RIGHT', 'LEFT') do moved = moved + 1 end
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return moved
+"""
+
+
+def list_key(prefix: str, queue: str) -> str:
+    return f"{prefix}:fast:{queue}"
+
+
+def taken_key(prefix: str, queue: str, worker_id: str) -> str:
+    return f"{list_key(prefix, queue)}:taken:{worker_id}"
+
+
+def takers_key(prefix: str, queue: str) -> str:
+    return f"{list_key(prefix, queue)}:takers"
+
+
+def multiply_adds(geom, need=("y",)) -> int:
+    """Multiply-adds of a direct forward (``need`` ``("y",)``) or backward: one forward's worth per
+    gradient of x and W (gb is a sum)."""
+    forward = math.prod(geom.out_shape) * math.prod(geom.kernel_shape[1:])
+    return forward * max(1, sum(n in ("y", "x", "W") for n in need))
+
+
+class Work(NamedTuple):
+    """The size of a convolution job, as the API checked it (``app.api.conv_limits.check_conv``)."""
+    madds: int        # ``multiply_adds``
+    peak_bytes: int   # ``convcore.estimate_memory``'s peak
+
+
+def eligible(kind_name: str, work: Work | None, max_madds: int) -> bool:
+    """Whether a job of ``kind_name`` and size ``work`` goes to the fast lane (``max_madds`` 0: none does)."""
+    return (work is not None and 0 < max_madds and work.madds <= max_madds and work.peak_bytes <= MAX_PEAK_BYTES
+            and any(k.name == kind_name for k in KINDS))
+
+
+def served(workers: list[dict], queue: str) -> bool:
+    """Whether a live worker of ``queue`` runs a fast lane (workers started with it off do not)."""
+    return any(w.get("fast_lane") and w.get("queue") == queue for w in workers)
+
+
+def push(r: redis.Redis, prefix: str, queue: str, kind_name: str, job_id: str, job_key: str) -> None:
+    """Queue a stored job on the fast lane of ``queue``; its record says which lane took it."""
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(job_key, "lane", "fast")
+    pipe.rpush(list_key(prefix, queue), f"{kind_name}:{job_id}")
+    pipe.execute()
+
+
+def lengths(r: redis.Redis, prefix: str, queues) -> dict:
+    """{queue: entries waiting on its fast lane}."""
+    queues = list(queues)
+    pipe = r.pipeline(transaction=False)
+    for queue in queues:
+        pipe.llen(list_key(prefix, queue))
+    return dict(zip(queues, pipe.execute()))
+
+
+def sweep(r: redis.Redis, prefix: str, queue: str) -> int:
+    """Return the entries of dead workers to the list; how many moved."""
+    return int(r.eval(SWEEP, 2, takers_key(prefix, queue), list_key(prefix, queue),
+                      f"{list_key(prefix, queue)}:taken:", f"{prefix}:worker:"))
+
+
+class FastLane:
+    """The thread of one worker process that takes fast-lane entries of ``queue`` and runs them with
+    ``run(job_id, kind) -> state`` (``worker.jobrun.run_job`` with the kind's op)."""
+
+    def __init__(self, r: redis.Redis, prefix: str, queue: str, worker_id: str, run, sweep_every_s: float):
+        self.r, self.prefix, self.queue, self.worker_id = r, prefix, queue, worker_id
+        self.run, self.sweep_every_s = run, sweep_every_s
+        self.list, self.taken = list_key(prefix, queue), taken_key(prefix, queue, worker_id)
+        self.takers = takers_key(prefix, queue)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="convnd-fast-lane", daemon=True)
+
+    def start(self) -> FastLane:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = TAKE_TIMEOUT_S + 5.0) -> None:
+        """Stop taking entries; wait for the one running (a fast-lane job is small) and the last take."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        # ``recover``: after a start or a Redis error, whatever this process's taken list holds was taken and
+        # not finished (a take that failed may still have moved its entry): run it first. A finished entry
+        # found there again is harmless: its claim sees that it has ended.
+        finished, pending, next_sweep, recover = None, None, 0.0, True
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= next_sweep:
+                    moved = sweep(self.r, self.prefix, self.queue)
+                    if moved:
+                        log.warning("fast lane %s: %d job(s) of lost workers queued again", self.queue, moved)
+                    next_sweep = time.monotonic() + self.sweep_every_s
+                if recover:
+                    pending, recover = pending or self.r.lindex(self.taken, 0), False
+                entry = pending or self._take(finished)
+                finished, pending = None, entry
+                if entry is None:
+                    continue
+                self._run_entry(entry)
+                finished, pending = entry, None
+            except redis.RedisError as exc:
+                log.warning("fast lane %s: %s; retrying in %.1f s", self.queue, exc, RETRY_S)
+                recover = True
+                self._stop.wait(RETRY_S)
+            except Exception:  # noqa: BLE001 - the thread must outlive any one entry
+                log.exception("fast lane %s: entry %r dropped", self.queue, pending)
+                finished, pending = pending, None
+        if finished is not None:
+            try:
+                self.r.lrem(self.taken, 1, finished)
+            except redis.RedisError:
+                pass   # left in the taken list: a sweep returns it, its claim then sees it has ended
+
+    def _take(self, finished: bytes | None) -> bytes | None:
+        """The next entry (moved into this worker's taken list), or None after ``TAKE_TIMEOUT_S``; the
+        previous one leaves the taken list in the same round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.sadd(self.takers, self.worker_id)   # again each time: a sweep drops ids whose heartbeat lapsed
+        if finished is not None:
+            pipe.lrem(self.taken, 1, finished)
+        pipe.blmove(self.list, self.taken, TAKE_TIMEOUT_S, "LEFT", "RIGHT")
+        return pipe.execute()[-1]
+
+    def _run_entry(self, entry: bytes) -> None:
+        kind_name, _, job_id = entry.decode("utf-8", "replace").partition(":")
+        kind = next((k for k in KINDS if k.name == kind_name), None)
+        if kind is None or not job_id:
+            log.error("fast lane %s: entry %r names no fast-lane job; dropped", self.queue, entry)
+            return
+        self.run(job_id, kind)
+
+
+def run_here(job_id: str, kind) -> str:
+    """A fast-lane job in this worker process, as its Celery task would run it (``worker.tasks``)."""
+    runtime.use_device()   # CUDA's current device is per thread
+    return run_job(job_id, OPS[kind.name], kind.inputs)
+
+
+def start_here() -> FastLane | None:
+    """This worker process's fast lane, started (None when ``fast_lane_max_madds`` is 0)."""
+    settings = runtime.settings()
+    if settings.fast_lane_max_madds <= 0:
+        return None
+    store = runtime.store()
+    return FastLane(store.r, store.prefix, runtime.queue(), runtime.worker_id(), run_here,
+                    settings.worker_liveness_s).start()
