@@ -14,7 +14,7 @@ log = logging.getLogger("convnd.api")
 
 
 @router.get("/healthz", summary="the API process is alive")
-def healthz() -> dict:
+async def healthz() -> dict:   # async: no thread-pool hop (about a millisecond of wake-ups on a small VM)
     return {"status": "ok"}
 
 
