@@ -330,7 +330,15 @@ def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
     return Estimate(seconds, shared, forward, {k: v for k, v in backward.items() if v})
 
 
-TILE_GAIN = 0.6  # tile for speed only when the model predicts at least a 40% saving
+# Tile for speed only when the model predicts at least a 40% saving (60% in three or more dims).
+# Tiles cost copies the model leaves out, and in N >= 3 dims more: the window overhead compounds per
+# dim ((t + k - 1) / t each), and small multi-dimensional transforms run at half the model's rate
+# per point or less (pocketfft, one thread: 1.7 ns per point and axis pass whatever the length,
+# so a 10^4 transform costs 8.8 ns a point against 4.2 for 64x64). Measured tiled / whole
+# (forward + backward): 4-D k5 1.64, 3-D k7 1.19 with tiles the 40% rule took, 3-D k5 (model 0.38)
+# 0.88, 3-D 48^3 k5 (0.17) 0.55, 4-D k3 (0.33) 0.74 (docs/benchmarks.md, "Fifth round").
+TILE_GAIN = 0.6
+TILE_GAIN_3D = 0.4
 
 
 def choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates = CPU_RATES) -> tuple:
@@ -358,7 +366,8 @@ def _choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
     if fitting:
         best = min(fitting, key=lambda t: (fft_seconds(geom, itemsize, t, rates), -math.prod(t)))
         # Tiles cost copies the model leaves out: only take them for a clear saving.
-        if whole in fitting and fft_seconds(geom, itemsize, best, rates) > TILE_GAIN * fft_seconds(
+        gain = TILE_GAIN if geom.ndim < 3 else TILE_GAIN_3D
+        if whole in fitting and fft_seconds(geom, itemsize, best, rates) > gain * fft_seconds(
                 geom, itemsize, whole, rates):
             return whole
         return best
