@@ -28,15 +28,19 @@ def _conv2d(x, W, padding):
     return torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(W), padding=padding)
 
 
-def test_a_small_forward_takes_the_fast_lane_and_matches_pytorch(client):
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 3, 12, 12)).astype(np.float32)
-    W = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
-    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "padding": 1})
+def _forward_lane(client, x_shape, W_shape, padding: int, tolerance: float, seed: int) -> str:
+    """POST a float32 forward, check y against PyTorch, return the lane its job took."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    W = rng.standard_normal(W_shape).astype(np.float32)
+    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "padding": padding})
     assert r.status_code == 200, r.text
-    np.testing.assert_allclose(array(r.json()["y"]), _conv2d(x, W, 1).numpy(), rtol=1e-5, atol=1e-5)
-    job = client.get(f"/v1/jobs/{r.json()['job_id']}").json()
-    assert job["lane"] == "fast", job
+    np.testing.assert_allclose(array(r.json()["y"]), _conv2d(x, W, padding).numpy(), rtol=tolerance, atol=tolerance)
+    return client.get(f"/v1/jobs/{r.json()['job_id']}").json()["lane"]
+
+
+def test_a_small_forward_takes_the_fast_lane_and_matches_pytorch(client):
+    assert _forward_lane(client, (2, 3, 12, 12), (5, 3, 3, 3), 1, 1e-5, seed=1) == "fast"
 
 
 def test_a_small_backward_takes_the_fast_lane_and_matches_pytorch_autograd(client):
@@ -63,14 +67,8 @@ def test_an_async_small_job_says_its_lane_at_once(client):
 
 
 def test_a_job_over_the_bound_and_a_gradcheck_go_through_celery(client):
-    rng = np.random.default_rng(3)
     # 16 x 64 x 64 outputs x 16 x 9 x 9 taps = 85 million multiply-adds: over the default 50 million
-    x = rng.standard_normal((1, 16, 64, 64)).astype(np.float32)
-    W = rng.standard_normal((16, 16, 9, 9)).astype(np.float32)
-    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "padding": 4})
-    assert r.status_code == 200, r.text
-    np.testing.assert_allclose(array(r.json()["y"]), _conv2d(x, W, 4).numpy(), rtol=1e-3, atol=1e-3)
-    assert client.get(f"/v1/jobs/{r.json()['job_id']}").json()["lane"] == "celery"
+    assert _forward_lane(client, (1, 16, 64, 64), (16, 16, 9, 9), 4, 1e-3, seed=3) == "celery"
 
     r = client.post("/v1/conv/gradcheck", json={"x_shape": [1, 1, 5], "W_shape": [1, 1, 3], "seed": 0})
     assert r.status_code == 200, r.text
