@@ -14,12 +14,17 @@ Keys (p: the key prefix, q: the queue of the worker's device, as Celery's):
   p:fast:q:takers        worker ids that may hold taken entries
 
 A process that dies holding an entry (killed, out of memory, the hard time limit of a Celery task beside
-it) leaves it in its taken list. Once its heartbeat has expired, any live worker of the queue moves it
-back to the head of the list (``SWEEP``, every ``worker_liveness_s``); the claim counts that delivery,
-so a job that keeps killing its worker fails as WorkerLost after ``max_attempts``, exactly as a Celery
-redelivery does (``worker.jobrun``).
+it) leaves it in its taken list. Any live worker of the queue moves it back to the head of the list
+(``SWEEP``) once the dead one's heartbeat key has been missing at two of its sweeps in a row (one every
+``worker_liveness_s``), and only while its own heartbeat key exists: after a Redis restart every key
+has expired at once, and live workers need a heartbeat to write theirs again. The claim counts that
+delivery, so a job that keeps killing its worker fails as WorkerLost after ``max_attempts``, exactly
+as a Celery redelivery does (``worker.jobrun``).
 
-The thread runs next to the Celery task of its process: a small job never waits behind a training job.
+Every worker process runs the thread, whatever its ``fast_lane_max_madds``: a worker's bound is only
+what its heartbeat offers the API (0: nothing), so entries left on a lane by workers that are gone
+are still run by the ones that replaced them. The thread runs next to the Celery task of its process:
+a small job does not wait for a training job's turn.
 """
 from __future__ import annotations
 
@@ -45,14 +50,24 @@ TAKE_TIMEOUT_S = 1.0   # how long one BLMOVE blocks: a stopping worker notices w
 MAX_PEAK_BYTES = 64 * 2**20
 RETRY_S = 0.5          # back-off after a Redis error
 
-# Entries held by workers whose heartbeat key has expired go back to the head of the list, in the
-# order they were taken. KEYS: takers set, fast list; ARGV: taken-list prefix, heartbeat-key prefix.
-SWEEP = """
-local moved = 0
+# The takers whose heartbeat key is missing. KEYS: takers set; ARGV: heartbeat-key prefix.
+SILENT = """
+local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[2] .. id) == 0 then
-    while redis.call('LMOVE', ARGV[1] .. id, KEYS[2], 'RIGHT', 'LEFT') do moved = moved + 1 end
-    redis.call('SREM', KEYS[1], id)
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then out[#out + 1] = id end
+end
+return out
+"""
+# The entries of the takers ARGV[4..] that still have no heartbeat go back to the head of the list, in
+# the order they were taken; nothing when the sweeper ARGV[3] has no heartbeat itself. KEYS: takers
+# set, fast list; ARGV: taken-list prefix, heartbeat-key prefix, sweeper id, taker ids.
+SWEEP = """
+if redis.call('EXISTS', ARGV[2] .. ARGV[3]) == 0 then return 0 end
+local moved = 0
+for i = 4, #ARGV do
+  if redis.call('EXISTS', ARGV[2] .. ARGV[i]) == 0 then
+    while redis.call('LMOVE', ARGV[1] .. ARGV[i], KEYS[2], 'RIGHT', 'LEFT') do moved = moved + 1 end
+    redis.call('SREM', KEYS[1], ARGV[i])
   end
 end
 return moved
@@ -90,9 +105,10 @@ def eligible(kind_name: str, work: Work | None, max_madds: int) -> bool:
             and any(k.name == kind_name for k in KINDS))
 
 
-def served(workers: list[dict], queue: str) -> bool:
-    """Whether a live worker of ``queue`` runs a fast lane (workers started with it off do not)."""
-    return any(w.get("fast_lane") and w.get("queue") == queue for w in workers)
+def served(workers: list[dict], queue: str, madds: int) -> bool:
+    """Whether a live worker of ``queue`` offers its fast lane to a job of ``madds`` multiply-adds
+    (its heartbeat's ``fast_lane``: its own ``fast_lane_max_madds``, 0 when off)."""
+    return any(w.get("queue") == queue and int(w.get("fast_lane") or 0) >= max(madds, 1) for w in workers)
 
 
 def push(r: redis.Redis, prefix: str, queue: str, kind_name: str, job_id: str, job_key: str) -> None:
@@ -112,10 +128,16 @@ def lengths(r: redis.Redis, prefix: str, queues) -> dict:
     return dict(zip(queues, pipe.execute()))
 
 
-def sweep(r: redis.Redis, prefix: str, queue: str) -> int:
-    """Return the entries of dead workers to the list; how many moved."""
+def silent(r: redis.Redis, prefix: str, queue: str) -> set[str]:
+    """Ids of the queue's takers whose heartbeat key is missing now."""
+    return {i.decode() for i in r.eval(SILENT, 1, takers_key(prefix, queue), f"{prefix}:worker:")}
+
+
+def sweep(r: redis.Redis, prefix: str, queue: str, sweeper: str, ids) -> int:
+    """Return the entries of the takers ``ids`` that still have no heartbeat to the list (nothing unless
+    ``sweeper`` has one); how many moved."""
     return int(r.eval(SWEEP, 2, takers_key(prefix, queue), list_key(prefix, queue),
-                      f"{list_key(prefix, queue)}:taken:", f"{prefix}:worker:"))
+                      f"{list_key(prefix, queue)}:taken:", f"{prefix}:worker:", sweeper, *ids))
 
 
 class FastLane:
@@ -127,6 +149,7 @@ class FastLane:
         self.run, self.sweep_every_s = run, sweep_every_s
         self.list, self.taken = list_key(prefix, queue), taken_key(prefix, queue, worker_id)
         self.takers = takers_key(prefix, queue)
+        self._silent_before: set[str] = set()   # takers without a heartbeat at the previous sweep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="convnd-fast-lane", daemon=True)
 
@@ -148,9 +171,7 @@ class FastLane:
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_sweep:
-                    moved = sweep(self.r, self.prefix, self.queue)
-                    if moved:
-                        log.warning("fast lane %s: %d job(s) of lost workers queued again", self.queue, moved)
+                    self.sweep_lost()
                     next_sweep = time.monotonic() + self.sweep_every_s
                 if recover:
                     pending, recover = pending or self.r.lindex(self.taken, 0), False
@@ -162,7 +183,7 @@ class FastLane:
                 finished, pending = entry, None
             except redis.RedisError as exc:
                 log.warning("fast lane %s: %s; retrying in %.1f s", self.queue, exc, RETRY_S)
-                recover = True
+                recover, self._silent_before = True, set()   # what was seen before the error does not count
                 self._stop.wait(RETRY_S)
             except Exception:  # noqa: BLE001 - the thread must outlive any one entry
                 log.exception("fast lane %s: entry %r dropped", self.queue, pending)
@@ -172,6 +193,15 @@ class FastLane:
                 self.r.lrem(self.taken, 1, finished)
             except redis.RedisError:
                 pass   # left in the taken list: a sweep returns it, its claim then sees it has ended
+
+    def sweep_lost(self) -> int:
+        """One sweep: the takers silent now and at the previous sweep (a liveness period apart) are lost."""
+        now = silent(self.r, self.prefix, self.queue) - {self.worker_id}
+        lost, self._silent_before = sorted(now & self._silent_before), now
+        moved = sweep(self.r, self.prefix, self.queue, self.worker_id, lost) if lost else 0
+        if moved:
+            log.warning("fast lane %s: %d job(s) of lost workers %s queued again", self.queue, moved, lost)
+        return moved
 
     def _take(self, finished: bytes | None) -> bytes | None:
         """The next entry (moved into this worker's taken list), or None after ``TAKE_TIMEOUT_S``; the
@@ -195,14 +225,15 @@ class FastLane:
 def run_here(job_id: str, kind) -> str:
     """A fast-lane job in this worker process, as its Celery task would run it (``worker.tasks``)."""
     runtime.use_device()   # CUDA's current device is per thread
-    return run_job(job_id, OPS[kind.name], kind.inputs)
+    try:
+        return run_job(job_id, OPS[kind.name], kind.inputs)
+    finally:
+        runtime.release_memory()   # as after a Celery task (signals.py); this thread's FFT plans too
 
 
-def start_here() -> FastLane | None:
-    """This worker process's fast lane, started (None when ``fast_lane_max_madds`` is 0)."""
+def start_here() -> FastLane:
+    """This worker process's fast lane, started."""
     settings = runtime.settings()
-    if settings.fast_lane_max_madds <= 0:
-        return None
     store = runtime.store()
     return FastLane(store.r, store.prefix, runtime.queue(), runtime.worker_id(), run_here,
                     settings.worker_liveness_s).start()

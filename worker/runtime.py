@@ -26,6 +26,7 @@ log = logging.getLogger("convnd.worker")
 _state: dict = {}
 _plan: dict = {}   # set in the worker's parent before the pool forks (no CUDA there)
 _fast_lane: dict = {}   # "start": what serve_fast_lane was given, until the first heartbeat runs it
+_fast_lane_lock = threading.Lock()   # a lane started while the process stops is stopped, not leaked
 
 
 def init_process(settings: RuntimeSettings | None = None, heartbeat: bool = True) -> None:
@@ -136,10 +137,12 @@ def queue() -> str:
 
 def stop_process() -> None:
     if _state:
-        _state["stopping"] = True
-        lane = _state.pop("fast_lane", None)
-        if lane is not None:   # before the heartbeat goes: its job finishes here, not in another worker
+        with _fast_lane_lock:
+            _fast_lane.clear()
+            lane = _state.pop("fast_lane", None)
+        if lane is not None:   # while the heartbeat still beats: its job finishes here, not in another worker
             lane.stop()
+        _state["stopping"] = True
         try:
             _state["store"].forget_worker(_state["id"])
         except redis.RedisError:
@@ -185,24 +188,26 @@ def _beat() -> None:
     sweeper = OrphanSweeper(_state["store"], _state["info"].get("queue"), s.train_lease_s, s.queue_for)
     while not _state.get("stopping"):
         try:
-            info["fast_lane"] = "fast_lane" in _state
+            info["fast_lane"] = s.fast_lane_max_madds if "fast_lane" in _state else 0
             _state["store"].heartbeat(_state["id"], info, ttl_s=s.worker_liveness_s)
-            if "start" in _fast_lane and not _state.get("stopping"):
-                _start_fast_lane(info, s.worker_liveness_s)
+            if "start" in _fast_lane:
+                _start_fast_lane(info, s)
         except redis.RedisError as exc:  # Redis restarting: keep trying, the API shows 503 meanwhile
             log.warning("heartbeat failed: %s", exc)
         sweeper.maybe_run()
         time.sleep(s.worker_heartbeat_s)
 
 
-def _start_fast_lane(info: dict, ttl_s: float) -> None:
-    start = _fast_lane.pop("start")
-    try:
-        lane = start()
-    except Exception:  # noqa: BLE001 - the heartbeat must go on; this process then takes Celery's jobs only
-        log.exception("the fast lane did not start in %s", _state["id"])
-        return
-    if lane is not None:
-        _state["fast_lane"] = lane
-        info["fast_lane"] = True   # said now, not a heartbeat later
-        _state["store"].heartbeat(_state["id"], info, ttl_s=ttl_s)
+def _start_fast_lane(info: dict, s: RuntimeSettings) -> None:
+    """Start the lane ``serve_fast_lane`` was given; say in the heartbeat what it offers the API."""
+    with _fast_lane_lock:
+        start = _fast_lane.pop("start", None)
+        if start is None or _state.get("stopping"):
+            return
+        try:
+            _state["fast_lane"] = start()
+        except Exception:  # noqa: BLE001 - the heartbeat must go on; this process then takes Celery's jobs only
+            log.exception("the fast lane did not start in %s", _state["id"])
+            return
+    info["fast_lane"] = s.fast_lane_max_madds   # said now, not a heartbeat later (0: offered to no job)
+    _state["store"].heartbeat(_state["id"], info, ttl_s=s.worker_liveness_s)

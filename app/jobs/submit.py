@@ -39,10 +39,11 @@ def route(workers: list[dict], device: str = "auto") -> tuple[str, str | None]:
 
 
 def submit(store: JobStore, sender: Celery, kind: JobKind, owner: str, params: dict,
-           arrays: dict | None = None, fast: bool = False) -> dict:
-    """Store the job and queue it for the device ``params["device"]`` asks for (default "auto"):
-    on that device's fast lane when ``fast`` (``worker.fastlane.eligible``) and a live worker serves
-    it, else as a Celery task on its queue. Returns the job record as written (state ``queued``)."""
+           arrays: dict | None = None, fast_madds: int | None = None) -> dict:
+    """Store the job and queue it for the device ``params["device"]`` asks for (default "auto"): on
+    that device's fast lane when ``fast_madds`` (its multiply-adds, given when ``worker.fastlane.eligible``)
+    is within what a live worker of the queue offers, else as a Celery task on its queue. Returns the
+    job record as written (state ``queued``)."""
     unknown = sorted(set(arrays or {}) - set(kind.inputs))
     if unknown:  # a route passing arrays its kind does not read is a programming error
         raise ValueError(f"{kind.name} jobs take no arrays {unknown}")
@@ -53,7 +54,7 @@ def submit(store: JobStore, sender: Celery, kind: JobKind, owner: str, params: d
     except ApiError:
         store.discard(job)
         raise
-    if fast and fastlane.served(workers, queue):
+    if fast_madds is not None and fastlane.served(workers, queue, fast_madds):
         fastlane.push(store.r, store.prefix, queue, kind.name, job["id"], store.job_key(job["id"]))
         return {**job, "lane": "fast"}
     sender.send_task(kind.task, args=[job["id"]], task_id=job["id"], queue=queue)

@@ -85,9 +85,16 @@ def test_an_api_with_the_lane_off_sends_every_job_through_celery(redis_url, base
         assert api.get(f"/v1/jobs/{r.json()['job_id']}").json()["lane"] == "celery"
 
 
-def test_the_live_worker_says_it_serves_the_fast_lane(client, base_env):
+def test_the_live_worker_offers_its_bound(client, base_env):
     workers = client.get("/v1/workers").json()["workers"]
-    assert any(w.get("fast_lane") and w["queue"] == base_env["CONVND_QUEUE"] for w in workers), workers
+    assert any(w.get("fast_lane") == 50_000_000 and w["queue"] == base_env["CONVND_QUEUE"] for w in workers), workers
+
+
+@pytest.mark.parametrize("offered, madds, expected", [
+    (100, 100, True), (100, 101, False), (0, 1, False), (None, 1, False)])
+def test_a_job_goes_to_the_lane_only_within_a_live_workers_bound(offered, madds, expected):
+    workers = [{"queue": "other", "fast_lane": 10**9}, {"queue": "q", "fast_lane": offered}]
+    assert fastlane.served(workers, "q", madds) is expected
 
 
 def _job_of_a_dead_worker(rdb, base_env, attempts: int = 0) -> str:
@@ -200,18 +207,48 @@ def test_a_restarted_process_runs_what_its_taken_list_still_holds_first(lane_key
     assert ran == ["left", "next"]
 
 
-def test_the_sweep_moves_only_dead_workers_entries_back_to_the_head(lane_keys):
-    r, prefix, queue = lane_keys
+def _two_takers(r, prefix, queue):
+    """'dead' (no heartbeat key) holds a and b, 'alive' holds c; k:waiting waits on the list."""
     r.rpush(fastlane.list_key(prefix, queue), "k:waiting")
     r.rpush(fastlane.taken_key(prefix, queue, "dead"), "k:a", "k:b")
     r.rpush(fastlane.taken_key(prefix, queue, "alive"), "k:c")
     r.sadd(fastlane.takers_key(prefix, queue), "dead", "alive")
-    r.set(f"{prefix}:worker:alive", "{}", px=60_000)   # a heartbeat key
-    assert fastlane.sweep(r, prefix, queue) == 2
+    for worker_id in ("alive", "sweeper"):
+        r.set(f"{prefix}:worker:{worker_id}", "{}", px=60_000)   # heartbeat keys
+
+
+def test_the_sweep_moves_only_dead_workers_entries_back_to_the_head(lane_keys):
+    r, prefix, queue = lane_keys
+    _two_takers(r, prefix, queue)
+    assert fastlane.silent(r, prefix, queue) == {"dead"}
+    assert fastlane.sweep(r, prefix, queue, "sweeper", ["dead", "alive"]) == 2   # 'alive' has a heartbeat: kept
     assert r.lrange(fastlane.list_key(prefix, queue), 0, -1) == [b"k:a", b"k:b", b"k:waiting"]
     assert r.lrange(fastlane.taken_key(prefix, queue, "alive"), 0, -1) == [b"k:c"]
     assert r.smembers(fastlane.takers_key(prefix, queue)) == {b"alive"}
-    assert fastlane.sweep(r, prefix, queue) == 0
+    assert fastlane.sweep(r, prefix, queue, "sweeper", ["dead"]) == 0
+
+
+def test_a_sweeper_without_a_heartbeat_moves_nothing(lane_keys):
+    """After a Redis restart every heartbeat key is gone at once, the sweeper's own included."""
+    r, prefix, queue = lane_keys
+    _two_takers(r, prefix, queue)
+    r.delete(f"{prefix}:worker:sweeper")
+    assert fastlane.sweep(r, prefix, queue, "sweeper", ["dead"]) == 0
+    assert r.llen(fastlane.taken_key(prefix, queue, "dead")) == 2
+
+
+def test_a_taker_is_lost_only_when_silent_at_two_sweeps_in_a_row(lane_keys):
+    r, prefix, queue = lane_keys
+    _two_takers(r, prefix, queue)
+    lane = fastlane.FastLane(r, prefix, queue, "sweeper", lambda *a: None, 60)   # not started: sweeps by hand
+    assert lane.sweep_lost() == 0                       # first sight of the silence
+    assert r.llen(fastlane.taken_key(prefix, queue, "dead")) == 2
+    r.set(f"{prefix}:worker:dead", "{}", px=60_000)     # it was only late (e.g. Redis came back): it beats again
+    assert lane.sweep_lost() == 0
+    r.delete(f"{prefix}:worker:dead")
+    assert lane.sweep_lost() == 0                       # silent again: counted from here
+    assert lane.sweep_lost() == 2                       # silent at two sweeps in a row
+    assert r.lrange(fastlane.list_key(prefix, queue), 0, 1) == [b"k:a", b"k:b"]
 
 
 def test_stop_returns_while_the_thread_waits_for_entries(lane_keys):

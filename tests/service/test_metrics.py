@@ -99,7 +99,9 @@ def test_counters_across_two_workers_and_the_api(stack, rdb):
         wait_job(client, job_id, states=("running",), until=lambda j: j["progress"].get("steps"), headers=AUTH)
     holders = {rdb.hget(f"{prefix}:job:{j}", "worker") for j in long_ids}
     assert len(holders) == 2, "the two long jobs run in two different worker processes"
-    queued = forward(client, **{"async": True}).json()["id"]  # 202: the job view
+    queued_view = forward(client, **{"async": True}).json()  # 202: the job view
+    queued = queued_view["id"]
+    assert queued_view["lane"] == "celery"   # the workers offer no fast lane: the API must not use one
     ids["conv.forward"].append(queued)
     assert value(scrape(client), "convnd_queue_length", queue=prefix) == 1
     for job_id in [queued, *long_ids]:

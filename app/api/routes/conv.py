@@ -64,8 +64,8 @@ def _check(x_shape, W_shape, params: ConvParams, settings, need, dtype=None, **a
 
 def _run(kind: JobKind, params: ConvParams, arrays, owner, store, sender, settings,
          work: fastlane.Work | None = None) -> Response:
-    fast = fastlane.eligible(kind.name, work, settings.fast_lane_max_madds)
-    job = submit(store, sender, kind, owner, params.model_dump(by_alias=True), arrays, fast)
+    fast_madds = work.madds if fastlane.eligible(kind.name, work, settings.fast_lane_max_madds) else None
+    job = submit(store, sender, kind, owner, params.model_dump(by_alias=True), arrays, fast_madds)
     return answer(store, job, params, settings.wait_timeout_s)
 
 

@@ -121,8 +121,9 @@ def infer(model_name: str, body: V2BodyDep, owner: OwnerDep, store: StoreDep, se
     doc, binary = body.parse()
     req = parse_request(doc)
     job_plan = plan(store, model, req, binary, settings)
+    fast = fastlane.eligible(job_plan.kind.name, job_plan.work, settings.fast_lane_max_madds)
     job = submit(store, sender, job_plan.kind, owner, job_plan.params, job_plan.arrays,
-                 fastlane.eligible(job_plan.kind.name, job_plan.work, settings.fast_lane_max_madds))
+                 job_plan.work.madds if fast else None)
     job = wait_for(store, job, settings.wait_timeout_s)
     if job["state"] not in FINAL:
         return _still_running(job, model_name, req.id, settings.wait_timeout_s)
