@@ -64,8 +64,8 @@ def estimate_memory(x_shape, W_shape, dtype="float32", *, stride=1, padding=0, d
 
 
 # A pure function of hashable arguments (frozen geometry and rates; ``engines``: (name, class) of the
-# registered engines, so registering or replacing one starts afresh), asked again and again for the same layers: a service checks every
-# request with it (0.37 ms for a small layer, tens of microseconds cached).
+# registered engines, so registering or replacing one starts afresh), asked again and again for the
+# same layers: a service checks every request with it (0.37 ms for a small layer, tens of us cached).
 @functools.lru_cache(maxsize=1024)
 def _estimate(geom, itemsize, algorithm, budget, rates, autotune, forward, backward, need, engines) -> dict:
     estimates = {name: cls.estimate(geom, itemsize, budget, rates) for name, cls in engines}

@@ -125,7 +125,8 @@ def device() -> str:
 def serve_fast_lane(start) -> None:
     """Run ``start()`` (-> an object with ``stop()``: ``worker.fastlane.FastLane``) once this process's
     first heartbeat is written, so other workers never take it for dead; from then on its heartbeat
-    says it serves the fast lane. Call it before ``init_process`` (which starts the heartbeat)."""
+    says what the lane offers (``fast_lane_max_madds``). Call it before ``init_process`` (which starts
+    the heartbeat)."""
     _fast_lane["start"] = start
 
 
