@@ -42,7 +42,7 @@ from .kinds import BACKWARD, FORWARD
 
 log = logging.getLogger("convnd.worker")
 
-KINDS = (FORWARD, BACKWARD)
+KINDS = {FORWARD.name: FORWARD, BACKWARD.name: BACKWARD}   # the kinds the lane takes, by name
 OPS = {FORWARD.name: ops.forward, BACKWARD.name: ops.backward}
 TAKE_TIMEOUT_S = 1.0   # how long one BLMOVE blocks: a stopping worker notices within this
 # A fast-lane job runs beside the Celery task of its process, so its memory adds to that job's peak:
@@ -102,7 +102,7 @@ class Work(NamedTuple):
 def eligible(kind_name: str, work: Work | None, max_madds: int) -> bool:
     """Whether a job of ``kind_name`` and size ``work`` goes to the fast lane (``max_madds`` 0: none does)."""
     return (work is not None and 0 < max_madds and work.madds <= max_madds and work.peak_bytes <= MAX_PEAK_BYTES
-            and any(k.name == kind_name for k in KINDS))
+            and kind_name in KINDS)
 
 
 def served(workers: list[dict], queue: str, madds: int) -> bool:
@@ -215,7 +215,7 @@ class FastLane:
 
     def _run_entry(self, entry: bytes) -> None:
         kind_name, _, job_id = entry.decode("utf-8", "replace").partition(":")
-        kind = next((k for k in KINDS if k.name == kind_name), None)
+        kind = KINDS.get(kind_name)
         if kind is None or not job_id:
             log.error("fast lane %s: entry %r names no fast-lane job; dropped", self.queue, entry)
             return
