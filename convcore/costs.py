@@ -38,6 +38,11 @@ class Rates:
     # transposes, kernel launches): what decides tiny layers, such as 8x8 images.
     call_overhead: dict = field(default_factory=dict, hash=False)
     float64_slowdown: float = 2.0
+    # Overlap-save tiles in three or more dims: taken only when the model predicts the tiled time
+    # under ``tile_gain_nd`` of one whole transform's, from windows of ``tile_windows_nd`` kernel
+    # lengths (see the comment above TILE_GAIN for why they are a device's).
+    tile_gain_nd: float = 0.6
+    tile_windows_nd: tuple = (2, 4, 8)
 
     def overhead(self, engine: str) -> float:
         return self.call_overhead.get(engine, DEFAULT_OVERHEAD_S)
@@ -50,12 +55,12 @@ DEFAULT_OVERHEAD_S = 1e-3
 # A 2-core CPU (the figures the model was fitted on; see docs/benchmarks.md).
 # gemm and copy: the direct engine's blocked GEMMs and column copies, fitted on 28 layers (H5).
 CPU_RATES = Rates("cpu", gemm=80e9, fft=3e9, cmatmul=8e9, copy=70e9, matrix_call_s=1.5e-6,
-                  call_overhead={"direct": 4e-4, "fft": 1.5e-3})
+                  call_overhead={"direct": 4e-4, "fft": 1.5e-3}, tile_gain_nd=0.4)
 # A data-centre GPU (A100/H100 class) through CuPy: batched products are one cuBLAS call,
 # so no per-frequency cost; Python and kernel launches make the fixed cost. ``calibrate``
 # measures the real figures of the device at hand.
 GPU_RATES = Rates("gpu", gemm=15e12, fft=1e12, cmatmul=5e12, copy=1e12, matrix_call_s=0.0,
-                  call_overhead={"direct": 1e-3, "fft": 2e-3})
+                  call_overhead={"direct": 1e-3, "fft": 2e-3}, tile_gain_nd=0.4, tile_windows_nd=(4, 8))
 
 _calibrated: dict = {}   # device name -> Rates measured by calibrate()
 
@@ -264,11 +269,6 @@ def fft_bytes(geom: ConvGeometry, itemsize: int, tile, rows: int) -> int:
     return spectra + real
 
 
-def fft_working_set(geom: ConvGeometry, itemsize: int, budget: int) -> int:
-    """Peak bytes of one chunk of rows under ``budget``, with the tiles the engine would choose."""
-    return fft_bytes(geom, itemsize, choose_tile(geom, itemsize, budget), 1)
-
-
 def fft_row_chunk(geom: ConvGeometry, itemsize: int, tile, rows: int, budget: int) -> int:
     """Tile rows per chunk so that one chunk's spectra fit ``budget`` (at least 1)."""
     fixed = fft_bytes(geom, itemsize, tile, 0)
@@ -330,15 +330,22 @@ def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
     return Estimate(seconds, shared, forward, {k: v for k, v in backward.items() if v})
 
 
-# Tile for speed only when the model predicts at least a 40% saving (60% in three or more dims).
-# Tiles cost copies the model leaves out, and in N >= 3 dims more: the window overhead compounds per
-# dim ((t + k - 1) / t each), and small multi-dimensional transforms run at half the model's rate
-# per point or less (pocketfft, one thread: 1.7 ns per point and axis pass whatever the length,
-# so a 10^4 transform costs 8.8 ns a point against 4.2 for 64x64). Measured tiled / whole
-# (forward + backward): 4-D k5 1.64, 3-D k7 1.19 with tiles the 40% rule took, 3-D k5 (model 0.38)
-# 0.88, 3-D 48^3 k5 (0.17) 0.55, 4-D k3 (0.33) 0.74 (docs/benchmarks.md, "Fifth round").
+# Tile for speed only when the model predicts at least a 40% saving: tiles cost copies the model
+# leaves out. In N >= 3 dims each device kind has its own rule (``Rates.tile_gain_nd``,
+# ``tile_windows_nd``), both measured with benchmarks/tile_rule_ab.py on layers where rules differ.
+# CPU: a 60% saving. The window overhead compounds per dim ((t + k - 1) / t each), and small
+# multi-dimensional transforms run at half the model's rate per point or less (pocketfft, one
+# thread: 1.7 ns per point and axis pass whatever the length, so a 10^4 transform costs 8.8 ns a
+# point against 4.2 for 64x64). Measured tiled / whole on 2 cores (forward + backward): 4-D k5
+# 1.64, 3-D k7 1.19 with tiles the 40% rule took, 3-D k5 (model 0.38) 0.88, 3-D 48^3 k5 (0.17)
+# 0.55, 4-D k3 (0.33) 0.74 (docs/benchmarks.md, "Fifth round"); over 14 random layers the rule was
+# 1.04x the fastest rule's time at the median, 1.21x at worst, and windows of at least 4 kernel
+# lengths lost up to 3.3x. GPU (H100, cuFFT): a 60% saving and windows of at least 4 kernel
+# lengths. Windows of 2 kernel lengths (6 to 18 points for k 3 to 9) make many tiny batched
+# transforms, which ran 1.1-3.4x slower than one whole transform; over 66 random layers this rule
+# was the fastest of five in 58, the CPU's in 43, and the 40% rule with any window in 11
+# (docs/benchmarks.md, "Tiles on a GPU").
 TILE_GAIN = 0.6
-TILE_GAIN_3D = 0.4
 
 
 def choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates = CPU_RATES) -> tuple:
@@ -349,14 +356,15 @@ def choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates = C
 @functools.lru_cache(maxsize=1024)
 def _choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> tuple:
     """Candidates per dim are the whole valid output and windows of about 2, 4 and 8
-    kernel lengths. If even the smallest tiles overflow half the budget, halves
+    kernel lengths (in N >= 3 dims, ``rates.tile_windows_nd``). If even the smallest tiles overflow half the budget, halves
     the dim with the most room until it fits or tiles reach the kernel size.
     """
     red = Reduction(None, geom, keep_dilation=False)
     valid = [q - k + 1 for q, k in zip(red.qx, red.qk)]
     options = []
+    windows = (2, 4, 8) if geom.ndim < 3 else rates.tile_windows_nd
     for v, k in zip(valid, red.qk):
-        sizes = {v} | {backend.next_fast_len(c * k) - k + 1 for c in (2, 4, 8)}
+        sizes = {v} | {backend.next_fast_len(c * k) - k + 1 for c in windows}
         options.append(sorted(t for t in sizes if max(k, 1) <= t <= v) or [v])
     if math.prod(len(o) for o in options) <= 4096:   # N <= 5 dims of <= 4 options each
         fitting = [t for t in itertools.product(*options) if fft_bytes(geom, itemsize, t, 1) <= budget // 2]
@@ -366,7 +374,7 @@ def _choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
     if fitting:
         best = min(fitting, key=lambda t: (fft_seconds(geom, itemsize, t, rates), -math.prod(t)))
         # Tiles cost copies the model leaves out: only take them for a clear saving.
-        gain = TILE_GAIN if geom.ndim < 3 else TILE_GAIN_3D
+        gain = TILE_GAIN if geom.ndim < 3 else rates.tile_gain_nd
         if whole in fitting and fft_seconds(geom, itemsize, best, rates) > gain * fft_seconds(
                 geom, itemsize, whole, rates):
             return whole

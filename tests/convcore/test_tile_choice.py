@@ -1,5 +1,6 @@
 """The FFT engine's overlap-save tiles (costs.choose_tile): in three or more dims a layer is cut
-into tiles only when the model predicts at least a 60 % saving; in one and two dims 40 %.
+into tiles only when the model predicts at least a 60 % saving; in one and two dims 40 %. On a
+GPU, N-D windows are also at least 4 kernel lengths.
 
 Why (measured, docs/benchmarks.md "Fifth round"): small multi-dimensional windows ran 1.2-1.7x
 slower than one transform of the whole when the 40 % rule tiled them (4-D k5, 3-D k7), while
@@ -23,15 +24,15 @@ def _valid(geom) -> tuple:
     return tuple(q - k + 1 for q, k in zip(red.qx, red.qk))
 
 
-def _best_over_whole(geom) -> float:
-    """The model's cheapest tiling (over the candidates choose_tile considers) / the whole extent."""
+def _best_over_whole(geom, rates=costs.CPU_RATES, windows=(2, 4, 8)) -> float:
+    """The model's cheapest tiling (windows of ``windows`` kernel lengths) / the whole extent."""
     red = Reduction(None, geom, keep_dilation=False)
     options = []
     for v, k in zip(_valid(geom), red.qk):
-        sizes = {v} | {backend.next_fast_len(c * k) - k + 1 for c in (2, 4, 8)}
+        sizes = {v} | {backend.next_fast_len(c * k) - k + 1 for c in windows}
         options.append(sorted(t for t in sizes if k <= t <= v) or [v])
-    best = min(costs.fft_seconds(geom, 4, t) for t in itertools.product(*options))
-    return best / costs.fft_seconds(geom, 4, _valid(geom))
+    best = min(costs.fft_seconds(geom, 4, t, rates) for t in itertools.product(*options))
+    return best / costs.fft_seconds(geom, 4, _valid(geom), rates)
 
 
 @pytest.mark.parametrize("x_shape, W_shape, padding", [
@@ -41,17 +42,45 @@ def _best_over_whole(geom) -> float:
 def test_n_d_layers_with_a_modest_predicted_saving_keep_one_transform(x_shape, W_shape, padding):
     geom = make_geometry(x_shape, W_shape, padding=padding)
     ratio = _best_over_whole(geom)
-    assert costs.TILE_GAIN_3D < ratio < costs.TILE_GAIN   # a 40-60 % predicted saving: the 2-D rule would tile
+    assert costs.CPU_RATES.tile_gain_nd < ratio < costs.TILE_GAIN   # a 40-60 % predicted saving: the 2-D rule would tile
     assert costs.choose_tile(geom, 4, BUDGET) == _valid(geom)
 
 
 def test_an_n_d_layer_with_a_large_predicted_saving_is_tiled():
     geom = make_geometry((1, 8, 48, 48, 48), (8, 8, 5, 5, 5), padding=2)   # measured 0.55x the whole's time
-    assert _best_over_whole(geom) < costs.TILE_GAIN_3D
+    assert _best_over_whole(geom) < costs.CPU_RATES.tile_gain_nd
     assert costs.choose_tile(geom, 4, BUDGET) != _valid(geom)
 
 
 def test_two_d_layers_keep_the_40_percent_rule():
     geom = make_geometry((4, 16, 64, 64), (16, 16, 7, 7), padding=3)   # tiles measured 0.76x the whole's time
-    assert costs.TILE_GAIN_3D < _best_over_whole(geom) < costs.TILE_GAIN
+    assert costs.CPU_RATES.tile_gain_nd < _best_over_whole(geom) < costs.TILE_GAIN
     assert costs.choose_tile(geom, 4, BUDGET) != _valid(geom)
+
+
+# GPU (H100, benchmarks/tile_rule_ab.py --device gpu): windows of 2 kernel lengths are many tiny
+# batched transforms; the figures are each tiling's time over the fastest tiling's.
+@pytest.mark.parametrize("x_shape, W_shape, padding", [
+    ((1, 4, 24, 24, 24), (4, 4, 3, 3, 3), 1),                # 4x4x24 tiles 2.42, whole 1.00
+    ((1, 8, 12, 12, 12, 12), (16, 8, 3, 3, 3, 3), 1),        # 4x4x4x12 tiles 1.67, whole 1.00
+])
+def test_gpu_keeps_small_n_d_layers_whole_that_two_kernel_windows_would_tile(x_shape, W_shape, padding):
+    geom = make_geometry(x_shape, W_shape, padding=padding)
+    assert costs.GPU_RATES.tile_windows_nd == (4, 8)
+    assert _best_over_whole(geom, costs.GPU_RATES, windows=(2, 4, 8)) < costs.TILE_GAIN   # 40 % rule would tile
+    assert costs.choose_tile(geom, 4, BUDGET, costs.GPU_RATES) == _valid(geom)
+
+
+def test_gpu_tiles_a_large_n_d_layer_with_wide_windows():
+    geom = make_geometry((1, 32, 48, 48, 48), (16, 32, 9, 9, 9), padding=4)   # 28^3 tiles 1.00, 10x10x48 1.06
+    tile = costs.choose_tile(geom, 4, BUDGET, costs.GPU_RATES)
+    assert tile != _valid(geom)
+    assert all(t + 9 - 1 >= 4 * 9 - 1 for t in tile)   # windows of about 4 kernel lengths or more
+
+
+def test_memory_bound_tiles_on_a_gpu_still_fit_the_budget():
+    geom = make_geometry((8, 64, 64, 64, 64), (64, 64, 7, 7, 7), padding=3)
+    budget = 256 * 2**20
+    tile = costs.choose_tile(geom, 4, budget, costs.GPU_RATES)
+    assert tile != _valid(geom)
+    assert costs.fft_bytes(geom, 4, tile, 1) <= budget // 2
