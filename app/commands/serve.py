@@ -36,13 +36,14 @@ def run_api(args) -> int:
     import uvicorn
 
     s = get_settings()
+    # uvicorn's default loop ("auto") is uvloop, a dependency on Linux and macOS: ~0.3 ms less
+    # API CPU per small request than asyncio's (docs/benchmarks.md, "The service").
     uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
-                log_level=s.log_level.lower(), http="app.commands.http_limits:LimitedH11Protocol",
+                log_level=s.log_level.lower(), http="app.commands.http_limits:LimitedHttpProtocol",
                 # uvicorn answers 503 past this many connections or requests in progress; the
                 # protocol also closes connections past it at once, so idle ones cannot pile up.
                 limit_concurrency=s.http_max_connections,
-                timeout_keep_alive=5,  # an idle keep-alive connection is closed after 5 s
-                h11_max_incomplete_event_size=16 * 1024)  # request line + headers: 16 KiB at most
+                timeout_keep_alive=5)  # an idle keep-alive connection is closed after 5 s
     return 0
 
 

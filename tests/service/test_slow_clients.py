@@ -1,5 +1,6 @@
 """Slow and idle clients cannot hold the API's connections: half-sent headers get 408 and are
-closed, a stalled body is closed, and connections past the cap get 503 at once."""
+closed, oversized headers 431, a stalled body is closed, and connections past the cap get 503 at
+once; requests within the limits (kept-alive, pipelined, sent in pieces) are served."""
 from __future__ import annotations
 
 import socket
@@ -89,3 +90,68 @@ def test_connections_past_the_cap_get_503_at_once(slow_api):
             s.close()
     wait_idle_connections_closed()
     assert slow_api.client.get("/healthz").status_code == 200  # the server itself is fine
+
+
+def read_response(s: socket.socket) -> bytes:
+    """One whole response on a kept-alive connection (headers, then content-length bytes)."""
+    s.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += s.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
+def test_oversized_headers_get_431_and_are_closed(slow_api):
+    with connect(slow_api) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 20_000)
+        data, waited = read_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 431"), data
+    assert waited < TIMEOUT_S   # at once, not at the header deadline
+    assert slow_api.client.get("/healthz").status_code == 200
+
+
+def test_headers_just_under_the_cap_are_served(slow_api):
+    with connect(slow_api) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Big: " + b"a" * 12_000 + b"\r\n\r\n")
+        data, _ = read_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 200"), data
+
+
+def test_each_request_on_a_kept_alive_connection_gets_its_own_header_deadline(slow_api):
+    with connect(slow_api) as s:
+        for _ in range(3):   # 3 x 0.6 s: past one deadline from the connection's start, within each request's
+            time.sleep(TIMEOUT_S * 0.6)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert read_response(s).startswith(b"HTTP/1.1 200")
+        s.sendall(HALF_HEADERS)   # and the next one is still bounded
+        data, waited = read_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 408"), data
+    assert waited < TIMEOUT_S + 3
+
+
+def test_pipelined_requests_are_all_answered(slow_api):
+    request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with connect(slow_api) as s:
+        s.sendall(request * 3 + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data, _ = read_until_closed(s)
+    assert data.count(b"HTTP/1.1 200") == 4, data
+
+
+def test_a_body_sent_in_pieces_within_the_pause_limit_is_read(slow_api):
+    # W's data is one number short: only a server that read the whole body can say so.
+    body = b'{"x": {"shape": [1, 1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}, ' \
+           b'"W": {"shape": [1, 1, 2], "datatype": "FP32", "data": [1]}}'
+    head = (b"POST /v1/conv/forward HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    with connect(slow_api) as s:
+        s.sendall(head)
+        for i in range(0, len(body), 40):   # pauses of 0.4 s, 1.2 s or more in all
+            time.sleep(TIMEOUT_S * 0.4)
+            s.sendall(body[i:i + 40])
+        data, _ = read_until_closed(s)
+    assert data.startswith(b"HTTP/1.1 400"), data
+    assert b'"field":"W"' in data.partition(b"\r\n\r\n")[2], data
