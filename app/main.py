@@ -54,8 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router, prefix="/v1")
     app.include_router(workers.router, prefix="/v1")
     app.include_router(v2.router)  # the Open Inference Protocol: /v2/...
-    app.state.metrics_registry = metrics.make_registry(app)
-    app.add_middleware(HttpMetrics, instruments=HttpInstruments(app.state.metrics_registry))
+    app.state.metrics_registry, instruments_registry = metrics.make_registry(app)
+    app.add_middleware(HttpMetrics, instruments=HttpInstruments(instruments_registry))
     app.include_router(metrics.router)
     pages.install(app)  # the dashboard: / -> /ui/
     middleware.install(app, settings)  # added last: its catch-all wraps everything above

@@ -4,7 +4,10 @@ goes (the breakdown docs/benchmarks.md quotes), throughput, JSON vs binary.
 Starts its own embedded Redis-protocol server, one worker (the configured pool, CONVND_WORKER_POOL)
 and the API on loopback, then prints figures.
 
-    python3 benchmarks/service_latency.py [--requests 300] [--clients 8] [--skip-large]
+    python3 benchmarks/service_latency.py [--requests 300] [--clients 8] [--skip-large] [--api-processes 1]
+
+Throughput is measured twice: with this script's own httpx clients, and with ApacheBench (``ab``)
+when it is installed, whose CPU cost per request is negligible beside the service's.
 
 A small forward takes the fast lane (worker/fastlane.py: no Celery message); run the worker with
 CONVND_FAST_LANE_MAX_MADDS=0 to measure Celery's path instead. The request body is encoded once,
@@ -30,7 +33,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -90,7 +97,8 @@ def cpu_snapshot(procs) -> dict:
     redis_proc, worker, api = procs
     kids = children(worker.pid)
     # `convnd worker` runs Celery's main in its own process: the pool children are its children.
-    return {"api": cpu_s(api.pid), "worker parent": cpu_s(worker.pid),
+    # With several API processes, uvicorn's supervisor forks them: the API is the supervisor and its children.
+    return {"api": cpu_s(api.pid) + sum(cpu_s(k) for k in children(api.pid)), "worker parent": cpu_s(worker.pid),
             "worker children": sum(cpu_s(k) for k in kids), "redis": cpu_s(redis_proc.pid),
             "client": sum(os.times()[:2])}
 
@@ -101,7 +109,7 @@ def print_cpu(before: dict, after: dict, requests: int, label: str) -> None:
     print(f"  CPU per request ({label}), ms: {shown}  | service total {sum(parts.values()) - parts['client']:5.2f}")
 
 
-def start_service():
+def start_service(api_processes: int = 1):
     redis_proc, url = processes.start_redis(processes.free_port())
     port = processes.free_port()
     env = {**os.environ, "REDIS_URL": url, "CONVND_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}",
@@ -110,7 +118,8 @@ def start_service():
     cli = [sys.executable, "-m", "app.cli"]
     procs = [redis_proc, processes.spawn(cli + ["worker"], env, stdout=processes.subprocess.DEVNULL,
                                          stderr=processes.subprocess.DEVNULL),
-             processes.spawn(cli + ["api", "--port", str(port)], env, stdout=processes.subprocess.DEVNULL,
+             processes.spawn(cli + ["api", "--port", str(port), "--workers", str(api_processes)], env,
+                             stdout=processes.subprocess.DEVNULL,
                              stderr=processes.subprocess.DEVNULL)]
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -128,6 +137,7 @@ def main():
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--skip-large", action="store_true", help="skip the 16 MiB JSON vs binary round trip")
+    parser.add_argument("--api-processes", type=int, default=1, help="`convnd api --workers` (default 1)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
@@ -148,7 +158,7 @@ def main():
         convcore.conv_forward(x, W, padding=1)
         local.append(time.perf_counter() - t)
 
-    procs, base = start_service()
+    procs, base = start_service(args.api_processes)
     try:
         with httpx.Client(base_url=base, timeout=60) as c:
             for _ in range(20):  # warm-up: connections, FFT plans, algorithm choice
@@ -181,6 +191,7 @@ def main():
         print(f"  throughput          : {per * args.clients / (time.perf_counter() - t):7.1f} requests/s "
               f"with {args.clients} concurrent clients, 1 worker")
         print_cpu(cpu_before, cpu_snapshot(procs), per * args.clients, f"{args.clients} clients")
+        native_load(procs, base, raw, args.clients, max(args.requests, 1000))
 
         if args.skip_large:
             return
@@ -213,6 +224,30 @@ def main():
     finally:
         for p in reversed(procs):
             processes.stop(p)
+
+
+def native_load(procs, base: str, raw: bytes, clients: int, requests: int) -> None:
+    """Throughput with ApacheBench (``ab``, C) as the load generator, when it is installed: the Python
+    client above spends ~3 ms of CPU a request on the same cores as the service, ab a few hundredths.
+    ab speaks HTTP/1.0, so every request opens a connection (uvicorn keeps none alive for 1.0)."""
+    if shutil.which("ab") is None:
+        print("  throughput (ab)     : skipped: ApacheBench is not installed (Debian: apt install apache2-utils)")
+        return
+    with tempfile.NamedTemporaryFile(suffix=".json") as body:
+        body.write(raw)
+        body.flush()
+        cpu_before = cpu_snapshot(procs)
+        out = subprocess.run(["ab", "-q", "-c", str(clients), "-n", str(requests), "-p", body.name,
+                              "-T", "application/json", base + "/v1/conv/forward"],
+                             capture_output=True, text=True, check=True).stdout
+        cpu_after = cpu_snapshot(procs)
+    # ab counts answers whose length differs from the first as "failed" (job ids and timings vary);
+    # what matters is that none was an error status.
+    rate = re.search(r"Requests per second:\s+([\d.]+)", out).group(1)
+    errors = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    print(f"  throughput (ab)     : {float(rate):7.1f} requests/s with {clients} concurrent clients, 1 worker"
+          f"{f'; {errors.group(1)} non-2xx answers' if errors else ''}")
+    print_cpu(cpu_before, cpu_after, requests, f"ab, {clients} clients")
 
 
 def breakdown(base, raw_async: bytes, remote, requests: int) -> None:

@@ -4,7 +4,8 @@ A plain ASGI middleware (not ``BaseHTTPMiddleware``, which would buffer streamed
 route label is the matched route's template (``/v1/jobs/{job_id}``), so ids do not multiply the
 series; a path no route matches counts as ``<unmatched>``. Latency is measured until the answer's
 headers are sent: a server-sent event stream would otherwise count its whole life. These live in
-the API process's memory: each API process is scraped on its own, as Prometheus expects.
+the API process's memory, or, when ``convnd api`` runs several processes on one port, in files
+that /metrics sums over them (app/api/routes/metrics.py, ``make_registry``).
 """
 from __future__ import annotations
 

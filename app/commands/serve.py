@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 
 from app.core.config import get_settings
@@ -14,7 +16,8 @@ def register(sub) -> None:
     api = sub.add_parser("api", help="run the HTTP API (uvicorn)")
     api.add_argument("--host", default=s.host, help=f"bind address (default {s.host})")
     api.add_argument("--port", type=int, default=s.port, help=f"port (default {s.port})")
-    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    api.add_argument("--workers", type=int, default=s.api_processes,
+                     help=f"API processes sharing the port (default $CONVND_API_PROCESSES or {s.api_processes})")
     api.set_defaults(func=run_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker that executes convolution and training jobs")
@@ -36,6 +39,15 @@ def run_api(args) -> int:
     import uvicorn
 
     s = get_settings()
+    if args.workers < 1:
+        print("convnd api: --workers must be at least 1", file=sys.stderr)
+        return 2
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each process counts its HTTP requests in files here, so that /metrics, answered by
+        # whichever process a scrape reaches, sums them all (app/api/routes/metrics.py).
+        metrics_dir = tempfile.mkdtemp(prefix="convnd-api-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # uvicorn's default loop ("auto") is uvloop, a dependency on Linux and macOS: ~0.3 ms less
     # API CPU per small request than asyncio's (docs/benchmarks.md, "The service").
     uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
@@ -44,6 +56,8 @@ def run_api(args) -> int:
                 # protocol also closes connections past it at once, so idle ones cannot pile up.
                 limit_concurrency=s.http_max_connections,
                 timeout_keep_alive=5)  # an idle keep-alive connection is closed after 5 s
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

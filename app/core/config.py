@@ -44,6 +44,9 @@ class Settings(RuntimeSettings):
         default_factory=list, description="Comma-separated origins allowed to call the API from a browser (CORS). "
                                           "Default: none.")
     api_threads: int = Field(200, gt=0, description="Threads serving requests; each waiting POST holds one.")
+    api_processes: int = Field(1, gt=0, le=64, description="`convnd api` processes (uvicorn workers) sharing "
+                               "the port: one per core serves more small requests per second; /metrics sums "
+                               "their HTTP counters. The connection cap and threads are per process.")
     max_train_bytes: int = Field(8 * 2**30, gt=0, description="Largest estimated memory of a training step "
                                  "(activations of one batch + parameters and optimizer state) -> 422.")
     max_dataset_bytes: int = Field(128 * 2**20, gt=0, description="Largest uploaded dataset (bytes) -> 413.")

@@ -2,19 +2,21 @@
 
 Job outcomes, durations and training epochs are counters that the processes changing a job's
 state keep in Redis (``worker.metrics``), so any API process answers for all of them; queue
-lengths and live workers are read from Redis at scrape time; HTTP requests and latencies are this
-API process's own (``app.api.http_metrics``). With API keys on, a scrape needs a key or
+lengths and live workers are read from Redis at scrape time; HTTP requests and latencies are the
+API's own (``app.api.http_metrics``): this process's, or all its processes' when it runs several
+(see ``make_registry``). With API keys on, a scrape needs a key or
 ``CONVND_METRICS_TOKEN``, sent as ``Authorization: Bearer <token>`` (or ``X-API-Key``).
 """
 from __future__ import annotations
 
 import hmac
+import os
 from collections import Counter
 
 import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from app.api.deps import get_owner
@@ -78,11 +80,21 @@ class JobCollector:
         yield workers
 
 
-def make_registry(app) -> CollectorRegistry:
-    """The app's own registry (not the global one: each app built in a process has its own)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(JobCollector(app))
-    return registry
+def make_registry(app) -> tuple[CollectorRegistry, CollectorRegistry]:
+    """(the registry /metrics exposes, the one the HTTP instruments are made in): the app's own,
+    not the global one, so each app built in a process has its own.
+
+    With several API processes on one port (``convnd api --workers N`` sets PROMETHEUS_MULTIPROC_DIR
+    before they start) each keeps its HTTP counts in files of that folder, and /metrics, answered by
+    whichever process a scrape reaches, reads them all; the job metrics come from Redis anyway.
+    """
+    exposed = CollectorRegistry(auto_describe=False)
+    exposed.register(JobCollector(app))
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return exposed, exposed
+    multiprocess.MultiProcessCollector(exposed, path=folder)
+    return exposed, CollectorRegistry(auto_describe=False)   # the files, not this, are what is read
 
 
 def _check_access(request: Request) -> None:
