@@ -48,7 +48,6 @@ import numpy as np
 import convcore
 from app.core import processes
 
-
 JSON = {"Content-Type": "application/json"}
 
 

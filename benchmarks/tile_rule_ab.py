@@ -17,18 +17,18 @@ import dataclasses
 import statistics
 
 import numpy as np
+from conv_timing import time_interleaved  # beside this file
 
 import convcore
 from convcore import backend, costs, make_geometry
-from conv_timing import time_interleaved  # beside this file
 
 BUDGET = 2**31
 RULES = {   # name -> Rates fields
-    "40% any window": dict(tile_gain_nd=0.6, tile_windows_nd=(2, 4, 8)),
-    "60% any window": dict(tile_gain_nd=0.4, tile_windows_nd=(2, 4, 8)),
-    "40% windows >= 4k": dict(tile_gain_nd=0.6, tile_windows_nd=(4, 8)),
-    "50% windows >= 4k": dict(tile_gain_nd=0.5, tile_windows_nd=(4, 8)),
-    "60% windows >= 4k": dict(tile_gain_nd=0.4, tile_windows_nd=(4, 8)),
+    "40% any window": {"tile_gain_nd": 0.6, "tile_windows_nd": (2, 4, 8)},
+    "60% any window": {"tile_gain_nd": 0.4, "tile_windows_nd": (2, 4, 8)},
+    "40% windows >= 4k": {"tile_gain_nd": 0.6, "tile_windows_nd": (4, 8)},
+    "50% windows >= 4k": {"tile_gain_nd": 0.5, "tile_windows_nd": (4, 8)},
+    "60% windows >= 4k": {"tile_gain_nd": 0.4, "tile_windows_nd": (4, 8)},
 }
 
 
@@ -83,7 +83,7 @@ def main(argv=None) -> None:
         y_shape = convcore.Convolution(padding=padding).forward(x, W, b).shape
         gy = xp.asarray(rng.standard_normal(y_shape).astype(np.float32))
 
-        def under(name):
+        def under(name, x=x, W=W, b=b, gy=gy, padding=padding, tiles=tiles):
             def run(fetch):
                 costs.set_rates(xp, rates[name])
                 op = convcore.Convolution(padding=padding, algorithm="fft", memory_budget=BUDGET)

@@ -2,16 +2,22 @@
 
 uvicorn closes idle keep-alive connections but bounds neither the time a client may take
 to send a request's headers (its keep-alive timer stops at the first byte), nor their size
-with httptools, nor the number of open connections (``limit_concurrency`` answers 503 only
-once a request's headers are in). So this protocol adds four bounds, from the settings:
+with httptools, nor the time a client may leave its answers unread, nor the number of open
+connections (``limit_concurrency`` answers 503 only once a request's headers are in). So this
+protocol adds five bounds, from the settings:
 
 - headers: a request's headers must be complete within ``http_header_timeout_s`` of the
-  connection opening (or of the previous response); else 408 and the connection is closed;
+  connection becoming idle (opened, or the previous answer sent); else 408 (or, when no byte of
+  a request came, a silent close) and the connection is closed;
 - header size: request line and headers of at most MAX_HEADER_BYTES; else 431 and closed;
-- body: while a request body is being read, no pause may last ``http_body_timeout_s``
-  (a pause counts only while the server wants more; a paused read is the app's doing);
+- body: while a request body is being read, no pause may last ``http_body_timeout_s``;
+- answers: a client that reads nothing of an answer for ``http_body_timeout_s`` is closed;
 - connections: past ``http_max_connections`` open connections a new one gets 503 and is
   closed at once, so half-sent requests cannot exhaust file descriptors.
+
+The client's deadlines are suspended while the server has the turn: while it is reading
+nothing (uvicorn pauses reads for a pipelined request or a body the app has not read yet), or
+waits to send ``100 Continue``, or is still answering an earlier request.
 
 It is uvicorn's httptools protocol (llhttp, C): it costs the API ~0.8 ms less CPU per small
 request than the pure-Python h11 protocol (docs/benchmarks.md, "The service").
@@ -21,6 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -37,14 +45,17 @@ def _raw_response(status: int, reason: str, detail: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
-class LimitedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline and size cap, a body pause limit and a
-    connection cap.
+class _HeadersTooLarge(Exception):
+    """Raised in a parser callback: httptools stops and uvicorn calls send_400_response."""
 
-    What the client must send next (its phase) follows the parser's callbacks: "headers" from the
-    connection's start or the previous response until the headers are parsed, "body" until the
-    message is complete, None while the server has the turn (a request being answered, or whole
-    pipelined requests waiting for it).
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds above.
+
+    What the client owes (``_phase``) is recomputed from the connection's state after every event
+    (``_update``): "headers" while the server is idle or a request's headers are incomplete,
+    "body" while its body is, None while the server has the turn. A deadline starts when the
+    phase changes; the body's also restarts with every chunk (a limit on each pause).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -54,9 +65,15 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._max_connections = s.http_max_connections
         self._phase: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
-        self._header_bytes = 0
-        self._in_message = False   # between on_message_begin and on_message_complete
+        self._write_stall: asyncio.TimerHandle | None = None
+        self._in_message = False        # on_message_begin .. on_message_complete
+        self._headers_done = False      # on_headers_complete .. on_message_complete
+        self._raw_header_bytes = 0      # bytes received while headers were due (a partial header is buffered)
+        self._parsed_header_bytes = 0   # request line + headers the parser reported for this message
+        self._too_large = False
+        self._running = None            # the cycle uvicorn is running (self.cycle is the last parsed one)
 
+    # ---- connection ------------------------------------------------------------------------
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self._max_connections:
@@ -64,55 +81,109 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             transport.write(_raw_response(503, "Service Unavailable", "too many open connections; retry later"))
             transport.close()
             return
-        self._enter("headers")
-
-    def data_received(self, data: bytes) -> None:
-        if self._phase == "headers":
-            self._header_bytes += len(data)
-        super().data_received(data)
-        if self.transport.is_closing():
-            return
-        if self._phase == "headers" and self._header_bytes > MAX_HEADER_BYTES:
-            log.info("closing a connection from %s: request headers over %d bytes", self.client, MAX_HEADER_BYTES)
-            self._cancel()
-            self.transport.write(_raw_response(431, "Request Header Fields Too Large",
-                                               f"request line and headers must fit in {MAX_HEADER_BYTES} bytes"))
-            self.transport.close()
-        elif self._phase == "body":
-            self._enter("body")   # a limit on each pause: every chunk restarts it
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_message = True
-        if self._phase is None:   # a pipelined request after whole ones: its headers are due now
-            self._enter("headers")
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        self._enter("body")
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_message = False
-        self._enter(None)
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # The next request's headers are due unless the client is mid-message (its callbacks
-        # keep the phase) or whole pipelined requests wait for the server.
-        if not self.transport.is_closing() and not self._in_message and not self.pipeline:
-            self._enter("headers")
+        self._update()
 
     def connection_lost(self, exc) -> None:
         self._cancel()
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+        # uvicorn marks only the last parsed cycle disconnected; a pipelined request may be the one running.
+        running = self._running
+        if running is not None and not running.response_complete:
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
 
-    def _enter(self, phase: str | None) -> None:
-        """Start ``phase``'s deadline (the header deadline runs from the start of the request,
-        not from its latest byte: entering "headers" again is only done at a request's start)."""
+    def data_received(self, data: bytes) -> None:
+        if self._phase == "headers":
+            self._raw_header_bytes += len(data)
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        # Raw bytes bound what httptools buffers of an incomplete header; complete request lines and
+        # headers are counted exactly by the parser callbacks.
+        if self._phase == "headers" and self._raw_header_bytes > MAX_HEADER_BYTES:
+            self._refuse_large_headers()
+            return
+        self._update(restart=self._phase == "body")
+
+    # ---- parser callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_message, self._headers_done = True, False
+        self._parsed_header_bytes, self._too_large = 0, False
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        self._headers_done = True
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_message = self._headers_done = False
+        # The next message's raw count starts with the next chunk (this one may hold another's body).
+        self._raw_header_bytes = 0
+
+    def _start_asgi_task(self, cycle, app) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._update()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._too_large:
+            self._refuse_large_headers()
+            return
+        super().send_400_response(msg)
+
+    # ---- writes the client does not read ---------------------------------------------------
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_stall is None:
+            self._write_stall = self.loop.call_later(self._timeouts["body"], self._stalled_reader)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
+
+    def _stalled_reader(self) -> None:
+        self._write_stall = None
+        if not self.transport.is_closing():
+            log.info("closing a connection from %s: the client read nothing of its answer for %g s",
+                     self.client, self._timeouts["body"])
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:   # a reset, so the kernel drops the unread answer instead of sending it on
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()   # close() would wait for the unread answer to drain first
+
+    # ---- deadlines -------------------------------------------------------------------------
+    def _server_busy(self) -> bool:
+        """An answer under way or pipelined requests waiting: the server has the turn."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def _client_phase(self) -> str | None:
+        if self._in_message:
+            return "body" if self._headers_done else "headers"
+        return None if self._server_busy() else "headers"
+
+    def _update(self, restart: bool = False) -> None:
+        """Follow what the client owes now; a new phase (or ``restart``) starts its deadline."""
+        phase = self._client_phase()
+        if phase == self._phase and not restart:
+            return
         self._cancel()
-        if phase == "headers" and self._phase != "headers":
-            self._header_bytes = 0
         self._phase = phase
         if phase is not None:
             self._deadline = self.loop.call_later(self._timeouts[phase], self._timed_out)
@@ -122,15 +193,45 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
 
+    def _server_holds_the_turn(self) -> bool:
+        """Whether the client's silence is the server's doing: reads paused; a body not yet asked
+        for (``100 Continue`` not sent); the next request's headers while an answer is under way."""
+        if self.flow.read_paused:
+            return True
+        cycle = self.cycle
+        if self._phase == "body":
+            return cycle is not None and cycle.waiting_for_100_continue and not cycle.response_complete
+        return self._server_busy()
+
     def _timed_out(self) -> None:
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self._phase == "body" and self.flow.read_paused:  # the app is not reading: not the client's fault
-            self._deadline = self.loop.call_later(self._timeouts["body"], self._timed_out)
+        if self._client_phase() != self._phase:   # the turn moved on since the deadline was set
+            self._update()
             return
-        log.info("closing a connection from %s: request %s not received within %.0f s",
+        if self._server_holds_the_turn():   # not the client's delay: wait again
+            self._deadline = self.loop.call_later(self._timeouts[self._phase], self._timed_out)
+            return
+        log.info("closing a connection from %s: request %s not received within %g s",
                  self.client, self._phase, self._timeouts[self._phase])
-        if self._phase == "headers":  # no response has begun, so a 408 can still be sent
+        if self._phase == "headers" and self._in_message:   # part of a request came: say why it ends
             self.transport.write(_raw_response(408, "Request Timeout", "request headers not received in time"))
+        self.transport.close()
+
+    # ---- header size -----------------------------------------------------------------------
+    def _count_header_bytes(self, n: int) -> None:
+        self._parsed_header_bytes += n
+        if self._parsed_header_bytes > MAX_HEADER_BYTES:
+            self._too_large = True
+            raise _HeadersTooLarge
+
+    def _refuse_large_headers(self) -> None:
+        """431 and close; only close while an earlier request is still being answered (a 431
+        written now would land inside that answer)."""
+        log.info("closing a connection from %s: request headers over %d bytes", self.client, MAX_HEADER_BYTES)
+        self._cancel()
+        if not self._server_busy():
+            self.transport.write(_raw_response(431, "Request Header Fields Too Large",
+                                               f"request line and headers must fit in {MAX_HEADER_BYTES} bytes"))
         self.transport.close()

@@ -52,9 +52,10 @@ def run_api(args) -> int:
     # API CPU per small request than asyncio's (docs/benchmarks.md, "The service").
     uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
                 log_level=s.log_level.lower(), http="app.commands.http_limits:LimitedHttpProtocol",
-                # uvicorn answers 503 past this many connections or requests in progress; the
-                # protocol also closes connections past it at once, so idle ones cannot pile up.
-                limit_concurrency=s.http_max_connections,
+                # The protocol refuses connections past the cap (JSON 503); uvicorn's own check (a
+                # plain-text 503 at >= its limit, connections or requests in progress) one above it
+                # only bounds pipelined requests.
+                limit_concurrency=s.http_max_connections + 1,
                 timeout_keep_alive=5)  # an idle keep-alive connection is closed after 5 s
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)

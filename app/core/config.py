@@ -55,8 +55,10 @@ class Settings(RuntimeSettings):
                                       "with API keys on, /metrics needs it or a key.")
     # Slow or idle clients (app/commands/http_limits.py): uvicorn itself bounds neither.
     http_header_timeout_s: float = Field(10.0, gt=0, description="A request's headers must arrive within this "
-                                         "long of its first byte or of the connection opening (s) -> closed.")
-    http_body_timeout_s: float = Field(30.0, gt=0, description="Longest pause while reading a request body (s).")
+                                         "long of the connection opening or of the previous answer (s) -> 408, "
+                                         "closed.")
+    http_body_timeout_s: float = Field(30.0, gt=0, description="Longest pause while reading a request body, and "
+                                       "longest a client may leave its answer unread (s) -> closed.")
     http_max_connections: int = Field(500, gt=0, description="Open connections; more are answered 503 and closed.")
     # `convnd up`'s embedded Redis-protocol server (app/commands/up.py)
     data_dir: str | None = Field(None, description="`convnd up`: the embedded server's data folder (append-only "

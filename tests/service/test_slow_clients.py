@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from support.raw_http import read_response
 
 TIMEOUT_S = 1.0  # header deadline and body pause limit of this test's API
 MAX_CONNECTIONS = 4
@@ -90,19 +91,6 @@ def test_connections_past_the_cap_get_503_at_once(slow_api):
             s.close()
     wait_idle_connections_closed()
     assert slow_api.client.get("/healthz").status_code == 200  # the server itself is fine
-
-
-def read_response(s: socket.socket) -> bytes:
-    """One whole response on a kept-alive connection (headers, then content-length bytes)."""
-    s.settimeout(10)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += s.recv(4096)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-    while len(body) < length:
-        body += s.recv(4096)
-    return head + b"\r\n\r\n" + body
 
 
 def test_oversized_headers_get_431_and_are_closed(slow_api):
