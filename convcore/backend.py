@@ -277,6 +277,30 @@ def device_name(xp) -> str:
 
 
 def synchronize(xp) -> None:
-    """Wait for the device's queued work (a no-op on the host): timings must include it."""
+    """Wait for the work this thread queued on the device (its current stream; a no-op on the host):
+    timings must include it. Not the whole device: another thread's work on another stream (a
+    training job beside a worker's fast lane) is not waited for."""
     if xp is not np:
-        xp.cuda.Device().synchronize()
+        xp.cuda.get_current_stream().synchronize()
+
+
+_thread_streams = threading.local()
+
+
+@contextlib.contextmanager
+def thread_stream(xp):
+    """Run the block on a CUDA stream of the calling thread's own (a no-op on the host).
+
+    The stream is non-blocking: it does not wait for, nor hold up, work on the legacy default
+    stream, where another thread's long job (a training step) runs. Kept per thread and device,
+    so that CuPy's memory pool and cuFFT plans see one stream per thread."""
+    if is_host_module(xp):
+        yield None
+        return
+    streams = _thread_streams.__dict__.setdefault("by_device", {})
+    device = xp.cuda.runtime.getDevice()
+    stream = streams.get(device)
+    if stream is None:
+        stream = streams[device] = xp.cuda.Stream(non_blocking=True)
+    with stream:
+        yield stream

@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 import redis
 
+from convcore import backend
+
 from . import ops, runtime
 from .jobrun import run_job
 from .kinds import BACKWARD, FORWARD
@@ -226,7 +228,10 @@ def run_here(job_id: str, kind) -> str:
     """A fast-lane job in this worker process, as its Celery task would run it (``worker.tasks``)."""
     runtime.use_device()   # CUDA's current device is per thread
     try:
-        return run_job(job_id, OPS[kind.name], kind.inputs)
+        # Its own stream on a GPU: the job does not queue behind the kernels of a training job that
+        # the process's Celery task runs on the default stream.
+        with backend.thread_stream(runtime.xp()):
+            return run_job(job_id, OPS[kind.name], kind.inputs)
     finally:
         runtime.release_memory()   # as after a Celery task (signals.py); this thread's FFT plans too
 

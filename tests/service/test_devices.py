@@ -305,3 +305,29 @@ def test_every_task_thread_computes_on_the_process_gpu(gpu_plan_process):
     thread.start()
     thread.join()
     assert seen == [1]
+
+
+def test_a_fast_lane_job_runs_on_a_stream_of_its_thread_on_the_process_gpu(gpu_plan_process, monkeypatch):
+    import threading
+
+    from worker import fastlane
+    from worker.kinds import FORWARD
+
+    gpu_plan_process("gpu", cupy_standin)            # bound to GPU 1
+    cupy_standin.runtime.current = 0                 # the lane's thread starts on GPU 0 (CUDA's default)
+    seen = []
+    monkeypatch.setattr(fastlane, "run_job", lambda job_id, op, inputs: seen.append(
+        (cupy_standin.runtime.getDevice(), cupy_standin.cuda.get_current_stream())) or "succeeded")
+
+    def lane():
+        for _ in range(2):
+            assert fastlane.run_here("job-id", FORWARD) == "succeeded"
+        seen.append(cupy_standin.cuda.get_current_stream())
+
+    thread = threading.Thread(target=lane)
+    thread.start()
+    thread.join()
+    (device, stream), (_, again), after = seen
+    # Its own non-blocking stream (not the default one a Celery task's training runs on), kept for the thread.
+    assert device == 1 and stream.ptr != 0 and stream.non_blocking and again is stream
+    assert after.ptr == 0

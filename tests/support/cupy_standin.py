@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,8 +244,38 @@ class _Device:
 
 
 class _Stream:
+    """``cupy.cuda.Stream``: ``with stream:`` makes it the calling thread's current stream (CuPy's
+    rule), which ``get_current_stream`` returns (the null stream otherwise)."""
+
+    null: _Stream
+
+    def __init__(self, null=False, non_blocking=False, ptds=False):
+        self.ptr = 0 if null else id(self)   # CuPy's: the CUDA handle, 0 for the null stream
+        self.non_blocking = bool(non_blocking)
+        self._outer = []
+
     def synchronize(self):
         counters.syncs += 1
+
+    def use(self):
+        _current.stream = self
+        return self
+
+    def __enter__(self):
+        self._outer.append(get_current_stream())
+        return self.use()
+
+    def __exit__(self, *exc):
+        _current.stream = self._outer.pop()
+        return False
+
+
+_Stream.null = _Stream(null=True)
+_current = threading.local()
+
+
+def get_current_stream(device_id=None):
+    return getattr(_current, "stream", _Stream.null)
 
 
 class _Runtime:
@@ -273,8 +304,7 @@ class _Namespace:
 
 
 runtime = _Runtime()
-cuda = _Namespace(Device=_Device, runtime=runtime, Stream=_Namespace(null=_Stream()),
-                  get_current_stream=_Stream)
+cuda = _Namespace(Device=_Device, runtime=runtime, Stream=_Stream, get_current_stream=get_current_stream)
 
 
 class _MemoryPool:
