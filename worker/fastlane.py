@@ -225,15 +225,18 @@ class FastLane:
 
 
 def run_here(job_id: str, kind) -> str:
-    """A fast-lane job in this worker process, as its Celery task would run it (``worker.tasks``)."""
+    """A fast-lane job in this worker process, as its Celery task would run it (``worker.tasks``).
+
+    Its own stream on a GPU: the job does not queue behind the kernels of a training job that the
+    process's Celery task runs on the default stream. Unlike a Celery task it hands no memory back
+    afterwards: freeing device memory (cudaFree) waits for the whole device, so the lane's next job
+    would wait for the training's kernels after all. What it keeps is bounded: the pooled blocks of
+    jobs of at most ``MAX_PEAK_BYTES`` (freed by the next Celery task's release, which empties every
+    stream's arena) and this thread's FFT plans (CuPy's per-thread cache, bounded in size).
+    """
     runtime.use_device()   # CUDA's current device is per thread
-    try:
-        # Its own stream on a GPU: the job does not queue behind the kernels of a training job that
-        # the process's Celery task runs on the default stream.
-        with backend.thread_stream(runtime.xp()):
-            return run_job(job_id, OPS[kind.name], kind.inputs)
-    finally:
-        runtime.release_memory()   # as after a Celery task (signals.py); this thread's FFT plans too
+    with backend.thread_stream(runtime.xp()):
+        return run_job(job_id, OPS[kind.name], kind.inputs)
 
 
 def start_here() -> FastLane:
