@@ -100,9 +100,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self.transport.is_closing():
             return
-        # Raw bytes bound what httptools buffers of an incomplete header; complete request lines and
-        # headers are counted exactly by the parser callbacks.
-        if self._phase == "headers" and self._raw_header_bytes > MAX_HEADER_BYTES:
+        # Raw bytes bound what httptools buffers of an incomplete header (the state after this chunk:
+        # one chunk may also hold the end of the headers and part of the body); complete request lines
+        # and headers are counted exactly by the parser callbacks.
+        if self._client_phase() == "headers" and self._raw_header_bytes > MAX_HEADER_BYTES:
             self._refuse_large_headers()
             return
         self._update(restart=self._phase == "body")

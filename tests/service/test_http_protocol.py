@@ -157,3 +157,12 @@ def test_every_connection_up_to_the_cap_is_served_and_the_next_refused_in_json(s
     finally:
         for s in held:
             s.close()
+
+
+@pytest.mark.parametrize("size", [20_000, 300_000])
+def test_a_body_arriving_with_its_headers_is_not_counted_as_headers(server, size):
+    with connect(server[0]) as s:
+        s.sendall(b"POST /read HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: "
+                  + str(size).encode() + b"\r\n\r\n" + b"a" * size)   # one write: headers and body together
+        data, _, _ = until_closed(s)
+    assert statuses(data) == [200] and data.endswith(f"read {size}\n".encode()), data[:300]
