@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             log.warning("OPEN MODE: no API keys configured, anyone who reaches this port may use the service")
         yield
+        gc.unfreeze()   # an app built in a longer-lived process (tests, an embedding) can be collected again
         client.close()
 
     app = FastAPI(title="convnd", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,

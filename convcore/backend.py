@@ -292,8 +292,10 @@ def thread_stream(xp):
     """Run the block on a CUDA stream of the calling thread's own (a no-op on the host).
 
     The stream is non-blocking: it does not wait for, nor hold up, work on the legacy default
-    stream, where another thread's long job (a training step) runs. Kept per thread and device,
-    so that CuPy's memory pool and cuFFT plans see one stream per thread."""
+    stream, where another thread's long job (a training step) runs. So arrays the block reads that
+    were made on another stream must be complete first (synchronize that stream): nothing orders
+    the two. Kept per thread and device, so that CuPy's memory pool and cuFFT plans see one stream
+    per thread."""
     if is_host_module(xp):
         yield None
         return

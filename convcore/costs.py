@@ -44,6 +44,10 @@ class Rates:
     tile_gain_nd: float = 0.6
     tile_windows_nd: tuple = (2, 4, 8)
 
+    def __post_init__(self):
+        # hashable (the tile choice is cached per rates), whatever sequence was given
+        object.__setattr__(self, "tile_windows_nd", tuple(self.tile_windows_nd))
+
     def overhead(self, engine: str) -> float:
         return self.call_overhead.get(engine, DEFAULT_OVERHEAD_S)
 

@@ -156,20 +156,26 @@ def device_free_bytes(xp) -> int:
     return int(free) + int(xp.get_default_memory_pool().free_bytes())
 
 
-def release_memory(xp) -> int:
+def release_memory(xp, stream=None) -> int:
     """Give the device back what CuPy caches between jobs (pooled blocks, pinned buffers, FFT plans).
 
-    Returns the pool bytes released; a no-op (0) on the host.
+    With ``stream``, only what the calling thread cached: the pooled blocks of that stream's arena
+    and this thread's FFT plans (CuPy keeps a plan cache per thread), not the pinned buffers other
+    threads may be using. Returns the pool bytes released; a no-op (0) on the host.
     """
     if xp is None or xp is np:
         return 0
     pool = xp.get_default_memory_pool()
-    released = int(pool.free_bytes())
-    pool.free_all_blocks()
-    pinned = getattr(xp, "get_default_pinned_memory_pool", None)
-    if pinned is not None:
-        pinned().free_all_blocks()
+    before = int(pool.free_bytes())
+    if stream is None:
+        pool.free_all_blocks()
+        pinned = getattr(xp, "get_default_pinned_memory_pool", None)
+        if pinned is not None:
+            pinned().free_all_blocks()
+    else:
+        pool.free_all_blocks(stream=stream)
     config = getattr(getattr(xp, "fft", None), "config", None)
     if config is not None and hasattr(config, "get_plan_cache"):
         config.get_plan_cache().clear()
+    released = before - int(pool.free_bytes())
     return released

@@ -146,9 +146,11 @@ class FastLane:
     """The thread of one worker process that takes fast-lane entries of ``queue`` and runs them with
     ``run(job_id, kind) -> state`` (``worker.jobrun.run_job`` with the kind's op)."""
 
-    def __init__(self, r: redis.Redis, prefix: str, queue: str, worker_id: str, run, sweep_every_s: float):
+    def __init__(self, r: redis.Redis, prefix: str, queue: str, worker_id: str, run, sweep_every_s: float,
+                 idle=None):
         self.r, self.prefix, self.queue, self.worker_id = r, prefix, queue, worker_id
         self.run, self.sweep_every_s = run, sweep_every_s
+        self.idle = idle   # called once a take finds nothing after jobs ran (``release_here``)
         self.list, self.taken = list_key(prefix, queue), taken_key(prefix, queue, worker_id)
         self.takers = takers_key(prefix, queue)
         self._silent_before: set[str] = set()   # takers without a heartbeat at the previous sweep
@@ -169,7 +171,7 @@ class FastLane:
         # ``recover``: after a start or a Redis error, whatever this process's taken list holds was taken and
         # not finished (a take that failed may still have moved its entry): run it first. A finished entry
         # found there again is harmless: its claim sees that it has ended.
-        finished, pending, next_sweep, recover = None, None, 0.0, True
+        finished, pending, next_sweep, recover, ran = None, None, 0.0, True, False
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_sweep:
@@ -180,7 +182,11 @@ class FastLane:
                 entry = pending or self._take(finished)
                 finished, pending = None, entry
                 if entry is None:
+                    if ran and self.idle is not None:
+                        ran = False
+                        self.idle()
                     continue
+                ran = True
                 self._run_entry(entry)
                 finished, pending = entry, None
             except redis.RedisError as exc:
@@ -229,14 +235,20 @@ def run_here(job_id: str, kind) -> str:
 
     Its own stream on a GPU: the job does not queue behind the kernels of a training job that the
     process's Celery task runs on the default stream. Unlike a Celery task it hands no memory back
-    afterwards: freeing device memory (cudaFree) waits for the whole device, so the lane's next job
-    would wait for the training's kernels after all. What it keeps is bounded: the pooled blocks of
-    jobs of at most ``MAX_PEAK_BYTES`` (freed by the next Celery task's release, which empties every
-    stream's arena) and this thread's FFT plans (CuPy's per-thread cache, bounded in size).
+    right after: freeing device memory (cudaFree) waits for the whole device, so the lane's next job
+    would wait for the training's kernels after all. ``release_here`` does it once the lane is idle.
     """
     runtime.use_device()   # CUDA's current device is per thread
     with backend.thread_stream(runtime.xp()):
         return run_job(job_id, OPS[kind.name], kind.inputs)
+
+
+def release_here() -> None:
+    """Once the lane is idle (a take found nothing after jobs ran): hand back what this thread cached
+    on the device, its stream's pooled blocks and its FFT plans (a no-op on the CPU)."""
+    xp = runtime.xp()
+    with backend.thread_stream(xp) as stream:
+        runtime.release_memory(xp, stream=stream)
 
 
 def start_here() -> FastLane:
@@ -244,4 +256,4 @@ def start_here() -> FastLane:
     settings = runtime.settings()
     store = runtime.store()
     return FastLane(store.r, store.prefix, runtime.queue(), runtime.worker_id(), run_here,
-                    settings.worker_liveness_s).start()
+                    settings.worker_liveness_s, idle=release_here).start()

@@ -107,11 +107,12 @@ def _bind_gpu(gpu: int):
     return (cupy if result["ok"] else None), result
 
 
-def release_memory(xp=None) -> int:
-    """Hand the device's cached memory back between jobs (no-op on the CPU); bytes released."""
+def release_memory(xp=None, stream=None) -> int:
+    """Hand the device's cached memory back between jobs (no-op on the CPU); bytes released. With
+    ``stream``: only what the calling thread cached on it (``convcore.resources.release_memory``)."""
     xp = xp if xp is not None else _state.get("xp")
     try:
-        return resources.release_memory(xp)
+        return resources.release_memory(xp, stream=stream)
     except Exception as exc:  # noqa: BLE001 - a failed release must not fail the next job
         log.warning("releasing device memory failed: %s", exc)
         return 0

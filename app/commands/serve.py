@@ -43,22 +43,28 @@ def run_api(args) -> int:
         print("convnd api: --workers must be at least 1", file=sys.stderr)
         return 2
     metrics_dir = None
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Each process counts its HTTP requests in files here, so that /metrics, answered by
-        # whichever process a scrape reaches, sums them all (app/api/routes/metrics.py).
-        metrics_dir = tempfile.mkdtemp(prefix="convnd-api-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    # uvicorn's default loop ("auto") is uvloop, a dependency on Linux and macOS: ~0.3 ms less
-    # API CPU per small request than asyncio's (docs/benchmarks.md, "The service").
-    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
-                log_level=s.log_level.lower(), http="app.commands.http_limits:LimitedHttpProtocol",
-                # The protocol refuses connections past the cap (JSON 503); uvicorn's own check (a
-                # plain-text 503 at >= its limit, connections or requests in progress) one above it
-                # only bounds pipelined requests.
-                limit_concurrency=s.http_max_connections + 1,
-                timeout_keep_alive=5)  # an idle keep-alive connection is closed after 5 s
-    if metrics_dir is not None:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    if args.workers > 1:
+        given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if given:   # the operator's folder (to be emptied between runs, as prometheus-client asks)
+            os.makedirs(given, exist_ok=True)
+        else:
+            # Each process counts its HTTP requests in files here, so that /metrics, answered by
+            # whichever process a scrape reaches, sums them all (app/api/routes/metrics.py).
+            metrics_dir = tempfile.mkdtemp(prefix="convnd-api-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        # uvicorn's default loop ("auto") is uvloop, a dependency on Linux and macOS: ~0.3 ms less
+        # API CPU per small request than asyncio's (docs/benchmarks.md, "The service").
+        uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers,
+                    log_level=s.log_level.lower(), http="app.commands.http_limits:LimitedHttpProtocol",
+                    # The protocol refuses connections past the cap (JSON 503); uvicorn's own check (a
+                    # plain-text 503 at >= its limit, connections or requests in progress) one above it
+                    # only bounds pipelined requests.
+                    limit_concurrency=s.http_max_connections + 1,
+                    timeout_keep_alive=5)  # an idle keep-alive connection is closed after 5 s
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -123,6 +123,18 @@ def test_release_memory_empties_the_pool_and_plan_cache(monkeypatch):
     assert convcore.release_memory(np) == 0
 
 
+def test_release_memory_of_one_stream_frees_its_arena_and_this_threads_plans_only(monkeypatch):
+    """What a GPU fast lane hands back when idle (worker/fastlane.py release_here): not the pinned
+    buffers or other streams' blocks a training job in the same process may be using."""
+    monkeypatch.setattr(cs.get_default_memory_pool(), "cached", 3 * 2**20)
+    cleared, releases = cs._plan_cache.cleared, cs.counters.pool_releases
+    with backend.thread_stream(cs) as stream:
+        assert convcore.release_memory(cs, stream=stream) == 3 * 2**20
+    assert cs.get_default_memory_pool().released_streams[-1] is stream
+    assert cs.counters.pool_releases == releases + 1   # the device pool's one arena; the pinned pool untouched
+    assert cs._plan_cache.cleared == cleared + 1
+
+
 def test_autotune_on_a_device_syncs_and_excludes_a_warm_up_run(monkeypatch):
     """Each candidate runs once untimed, then its timed runs; every run ends with a device sync."""
     built = []

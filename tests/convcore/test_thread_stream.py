@@ -70,6 +70,7 @@ def test_a_small_job_on_its_stream_does_not_wait_for_a_long_one_on_the_default_s
     x = cp.asarray(np.random.default_rng(0).standard_normal((1, 4, 16, 16)).astype(np.float32))
     W = cp.asarray(np.ones((8, 4, 3, 3), np.float32))
     big = cp.random.standard_normal((4096, 4096), dtype=cp.float32)
+    cp.cuda.Stream.null.synchronize()   # made on the default stream, read on the lane's: complete them first
 
     # One long-lived thread runs the small jobs, as a worker's lane thread does: its stream, memory
     # pool blocks, cuBLAS handle and FFT plans are made once, in the warm-up.

@@ -319,15 +319,20 @@ def test_a_fast_lane_job_runs_on_a_stream_of_its_thread_on_the_process_gpu(gpu_p
     monkeypatch.setattr(fastlane, "run_job", lambda job_id, op, inputs: seen.append(
         (cupy_standin.runtime.getDevice(), cupy_standin.cuda.get_current_stream())) or "succeeded")
 
+    pool = cupy_standin.get_default_memory_pool()
+
     def lane():
         for _ in range(2):
             assert fastlane.run_here("job-id", FORWARD) == "succeeded"
         seen.append(cupy_standin.cuda.get_current_stream())
+        seen.append(list(pool.released_streams))   # nothing handed back after each job ...
+        fastlane.release_here()                      # ... but once the lane is idle: its own arena only
 
     thread = threading.Thread(target=lane)
     thread.start()
     thread.join()
-    (device, stream), (_, again), after = seen
+    (device, stream), (_, again), after, released_before_idle = seen
     # Its own non-blocking stream (not the default one a Celery task's training runs on), kept for the thread.
     assert device == 1 and stream.ptr != 0 and stream.non_blocking and again is stream
     assert after.ptr == 0
+    assert stream not in released_before_idle and pool.released_streams[-1] is stream

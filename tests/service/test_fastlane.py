@@ -194,6 +194,23 @@ def test_an_entry_whose_run_raises_is_dropped_and_the_thread_lives_on(lane_keys)
     assert r.llen(fastlane.taken_key(prefix, queue, "w1")) == 0
 
 
+def test_the_lane_calls_idle_once_after_jobs_when_nothing_more_comes(lane_keys):
+    """What lets a GPU lane hand its cached memory back without making the next job wait (release_here)."""
+    r, prefix, queue = lane_keys
+    events = []
+    lane = fastlane.FastLane(r, prefix, queue, "w1", lambda job_id, kind: events.append(job_id), 60,
+                             idle=lambda: events.append("idle")).start()
+    try:
+        time.sleep(fastlane.TAKE_TIMEOUT_S + 0.5)   # idle from the start: no jobs ran, nothing to release
+        assert events == []
+        r.rpush(fastlane.list_key(prefix, queue), f"{FORWARD.name}:a", f"{FORWARD.name}:b")
+        _until(lambda: "idle" in events)
+        time.sleep(fastlane.TAKE_TIMEOUT_S + 0.5)   # still idle: released once, not at every empty take
+    finally:
+        lane.stop()
+    assert events == ["a", "b", "idle"]
+
+
 def test_a_restarted_process_runs_what_its_taken_list_still_holds_first(lane_keys):
     r, prefix, queue = lane_keys
     r.rpush(fastlane.taken_key(prefix, queue, "w1"), f"{FORWARD.name}:left")

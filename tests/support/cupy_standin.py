@@ -310,6 +310,9 @@ cuda = _Namespace(Device=_Device, runtime=runtime, Stream=_Stream, get_current_s
 class _MemoryPool:
     cached = 0     # bytes held unused (a test sets it); freed by free_all_blocks
 
+    def __init__(self):
+        self.released_streams = []   # the ``stream`` of each free_all_blocks (None: every arena)
+
     def free_bytes(self):
         return self.cached
 
@@ -319,8 +322,9 @@ class _MemoryPool:
     def total_bytes(self):
         return self.cached
 
-    def free_all_blocks(self):
+    def free_all_blocks(self, stream=None):
         counters.pool_releases += 1
+        self.released_streams.append(stream)
         self.cached = 0
 
 
