@@ -76,6 +76,17 @@ return moved
 """
 
 
+# Take back an entry nobody has taken yet, and the record's lane with it. KEYS: fast list, job record;
+# ARGV: entry. 1 when it was still waiting, 0 when a worker took it (it runs there).
+WITHDRAW = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[2], 'lane')
+  return 1
+end
+return 0
+"""
+
+
 def list_key(prefix: str, queue: str) -> str:
     return f"{prefix}:fast:{queue}"
 
@@ -116,9 +127,21 @@ def served(workers: list[dict], queue: str, madds: int) -> bool:
 def push(r: redis.Redis, prefix: str, queue: str, kind_name: str, job_id: str, job_key: str) -> None:
     """Queue a stored job on the fast lane of ``queue``; its record says which lane took it."""
     pipe = r.pipeline(transaction=False)
+    queue_commands(pipe, prefix, queue, kind_name, job_id, job_key)
+    pipe.execute()
+
+
+def queue_commands(pipe, prefix: str, queue: str, kind_name: str, job_id: str, job_key: str) -> None:
+    """``push``'s commands, added to ``pipe`` (the API's round trip that stores the job, when it
+    already knows the route)."""
     pipe.hset(job_key, "lane", "fast")
     pipe.rpush(list_key(prefix, queue), f"{kind_name}:{job_id}")
-    pipe.execute()
+
+
+def withdraw(r: redis.Redis, prefix: str, queue: str, kind_name: str, job_id: str, job_key: str) -> bool:
+    """Take a pushed entry back from the lane of ``queue`` (its record's lane too): True when it was
+    still waiting, False when a worker of that queue took it already (then it runs there)."""
+    return bool(r.eval(WITHDRAW, 2, list_key(prefix, queue), job_key, f"{kind_name}:{job_id}"))
 
 
 def lengths(r: redis.Redis, prefix: str, queues) -> dict:

@@ -78,13 +78,14 @@ class JobStore:
         would have returned then: a later ``get`` may already see it running or finished)."""
         return self._create(kind, owner, params, arrays, read_workers=False)[0]
 
-    def create_reading_workers(self, kind: str, owner: str, params: dict,
-                               arrays: dict | None = None) -> tuple[dict, list[dict]]:
+    def create_reading_workers(self, kind: str, owner: str, params: dict, arrays: dict | None = None,
+                               then=None) -> tuple[dict, list[dict]]:
         """``create`` and ``workers`` in one round trip: (record, live workers' info). A caller that
-        finds no worker for the job ``discard``s it."""
-        return self._create(kind, owner, params, arrays, read_workers=True)
+        finds no worker for the job ``discard``s it. ``then(pipe, job_id)`` adds commands to that
+        round trip, after the record is written (queueing the job on a route known beforehand)."""
+        return self._create(kind, owner, params, arrays, read_workers=True, then=then)
 
-    def _create(self, kind, owner, params, arrays, read_workers: bool) -> tuple[dict, list[dict] | None]:
+    def _create(self, kind, owner, params, arrays, read_workers: bool, then=None) -> tuple[dict, list[dict] | None]:
         job_id = uuid.uuid4().hex
         now = time.time()
         fields = {"id": job_id, "kind": kind, "owner": owner, "state": "queued", "created_at": repr(now),
@@ -100,6 +101,8 @@ class JobStore:
         pipe.zremrangebyscore(self._owner_key(owner), "-inf", now - self.ttl)  # their jobs have expired
         pipe.zadd(self._owner_key(owner), {job_id: now})
         pipe.expire(self._owner_key(owner), self.ttl)
+        if then is not None:
+            then(pipe, job_id)
         replies = pipe.execute(raise_on_error=False)
         for reply in replies[1 if read_workers else 0:]:
             if isinstance(reply, Exception):

@@ -17,6 +17,7 @@ import torch
 from service_helpers import array, tensor
 from support.stack import in_process_api, tiny_job, wait_job
 
+from app.jobs import submit
 from worker import fastlane
 from worker.kinds import BACKWARD, FORWARD, GRADCHECK
 from worker.store import JobStore
@@ -83,6 +84,49 @@ def test_an_api_with_the_lane_off_sends_every_job_through_celery(redis_url, base
         assert r.status_code == 200, r.text
         assert np.all(array(r.json()["y"]) == 9.0)
         assert api.get(f"/v1/jobs/{r.json()['job_id']}").json()["lane"] == "celery"
+
+
+def _small_forward(api) -> dict:
+    x, W = np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32)
+    r = api.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W)})
+    assert r.status_code == 200, r.text
+    assert np.all(array(r.json()["y"]) == 9.0)
+    return api.get(f"/v1/jobs/{r.json()['job_id']}").json()
+
+
+def test_a_remembered_route_queues_the_job_in_the_round_trip_that_stores_it(redis_url, base_env, worker,
+                                                                           monkeypatch):
+    prefix, queue = base_env["CONVND_KEY_PREFIX"], base_env["CONVND_QUEUE"]
+    with in_process_api(redis_url, prefix, queue) as api:
+        assert _small_forward(api)["lane"] == "fast"   # the route is remembered from here on
+        assert submit._recent_routes[(prefix, "auto")][0] == queue
+
+        def no_second_trip(*args):
+            raise AssertionError("pushed in a round trip of its own")
+        monkeypatch.setattr(fastlane, "push", no_second_trip)
+        assert _small_forward(api)["lane"] == "fast"
+
+
+def test_a_remembered_route_that_no_longer_holds_is_withdrawn(redis_url, base_env, worker, rdb, monkeypatch):
+    prefix, queue = base_env["CONVND_KEY_PREFIX"], base_env["CONVND_QUEUE"]
+    with in_process_api(redis_url, prefix, queue) as api:
+        monkeypatch.setitem(submit._recent_routes, (prefix, "auto"), ("gone", 10**9, time.monotonic()))
+        job = _small_forward(api)   # queued on "gone"'s lane with the job, taken back, run where the workers say
+        assert job["lane"] == "fast" and job["state"] == "succeeded"
+        assert rdb.llen(fastlane.list_key(prefix, "gone")) == 0
+        assert submit._recent_routes[(prefix, "auto")][0] == queue
+
+
+def test_a_remembered_route_without_a_live_worker_leaves_nothing_queued(redis_url, rdb, monkeypatch):
+    tag = uuid.uuid4().hex[:8]
+    prefix, queue = f"convnd-nowork-{tag}", f"convnd-nowork-{tag}"
+    with in_process_api(redis_url, prefix, queue) as api:
+        monkeypatch.setitem(submit._recent_routes, (prefix, "auto"), (queue, 10**9, time.monotonic()))
+        x, W = np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32)
+        r = api.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W)})
+        assert r.status_code == 503, r.text
+        assert rdb.llen(fastlane.list_key(prefix, queue)) == 0
+        assert api.get("/v1/jobs").json()["jobs"] == []
 
 
 def test_the_live_worker_offers_its_bound(client, base_env):
