@@ -10,7 +10,8 @@ protocol adds five bounds, from the settings:
   connection becoming idle (opened, or the previous answer sent); else 408 (or, when no byte of
   a request came, a silent close) and the connection is closed;
 - header size: request line and headers of at most MAX_HEADER_BYTES; else 431 and closed;
-- body: while a request body is being read, no pause may last ``http_body_timeout_s``;
+- body: while a request body is being read, no pause may last ``http_body_timeout_s`` (and a
+  body the app answered without reading is drained for at most that long in all);
 - answers: a client that reads nothing of an answer for ``http_body_timeout_s`` is closed;
 - connections: past ``http_max_connections`` open connections a new one gets 503 and is
   closed at once, so half-sent requests cannot exhaust file descriptors.
@@ -106,7 +107,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if self._client_phase() == "headers" and self._raw_header_bytes > MAX_HEADER_BYTES:
             self._refuse_large_headers()
             return
-        self._update(restart=self._phase == "body")
+        # A pause limit restarts with every chunk, unless the body is one the app has already answered:
+        # then it is only drained, for at most one body timeout in all (a trickle cannot hold the slot).
+        answered = self.cycle is not None and self.cycle.response_complete
+        self._update(restart=self._phase == "body" and not answered)
 
     # ---- parser callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:

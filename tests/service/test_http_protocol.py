@@ -166,3 +166,18 @@ def test_a_body_arriving_with_its_headers_is_not_counted_as_headers(server, size
                   + str(size).encode() + b"\r\n\r\n" + b"a" * size)   # one write: headers and body together
         data, _, _ = until_closed(s)
     assert statuses(data) == [200] and data.endswith(f"read {size}\n".encode()), data[:300]
+
+
+def test_a_body_answered_unread_cannot_be_trickled_forever(server):
+    with connect(server[0]) as s:
+        s.sendall(b"POST /any HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000000\r\n\r\n")
+        assert read_response(s).startswith(b"HTTP/1.1 200")   # answered without reading the body
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < TIMEOUT_S + 4:
+                s.sendall(b"x")                   # one byte per half pause limit: each pause is allowed
+                time.sleep(TIMEOUT_S / 2)
+            cut = False
+        except OSError:
+            cut = True
+    assert cut and time.monotonic() - started < TIMEOUT_S + 3
