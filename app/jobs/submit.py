@@ -53,7 +53,8 @@ def _guess_fast_queue(prefix: str, device: str, fast_madds: int | None) -> str |
     if fast_madds is None or recent is None:
         return None
     queue, bound, seen = recent
-    return queue if time.monotonic() - seen < ROUTE_MEMORY_S and bound >= max(fast_madds, 1) else None
+    fresh = queue is not None and time.monotonic() - seen < ROUTE_MEMORY_S
+    return queue if fresh and bound >= max(fast_madds, 1) else None
 
 
 def _remember_route(prefix: str, device: str, queue: str | None, workers: list[dict]) -> None:
