@@ -359,9 +359,9 @@ def choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates = C
 
 @functools.lru_cache(maxsize=1024)
 def _choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> tuple:
-    """Candidates per dim are the whole valid output and windows of about 2, 4 and 8
-    kernel lengths (in N >= 3 dims, ``rates.tile_windows_nd``). If even the smallest tiles overflow half the budget, halves
-    the dim with the most room until it fits or tiles reach the kernel size.
+    """Candidates per dim are the whole valid output and windows of about 2, 4 and 8 kernel
+    lengths (in N >= 3 dims, ``rates.tile_windows_nd``). If even the smallest tiles overflow half
+    the budget, halves the dim with the most room until it fits or tiles reach the kernel size.
     """
     red = Reduction(None, geom, keep_dilation=False)
     valid = [q - k + 1 for q, k in zip(red.qx, red.qk)]

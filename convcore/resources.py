@@ -177,5 +177,4 @@ def release_memory(xp, stream=None) -> int:
     config = getattr(getattr(xp, "fft", None), "config", None)
     if config is not None and hasattr(config, "get_plan_cache"):
         config.get_plan_cache().clear()
-    released = before - int(pool.free_bytes())
-    return released
+    return before - int(pool.free_bytes())

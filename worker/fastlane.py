@@ -118,10 +118,15 @@ def eligible(kind_name: str, work: Work | None, max_madds: int) -> bool:
             and kind_name in KINDS)
 
 
+def offered(workers: list[dict], queue: str) -> int:
+    """The largest job (multiply-adds) a live worker of ``queue`` takes on its fast lane: the most of
+    their heartbeats' ``fast_lane`` (each its own ``fast_lane_max_madds``, 0 when off)."""
+    return max((int(w.get("fast_lane") or 0) for w in workers if w.get("queue") == queue), default=0)
+
+
 def served(workers: list[dict], queue: str, madds: int) -> bool:
-    """Whether a live worker of ``queue`` offers its fast lane to a job of ``madds`` multiply-adds
-    (its heartbeat's ``fast_lane``: its own ``fast_lane_max_madds``, 0 when off)."""
-    return any(w.get("queue") == queue and int(w.get("fast_lane") or 0) >= max(madds, 1) for w in workers)
+    """Whether a live worker of ``queue`` offers its fast lane to a job of ``madds`` multiply-adds."""
+    return offered(workers, queue) >= max(madds, 1)
 
 
 def push(r: redis.Redis, prefix: str, queue: str, kind_name: str, job_id: str, job_key: str) -> None:

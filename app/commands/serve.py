@@ -40,7 +40,7 @@ def run_api(args) -> int:
 
     s = get_settings()
     if args.workers < 1:
-        print("convnd api: --workers must be at least 1", file=sys.stderr)
+        print(f"convnd api: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 2
     metrics_dir = None
     if args.workers > 1:

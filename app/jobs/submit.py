@@ -58,8 +58,7 @@ def _guess_fast_queue(prefix: str, device: str, fast_madds: int | None) -> str |
 
 
 def _remember_route(prefix: str, device: str, queue: str | None, workers: list[dict]) -> None:
-    bound = max((int(w.get("fast_lane") or 0) for w in workers if w.get("queue") == queue), default=0)
-    _recent_routes[(prefix, device)] = (queue, bound, time.monotonic())
+    _recent_routes[(prefix, device)] = (queue, fastlane.offered(workers, queue), time.monotonic())
 
 
 def submit(store: JobStore, sender: Celery, kind: JobKind, owner: str, params: dict,
