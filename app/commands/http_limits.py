@@ -66,6 +66,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._max_connections = s.http_max_connections
         self._phase: str | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._held = False              # the server held the turn when the deadline last ran out
         self._write_stall: asyncio.TimerHandle | None = None
         self._in_message = False        # on_message_begin .. on_message_complete
         self._headers_done = False      # on_headers_complete .. on_message_complete
@@ -189,7 +190,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if phase == self._phase and not restart:
             return
         self._cancel()
-        self._phase = phase
+        self._phase, self._held = phase, False
         if phase is not None:
             self._deadline = self.loop.call_later(self._timeouts[phase], self._timed_out)
 
@@ -200,13 +201,18 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def _server_holds_the_turn(self) -> bool:
         """Whether the client's silence is the server's doing: reads paused; a body not yet asked
-        for (``100 Continue`` not sent); the next request's headers while an answer is under way."""
-        if self.flow.read_paused:
-            return True
+        for (``100 Continue`` not sent); the next request's headers while an answer is under way.
+        Also true once more just after it held: the client's pause starts when the server hands the
+        turn back (a client sends its body only once the 100 arrives), not when the period began."""
         cycle = self.cycle
-        if self._phase == "body":
-            return cycle is not None and cycle.waiting_for_100_continue and not cycle.response_complete
-        return self._server_busy()
+        if self.flow.read_paused:
+            held = True
+        elif self._phase == "body":
+            held = cycle is not None and cycle.waiting_for_100_continue and not cycle.response_complete
+        else:
+            held = self._server_busy()
+        held_before, self._held = self._held, held
+        return held or held_before
 
     def _timed_out(self) -> None:
         self._deadline = None

@@ -107,10 +107,13 @@ def test_an_idle_kept_alive_connection_is_closed_without_an_unasked_for_answer(s
 
 def test_a_client_waiting_for_100_continue_is_not_counted_as_pausing(server):
     with connect(server[0]) as s:
-        s.sendall(b"POST /lateread?s=2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        # The app reads after 1.9 s, just before the body deadline's second period ends (at ~2 s); the
+        # client then pauses 0.3 s, within the limit counted from the 100, not from the period's start.
+        s.sendall(b"POST /lateread?s=1.9 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                   b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\n")
         s.settimeout(10)
-        assert s.recv(4096).startswith(b"HTTP/1.1 100")   # sent once the app reads, after 2 s
+        assert s.recv(4096).startswith(b"HTTP/1.1 100")   # sent once the app reads
+        time.sleep(0.3)
         s.sendall(b"abcde")
         data, _, _ = until_closed(s)
     assert statuses(data) == [200] and data.endswith(b"/lateread read 5\n"), data
