@@ -26,17 +26,21 @@ __all__ = ["cpu_count", "num_threads", "get_array_module", "is_host_module", "is
            "rfftn", "irfftn", "matmul", "next_fast_len", "device_name", "synchronize",
            "register_device_module", "unregister_device_module", "cupy_available"]
 
-# (array type, module, its scipy.fft-like module or a zero-argument loader of it)
+# (array type, module, its scipy.fft-like module, its cuBLAS wrapper or None; either module may be
+# a zero-argument loader of it)
 _device_modules: list = []
 if cupy is not None:  # pragma: no cover - depends on the machine
-    _device_modules.append((cupy.ndarray, cupy, lambda: importlib.import_module("cupyx.scipy.fft")))
+    _device_modules.append((cupy.ndarray, cupy, lambda: importlib.import_module("cupyx.scipy.fft"),
+                            lambda: importlib.import_module("cupy_backends.cuda.libs.cublas")))
 
 
-def register_device_module(module, array_type, fft_module) -> None:
+def register_device_module(module, array_type, fft_module, blas_module=None) -> None:
     """Treat ``array_type`` arrays as device arrays of ``module`` (a CuPy-like API), with
-    ``fft_module`` (scipy.fft-like, or a zero-argument function returning it) for transforms."""
+    ``fft_module`` (scipy.fft-like, or a zero-argument function returning it) for transforms and
+    ``blas_module`` (CuPy's cuBLAS wrapper, ``cupy_backends.cuda.libs.cublas``, or a loader of it)
+    for products of strided views; without one those products copy their operands."""
     _device_modules[:] = [e for e in _device_modules if e[1] is not module]
-    _device_modules.append((array_type, module, fft_module))
+    _device_modules.append((array_type, module, fft_module, blas_module))
 
 
 def unregister_device_module(module) -> None:
@@ -114,10 +118,18 @@ def _named(arrays):
 def _fft_module(xp):
     if xp is np:
         return scipy.fft, {"workers": num_threads()}
-    for _, module, fft in _device_modules:
+    for _, module, fft, _ in _device_modules:
         if module is xp:
             return (fft() if callable(fft) else fft), {}
     raise TypeError(f"no FFT module registered for {getattr(xp, '__name__', xp)!r}")
+
+
+def blas_module(xp):
+    """The cuBLAS wrapper registered for device module ``xp`` (None: none, or the host)."""
+    for _, module, _, blas in _device_modules:
+        if module is xp:
+            return blas() if callable(blas) else blas
+    return None
 
 
 def _worth_pruning(extents, lengths) -> bool:

@@ -63,7 +63,7 @@ CPU_RATES = Rates("cpu", gemm=80e9, fft=3e9, cmatmul=8e9, copy=70e9, matrix_call
 # A data-centre GPU (A100/H100 class) through CuPy: batched products are one cuBLAS call,
 # so no per-frequency cost; Python and kernel launches make the fixed cost. ``calibrate``
 # measures the real figures of the device at hand.
-GPU_RATES = Rates("gpu", gemm=15e12, fft=1e12, cmatmul=5e12, copy=1e12, matrix_call_s=0.0,
+GPU_RATES = Rates("gpu", gemm=25e12, fft=1e12, cmatmul=5e12, copy=2e12, matrix_call_s=0.0,
                   call_overhead={"direct": 1e-3, "fft": 2e-3}, tile_gain_nd=0.4, tile_windows_nd=(4, 8))
 
 _calibrated: dict = {}   # device name -> Rates measured by calibrate()
@@ -168,20 +168,59 @@ SPILL_SLOWDOWN = 10          # CPU: column blocks too large for the cache move a
 DIRECT_BLOCK_CALL_S = 3e-5   # CPU: Python, the strided view and the BLAS call of one column block (fitted)
 
 
-def pass_threads(madds: int, host: bool) -> int:
-    """Threads for a pass of ``madds`` multiply-adds. They only pay for themselves on large
+def pass_threads(madds: int) -> int:
+    """CPU threads for a pass of ``madds`` multiply-adds. They only pay for themselves on large
     passes: a small one would wait for the slowest thread, which on a busy machine can be
-    descheduled for milliseconds. A device runs each block as one call."""
-    return backend.num_threads() if host and madds >= backend.SPLIT_WORK else 1
+    descheduled for milliseconds."""
+    return backend.num_threads() if madds >= backend.SPLIT_WORK else 1
 
 
-def block_positions(per_position: int, count: int, host: bool, budget: int) -> int:
-    """Positions per column block: about BLOCK_BYTES on the CPU (and a block for every thread),
-    up to a quarter of ``budget`` on a device; at least MIN_BLOCK, at most ``count``."""
-    if host:
-        B = max(MIN_BLOCK, BLOCK_BYTES // per_position)
-        return max(1, min(B, -(-count // backend.num_threads())))
-    return max(1, min(count, max(MIN_BLOCK, budget // 4 // per_position)))
+def block_positions(per_position: int, count: int) -> int:
+    """Positions per CPU column block: about BLOCK_BYTES (at least MIN_BLOCK), and a block for
+    every thread."""
+    B = max(MIN_BLOCK, BLOCK_BYTES // per_position)
+    return max(1, min(B, -(-count // backend.num_threads())))
+
+
+# A device's direct passes (direct_conv._run_taps) gather the taps of the trailing kernel axes into a
+# column matrix while its inner size K * taps stays within DEVICE_GROUP_INNER; each other tap is one
+# cuBLAS product reading its window of that matrix in place. Measured on an H100 (forward + both
+# gradients, docs/benchmarks.md "Tap products on a GPU"): gathering the last axis of a 2-D 3x3 (inner
+# 192-384) ran 1.3-1.4x faster than gathering none, two axes of 3-D 3^3-7^3 kernels at 8-64 channels
+# (inner 72-576) 1.3-2.2x; past ~400 the copies cost more than the products save (2-D 3x3 at 128
+# channels with both axes, inner 1152: 1.08x slower than one; a stride's polyphase channels, 2x256: 1.5x).
+DEVICE_GROUP_INNER = 400
+DEVICE_CALL_S = 1e-5     # a device's fixed cost of one copy or product call (launch and Python)
+
+
+def device_grouped_axes(qk: tuple, K: int, tap_bytes: int, budget: int) -> int:
+    """How many trailing kernel axes a device's direct pass gathers: the most, up to all but the
+    first, whose taps times K stay within DEVICE_GROUP_INNER and whose column matrix (``tap_bytes``
+    per gathered tap) fits a quarter of ``budget``."""
+    N, m = len(qk), 0
+    for a in range(1, N):
+        gathered = math.prod(qk[N - a:])
+        if K * gathered > DEVICE_GROUP_INNER or gathered * tap_bytes > budget // 4:
+            break
+        m = a
+    return m
+
+
+def device_pass_seconds(qk: tuple, K: int, rows: int, positions: int, groups: int, itemsize: int,
+                        budget: int, rates: Rates, gather: bool = True) -> float:
+    """Modelled seconds of one device direct pass over ``positions``: the gathered columns written
+    and read (unless ``gather`` is False: an earlier pass's), each product reading its window and
+    reading and writing its output, the GEMM arithmetic, and a fixed cost per call."""
+    tap_bytes = groups * K * positions * itemsize
+    m = device_grouped_axes(qk, K, tap_bytes, budget)
+    gathered = math.prod(qk[len(qk) - m:])
+    products = math.prod(qk) // gathered
+    copies = gathered if gather and gathered > 1 else 0
+    product_bytes = products * groups * positions * itemsize * (K * gathered + 2 * rows)
+    flops = 2.0 * groups * rows * K * math.prod(qk) * positions
+    calls = products + copies
+    copy_bytes = 2 * copies * tap_bytes
+    return flops / rates.gemm + (copy_bytes + product_bytes) / rates.copy + calls * DEVICE_CALL_S
 
 
 NATIVE_STRIDE_MIN_SAVING = 1.2   # polyphase taps / real taps above which reading in place pays
@@ -206,21 +245,22 @@ def native_stride_pays(geom: ConvGeometry) -> bool:
 
 
 def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
-    """Blocked im2col: each position of a pass costs C * taps * c_O/g multiply-adds, and each
-    pass copies its column blocks. The input gradient runs over every position of the polyphase
-    grid (b * prod(q)). On the CPU the forward and weight-gradient passes run over the outputs
-    in place on the padded input (stride native: prod(k) taps of c_I/g channels; direct_conv's
-    output space, with the last axis's ring when that axis is unstrided); on a device they run
-    the whole polyphase grid too."""
-    host = rates.kind == "cpu"
+    """On the CPU, blocked im2col: each position of a pass costs C * taps * c_O/g multiply-adds, and
+    each pass copies its column blocks. The input gradient runs over every position of the polyphase
+    grid (b * prod(q)); the forward and weight-gradient passes run over the outputs in place on the
+    padded input (stride native: prod(k) taps of c_I/g channels; direct_conv's output space, with
+    the last axis's ring when that axis is unstrided). On a device every pass runs the whole
+    polyphase grid as gathered columns and tap products (``device_pass_seconds``)."""
+    if rates.kind != "cpu":
+        return _device_direct_estimate(geom, itemsize, budget, rates)
     red = Reduction(None, geom, keep_dilation=True)
-    fw = Reduction(None, geom, keep_dilation=True, native_stride=True) if host and native_stride_pays(geom) else red
+    fw = Reduction(None, geom, keep_dilation=True, native_stride=True) if native_stride_pays(geom) else red
     g, C, O = geom.groups, red.channels, red.out_channels
     taps, fw_taps, fw_C = math.prod(red.qk), math.prod(fw.qk), fw.channels
     positions = geom.batch * math.prod(red.qx)
     fw_positions = geom.batch * math.prod(fw.qx)
     last = fw.qx[-1] if fw.out_stride[-1] == 1 else geom.out_spatial[-1]
-    outputs = geom.batch * math.prod(geom.out_spatial[:-1]) * last if host else positions
+    outputs = geom.batch * math.prod(geom.out_spatial[:-1]) * last
     flops = 2.0 * g * O * (2 * outputs * fw_taps * fw_C + positions * taps * C)
     passes = ((fw_C, outputs, fw_taps), (fw_C, outputs, fw_taps), (O, positions, taps))   # y, gW, gx
     # columns written and read by each pass, at the cache rate while a block of MIN_BLOCK positions
@@ -229,10 +269,10 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     copy_seconds = 4 * itemsize * g * positions * (C + O) / rates.copy
     for K, count, k in passes:
         per_position = g * K * k * itemsize
-        rate = rates.copy if per_position * MIN_BLOCK <= BLOCK_BYTES or not host else rates.copy / SPILL_SLOWDOWN
+        rate = rates.copy if per_position * MIN_BLOCK <= BLOCK_BYTES else rates.copy / SPILL_SLOWDOWN
         copy_seconds += 2 * per_position * count / rate
     blocks = sum(-(-count // max(MIN_BLOCK, BLOCK_BYTES // max(1, g * K * k * itemsize))) for K, count, k in passes)
-    calls = blocks * DIRECT_BLOCK_CALL_S if host else 0.0
+    calls = blocks * DIRECT_BLOCK_CALL_S
     seconds = (rates.precision(itemsize) * (flops / rates.gemm + copy_seconds)
                + calls + rates.overhead("direct"))
 
@@ -242,8 +282,8 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
 
     def columns(K, k, count, rows):   # the column buffer of each thread of a pass
         per_position = g * K * k * itemsize
-        threads = pass_threads(g * count * K * k * rows, host)
-        return threads * per_position * block_positions(per_position, count, host, budget)
+        threads = pass_threads(g * count * K * k * rows)
+        return threads * per_position * block_positions(per_position, count)
 
     fw_columns = columns(fw_C, fw_taps, outputs, O)
     forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": fw_columns}
@@ -251,6 +291,36 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     backward = {"gy_grid": grid * O, "gy_outputs": itemsize * g * outputs * O if strided else 0,
                 "gx_grid": 2 * grid * C, "columns": max(fw_columns, columns(O, taps, positions, C)),
                 "gW_partials": 2 * itemsize * g * O * fw_C * fw_taps,
+                **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
+    return Estimate(seconds, shared, forward, backward)
+
+
+def _device_direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
+    """``direct_estimate`` on a device: three passes over the polyphase grid (y and gW read the
+    grid input's gathered columns, gathered once; gx gathers gy's), each as ``device_pass_seconds``;
+    memory is the grids and their gathered columns."""
+    red = Reduction(None, geom, keep_dilation=True)
+    g, C, O, qk = geom.groups, red.channels, red.out_channels, red.qk
+    positions = geom.batch * math.prod(red.qx)
+    passes = ((C, O), (C, O), (O, C))            # (inner channels K, rows): y, gW, gx
+    seconds = sum(device_pass_seconds(qk, K, rows, positions, g, itemsize, budget, rates, gather=i != 1)
+                  for i, (K, rows) in enumerate(passes))
+    seconds += 4 * itemsize * g * positions * (C + O) / rates.copy   # x, y, gy and gx to and from their grids
+    seconds = rates.precision(itemsize) * seconds + rates.overhead("direct")
+
+    grid = itemsize * g * positions
+
+    def columns(K):
+        tap_bytes = g * K * positions * itemsize
+        gathered = math.prod(qk[len(qk) - device_grouped_axes(qk, K, tap_bytes, budget):])
+        return gathered * tap_bytes if gathered > 1 else 0
+
+    shared = reduction_bytes(geom, itemsize, True)
+    shared["grid_input"] = grid * C
+    shared["grid_input_columns"] = columns(C)    # gathered for y, kept for gW
+    forward = {"y_grid": grid * O, "y": output_bytes(geom, itemsize)}
+    backward = {"gy_grid": grid * O, "gx_grid": 2 * grid * C, "gy_columns": columns(O),
+                "gW_partials": 2 * itemsize * g * O * C * math.prod(qk),
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
     return Estimate(seconds, shared, forward, backward)
 

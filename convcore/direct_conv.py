@@ -33,10 +33,15 @@ passes run on the padded input itself (the ``fw`` reduction, no polyphase split)
 outputs at their strided places, prod(k) taps each. The input gradient runs over the cells
 of x (the ring skipped the same way) when padding is zeros and there is no stride; with a
 stride or another padding mode (whose ring gradient folds back onto x) it needs every
-position of the (polyphase) grid. On a GPU (CuPy), whose copies are one slice per tap,
-every pass runs over the flat grid and crops. Blocks are independent, so on
-the CPU they are shared by a pool of threads, each BLAS call single-threaded; on a GPU they
-are as large as the budget allows.
+position of the (polyphase) grid. Blocks are independent, so they are shared by a pool of
+threads, each BLAS call single-threaded.
+
+On a GPU (CuPy) every pass runs over the whole flat grid at once and crops, without blocks and
+without the full column matrix (``_run_taps``): the taps of the trailing kernel axes are
+gathered into columns (as many as keep the inner size modest, costs.device_grouped_axes), and
+each remaining tap is one cuBLAS product reading its window of them in place
+(view_matmul.matmul_into: a window is a strided view with leading dimension > its width, which
+CuPy's own matmul would copy first).
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ from . import backend, costs
 from .costs import block_positions, native_stride_pays, pass_threads
 from .geometry import ConvGeometry
 from .reduction import Reduction
+from .view_matmul import matmul_into
 
 class _Grid:
     """A reduction's input grid, flattened with the batch: tap offsets and position counts."""
@@ -102,6 +108,7 @@ class DirectConv:
         # native_stride_pays is decided on every call (its threshold is a setting), not cached
         self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host and native_stride_pays(geom))
         self._A = None
+        self._A_cols = None   # on a device: the grid input's gathered columns (_gathered)
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
 
@@ -109,7 +116,7 @@ class DirectConv:
     def _block(self, K: int, count: int, taps: int) -> int:
         """Positions per block for a (K * taps, block) column matrix over ``count`` positions."""
         per_position = self.geom.groups * K * taps * self.x.dtype.itemsize
-        return block_positions(per_position, count, self.host, self.budget)
+        return block_positions(per_position, count)
 
     def _run_blocks(self, grid, src, mats, space, K, out=None, acc_rhs=None, rhs_on_grid=True, rhs_front=0):
         """For each block of the position ``space`` (``_Space``), with cols the block's column matrix
@@ -118,15 +125,17 @@ class DirectConv:
         blocks and return it (g, rows, K * taps), ``acc_rhs`` being (g, rows, rhs_front + grid
         positions) read at the block's grid positions (``rhs_on_grid``) or (g, rows, space.count)
         at its own."""
+        if not self.host:
+            return self._run_taps(grid, src, mats, K, out, acc_rhs, rhs_front)
         xp, g, qk = self.xp, self.geom.groups, grid.red.qk
         B = self._block(K, space.count, grid.taps)
         spans = space.blocks(B)
         rows = (mats if out is not None else acc_rhs).shape[1]
-        if self.host:   # one strided view of the whole pass; a block is a basic slice of it
-            lead = (slice(None),) * (2 + len(qk))
-            src_all = _view(src, space.origin, (g, K) + qk + space.dims, (None, None) + grid.steps + space.strides)
-            if acc_rhs is not None and rhs_on_grid:
-                rhs_all = _view(acc_rhs, rhs_front + space.origin, (g, rows) + space.dims, (None, None) + space.strides)
+        # one strided view of the whole pass; a block is a basic slice of it
+        lead = (slice(None),) * (2 + len(qk))
+        src_all = _view(src, space.origin, (g, K) + qk + space.dims, (None, None) + grid.steps + space.strides)
+        if acc_rhs is not None and rhs_on_grid:
+            rhs_all = _view(acc_rhs, rhs_front + space.origin, (g, rows) + space.dims, (None, None) + space.strides)
 
         def work(part):
             buf = xp.empty((g, K) + qk + (B,), src.dtype)
@@ -134,29 +143,24 @@ class DirectConv:
             acc = None
             for block in part:
                 p, w = block.start, block.size
-                if self.host:
-                    if block.shape not in shaped:
-                        shaped[block.shape] = (buf[..., :w].reshape((g, K) + qk + block.shape),
-                                               buf[..., :w].reshape(g, K * grid.taps, w))
-                    dst, cols = shaped[block.shape]
-                    dst[...] = src_all[lead + block.index]                   # (g, K * taps, w)
-                else:
-                    cols = self._cols(grid, src, block, buf)
+                if block.shape not in shaped:
+                    shaped[block.shape] = (buf[..., :w].reshape((g, K) + qk + block.shape),
+                                           buf[..., :w].reshape(g, K * grid.taps, w))
+                dst, cols = shaped[block.shape]
+                dst[...] = src_all[lead + block.index]                   # (g, K * taps, w)
                 if out is not None:
                     xp.matmul(mats, cols, out=out[:, :, p:p + w])
                     continue
                 if not rhs_on_grid:
                     rhs = acc_rhs[:, :, p:p + w]
-                elif self.host:
-                    rhs = rhs_all[(slice(None), slice(None)) + block.index].reshape(g, rows, w)
                 else:
-                    rhs = self._box(acc_rhs, rhs_front, block)
+                    rhs = rhs_all[(slice(None), slice(None)) + block.index].reshape(g, rows, w)
                 prod = xp.matmul(rhs, cols.swapaxes(-1, -2))
                 acc = prod if acc is None else acc.__iadd__(prod)
             return acc
 
         madds = g * space.count * K * grid.taps * rows                # multiply-adds of this pass
-        threads = min(pass_threads(madds, self.host), len(spans))
+        threads = min(pass_threads(madds), len(spans))
         parts = [spans[t::threads] for t in range(threads)]
         results = _parallel(work, parts)
         if out is None:
@@ -166,23 +170,62 @@ class DirectConv:
             return total
         return out
 
-    @staticmethod
-    def _box(grid_array, front: int, block):
-        """Device arrays: (g, rows, w), the block's positions of a grid array (g, rows, front + positions)
-        whose grid starts after ``front`` cells (a device's spaces are flat: one contiguous run)."""
-        start = front + block.base
-        return grid_array[:, :, start:start + block.size]
+    def _run_taps(self, grid, src, mats, K, out, acc_rhs, rhs_front):
+        """``_run_blocks`` on a device, over every grid position at once, without a full column matrix.
 
-    @staticmethod
-    def _cols(grid, src, block, buf):
-        """Device arrays: buf[..., :w] <- src[g, K, base + j + off(k)] as (g, K * taps, w), one slice
-        copy per tap (no strided views needed)."""
-        g, K = src.shape[:2]
-        w, p = block.size, block.base
-        flat = buf[..., :w].reshape(g, K, grid.taps, w)
-        for t, off in enumerate(grid.offsets):
-            flat[:, :, t] = src[:, :, p + off:p + off + w]
-        return flat.reshape(g, K * grid.taps, w)
+        The taps of the last ``m`` kernel axes (``_grouped_axes``) are gathered once into
+        Acol (g, K * Tg, L), Acol[:, (c, j), p] = src[:, c, p + inner_off(j)], Tg of them; each
+        remaining (outer) tap r is then one product that reads its window Acol[:, :, oo_r:oo_r + P]
+        where it lies (view_matmul: cuBLAS with the window's leading dimension). m = 0 copies
+        nothing (one product per tap); m = N is the whole im2col (one product).
+        Forward and input gradient: out (g, rows, P) = sum_r mats_r (g, rows, K * Tg) @ window_r,
+        accumulated in place. Weight gradient: per outer tap, acc_rhs's grid part (g, rows, P) @
+        window_r^T, returned as (g, rows, K * taps) like the blocked passes."""
+        xp, g, P = self.xp, self.geom.groups, grid.positions
+        cols, outer_offsets, Tg = self._gathered(grid, src, K)
+        R = len(outer_offsets)
+        if out is not None:
+            rows = mats.shape[1]
+            per_tap = xp.ascontiguousarray(mats.reshape(g, rows, K, R, Tg).transpose(0, 3, 1, 2, 4))   # (g, R, rows, K, Tg)
+            per_tap = per_tap.reshape(g, R, rows, K * Tg)
+            for r, off in enumerate(outer_offsets):
+                matmul_into(xp, per_tap[:, r], cols[:, :, off:off + P], out, accumulate=r > 0)
+            return out
+        rows = acc_rhs.shape[1]
+        rhs = acc_rhs[:, :, rhs_front:rhs_front + P]
+        per_tap = xp.empty((R, g, rows, K * Tg), src.dtype)
+        for r, off in enumerate(outer_offsets):
+            matmul_into(xp, rhs, cols[:, :, off:off + P].swapaxes(1, 2), per_tap[r])
+        per_tap = per_tap.reshape(R, g, rows, K, Tg).transpose(1, 2, 3, 0, 4)
+        return per_tap.reshape(g, rows, K * R * Tg)
+
+    def _gathered(self, grid, src, K: int):
+        """(Acol (g, K * Tg, L), the outer taps' offsets, Tg) for ``_run_taps``. The grid input's
+        columns are kept: the weight gradient reads the same ones as the forward pass."""
+        if src is self._A and self._A_cols is not None:
+            return self._A_cols
+        xp, g, P = self.xp, self.geom.groups, grid.positions
+        qk, steps, N = grid.red.qk, grid.steps, len(grid.red.qk)
+        m = self._grouped_axes(grid, K, src.dtype.itemsize)
+        outer = [sum(t * st for t, st in zip(tap, steps)) for tap in itertools.product(*(range(k) for k in qk[:N - m]))]
+        inner = [sum(t * st for t, st in zip(tap, steps[N - m:])) for tap in itertools.product(*(range(k) for k in qk[N - m:]))]
+        if len(inner) == 1:
+            cols = src                                                    # (g, K, P + max_off): read in place
+        else:
+            L = P + sum((k - 1) * st for k, st in zip(qk[:N - m], steps[:N - m]))
+            cols = xp.empty((g, K, len(inner), L), src.dtype)
+            for j, off in enumerate(inner):
+                cols[:, :, j] = src[:, :, off:off + L]
+            cols = cols.reshape(g, K * len(inner), L)
+        gathered = (cols, outer, len(inner))
+        if src is self._A:
+            self._A_cols = gathered
+        return gathered
+
+    def _grouped_axes(self, grid, K: int, itemsize: int) -> int:
+        """How many trailing kernel axes ``_run_taps`` gathers into its column matrix."""
+        tap_bytes = self.geom.groups * K * grid.positions * itemsize
+        return costs.device_grouped_axes(grid.red.qk, K, tap_bytes, self.budget)
 
     # ---- position spaces -------------------------------------------------------------
     @staticmethod

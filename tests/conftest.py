@@ -17,7 +17,7 @@ from support import cupy_standin
 
 from convcore import backend as convcore_backend
 
-convcore_backend.register_device_module(cupy_standin, cupy_standin.ndarray, cupy_standin.scipy_fft)
+convcore_backend.register_device_module(cupy_standin, cupy_standin.ndarray, cupy_standin.scipy_fft, cupy_standin.cublas)
 
 # The real service stack (Valkey, one worker, API subprocesses) is registered here once so that
 # tests/service and tests/ui share one set of session fixtures: a full run starts one stack. A

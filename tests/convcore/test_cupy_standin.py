@@ -61,6 +61,46 @@ def test_transfers_and_syncs_are_counted():
     assert cs.counters.syncs == 1
 
 
+def _gemm(a, b, c, *, m, n, k, lda, ldb, ldc, batch=1, strides=(0, 0, 0), mode=None):
+    """cuBLAS's column-major C = A @ B through the stand-in, on the arrays' device pointers."""
+    handle = cs.cuda.device.get_cublas_handle()
+    cs.cublas.setPointerMode(handle, cs.cublas.CUBLAS_POINTER_MODE_HOST if mode is None else mode)
+    one, zero = np.ones((), np.float64), np.zeros((), np.float64)
+    try:
+        cs.cublas.dgemmStridedBatched(handle, 0, 0, m, n, k, one.ctypes.data, a.data.ptr, lda, strides[0],
+                                      b.data.ptr, ldb, strides[1], zero.ctypes.data, c.data.ptr, ldc, strides[2], batch)
+    finally:
+        cs.cublas.setPointerMode(handle, cs.cublas.CUBLAS_POINTER_MODE_HOST)
+
+
+def test_cublas_reads_column_major_matrices_behind_pointers():
+    # row-major a (3, 2) and b (2, 4) are column-major a^T and b^T; column-major b^T a^T (4 x 3, ld 4)
+    # is row-major a @ b (3, 4)
+    a, b = np.arange(6.0).reshape(3, 2), np.arange(8.0).reshape(2, 4)
+    c = cs.zeros((3, 4))
+    _gemm(cs.asarray(b), cs.asarray(a), c, m=4, n=3, k=2, lda=4, ldb=2, ldc=4)
+    np.testing.assert_array_equal(c.get(), a @ b)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"lda": 3}, "ldA = 3 < max"),                              # a leading dimension below the rows
+    ({"k": 3, "ldb": 3}, "reads"),                              # past the end of the allocation
+    ({"mode": 1}, "pointer mode is DEVICE"),
+    ({"batch": 2, "strides": (0, 0, 4)}, "batch's C matrices overlap"),
+])
+def test_cublas_refuses_what_a_gpu_would_not_survive(bad, match):
+    a, b, c = cs.ones((2, 4)), cs.ones((3, 2)), cs.zeros((4, 4))   # A 4x2, B 2x3, C 4x3 (ld 4)
+    args = dict(m=4, n=3, k=2, lda=4, ldb=2, ldc=4) | bad
+    with pytest.raises(cs.StandinError, match=match):
+        _gemm(a, b, c, **args)
+
+
+def test_cublas_refuses_an_output_overlapping_an_input():
+    a = cs.ones((8, 8))
+    with pytest.raises(cs.StandinError, match="overlaps"):
+        _gemm(a, a, a[1:], m=4, n=4, k=4, lda=8, ldb=8, ldc=8)
+
+
 def test_convcore_recognises_standin_arrays():
     x = cs.ones((1, 1, 5))
     assert backend.get_array_module(x) is cs and backend.is_device_array(x)

@@ -10,16 +10,22 @@ checks is the device-generic code's discipline, with CuPy's rules made strict:
 - reductions return 0-d device arrays (as CuPy), not host scalars;
 - every host -> device copy (``asarray``/``array`` of host data), device -> host copy
   (``asnumpy``, ``.get()``, ``.item()``, ``.tolist()``, ``float()``, ``bool()``) and
-  device sync is counted in ``counters``; ``getDeviceProperties`` calls are counted too.
+  device sync is counted in ``counters``; ``getDeviceProperties`` calls are counted too;
+- ``ndarray.data.ptr`` is a real address, and ``cublas`` (CuPy's ``cupy_backends.cuda.libs.cublas``
+  calls that convcore makes) maps each pointer back to the array it came from and refuses what
+  a GPU would not survive: reads or writes outside that allocation, a leading dimension below
+  a matrix's rows, an output overlapping an input, device pointer mode with host scalars.
 
 The module itself is the ``xp``: ``cupy_standin.zeros(...)``, ``cupy_standin.cuda.Device()``,
 ``cupy_standin.get_default_memory_pool()``, and ``scipy_fft`` stands in for ``cupyx.scipy.fft``.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +42,7 @@ class Counters:
     syncs: int = 0
     device_property_calls: int = 0
     pool_releases: int = 0
+    gemm_calls: int = 0
 
     def reset(self) -> None:
         self.__init__()
@@ -177,6 +184,11 @@ class ndarray:  # noqa: N801 - CuPy's name
     def __setitem__(self, key, value):
         self._a[_unwrap(key)] = _unwrap(value)
 
+    @property
+    def data(self):
+        """CuPy's MemoryPointer of the first element: ``.ptr`` is its address (read by cublas below)."""
+        return _Pointer(self._a)
+
     def __getattr__(self, name):
         if name.startswith("__"):   # no __array_interface__ / __array_struct__ / buffer: no back door to NumPy
             raise AttributeError(name)
@@ -304,7 +316,8 @@ class _Namespace:
 
 
 runtime = _Runtime()
-cuda = _Namespace(Device=_Device, runtime=runtime, Stream=_Stream, get_current_stream=get_current_stream)
+cuda = _Namespace(Device=_Device, runtime=runtime, Stream=_Stream, get_current_stream=get_current_stream,
+                  device=_Namespace(get_cublas_handle=lambda: threading.get_ident()))
 
 
 class _MemoryPool:
@@ -329,6 +342,107 @@ class _MemoryPool:
 
 
 _pool, _pinned_pool = _MemoryPool(), _MemoryPool()
+
+
+# ---- device pointers and cuBLAS ----------------------------------------------------------
+
+
+class StandinError(RuntimeError):
+    """A cuBLAS call that a GPU would reject, or whose reads or writes would leave the memory of
+    the array its pointer came from (on a GPU: garbage or a crash)."""
+
+
+_owners: dict = {}          # address of an allocation -> weakref to the NumPy array that owns it
+_owners_lock = threading.Lock()
+
+
+class _Pointer:
+    """``ndarray.data``: ``ptr`` is the address of the first element; the allocation behind it is
+    remembered so that cublas can map a pointer back to memory it may touch."""
+
+    def __init__(self, a: np.ndarray):
+        owner = a
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        start = owner.__array_interface__["data"][0]
+        with _owners_lock:
+            _owners[start] = weakref.ref(owner)
+        self.ptr = a.__array_interface__["data"][0]
+
+
+def _matrices(ptr, rows, cols, ld, stride, batch, dtype, what):
+    """(batch, rows, cols) view of column-major matrices at device pointer ``ptr``: element
+    (i, j) of matrix b at ptr + (i + j * ld + b * stride) elements, bounds-checked."""
+    if ld < max(1, rows):
+        raise StandinError(f"cublas: ld{what} = {ld} < max(1, {rows}) rows (CUBLAS_STATUS_INVALID_VALUE)")
+    item = np.dtype(dtype).itemsize
+    with _owners_lock:
+        live = {start: ref() for start, ref in _owners.items()}
+        _owners.clear()
+        _owners.update((start, weakref.ref(o)) for start, o in live.items() if o is not None)
+    for start, owner in live.items():
+        if owner is not None and start <= ptr < start + owner.nbytes:
+            break
+    else:
+        raise StandinError(f"cublas: {what} = {ptr:#x} is not in any device allocation")
+    if owner.dtype != dtype:
+        raise StandinError(f"cublas: {what} points into a {owner.dtype} array, the call reads {np.dtype(dtype)}")
+    span = ((rows - 1) + (cols - 1) * ld + (batch - 1) * stride + 1) * item
+    if ptr + span > start + owner.nbytes or stride < 0:
+        raise StandinError(f"cublas: {what} reads {span} bytes from {ptr - start} of a {owner.nbytes}-byte allocation")
+    raw = (ctypes.c_char * span).from_address(ptr)
+    flat = np.frombuffer(raw, dtype=dtype)
+    return np.lib.stride_tricks.as_strided(flat, (batch, rows, cols), (stride * item, item, ld * item))
+
+
+class _Cublas:
+    """``cupy_backends.cuda.libs.cublas``: the calls convcore makes, on raw pointers, held to cuBLAS's
+    rules (column-major matrices, leading dimensions, host pointer mode, outputs not overlapping
+    inputs); the products are NumPy's."""
+
+    CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+    CUBLAS_POINTER_MODE_HOST, CUBLAS_POINTER_MODE_DEVICE = 0, 1
+
+    def __init__(self):
+        self.modes = {}
+
+    def getPointerMode(self, handle):  # noqa: N802 - cuBLAS's names
+        return self.modes.get(handle, self.CUBLAS_POINTER_MODE_HOST)
+
+    def setPointerMode(self, handle, mode):  # noqa: N802
+        self.modes[handle] = mode
+
+    def _gemm(self, dtype, handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb, strideB,
+              beta, C, ldc, strideC, batch):
+        if self.getPointerMode(handle) != self.CUBLAS_POINTER_MODE_HOST:
+            raise StandinError("cublas: alpha and beta are host pointers, but the pointer mode is DEVICE")
+        if min(m, n, k, batch) < 0 or transa not in (0, 1) or transb not in (0, 1):
+            raise StandinError(f"cublas: invalid sizes or ops {m, n, k, batch, transa, transb}")
+        counters.gemm_calls += 1
+        if 0 in (m, n, batch):
+            return
+        scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        a_scale, c_scale = scalar.from_address(alpha).value, scalar.from_address(beta).value
+        opA = _matrices(A, *((m, k) if transa == 0 else (k, m)), lda, strideA, batch, dtype, "A")
+        opB = _matrices(B, *((k, n) if transb == 0 else (n, k)), ldb, strideB, batch, dtype, "B")
+        out = _matrices(C, m, n, ldc, strideC, batch, dtype, "C")
+        if np.may_share_memory(out, opA) or np.may_share_memory(out, opB):
+            raise StandinError("cublas: C overlaps A or B (undefined on a GPU)")
+        if batch > 1 and strideC < m + (n - 1) * ldc:
+            raise StandinError("cublas: the batch's C matrices overlap")
+        opA = opA if transa == 0 else opA.swapaxes(1, 2)
+        opB = opB if transb == 0 else opB.swapaxes(1, 2)
+        product = a_scale * np.matmul(opA, opB)
+        out[...] = product if c_scale == 0 else product + c_scale * out   # beta 0: C is never read
+
+    def sgemmStridedBatched(self, handle, *args):  # noqa: N802
+        self._gemm(np.float32, handle, *args)
+
+    def dgemmStridedBatched(self, handle, *args):  # noqa: N802
+        self._gemm(np.float64, handle, *args)
+
+
+cublas = _Cublas()
 
 
 def get_default_memory_pool():
