@@ -206,12 +206,19 @@ def device_grouped_axes(qk: tuple, K: int, tap_bytes: int, budget: int) -> int:
     return m
 
 
+def grid_max_offset(red: Reduction) -> int:
+    """The farthest tap's offset in a reduction's flat grid (direct_conv._Grid.max_off)."""
+    strides = [math.prod(red.qx[j + 1:]) for j in range(len(red.qx))]
+    return sum((k - 1) * d * s for k, d, s in zip(red.qk, red.core_dilation, strides))
+
+
 def device_pass_seconds(qk: tuple, K: int, rows: int, positions: int, groups: int, itemsize: int,
-                        budget: int, rates: Rates, gather: bool = True) -> float:
-    """Modelled seconds of one device direct pass over ``positions``: the gathered columns written
-    and read (unless ``gather`` is False: an earlier pass's), each product reading its window and
-    reading and writing its output, the GEMM arithmetic, and a fixed cost per call."""
-    tap_bytes = groups * K * positions * itemsize
+                        budget: int, rates: Rates, gather: bool = True, reach: int = 0) -> float:
+    """Modelled seconds of one device direct pass over ``positions`` (its source ``reach`` cells
+    longer): the gathered columns written and read (unless ``gather`` is False: an earlier
+    pass's), each product reading its window and reading and writing its output, the GEMM
+    arithmetic, and a fixed cost per call."""
+    tap_bytes = groups * K * (positions + reach) * itemsize
     m = device_grouped_axes(qk, K, tap_bytes, budget)
     gathered = math.prod(qk[len(qk) - m:])
     products = math.prod(qk) // gathered
@@ -302,16 +309,17 @@ def _device_direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rate
     red = Reduction(None, geom, keep_dilation=True)
     g, C, O, qk = geom.groups, red.channels, red.out_channels, red.qk
     positions = geom.batch * math.prod(red.qx)
+    cells = positions + grid_max_offset(red)     # a grid array's length: its positions and the taps' reach
     passes = ((C, O), (C, O), (O, C))            # (inner channels K, rows): y, gW, gx
-    seconds = sum(device_pass_seconds(qk, K, rows, positions, g, itemsize, budget, rates, gather=i != 1)
-                  for i, (K, rows) in enumerate(passes))
+    seconds = sum(device_pass_seconds(qk, K, rows, positions, g, itemsize, budget, rates, gather=i != 1,
+                                      reach=cells - positions) for i, (K, rows) in enumerate(passes))
     seconds += 4 * itemsize * g * positions * (C + O) / rates.copy   # x, y, gy and gx to and from their grids
     seconds = rates.precision(itemsize) * seconds + rates.overhead("direct")
 
-    grid = itemsize * g * positions
+    grid = itemsize * g * cells
 
     def columns(K):
-        tap_bytes = g * K * positions * itemsize
+        tap_bytes = g * K * cells * itemsize
         gathered = math.prod(qk[len(qk) - device_grouped_axes(qk, K, tap_bytes, budget):])
         return gathered * tap_bytes if gathered > 1 else 0
 

@@ -224,7 +224,7 @@ class DirectConv:
 
     def _grouped_axes(self, grid, K: int, itemsize: int) -> int:
         """How many trailing kernel axes ``_run_taps`` gathers into its column matrix."""
-        tap_bytes = self.geom.groups * K * grid.positions * itemsize
+        tap_bytes = self.geom.groups * K * (grid.positions + grid.max_off) * itemsize
         return costs.device_grouped_axes(grid.red.qk, K, tap_bytes, self.budget)
 
     # ---- position spaces -------------------------------------------------------------

@@ -390,9 +390,13 @@ def _matrices(ptr, rows, cols, ld, stride, batch, dtype, what):
     span = ((rows - 1) + (cols - 1) * ld + (batch - 1) * stride + 1) * item
     if ptr + span > start + owner.nbytes or stride < 0:
         raise StandinError(f"cublas: {what} reads {span} bytes from {ptr - start} of a {owner.nbytes}-byte allocation")
-    raw = (ctypes.c_char * span).from_address(ptr)
-    flat = np.frombuffer(raw, dtype=dtype)
+    if not (owner.flags.c_contiguous or owner.flags.f_contiguous) or (ptr - start) % item:
+        raise StandinError(f"cublas: {what} is not an element of a whole allocation")
+    flat = owner.ravel(order="K")[(ptr - start) // item:]          # a view: the allocation from ptr on
     return np.lib.stride_tricks.as_strided(flat, (batch, rows, cols), (stride * item, item, ld * item))
+
+
+_GEMM_BLOCK = 2048    # elements of C per emulated block
 
 
 class _Cublas:
@@ -432,8 +436,17 @@ class _Cublas:
             raise StandinError("cublas: the batch's C matrices overlap")
         opA = opA if transa == 0 else opA.swapaxes(1, 2)
         opB = opB if transb == 0 else opB.swapaxes(1, 2)
-        product = a_scale * np.matmul(opA, opB)
-        out[...] = product if c_scale == 0 else product + c_scale * out   # beta 0: C is never read
+        # in blocks of C, so that the emulation's temporaries stay small (cuBLAS itself allocates
+        # nothing: the memory estimates are checked against this path's peak)
+        rows = max(1, _GEMM_BLOCK // max(1, n))
+        for b in range(batch):
+            for i in range(0, m, rows):
+                block = a_scale * np.matmul(opA[b, i:i + rows], opB[b])
+                if c_scale == 0:                      # beta 0: C is never read
+                    out[b, i:i + rows] = block
+                else:
+                    block += c_scale * out[b, i:i + rows]
+                    out[b, i:i + rows] = block
 
     def sgemmStridedBatched(self, handle, *args):  # noqa: N802
         self._gemm(np.float32, handle, *args)
