@@ -213,16 +213,15 @@ def grid_max_offset(red: Reduction) -> int:
 
 
 def device_pass_seconds(qk: tuple, K: int, rows: int, positions: int, groups: int, itemsize: int,
-                        budget: int, rates: Rates, gather: bool = True, reach: int = 0) -> float:
+                        budget: int, rates: Rates, reach: int = 0) -> float:
     """Modelled seconds of one device direct pass over ``positions`` (its source ``reach`` cells
-    longer): the gathered columns written and read (unless ``gather`` is False: an earlier
-    pass's), each product reading its window and reading and writing its output, the GEMM
-    arithmetic, and a fixed cost per call."""
+    longer): the gathered columns written and read, each product reading its window and reading
+    and writing its output, the GEMM arithmetic, and a fixed cost per call."""
     tap_bytes = groups * K * (positions + reach) * itemsize
     m = device_grouped_axes(qk, K, tap_bytes, budget)
     gathered = math.prod(qk[len(qk) - m:])
     products = math.prod(qk) // gathered
-    copies = gathered if gather and gathered > 1 else 0
+    copies = gathered if gathered > 1 else 0
     product_bytes = products * groups * positions * itemsize * (K * gathered + 2 * rows)
     flops = 2.0 * groups * rows * K * math.prod(qk) * positions
     calls = products + copies
@@ -303,16 +302,16 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
 
 
 def _device_direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
-    """``direct_estimate`` on a device: three passes over the polyphase grid (y and gW read the
-    grid input's gathered columns, gathered once; gx gathers gy's), each as ``device_pass_seconds``;
-    memory is the grids and their gathered columns."""
+    """``direct_estimate`` on a device: three passes over the polyphase grid (y and gW gather the
+    grid input's columns, gx gy's), each as ``device_pass_seconds``; memory is the grids, each
+    pass's gathered columns and the filters laid out per tap (two copies of W in a pass)."""
     red = Reduction(None, geom, keep_dilation=True)
     g, C, O, qk = geom.groups, red.channels, red.out_channels, red.qk
     positions = geom.batch * math.prod(red.qx)
     cells = positions + grid_max_offset(red)     # a grid array's length: its positions and the taps' reach
     passes = ((C, O), (C, O), (O, C))            # (inner channels K, rows): y, gW, gx
-    seconds = sum(device_pass_seconds(qk, K, rows, positions, g, itemsize, budget, rates, gather=i != 1,
-                                      reach=cells - positions) for i, (K, rows) in enumerate(passes))
+    seconds = sum(device_pass_seconds(qk, K, rows, positions, g, itemsize, budget, rates, reach=cells - positions)
+                  for K, rows in passes)
     seconds += 4 * itemsize * g * positions * (C + O) / rates.copy   # x, y, gy and gx to and from their grids
     seconds = rates.precision(itemsize) * seconds + rates.overhead("direct")
 
@@ -323,11 +322,13 @@ def _device_direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rate
         gathered = math.prod(qk[len(qk) - device_grouped_axes(qk, K, tap_bytes, budget):])
         return gathered * tap_bytes if gathered > 1 else 0
 
+    filters = itemsize * g * O * C * math.prod(qk)
     shared = reduction_bytes(geom, itemsize, True)
     shared["grid_input"] = grid * C
-    shared["grid_input_columns"] = columns(C)    # gathered for y, kept for gW
-    forward = {"y_grid": grid * O, "y": output_bytes(geom, itemsize)}
-    backward = {"gy_grid": grid * O, "gx_grid": 2 * grid * C, "gy_columns": columns(O),
+    forward = {"y_grid": grid * O, "y": output_bytes(geom, itemsize), "columns": columns(C),
+               "filters_per_tap": 2 * filters}
+    backward = {"gy_grid": grid * O, "gx_grid": 2 * grid * C, "columns": max(columns(C), columns(O)),
+                "filters_per_tap": 2 * filters,
                 "gW_partials": 2 * itemsize * g * O * C * math.prod(qk),
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
     return Estimate(seconds, shared, forward, backward)

@@ -61,7 +61,8 @@ from .reduction import Reduction
 from .view_matmul import matmul_into
 
 class _Grid:
-    """A reduction's input grid, flattened with the batch: tap offsets and position counts."""
+    """A reduction's input grid, flattened with the batch: the taps' steps, their farthest offset and
+    position counts."""
 
     def __init__(self, red: Reduction, batch: int):
         N = len(red.qx)
@@ -71,8 +72,6 @@ class _Grid:
         self.max_off = sum((k - 1) * st for k, st in zip(red.qk, self.steps))
         self.positions = batch * math.prod(red.qx)      # b * prod(q): all grid positions
         self.taps = math.prod(red.qk)
-        self.offsets = [sum(t * st for t, st in zip(tap, self.steps))
-                        for tap in itertools.product(*(range(k) for k in red.qk))]   # row-major taps
 
 
 def _x_rows(geom: ConvGeometry, red: Reduction) -> tuple:
@@ -108,7 +107,6 @@ class DirectConv:
         # native_stride_pays is decided on every call (its threshold is a setting), not cached
         self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host and native_stride_pays(geom))
         self._A = None
-        self._A_cols = None   # on a device: the grid input's gathered columns (_gathered)
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
 
@@ -173,11 +171,13 @@ class DirectConv:
     def _run_taps(self, grid, src, mats, K, out, acc_rhs, rhs_front):
         """``_run_blocks`` on a device, over every grid position at once, without a full column matrix.
 
-        The taps of the last ``m`` kernel axes (``_grouped_axes``) are gathered once into
+        The taps of the last ``m`` kernel axes (``_grouped_axes``) are gathered into
         Acol (g, K * Tg, L), Acol[:, (c, j), p] = src[:, c, p + inner_off(j)], Tg of them; each
         remaining (outer) tap r is then one product that reads its window Acol[:, :, oo_r:oo_r + P]
         where it lies (view_matmul: cuBLAS with the window's leading dimension). m = 0 copies
-        nothing (one product per tap); m = N is the whole im2col (one product).
+        nothing (one product per tap); at most N - 1 axes are gathered, so some tap is always a
+        product of its own (the whole im2col lost to all but the first axis in every 3-D layer
+        measured: docs/benchmarks.md, "Fourth GPU session").
         Forward and input gradient: out (g, rows, P) = sum_r mats_r (g, rows, K * Tg) @ window_r,
         accumulated in place. Weight gradient: per outer tap, acc_rhs's grid part (g, rows, P) @
         window_r^T, returned as (g, rows, K * taps) like the blocked passes."""
@@ -200,10 +200,9 @@ class DirectConv:
         return per_tap.reshape(g, rows, K * R * Tg)
 
     def _gathered(self, grid, src, K: int):
-        """(Acol (g, K * Tg, L), the outer taps' offsets, Tg) for ``_run_taps``. The grid input's
-        columns are kept: the weight gradient reads the same ones as the forward pass."""
-        if src is self._A and self._A_cols is not None:
-            return self._A_cols
+        """(Acol (g, K * Tg, L), the outer taps' offsets, Tg) for ``_run_taps``. Gathered again by
+        the weight gradient rather than kept from the forward pass: a layer keeps its engine
+        between calls (inference included), and Tg copies of its input would stay with it."""
         xp, g, P = self.xp, self.geom.groups, grid.positions
         qk, steps, N = grid.red.qk, grid.steps, len(grid.red.qk)
         m = self._grouped_axes(grid, K, src.dtype.itemsize)
@@ -217,10 +216,7 @@ class DirectConv:
             for j, off in enumerate(inner):
                 cols[:, :, j] = src[:, :, off:off + L]
             cols = cols.reshape(g, K * len(inner), L)
-        gathered = (cols, outer, len(inner))
-        if src is self._A:
-            self._A_cols = gathered
-        return gathered
+        return cols, outer, len(inner)
 
     def _grouped_axes(self, grid, K: int, itemsize: int) -> int:
         """How many trailing kernel axes ``_run_taps`` gathers into its column matrix."""

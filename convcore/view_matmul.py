@@ -66,6 +66,11 @@ def _operand(v, item: int):
     return None
 
 
+def _span(v, item: int) -> int:
+    """Elements from the first to the last of one matrix of ``v`` (cuBLAS's offsets are C ints)."""
+    return sum((n - 1) * abs(s) // item for n, s in zip(v.shape[1:], v.strides[1:])) + 1
+
+
 def _batch_stride(v, item: int):
     """Elements between consecutive matrices of ``v`` (0 for a single one); None if not whole."""
     if v.shape[0] == 1:
@@ -87,7 +92,10 @@ def _cublas_gemm(xp, blas, a, b, out, accumulate: bool) -> bool:
     strides = [_batch_stride(v, item) for v in (b, a, out)]
     if op_b is None or op_a is None or c is None or c[0] or None in strides:
         return False
-    if max(M, N, K, g, op_b[1], op_a[1], c[1]) > _INT_MAX:
+    if g > 1 and strides[2] < (M - 1) * c[1] + N:   # the output's matrices would overlap each other
+        return False
+    spans = [_span(v, item) for v in (a, b, out)]
+    if max(M, N, K, g, op_b[1], op_a[1], c[1], *spans) > _INT_MAX:
         return False
     alpha = np.ones((), out.dtype)
     beta = np.array(1 if accumulate else 0, out.dtype)

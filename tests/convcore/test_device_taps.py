@@ -137,17 +137,65 @@ def test_matmul_into_strided_views_matches_numpy(gpu_backend, case, dtype, accum
         assert cupy_standin.counters.gemm_calls == 1   # read in place: one cuBLAS call, no copies first
 
 
-def test_matmul_into_falls_back_to_matmul_for_views_blas_cannot_read(gpu_backend):
-    """Reversed rows have a negative stride: BLAS cannot take them, matmul on a copy does."""
+def _overlapping(xp, host, shape, strides):
+    """(device view, host view) with the given element strides over the same values: rows or
+    columns that overlap, which BLAS cannot describe with a leading dimension."""
+    item = host.itemsize
+    as_strided = np.lib.stride_tricks.as_strided
+    device = xp.lib.stride_tricks.as_strided(xp.asarray(host), shape, tuple(s * item for s in strides))
+    return device, as_strided(host, shape, tuple(s * item for s in strides))
+
+
+# Views BLAS cannot read in place, each a 2 x 5 x 4 @ 2 x 4 x 6 -> 2 x 5 x 6 product: it must still be
+# right (matmul on the module's own terms), and no cuBLAS call is made.
+def _plain(xp, host):
+    return xp.asarray(host), host
+
+
+FALLBACKS = {   # name -> (a, b) builders: host values -> (device view, the same view on the host)
+    "reversed rows": (lambda xp, h: (xp.asarray(h)[:, ::-1], h[:, ::-1]), _plain),
+    "overlapping rows": (lambda xp, h: _overlapping(xp, h, (2, 5, 4), (20, 2, 1)), _plain),
+    "overlapping columns": (_plain, lambda xp, h: _overlapping(xp, h, (2, 4, 6), (24, 1, 3))),
+    "broadcast batch": (lambda xp, h: (xp.broadcast_to(xp.asarray(h[:1]), h.shape), np.broadcast_to(h[:1], h.shape)),
+                        _plain),
+    "reversed batch": (lambda xp, h: (xp.asarray(h)[::-1], h[::-1]), _plain),
+}
+
+
+@pytest.mark.parametrize("layout", FALLBACKS)
+def test_matmul_into_falls_back_to_matmul_for_views_blas_cannot_read(gpu_backend, layout):
     xp = gpu_backend.xp
     rng = np.random.default_rng(3)
-    a_host = rng.standard_normal((2, 5, 4))
-    b_host = rng.standard_normal((2, 4, 6))
+    make_a, make_b = FALLBACKS[layout]
+    a, a_host = make_a(xp, rng.standard_normal((2, 5, 4)))
+    b, b_host = make_b(xp, rng.standard_normal((2, 4, 6)))
     out = xp.zeros((2, 5, 6))
     if xp is cupy_standin:
         cupy_standin.counters.reset()
-    view_matmul.matmul_into(xp, xp.asarray(a_host)[:, ::-1], xp.asarray(b_host), out)
-    np.testing.assert_allclose(gpu_backend.to_numpy(out), np.matmul(a_host[:, ::-1], b_host), rtol=1e-12)
+    view_matmul.matmul_into(xp, a, b, out)
+    np.testing.assert_allclose(gpu_backend.to_numpy(out), np.matmul(a_host, b_host), rtol=1e-12)
+    if xp is cupy_standin:
+        assert cupy_standin.counters.gemm_calls == 0
+
+
+@pytest.mark.parametrize("out_layout", ["transposed", "overlapping batches"])
+def test_matmul_into_falls_back_for_outputs_blas_cannot_write(gpu_backend, out_layout):
+    """A transposed output (unit stride down its columns) and one whose batches overlap are not
+    cuBLAS outputs; the product is written by matmul instead."""
+    xp = gpu_backend.xp
+    rng = np.random.default_rng(6)
+    a_host, b_host = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 5))
+    if xp is cupy_standin:
+        cupy_standin.counters.reset()
+    if out_layout == "transposed":
+        out = xp.zeros((2, 5, 3)).swapaxes(1, 2)
+        view_matmul.matmul_into(xp, xp.asarray(a_host), xp.asarray(b_host), out)
+        np.testing.assert_allclose(gpu_backend.to_numpy(out), np.matmul(a_host, b_host), rtol=1e-12)
+    else:   # both batches write the same 3 x 5 cells: only the batch count of 1 is meaningful
+        store = xp.zeros((3, 5))
+        out = xp.lib.stride_tricks.as_strided(store, (2, 3, 5), (0, 5 * 8, 8))
+        view_matmul.matmul_into(xp, xp.asarray(a_host[:1].repeat(2, 0)), xp.asarray(b_host[:1].repeat(2, 0)), out)
+        np.testing.assert_allclose(gpu_backend.to_numpy(store), a_host[0] @ b_host[0], rtol=1e-12)
     if xp is cupy_standin:
         assert cupy_standin.counters.gemm_calls == 0
 

@@ -316,6 +316,22 @@ class _Namespace:
 
 
 runtime = _Runtime()
+lib = _Namespace(stride_tricks=_Namespace(as_strided=_device_function(np.lib.stride_tricks.as_strided)))
+
+
+def empty(shape, dtype=float, order="C"):
+    """Uninitialised, as on a GPU, but deterministically so: floats are NaN and integers a large
+    marker, so that code reading memory it never wrote fails every time, not by chance."""
+    out = np.empty(shape, dtype, order)
+    out.fill(np.nan if out.dtype.kind in "fc" else (-(2**62) if out.dtype.kind == "i" else 0xDEAD))
+    return ndarray(out)
+
+
+def empty_like(a, dtype=None, order="K", shape=None):
+    return empty(a.shape if shape is None else shape, a.dtype if dtype is None else dtype,
+                 "C" if order in ("K", "A") else order)
+
+
 cuda = _Namespace(Device=_Device, runtime=runtime, Stream=_Stream, get_current_stream=get_current_stream,
                   device=_Namespace(get_cublas_handle=lambda: threading.get_ident()))
 
