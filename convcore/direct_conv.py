@@ -328,8 +328,8 @@ class DirectConv:
             G = xp.zeros((g, O, self.gx_grid.max_off + self.gx_grid.positions), gy.dtype)
             G[:, :, self.gx_grid.max_off:].reshape((g, O, b) + red.qx)[
                 (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
-        gx = gW = None
-        if need_W:
+
+        def weight_grad():
             fw = self.fw
             if not self.host:
                 space, rhs, on_grid = self._grid_space(self.fw_grid), G, True
@@ -342,8 +342,9 @@ class DirectConv:
                 rhs, on_grid = rhs.reshape(g, O, space.count), False
             gWm = self._run_blocks(self.fw_grid, self.grid_input(), None, space, fw.channels, acc_rhs=rhs,
                                    rhs_on_grid=on_grid, rhs_front=self.gx_grid.max_off)   # (g, O, C * taps)
-            gW = fw.weight_grad(gWm.reshape((g * O, fw.channels) + fw.qk))
-        if need_x:
+            return fw.weight_grad(gWm.reshape((g * O, fw.channels) + fw.qk))
+
+        def input_grad():
             grid = self.gx_grid
             flip = (slice(None),) * 3 + (slice(None, None, -1),) * N
             Wadj = xp.ascontiguousarray(red.filters(self.W)[flip].swapaxes(1, 2)).reshape(
@@ -353,10 +354,17 @@ class DirectConv:
             gA = xp.empty((g, C, space.count), gy.dtype)
             self._run_blocks(grid, G, Wadj, space, O, out=gA)
             if inner is not None:
-                gx = self._input_from_space(gA, inner)
-            else:   # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
-                gx = red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
-        return gx, gW
+                return self._input_from_space(gA, inner)
+            # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
+            return red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
+
+        if need_x and need_W and self._passes_side_by_side():
+            gW, gx = _side_by_side(weight_grad, input_grad)
+            return gx, gW
+        return (input_grad() if need_x else None), (weight_grad() if need_W else None)
+
+    def _passes_side_by_side(self) -> bool:
+        return self.host and costs.passes_side_by_side(self.geom)
 
 
 class _Block(NamedTuple):
@@ -423,6 +431,28 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
+def _side_by_side(first, second):
+    """(first(), second()): ``first`` on the engine's thread pool while this thread runs ``second``,
+    BLAS single-threaded meanwhile."""
+    pool = _thread_pool(2)
+    with backend._single_threaded_blas():
+        pending = pool.submit(first)
+        try:
+            other = second()
+        finally:
+            result = pending.result()
+    return result, other
+
+
+def _thread_pool(size: int):
+    """The engine's thread pool, with at least ``size`` threads."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] < size:
+            _pool = (size, ThreadPoolExecutor(size, thread_name_prefix="convcore-direct"))
+        return _pool[1]
+
+
 def _parallel(work, parts):
     """[work(part) for part in parts], on a thread pool when there are several parts, with
     BLAS single-threaded meanwhile (the threads are the parallelism)."""
@@ -430,9 +460,6 @@ def _parallel(work, parts):
     if len(parts) == 1:
         with backend._single_threaded_blas():
             return [work(parts[0])]
-    with _pool_lock:
-        if _pool is None or _pool[0] < len(parts):
-            _pool = (len(parts), ThreadPoolExecutor(len(parts), thread_name_prefix="convcore-direct"))
-        pool = _pool[1]
+    pool = _thread_pool(len(parts))
     with backend._single_threaded_blas():
         return list(pool.map(work, parts))
