@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import operator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -200,11 +199,12 @@ def block_positions(per_position: int, count: int) -> int:
 
 # A device's direct passes (direct_conv._run_taps) gather the taps of the trailing kernel axes into a
 # column matrix while its inner size K * taps stays within DEVICE_GROUP_INNER; each other tap is one
-# cuBLAS product reading its window of that matrix in place. Measured on an H100 (forward + both
-# gradients, docs/benchmarks.md "Tap products on a GPU"): gathering the last axis of a 2-D 3x3 (inner
-# 192-384) ran 1.3-1.4x faster than gathering none, two axes of 3-D 3^3-7^3 kernels at 8-64 channels
-# (inner 72-576) 1.3-2.2x; past ~400 the copies cost more than the products save (2-D 3x3 at 128
-# channels with both axes, inner 1152: 1.08x slower than one; a stride's polyphase channels, 2x256: 1.5x).
+# cuBLAS product reading its window of that matrix in place. Measured on an H100 (forward + all
+# gradients, docs/benchmarks.md "Fourth GPU session"), against gathering nothing: the last axis of
+# 2-D 3x3 layers at 16-128 channels (inner 48-384) 1.3-1.4x faster, two axes of 3-D 3^3-7^3 layers at
+# 8-32 channels (inner 72-400) 2.3-6.4x. Near and past 400 the runs disagreed (3^3 at 64 channels with
+# two axes, inner 576: 0.7-1.4x the speed of one axis over three runs; a stride-2 3x3's 256 polyphase
+# channels with one axis, inner 512: 0.65-1.07x of none): there the copies cost about what they save.
 DEVICE_GROUP_INNER = 400
 DEVICE_CALL_S = 1e-5     # a device's fixed cost of one copy or product call (launch and Python)
 
@@ -307,13 +307,12 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
         threads = pass_threads(g * count * K * k * rows)
         return threads * per_position * block_positions(per_position, count)
 
-    fw_columns = columns(fw_C, fw_taps, outputs, O)
+    fw_columns, gx_columns = columns(fw_C, fw_taps, outputs, O), columns(O, taps, positions, C)
     forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": fw_columns}
     strided = fw is not red and any(s != 1 for s in fw.out_stride)
     backward = {"gy_grid": grid * O, "gy_outputs": itemsize * g * outputs * O if strided else 0,
-                "gx_grid": 2 * grid * C,
-                # both passes' column buffers at once when they run side by side
-                "columns": ((operator.add if passes_side_by_side(geom) else max)(fw_columns, columns(O, taps, positions, C))),
+                "gx_grid": 2 * grid * C,   # the passes side by side hold both column buffers at once
+                "columns": fw_columns + gx_columns if passes_side_by_side(geom) else max(fw_columns, gx_columns),
                 "gW_partials": 2 * itemsize * g * O * fw_C * fw_taps,
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
     return Estimate(seconds, shared, forward, backward)

@@ -456,7 +456,6 @@ def _thread_pool(size: int):
 def _parallel(work, parts):
     """[work(part) for part in parts], on a thread pool when there are several parts, with
     BLAS single-threaded meanwhile (the threads are the parallelism)."""
-    global _pool
     if len(parts) == 1:
         with backend._single_threaded_blas():
             return [work(parts[0])]
