@@ -60,6 +60,7 @@ from .geometry import ConvGeometry
 from .reduction import Reduction
 from .view_matmul import matmul_into
 
+
 class _Grid:
     """A reduction's input grid, flattened with the batch: the taps' steps, their farthest offset and
     position counts."""
