@@ -65,8 +65,9 @@ def test_clean_install_without_test_extras_serves(tmp_path):
     run([sys.executable, "-m", "venv", str(venv)], "python -m venv", 120, env=env)
     python, convnd = venv / "bin" / "python", venv / "bin" / "convnd"
     started = time.monotonic()
-    run([str(python), "-m", "pip", "install", "-q", "-e", str(src)], "pip install -e . (no extras)", INSTALL_S,
-        env=env)
+    # the README's quick start: python3 -m pip install --no-compile -e .
+    run([str(python), "-m", "pip", "install", "-q", "--no-compile", "-e", str(src)], "pip install -e . (no extras)",
+        INSTALL_S, env=env)
     install_s = time.monotonic() - started
 
     # Isolated from this interpreter's packages, and without the test extras.
