@@ -175,21 +175,6 @@ def pass_threads(madds: int) -> int:
     return backend.num_threads() if madds >= backend.SPLIT_WORK else 1
 
 
-def passes_side_by_side(geom: ConvGeometry) -> bool:
-    """Whether a CPU backward runs its two gradient passes at once, one per thread: when each is too
-    small to be split over threads itself. Measured (float32, 2 threads, backward of 3x3x3 layers of
-    a small 3-D U-Net, side by side against one after the other): 8->16 channels at 8^3 1.27x
-    faster, 16->32 at 4^3 1.51x, 4->16 at 8^3 1.39x; split passes did not speed up such layers at all."""
-    return backend.num_threads() >= 2 and _grid_madds(geom) < backend.SPLIT_WORK
-
-
-@functools.lru_cache(maxsize=256)
-def _grid_madds(geom: ConvGeometry) -> int:
-    """Multiply-adds of a direct pass over the whole polyphase grid (asked on every backward)."""
-    red = Reduction(None, geom, keep_dilation=True)
-    return geom.groups * geom.batch * math.prod(red.qx) * red.channels * red.out_channels * math.prod(red.qk)
-
-
 def block_positions(per_position: int, count: int) -> int:
     """Positions per CPU column block: about BLOCK_BYTES (at least MIN_BLOCK), and a block for
     every thread."""
@@ -302,17 +287,21 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     shared = reduction_bytes(geom, itemsize, True)
     shared["grid_input"] = itemsize * g * fw_positions * fw_C
 
-    def columns(K, k, count, rows):   # the column buffer of each thread of a pass
+    def columns(K, k, count, rows, gathered_rows=0):
+        """Each thread's column buffer for a pass, and the rows of gy it gathers per block (the
+        weight gradient reading gy on the grid: a block's rows are copied out when they are not one
+        run, and the next block's copy is made before the last one is dropped)."""
         per_position = g * K * k * itemsize
         threads = pass_threads(g * count * K * k * rows)
-        return threads * per_position * block_positions(per_position, count)
+        block = block_positions(per_position, count)
+        return threads * block * (per_position + 2 * g * gathered_rows * itemsize)
 
-    fw_columns, gx_columns = columns(fw_C, fw_taps, outputs, O), columns(O, taps, positions, C)
-    forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": fw_columns}
     strided = fw is not red and any(s != 1 for s in fw.out_stride)
+    fw_columns = columns(fw_C, fw_taps, outputs, O)
+    gW_columns = columns(fw_C, fw_taps, outputs, O, gathered_rows=0 if strided else O)
+    forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": fw_columns}
     backward = {"gy_grid": grid * O, "gy_outputs": itemsize * g * outputs * O if strided else 0,
-                "gx_grid": 2 * grid * C,   # the passes side by side hold both column buffers at once
-                "columns": fw_columns + gx_columns if passes_side_by_side(geom) else max(fw_columns, gx_columns),
+                "gx_grid": 2 * grid * C, "columns": max(gW_columns, columns(O, taps, positions, C)),
                 "gW_partials": 2 * itemsize * g * O * fw_C * fw_taps,
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
     return Estimate(seconds, shared, forward, backward)

@@ -359,13 +359,8 @@ class DirectConv:
             # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
             return red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
 
-        if need_x and need_W and self._passes_side_by_side():
-            gW, gx = _side_by_side(weight_grad, input_grad)
-            return gx, gW
-        return (input_grad() if need_x else None), (weight_grad() if need_W else None)
-
-    def _passes_side_by_side(self) -> bool:
-        return self.host and costs.passes_side_by_side(self.geom)
+        gW = weight_grad() if need_W else None
+        return (input_grad() if need_x else None), gW
 
 
 class _Block(NamedTuple):
@@ -430,19 +425,6 @@ def _view(owner, start: int, shape: tuple, steps: tuple):
 
 _pool = None
 _pool_lock = threading.Lock()
-
-
-def _side_by_side(first, second):
-    """(first(), second()): ``first`` on the engine's thread pool while this thread runs ``second``,
-    BLAS single-threaded meanwhile."""
-    pool = _thread_pool(2)
-    with backend._single_threaded_blas():
-        pending = pool.submit(first)
-        try:
-            other = second()
-        finally:
-            result = pending.result()
-    return result, other
 
 
 def _thread_pool(size: int):

@@ -8,7 +8,6 @@ the per-thread weight-gradient partials and their sum are all exercised.
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -100,23 +99,3 @@ def test_position_space_blocks_cover_each_position_once_at_its_grid_index(dims, 
         by_index = np.arange(space.count).reshape(dims)[block.index].ravel()   # the CPU path's slice
         np.testing.assert_array_equal(by_index, np.arange(block.start, block.start + block.size))
     np.testing.assert_array_equal(seen, 1)
-
-
-@pytest.mark.parametrize("threads, side_by_side", [("2", True), ("1", False)])
-@pytest.mark.parametrize("index", [0, 1, 2, 6], ids=lambda i: f"N{CASES[i].ndim}-{i}")
-def test_small_backward_runs_its_two_passes_side_by_side(monkeypatch, index, threads, side_by_side):
-    """On the CPU with two threads, a backward whose passes are each too small to split runs the
-    weight gradient on the pool while the calling thread does the input gradient; both still
-    match JAX. With one thread it stays sequential."""
-    monkeypatch.setenv("CONVCORE_NUM_THREADS", threads)
-    calls = []
-    original = direct_conv._side_by_side
-
-    def recording(first, second):
-        calls.append(1)
-        return original(first, second)
-
-    monkeypatch.setattr(direct_conv, "_side_by_side", recording)
-    host = SimpleNamespace(name="numpy", xp=np, asarray=lambda a: a, to_numpy=lambda a: a)
-    check_case(host, CASES[index], reference(index), np.float64, "direct")
-    assert bool(calls) == side_by_side

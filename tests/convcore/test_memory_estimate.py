@@ -22,6 +22,7 @@ CASES = [
     ((1, 1, 48, 48), (2, 1, 11, 11), dict(padding=5, padding_mode="circular")),
     ((2, 2, 10, 10, 10), (3, 2, 3, 3, 3), dict(stride=(2, 1, 3), padding=[(1, 0), (2, 2), (0, 3)])),
     ((2, 64, 4, 4), (64, 64, 3, 3), dict(padding=1)),     # filters far larger than the image
+    ((4, 1, 32, 32), (64, 1, 3, 3), dict(padding=1)),     # a first layer: gy's rows outweigh the columns
     ((1, 48, 3, 4, 3), (48, 24, 2, 3, 2), dict(groups=2, padding=1)),
     ((6, 2, 30, 30), (2, 2, 5, 5), dict(padding=2, memory_budget=100_000)),   # FFT in tiles and chunks
 ]
