@@ -335,7 +335,7 @@ def _device_direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rate
                "filters_per_tap": 2 * filters}
     backward = {"gy_grid": grid * O, "gx_grid": 2 * grid * C, "columns": max(columns(C), columns(O)),
                 "filters_per_tap": 2 * filters,
-                "gW_partials": 2 * itemsize * g * O * C * math.prod(qk),
+                "gW_partials": 2 * filters,
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
     return Estimate(seconds, shared, forward, backward)
 

@@ -329,8 +329,8 @@ class DirectConv:
             G = xp.zeros((g, O, self.gx_grid.max_off + self.gx_grid.positions), gy.dtype)
             G[:, :, self.gx_grid.max_off:].reshape((g, O, b) + red.qx)[
                 (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
-
-        def weight_grad():
+        gx = gW = None
+        if need_W:
             fw = self.fw
             if not self.host:
                 space, rhs, on_grid = self._grid_space(self.fw_grid), G, True
@@ -343,9 +343,8 @@ class DirectConv:
                 rhs, on_grid = rhs.reshape(g, O, space.count), False
             gWm = self._run_blocks(self.fw_grid, self.grid_input(), None, space, fw.channels, acc_rhs=rhs,
                                    rhs_on_grid=on_grid, rhs_front=self.gx_grid.max_off)   # (g, O, C * taps)
-            return fw.weight_grad(gWm.reshape((g * O, fw.channels) + fw.qk))
-
-        def input_grad():
+            gW = fw.weight_grad(gWm.reshape((g * O, fw.channels) + fw.qk))
+        if need_x:
             grid = self.gx_grid
             flip = (slice(None),) * 3 + (slice(None, None, -1),) * N
             Wadj = xp.ascontiguousarray(red.filters(self.W)[flip].swapaxes(1, 2)).reshape(
@@ -355,12 +354,10 @@ class DirectConv:
             gA = xp.empty((g, C, space.count), gy.dtype)
             self._run_blocks(grid, G, Wadj, space, O, out=gA)
             if inner is not None:
-                return self._input_from_space(gA, inner)
-            # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
-            return red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
-
-        gW = weight_grad() if need_W else None
-        return (input_grad() if need_x else None), gW
+                gx = self._input_from_space(gA, inner)
+            else:   # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
+                gx = red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
+        return gx, gW
 
 
 class _Block(NamedTuple):
@@ -427,21 +424,16 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
-def _thread_pool(size: int):
-    """The engine's thread pool, with at least ``size`` threads."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] < size:
-            _pool = (size, ThreadPoolExecutor(size, thread_name_prefix="convcore-direct"))
-        return _pool[1]
-
-
 def _parallel(work, parts):
     """[work(part) for part in parts], on a thread pool when there are several parts, with
     BLAS single-threaded meanwhile (the threads are the parallelism)."""
+    global _pool
     if len(parts) == 1:
         with backend._single_threaded_blas():
             return [work(parts[0])]
-    pool = _thread_pool(len(parts))
+    with _pool_lock:
+        if _pool is None or _pool[0] < len(parts):
+            _pool = (len(parts), ThreadPoolExecutor(len(parts), thread_name_prefix="convcore-direct"))
+        pool = _pool[1]
     with backend._single_threaded_blas():
         return list(pool.map(work, parts))

@@ -394,10 +394,10 @@ def _matrices(ptr, rows, cols, ld, stride, batch, dtype, what):
     item = np.dtype(dtype).itemsize
     with _owners_lock:
         live = {start: ref() for start, ref in _owners.items()}
-        _owners.clear()
-        _owners.update((start, weakref.ref(o)) for start, o in live.items() if o is not None)
+        for start in [start for start, owner in live.items() if owner is None]:
+            del _owners[start], live[start]    # freed allocations
     for start, owner in live.items():
-        if owner is not None and start <= ptr < start + owner.nbytes:
+        if start <= ptr < start + owner.nbytes:
             break
     else:
         raise StandinError(f"cublas: {what} = {ptr:#x} is not in any device allocation")
