@@ -1,17 +1,25 @@
 """FFT convolution (Mathieu, Henaff & LeCun 2013) with spectra reused in backward.
 
 After the reduction (reduction.py: padding, polyphase split, dilated filters) every
-case is a stride-1 *valid* cross-correlation, per group:
+case is a stride-1 *valid* cross-correlation, per group, over an input of length q
+with a kernel of length k and m = q - k + 1 outputs (per axis):
 
-    y[n, o, i]  = sum_c sum_k W[o, c, k] X[n, c, i + k]          Y^ = X^ . conj(W^)
-    gX[n, c, j] = sum_o sum_k W[o, c, k] gy[n, o, j - k]          gX^ = gy^ . W^
-    gW[o, c, k] = sum_n sum_i gy[n, o, i] X[n, c, i + k]          gW^ = conj(gy^) . X^
+    y[n, o, i]  = sum_c sum_k W[o, c, k] X[n, c, i + k]
+    gX[n, c, j] = sum_o sum_k W[o, c, k] gy[n, o, j - k]
+    gW[o, c, k] = sum_n sum_i gy[n, o, i] X[n, c, i + k]
 
-A valid correlation over an input of length q only touches indices < q, so a
-circular transform of size L = next_fast_len(q) is exact, with no wrap-around
-(no "full" size q + k - 1 needed). Each input channel, filter and output gradient
-is transformed once; the channel sums are one batched complex matmul over the
-frequency axis:  (F, g, n, c) @ (F, g, c, o).
+The filters and gy are transformed *reversed* along every spatial axis (W~[k] =
+W[k-1-k], a strided view): each correlation is then a plain convolution, and the
+products need no complex conjugate (no pass over a spectrum to conjugate it):
+
+    y  = (X * W~)[k-1 : q]          Y^  = X^ . W~^
+    gW = (gy~ * X)[m-1 : q]         gW^ = gy~^T . X^
+    gX = reversed((gy~ * W~)[0 : q])    gX^ = gy~^ . W~^
+
+Every index read is below q, so a circular transform of size L = next_fast_len(q) is
+exact, with no wrap-around. Each input channel, filter and output gradient is
+transformed once; the channel sums are one batched complex matmul over the frequency
+axis:  (F, g, n, c) @ (F, g, c, o).
 """
 from __future__ import annotations
 
@@ -51,23 +59,31 @@ class FFTConv:
     estimate = staticmethod(costs.fft_estimate)   # the Engine protocol's cost hook
 
     # ---- transforms ------------------------------------------------------
-    def _spectrum(self, a):
-        """(B, g, C, spatial...) real -> (F, g, B, C) complex, one transform per (B, g, C).
+    def _spectrum(self, a, reverse: bool = False):
+        """(B, g, C, spatial...) real -> (F, g, B, C) complex, one transform per (B, g, C),
+        of ``a`` reversed along every spatial axis if ``reverse``.
 
-        The transform reads a channels-last view, so its output is already in the products'
-        layout: the transpose costs nothing extra instead of a copy of the whole spectrum."""
+        The transform reads a channels-last (and reversed) view, so its output is already in
+        the products' layout: no copy of the input or of the spectrum is made for either."""
         B, g, C = a.shape[:3]
         N = self.geom.ndim
+        if reverse:
+            a = a[(slice(None),) * 3 + (slice(None, None, -1),) * N]
         channels_last = a.transpose(tuple(range(3, 3 + N)) + (1, 0, 2))   # (spatial..., g, B, C)
         spec = backend.rfftn(self.xp, channels_last, self.fft_shape, tuple(range(N)))
         return spec.reshape(-1, g, B, C)
 
-    def _inverse(self, spec, crop_shape):
-        """(F, g, B, C) complex -> (B, g*C, crop_shape...) real."""
+    def _inverse(self, spec, crop_shape, start=None, reverse: bool = False):
+        """(F, g, B, C) complex -> (B, g*C, crop_shape...) real: the inverse cut to
+        ``crop_shape`` from ``start`` per axis, then reversed along each if ``reverse``."""
         F, g, B, C = spec.shape
+        N = self.geom.ndim
         half = self.fft_shape[:-1] + (self.fft_shape[-1] // 2 + 1,)
-        spec = spec.transpose(2, 1, 3, 0).reshape((B, g * C) + half)
-        return backend.irfftn(self.xp, spec, self.fft_shape, self.axes, crop_shape)
+        spec = spec.transpose(2, 1, 3, 0).reshape((B, g, C) + half)   # a view: no copy of the spectrum
+        out = backend.irfftn(self.xp, spec, self.fft_shape, self.axes, crop_shape, start)
+        if reverse:
+            out = out[(slice(None),) * 3 + (slice(None, None, -1),) * N]
+        return out.reshape((B, g * C) + out.shape[3:])
 
     def inputs(self):
         """(rows, g, C, window...): the reduced input, cut into overlapping tiles if tiled."""
@@ -91,10 +107,10 @@ class FFTConv:
         return spec
 
     def W_spectrum(self):
-        """(F, g, c_O/g, C): the reduced filters, transformed once."""
+        """(F, g, c_O/g, C): the reduced filters, reversed, transformed once."""
         if self._W_spectrum is None:
             Wr = self.red.filters(self.W).swapaxes(0, 1)   # (c_O/g, g, C, k'...)
-            self._W_spectrum = self._spectrum(Wr)
+            self._W_spectrum = self._spectrum(Wr, reverse=True)
         return self._W_spectrum
 
     def chunks(self):
@@ -105,8 +121,9 @@ class FFTConv:
     def forward(self):
         """y: (n, c_O, o_1..o_N), without bias."""
         xp, geom = self.xp, self.geom
-        Wc = self.W_spectrum().conj().swapaxes(-1, -2)      # (F, g, C, c_O/g)
-        parts = [self._inverse(backend.matmul(xp, self.x_spectrum(lo, hi), Wc), self.tile)
+        W_spec = self.W_spectrum().swapaxes(-1, -2)         # (F, g, C, c_O/g)
+        start = tuple(k - 1 for k in self.red.qk)
+        parts = [self._inverse(backend.matmul(xp, self.x_spectrum(lo, hi), W_spec), self.tile, start)
                  for lo, hi in self.chunks()]               # each (rows, c_O, T...)
         y = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
         if self.tiled:
@@ -122,11 +139,11 @@ class FFTConv:
         gx_parts, gW_spec = [], None
         W_spec = self.W_spectrum() if need_x else None
         for lo, hi in self.chunks():
-            G = self._spectrum(gy[lo:hi])                   # (F, g, rows, c_O/g)
+            G = self._spectrum(gy[lo:hi], reverse=True)     # (F, g, rows, c_O/g)
             if need_x:   # (F, g, rows, c_O/g) @ (F, g, c_O/g, C)
-                gx_parts.append(self._inverse(backend.matmul(xp, G, W_spec), self.window))
+                gx_parts.append(self._inverse(backend.matmul(xp, G, W_spec), self.window, reverse=True))
             if need_W:   # (F, g, c_O/g, rows) @ (F, g, rows, C)
-                part = backend.matmul(xp, G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
+                part = backend.matmul(xp, G.swapaxes(-1, -2), self.x_spectrum(lo, hi))
                 gW_spec = part if gW_spec is None else gW_spec.__iadd__(part)
         gx = None
         if need_x:
@@ -137,5 +154,6 @@ class FFTConv:
         gW = None
         if need_W:
             F, g, o, C = gW_spec.shape
-            gW = red.weight_grad(self._inverse(gW_spec.reshape(F, 1, g * o, C), red.qk))
+            start = tuple(m - 1 for m in gy.shape[3:])     # m: gy's length per axis (a tile's if tiled)
+            gW = red.weight_grad(self._inverse(gW_spec.reshape(F, 1, g * o, C), red.qk, start))
         return gx, gW
