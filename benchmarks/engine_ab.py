@@ -100,8 +100,14 @@ def main(argv=None):
         outs = {k: r() for k, r in runs.items()}
         wall = {k: [] for k in runs}
         cpu = {k: [] for k in runs}
-        for _ in range(args.samples):
-            for k, r in runs.items():
+        names = list(runs)
+        for i in range(args.samples):
+            # Rotate the order and settle before each run, as conv_timing does: PyTorch's OpenMP
+            # threads spin a while after their work, which would slow (and bill CPU time to)
+            # whichever side always ran right after them.
+            for k in names[i % len(names):] + names[:i % len(names)]:
+                r = runs[k]
+                time.sleep(conv_bench.conv_timing.SETTLE_S)
                 w0, c0 = time.perf_counter(), time.process_time()
                 r()
                 wall[k].append(time.perf_counter() - w0)

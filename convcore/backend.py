@@ -158,9 +158,8 @@ def rfftn(xp, a, shape, axes):
     return out
 
 
-def irfftn(xp, a, shape, axes, crop=None, start=None):
-    """Inverse of ``rfftn`` over ``axes``: real output of ``shape``, cut to ``crop`` points
-    per axis from ``start`` (default 0): a view of the whole inverse.
+def irfftn(xp, a, shape, axes, crop=None):
+    """Inverse of ``rfftn`` over ``axes``: real output of ``shape``, cut to its first ``crop``.
 
     When the crop keeps well under half of some axis (a filter gradient from an L^N
     plan), the complex axes are inverted one at a time and cut at once, so the real
@@ -169,17 +168,15 @@ def irfftn(xp, a, shape, axes, crop=None, start=None):
     fft, kw = _fft_module(xp)
     axes = [ax % a.ndim for ax in axes]
     crop = tuple(shape) if crop is None else tuple(crop)
-    start = (0,) * len(crop) if start is None else tuple(start)
     if not _worth_pruning(crop, shape):
         out = fft.irfftn(a, s=shape, axes=axes, **kw)
     else:
         out = a
-        for ax, n, s, c in zip(axes[:-1], shape[:-1], start[:-1], crop[:-1]):
+        for ax, n, c in zip(axes[:-1], shape[:-1], crop[:-1]):
             out = fft.ifft(out, n=n, axis=ax, **kw)
-            out = out[(slice(None),) * ax + (slice(s, s + c),)]
+            out = out[(slice(None),) * ax + (slice(0, c),)]
         out = fft.irfft(out, n=shape[-1], axis=axes[-1], **kw)
-        start = (0,) * (len(crop) - 1) + start[-1:]
-    return out[(slice(None),) * axes[0] + tuple(slice(s, s + c) for s, c in zip(start, crop))]
+    return out[(slice(None),) * axes[0] + tuple(slice(0, c) for c in crop)]
 
 
 _pool = None

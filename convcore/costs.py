@@ -404,12 +404,12 @@ def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
     # built, then transposed contiguous; x's kept when all rows are one chunk
     shared["x_spectrum"] = 2 * (rows if chunk == rows else chunk) * C * spec
     shared["W_spectrum"] = 2 * O * C * spec + 2 * O * C * real
-    # forward: each chunk's product and the inverse's complex pass, the inverse transforms of
-    # all chunks (parts kept until concatenated), then y's tiles and crop
-    forward = {"y_spectrum": 2 * chunk * O * spec,
+    # forward: W's conjugate, each chunk's product and its transposed copy, the inverse
+    # transforms of all chunks (parts kept until concatenated), then y's tiles and crop
+    forward = {"W_spectrum_conj": O * C * spec, "y_spectrum": 2 * chunk * O * spec,
                "y_tiles": 2 * rows * O * real, "y": 2 * output_bytes(geom, itemsize) * (1 + tiled)}
     backward = {"gy_tiles": 2 * rows * O * g * itemsize * math.prod(tile) if tiled else 0,
-                "gy_spectrum": 2 * chunk * O * spec,
+                "gy_spectrum": 3 * chunk * O * spec,
                 "gx_spectrum": 2 * chunk * C * spec, "gx_tiles": 2 * rows * C * real,
                 "gW_spectrum": 3 * O * C * spec, "gW_inverse": O * C * real,
                 **input_grad_bytes(geom, itemsize, False), **weight_grad_bytes(geom, itemsize, False)}

@@ -1,25 +1,17 @@
 """FFT convolution (Mathieu, Henaff & LeCun 2013) with spectra reused in backward.
 
 After the reduction (reduction.py: padding, polyphase split, dilated filters) every
-case is a stride-1 *valid* cross-correlation, per group, over an input of length q
-with a kernel of length k and m = q - k + 1 outputs (per axis):
+case is a stride-1 *valid* cross-correlation, per group:
 
-    y[n, o, i]  = sum_c sum_k W[o, c, k] X[n, c, i + k]
-    gX[n, c, j] = sum_o sum_k W[o, c, k] gy[n, o, j - k]
-    gW[o, c, k] = sum_n sum_i gy[n, o, i] X[n, c, i + k]
+    y[n, o, i]  = sum_c sum_k W[o, c, k] X[n, c, i + k]          Y^ = X^ . conj(W^)
+    gX[n, c, j] = sum_o sum_k W[o, c, k] gy[n, o, j - k]          gX^ = gy^ . W^
+    gW[o, c, k] = sum_n sum_i gy[n, o, i] X[n, c, i + k]          gW^ = conj(gy^) . X^
 
-The filters and gy are transformed *reversed* along every spatial axis (W~[k] =
-W[k-1-k], a strided view): each correlation is then a plain convolution, and the
-products need no complex conjugate (no pass over a spectrum to conjugate it):
-
-    y  = (X * W~)[k-1 : q]          Y^  = X^ . W~^
-    gW = (gy~ * X)[m-1 : q]         gW^ = gy~^T . X^
-    gX = reversed((gy~ * W~)[0 : q])    gX^ = gy~^ . W~^
-
-Every index read is below q, so a circular transform of size L = next_fast_len(q) is
-exact, with no wrap-around. Each input channel, filter and output gradient is
-transformed once; the channel sums are one batched complex matmul over the frequency
-axis:  (F, g, n, c) @ (F, g, c, o).
+A valid correlation over an input of length q only touches indices < q, so a
+circular transform of size L = next_fast_len(q) is exact, with no wrap-around
+(no "full" size q + k - 1 needed). Each input channel, filter and output gradient
+is transformed once; the channel sums are one batched complex matmul over the
+frequency axis:  (F, g, n, c) @ (F, g, c, o).
 """
 from __future__ import annotations
 
@@ -52,65 +44,69 @@ class FFTConv:
         self.axes = tuple(range(-geom.ndim, 0))
         self.rows = geom.batch * math.prod(self.counts)
         self.row_chunk = costs.fft_row_chunk(geom, x.dtype.itemsize, self.tile, self.rows, budget)
-        self._inputs = None
+        self._reduced = None    # the reduced input (n, g, C, q...)
+        self._windows = None    # its tiles' windows as one array, when rows run in chunks
         self._x_spectrum = None
         self._W_spectrum = None
 
     estimate = staticmethod(costs.fft_estimate)   # the Engine protocol's cost hook
 
     # ---- transforms ------------------------------------------------------
-    def _spectrum(self, a, reverse: bool = False):
-        """(B, g, C, spatial...) real -> (F, g, B, C) complex, one transform per (B, g, C),
-        of ``a`` reversed along every spatial axis if ``reverse``.
+    def _spectrum(self, a):
+        """(rows..., g, C, spatial...) real -> (F, g, prod(rows), C) complex, one transform per
+        (row, g, C).
 
-        The transform reads a channels-last (and reversed) view, so its output is already in
-        the products' layout: no copy of the input or of the spectrum is made for either."""
-        B, g, C = a.shape[:3]
+        The transform reads a channels-last view, so its output is already in the products'
+        layout: the transpose costs nothing extra instead of a copy of the whole spectrum. The
+        rows may span several axes of a view (a batch and its tiles' positions)."""
         N = self.geom.ndim
-        if reverse:
-            a = a[(slice(None),) * 3 + (slice(None, None, -1),) * N]
-        channels_last = a.transpose(tuple(range(3, 3 + N)) + (1, 0, 2))   # (spatial..., g, B, C)
-        spec = backend.rfftn(self.xp, channels_last, self.fft_shape, tuple(range(N)))
-        return spec.reshape(-1, g, B, C)
+        lead = a.ndim - 2 - N
+        g, C = a.shape[lead:lead + 2]
+        rows = math.prod(a.shape[:lead])
+        order = tuple(range(lead + 2, lead + 2 + N)) + (lead,) + tuple(range(lead)) + (lead + 1,)
+        spec = backend.rfftn(self.xp, a.transpose(order), self.fft_shape, tuple(range(N)))
+        return spec.reshape(-1, g, rows, C)      # (spatial..., g, rows..., C) is contiguous: a view
 
-    def _inverse(self, spec, crop_shape, start=None, reverse: bool = False):
-        """(F, g, B, C) complex -> (B, g*C, crop_shape...) real: the inverse cut to
-        ``crop_shape`` from ``start`` per axis, then reversed along each if ``reverse``."""
+    def _inverse(self, spec, crop_shape):
+        """(F, g, B, C) complex -> (B, g*C, crop_shape...) real."""
         F, g, B, C = spec.shape
-        N = self.geom.ndim
         half = self.fft_shape[:-1] + (self.fft_shape[-1] // 2 + 1,)
-        spec = spec.transpose(2, 1, 3, 0).reshape((B, g, C) + half)   # a view: no copy of the spectrum
-        out = backend.irfftn(self.xp, spec, self.fft_shape, self.axes, crop_shape, start)
-        if reverse:
-            out = out[(slice(None),) * 3 + (slice(None, None, -1),) * N]
-        return out.reshape((B, g * C) + out.shape[3:])
+        spec = spec.transpose(2, 1, 3, 0).reshape((B, g * C) + half)
+        return backend.irfftn(self.xp, spec, self.fft_shape, self.axes, crop_shape)
 
-    def inputs(self):
-        """(rows, g, C, window...): the reduced input, cut into overlapping tiles if tiled."""
-        if self._inputs is None:
-            a = self.red.inputs(self.x, 0, self.geom.batch)            # (n, g, C, q...)
-            if self.tiled:
-                n, g, C = a.shape[:3]
-                a = tiling.windows(self.xp, a.reshape((n, g * C) + a.shape[3:]), self.tile,
-                                   self.red.qk, self.counts)
-                a = a.reshape((self.rows, g, C) + self.window)
-            self._inputs = a
-        return self._inputs
+    def inputs(self, lo, hi):
+        """Rows lo:hi of the reduced input, (rows..., g, C, window...), cut into overlapping
+        tiles if tiled. All rows at once (one chunk) come as a strided view (n, m_1..m_N, g,
+        C, window...) when tiled; chunks of rows read one copy of the windows."""
+        if self._reduced is None:
+            self._reduced = self.red.inputs(self.x, 0, self.geom.batch)     # (n, g, C, q...)
+        a = self._reduced
+        if not self.tiled:
+            return a[lo:hi]
+        n, g, C = a.shape[:3]
+        flat = a.reshape((n, g * C) + a.shape[3:])
+        if (lo, hi) == (0, self.rows):
+            view = tiling.window_view(self.xp, flat, self.tile, self.red.qk, self.counts)
+            return view.reshape(view.shape[:1 + self.geom.ndim] + (g, C) + self.window)
+        if self._windows is None:
+            self._windows = tiling.windows(self.xp, flat, self.tile, self.red.qk, self.counts).reshape(
+                (self.rows, g, C) + self.window)
+        return self._windows[lo:hi]
 
     def x_spectrum(self, lo, hi):
         """Spectrum of rows lo:hi; kept when all rows are one chunk."""
         if self._x_spectrum is not None:
             return self._x_spectrum
-        spec = self._spectrum(self.inputs()[lo:hi])
+        spec = self._spectrum(self.inputs(lo, hi))
         if (lo, hi) == (0, self.rows):
             self._x_spectrum = spec
         return spec
 
     def W_spectrum(self):
-        """(F, g, c_O/g, C): the reduced filters, reversed, transformed once."""
+        """(F, g, c_O/g, C): the reduced filters, transformed once."""
         if self._W_spectrum is None:
             Wr = self.red.filters(self.W).swapaxes(0, 1)   # (c_O/g, g, C, k'...)
-            self._W_spectrum = self._spectrum(Wr, reverse=True)
+            self._W_spectrum = self._spectrum(Wr)
         return self._W_spectrum
 
     def chunks(self):
@@ -121,9 +117,8 @@ class FFTConv:
     def forward(self):
         """y: (n, c_O, o_1..o_N), without bias."""
         xp, geom = self.xp, self.geom
-        W_spec = self.W_spectrum().swapaxes(-1, -2)         # (F, g, C, c_O/g)
-        start = tuple(k - 1 for k in self.red.qk)
-        parts = [self._inverse(backend.matmul(xp, self.x_spectrum(lo, hi), W_spec), self.tile, start)
+        Wc = self.W_spectrum().conj().swapaxes(-1, -2)      # (F, g, C, c_O/g)
+        parts = [self._inverse(backend.matmul(xp, self.x_spectrum(lo, hi), Wc), self.tile)
                  for lo, hi in self.chunks()]               # each (rows, c_O, T...)
         y = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
         if self.tiled:
@@ -133,17 +128,23 @@ class FFTConv:
     def backward(self, gy, need_x: bool, need_W: bool):
         """(gx, gW) for gy (n, c_O, o...); an entry not asked for is None."""
         xp, geom, red = self.xp, self.geom, self.red
-        if self.tiled:
-            gy = tiling.tile_grad(xp, gy, self.tile, self.counts)     # (rows, c_O, T...)
-        gy = gy.reshape((self.rows, geom.groups, red.out_channels) + gy.shape[2:])
+        N, chunks = geom.ndim, self.chunks()
+        groups = (geom.groups, red.out_channels)
+        if self.tiled and len(chunks) == 1:   # the tiles as a view (n, m_1..m_N, c_O, T...)
+            gy = tiling.tile_grad_view(xp, gy, self.tile, self.counts)
+            gy = gy.reshape(gy.shape[:1 + N] + groups + self.tile)
+        else:
+            if self.tiled:
+                gy = tiling.tile_grad(xp, gy, self.tile, self.counts)     # (rows, c_O, T...)
+            gy = gy.reshape((self.rows,) + groups + gy.shape[2:])
         gx_parts, gW_spec = [], None
         W_spec = self.W_spectrum() if need_x else None
-        for lo, hi in self.chunks():
-            G = self._spectrum(gy[lo:hi], reverse=True)     # (F, g, rows, c_O/g)
+        for lo, hi in chunks:
+            G = self._spectrum(gy if len(chunks) == 1 else gy[lo:hi])   # (F, g, rows, c_O/g)
             if need_x:   # (F, g, rows, c_O/g) @ (F, g, c_O/g, C)
-                gx_parts.append(self._inverse(backend.matmul(xp, G, W_spec), self.window, reverse=True))
+                gx_parts.append(self._inverse(backend.matmul(xp, G, W_spec), self.window))
             if need_W:   # (F, g, c_O/g, rows) @ (F, g, rows, C)
-                part = backend.matmul(xp, G.swapaxes(-1, -2), self.x_spectrum(lo, hi))
+                part = backend.matmul(xp, G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
                 gW_spec = part if gW_spec is None else gW_spec.__iadd__(part)
         gx = None
         if need_x:
@@ -154,6 +155,5 @@ class FFTConv:
         gW = None
         if need_W:
             F, g, o, C = gW_spec.shape
-            start = tuple(m - 1 for m in gy.shape[3:])     # m: gy's length per axis (a tile's if tiled)
-            gW = red.weight_grad(self._inverse(gW_spec.reshape(F, 1, g * o, C), red.qk, start))
+            gW = red.weight_grad(self._inverse(gW_spec.reshape(F, 1, g * o, C), red.qk))
         return gx, gW

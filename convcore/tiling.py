@@ -34,6 +34,22 @@ def windows(xp, a, tile, kernel, counts):
     return out.reshape((B * math.prod(counts), K) + win)
 
 
+def window_view(xp, a, tile, kernel, counts):
+    """The windows of ``windows`` as a strided view (B, m_1..m_N, K, T + k - 1 ...) of ``a``
+    (zero-padded first if the last windows reach past it), never written: no copy of the windows.
+
+    A transform that reads the view directly (the FFT engine's, channels last) copies each
+    line it transforms anyway; materialising the windows first was one more pass over
+    (T + k - 1) / T times the input."""
+    B, K = a.shape[:2]
+    win = tuple(t + k - 1 for t, k in zip(tile, kernel))
+    a = _pad_to(xp, a, tuple((m - 1) * t + w for m, t, w in zip(counts, tile, win)))
+    spatial = a.strides[2:]
+    shape = (B,) + tuple(counts) + (K,) + win
+    strides = (a.strides[0],) + tuple(t * st for t, st in zip(tile, spatial)) + (a.strides[1],) + spatial
+    return xp.lib.stride_tricks.as_strided(a, shape, strides)   # CuPy's takes no writeable=
+
+
 def overlap_add(xp, tiles, B, tile, kernel, counts, length):
     """Adjoint of ``windows``: (B * M, K, T + k - 1 ...) -> (B, K, length...).
 
@@ -74,6 +90,12 @@ def untile(xp, y, B, tile, counts):
 
 def tile_grad(xp, gy, tile, counts):
     """Adjoint of ``untile`` (gy zero-padded to m * T): (B, K, o...) -> (B * M, K, T...)."""
+    return xp.ascontiguousarray(tile_grad_view(xp, gy, tile, counts)).reshape(
+        (gy.shape[0] * math.prod(counts), gy.shape[1]) + tuple(tile))
+
+
+def tile_grad_view(xp, gy, tile, counts):
+    """``tile_grad`` as a view (B, m_1..m_N, K, T...) of gy (zero-padded first if needed)."""
     N = len(tile)
     B, K = gy.shape[:2]
     full = tuple(m * t for m, t in zip(counts, tile))
@@ -81,5 +103,4 @@ def tile_grad(xp, gy, tile, counts):
     a = xp.pad(gy, pad) if any(p[1] for p in pad) else gy
     split = (B, K) + sum(((m, t) for m, t in zip(counts, tile)), ())
     order = (0,) + tuple(2 + 2 * j for j in range(N)) + (1,) + tuple(3 + 2 * j for j in range(N))
-    return xp.ascontiguousarray(a.reshape(split).transpose(order)).reshape(
-        (B * math.prod(counts), K) + tuple(tile))
+    return a.reshape(split).transpose(order)

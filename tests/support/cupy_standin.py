@@ -316,7 +316,12 @@ class _Namespace:
 
 
 runtime = _Runtime()
-lib = _Namespace(stride_tricks=_Namespace(as_strided=_device_function(np.lib.stride_tricks.as_strided)))
+def _as_strided(x, shape=None, strides=None):
+    """CuPy's signature: no ``subok`` or ``writeable`` (NumPy's extras fail here as on a GPU)."""
+    return _wrap(np.lib.stride_tricks.as_strided(_unwrap(x), shape, strides))
+
+
+lib = _Namespace(stride_tricks=_Namespace(as_strided=_as_strided))
 
 
 def empty(shape, dtype=float, order="C"):
