@@ -10,7 +10,8 @@ engine (``tiling`` for ``fft``) today's engine runs with the old helper swapped 
 and new are timed in turns in one process (forward + all gradients, ``--samples`` each,
 median), their outputs compared, and PyTorch on the same threads is timed alongside as
 the yardstick. Wall time and this process's CPU time are both printed: on a machine that
-other work loads, CPU time is the steadier figure of the work itself.
+other work loads, CPU time is the steadier figure of the work itself. The peak memory of one
+untimed call per side (tracemalloc, as conv_bench measures it) closes each row.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def main(argv=None):
     print(f"before: {args.rev}:convcore/{args.module}.py  after: working tree;  engine {args.engine}, "
           f"threads {threads}, {args.samples} samples, load {os.getloadavg()[0]:.1f}")
     print(f"{'config':<14} {'before s':>9} {'after s':>9} {'torch s':>9} {'after/before':>12} "
-          f"{'torch/after':>11} {'cpu before':>10} {'cpu after':>9}  max rel diff")
+          f"{'torch/after':>11} {'cpu before':>10} {'cpu after':>9}  max rel diff  peak MiB before / after")
     for cfg in conv_configs.select(False, args.filter):
         geom = convcore.make_geometry(cfg.x_shape, cfg.W_shape, **cfg.params())
         x, W, b, gy = conv_bench.make_arrays(cfg, geom, np.float32, np)
@@ -116,12 +117,15 @@ def main(argv=None):
         cmed = {k: statistics.median(v) for k, v in cpu.items()}
         diff = max(float(np.abs(a - b_).max() / max(np.abs(a).max(), 1e-30))
                    for a, b_ in zip(outs["before"], outs["after"]))
+        peak = {k: conv_bench.conv_timing.peak_bytes_cpu(lambda fetch=False, r=runs[k]: r()) / 2**20
+                for k in ("before", "after")}
         tt = med.get("torch")
         torch_cell = f"{tt:.4f}" if tt else "skip"
         ratio_cell = f"{tt / med['after']:.2f}" if tt else "-"
         print(f"{cfg.name:<14} {med['before']:>9.4f} {med['after']:>9.4f} {torch_cell:>9} "
               f"{med['after'] / med['before']:>12.2f} {ratio_cell:>11} "
-              f"{cmed['before']:>10.4f} {cmed['after']:>9.4f}  {diff:.1e}", flush=True)
+              f"{cmed['before']:>10.4f} {cmed['after']:>9.4f}  {diff:.1e}"
+              f"  {peak['before']:>7.1f} {peak['after']:>7.1f}", flush=True)
 
 
 if __name__ == "__main__":

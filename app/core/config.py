@@ -18,6 +18,18 @@ from worker.settings import DEFAULT_REDIS_URL, RuntimeSettings
 __all__ = ["DEFAULT_REDIS_URL", "Settings", "get_settings", "hash_key"]
 
 
+def default_api_processes() -> int:
+    """Two API processes where two CPUs are usable (its affinity and cgroup quota), else one.
+
+    One Python process spends ~4 ms of CPU on a small job request (HTTP, validation, Redis), so
+    it caps near 200 requests/s on its core; a second one on a 2-core machine served 1.2-1.9x the
+    small requests per second at the same p50 (docs/benchmarks.md, "The service"). More than two
+    would take cores from the workers, which do the convolutions."""
+    from convcore import cpu_count   # the CPUs this process may use (affinity, cgroup quota)
+
+    return min(2, cpu_count())
+
+
 class Settings(RuntimeSettings):
     """API configuration; every field is an environment variable ``CONVND_<NAME>``."""
 
@@ -44,9 +56,10 @@ class Settings(RuntimeSettings):
         default_factory=list, description="Comma-separated origins allowed to call the API from a browser (CORS). "
                                           "Default: none.")
     api_threads: int = Field(200, gt=0, description="Threads serving requests; each waiting POST holds one.")
-    api_processes: int = Field(1, gt=0, le=64, description="`convnd api` processes (uvicorn workers) sharing "
-                               "the port: one per core serves more small requests per second; /metrics sums "
-                               "their HTTP counters. The connection cap and threads are per process.")
+    api_processes: int = Field(default_factory=lambda: default_api_processes(), gt=0, le=64,
+                               description="`convnd api` processes (uvicorn workers) sharing the port; /metrics "
+                               "sums their HTTP counters. The connection cap and threads are per process. "
+                               "Default: 2, or 1 where the process may use only one CPU.")
     max_train_bytes: int = Field(8 * 2**30, gt=0, description="Largest estimated memory of a training step "
                                  "(activations of one batch + parameters and optimizer state) -> 422.")
     max_dataset_bytes: int = Field(128 * 2**20, gt=0, description="Largest uploaded dataset (bytes) -> 413.")

@@ -18,8 +18,10 @@ BODY_HEAD = (b"POST /v1/conv/forward HTTP/1.1\r\nHost: localhost\r\nContent-Type
 
 @pytest.fixture(scope="module")
 def slow_api(api_factory):
+    # One API process: the connection cap is per process (with the default two on a 2-CPU machine,
+    # the kernel would spread the test's connections over both caps).
     return api_factory("slow-clients", http_header_timeout_s=TIMEOUT_S, http_body_timeout_s=TIMEOUT_S,
-                       http_max_connections=MAX_CONNECTIONS)
+                       http_max_connections=MAX_CONNECTIONS, api_processes=1)
 
 
 def connect(api) -> socket.socket:
