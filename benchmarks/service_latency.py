@@ -108,7 +108,7 @@ def print_cpu(before: dict, after: dict, requests: int, label: str) -> None:
     print(f"  CPU per request ({label}), ms: {shown}  | service total {sum(parts.values()) - parts['client']:5.2f}")
 
 
-def start_service(api_processes: int = 1):
+def start_service(api_processes: int | None = None):
     redis_proc, url = processes.start_redis(processes.free_port())
     port = processes.free_port()
     env = {**os.environ, "REDIS_URL": url, "CONVND_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:6]}",
@@ -117,7 +117,8 @@ def start_service(api_processes: int = 1):
     cli = [sys.executable, "-m", "app.cli"]
     procs = [redis_proc, processes.spawn(cli + ["worker"], env, stdout=processes.subprocess.DEVNULL,
                                          stderr=processes.subprocess.DEVNULL),
-             processes.spawn(cli + ["api", "--port", str(port), "--workers", str(api_processes)], env,
+             processes.spawn(cli + ["api", "--port", str(port)]
+                             + ([] if api_processes is None else ["--workers", str(api_processes)]), env,
                              stdout=processes.subprocess.DEVNULL,
                              stderr=processes.subprocess.DEVNULL)]
     base = f"http://127.0.0.1:{port}"
@@ -136,7 +137,8 @@ def main():
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--skip-large", action="store_true", help="skip the 16 MiB JSON vs binary round trip")
-    parser.add_argument("--api-processes", type=int, default=1, help="`convnd api --workers` (default 1)")
+    parser.add_argument("--api-processes", type=int, default=None,
+                        help="`convnd api --workers` (default: the service's own, CONVND_API_PROCESSES)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
