@@ -69,8 +69,10 @@ class Reduction:
     def input_grad(self, a):
         """Gradient of ``inputs``' output (b, g*C, q...) -> gx (b, c_I, d...)."""
         geom, xp = self.geom, self.xp
-        a = layout.depth_to_space(a, self.stride)   # (b, c_I, q*s...)
-        a = layout.pad_high(xp, layout.crop(a, self.read), geom.padded)   # unread cells get 0
+        if any(v != 1 for v in self.stride):   # (b, c_I, padded...): the phases interleaved, unread cells 0
+            a = layout.depth_to_space_padded(xp, a, self.stride, self.read, geom.padded)
+        else:
+            a = layout.pad_high(xp, layout.crop(a, self.read), geom.padded)   # unread cells get 0
         return pad_adjoint(xp, a, geom.pads, geom.padding_mode, geom.spatial)
 
     def weight_grad(self, a):
