@@ -54,7 +54,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backend, costs
+from . import backend, costs, layout
 from .costs import block_positions, native_stride_pays, pass_threads
 from .geometry import ConvGeometry
 from .reduction import Reduction
@@ -281,6 +281,16 @@ class DirectConv:
                 A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[(slice(None),) * 3 + place] = self.x.reshape(
                     (b, g, C) + geom.spatial)[(slice(None),) * 3 + tuple(slice(0, r) for r in rows)].transpose(
                     (1, 2, 0) + tuple(range(3, 3 + N)))
+            elif geom.padding_mode == "zeros":
+                # polyphase: each phase of x straight into its channels of the zero grid, one pass
+                # over x (the padded, split copies of red.inputs were two more)
+                A = xp.zeros((g, C, grid.positions + grid.max_off), self.x.dtype)
+                phases = A[:, :, :grid.positions].reshape((g, C // math.prod(red.stride)) + red.stride + (b,) + red.qx)
+                xv = self.x.reshape((b, g, C // math.prod(red.stride)) + geom.spatial).transpose(
+                    (1, 2, 0) + tuple(range(3, 3 + N)))                       # (g, c, b, d...)
+                lows = tuple(lo for lo, _ in geom.pads)
+                for r, cells, places in layout.phase_windows(red.stride, red.read, lows, geom.spatial):
+                    phases[(slice(None),) * 2 + r + (slice(None),) + cells] = xv[(slice(None),) * 3 + places]
             else:
                 a = red.inputs(self.x, 0, b)                                  # (b, g, C, q...)
                 A = xp.empty((g, C, grid.positions + grid.max_off), a.dtype)

@@ -36,6 +36,24 @@ def depth_to_space(a, s):
     return a.reshape((B, C) + tuple(s) + q).transpose(order).reshape((B, C) + out)
 
 
+def phase_windows(s, read, start, size):
+    """The polyphase split of a window, per phase: [(r, cells, places)] where phase r's cells
+    ``cells`` (slices of its q-axes: m with m * s + r inside [start, start + size) and below
+    ``read``) sit at ``places`` (strided slices) of the window. Phases with no cell there are left
+    out. Moving each phase to or from its places is one strided copy, the whole split one pass."""
+    out = []
+    for r in itertools.product(*(range(v) for v in s)):
+        first = tuple(max(0, -(-(lo - rj) // sj)) for lo, rj, sj in zip(start, r, s))
+        stop = tuple(-(-(min(L, lo + n) - rj) // sj) for L, lo, n, rj, sj in zip(read, start, size, r, s))
+        if any(m1 <= m0 for m0, m1 in zip(first, stop)):
+            continue
+        cells = tuple(slice(m0, m1) for m0, m1 in zip(first, stop))
+        places = tuple(slice(m0 * sj + rj - lo, (m1 - 1) * sj + rj - lo + 1, sj)
+                       for m0, m1, rj, sj, lo in zip(first, stop, r, s, start))
+        out.append((r, cells, places))
+    return out
+
+
 def depth_to_space_window(xp, a, s, read, start, size):
     """``depth_to_space(a, s)`` cut to ``read`` cells, then the window of ``size`` cells from
     ``start`` (zeros past ``read``), in one pass: (B, C*prod(s), q...) -> (B, C, size...), each
@@ -44,20 +62,11 @@ def depth_to_space_window(xp, a, s, read, start, size):
     a 2-D stride-2 input gradient's 21."""
     B = a.shape[0]
     C = a.shape[1] // math.prod(s)
-    q = tuple(a.shape[2:])
     out = xp.zeros((B, C) + tuple(size), a.dtype)
-    phases = a.reshape((B, C) + tuple(s) + q)
-    for r in itertools.product(*(range(v) for v in s)):
-        # phase r holds cells j = m * s + r; the window keeps start <= j < min(read, start + size)
-        first = tuple(max(0, -(-(lo - rj) // sj)) for lo, rj, sj in zip(start, r, s))
-        stop = tuple(min(qj, -(-(min(L, lo + n) - rj) // sj))
-                     for qj, L, lo, n, rj, sj in zip(q, read, start, size, r, s))
-        if any(m1 <= m0 for m0, m1 in zip(first, stop)):
-            continue
-        dst = tuple(slice(m0 * sj + rj - lo, (m1 - 1) * sj + rj - lo + 1, sj)
-                    for m0, m1, rj, sj, lo in zip(first, stop, r, s, start))
-        out[(slice(None), slice(None)) + dst] = phases[(slice(None), slice(None)) + r +
-                                                       tuple(slice(m0, m1) for m0, m1 in zip(first, stop))]
+    phases = a.reshape((B, C) + tuple(s) + tuple(a.shape[2:]))
+    both = (slice(None), slice(None))
+    for r, cells, places in phase_windows(s, read, start, size):
+        out[both + places] = phases[both + r + cells]
     return out
 
 
