@@ -281,7 +281,7 @@ class DirectConv:
                 A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[(slice(None),) * 3 + place] = self.x.reshape(
                     (b, g, C) + geom.spatial)[(slice(None),) * 3 + tuple(slice(0, r) for r in rows)].transpose(
                     (1, 2, 0) + tuple(range(3, 3 + N)))
-            elif geom.padding_mode == "zeros":
+            elif geom.padding_mode == "zeros" and layout.phase_copies_pay(red.stride):
                 # polyphase: each phase of x straight into its channels of the zero grid, one pass
                 # over x (the padded, split copies of red.inputs were two more)
                 A = xp.zeros((g, C, grid.positions + grid.max_off), self.x.dtype)

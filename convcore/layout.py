@@ -36,6 +36,20 @@ def depth_to_space(a, s):
     return a.reshape((B, C) + tuple(s) + q).transpose(order).reshape((B, C) + out)
 
 
+# Phase by phase pays while the phases are few: each is a strided copy plus ~10 us of Python (and a
+# kernel launch on a GPU). A 2-D 3x3 at stride 2 (4 phases): forward + backward 24 -> 17-20 ms. At
+# 16 phases it was a wash (2-D 11x11 at stride 4: grid 0.94 -> 0.84 ms; 4x4 at stride 4 on 2x16x64^2:
+# 2.2-2.9 against 1.5-2.5 ms); a patchifying layer (kernel = stride 16: 256 phases) ran 2.7x slower
+# phase by phase than with one transposing copy, stride 50 in 3-D (125,000 phases) ~170x.
+MAX_PHASE_COPIES = 8
+
+
+def phase_copies_pay(s) -> bool:
+    """Whether a polyphase split with strides ``s`` is moved phase by phase (``phase_windows``)
+    rather than with one transposing copy (``space_to_depth`` / ``depth_to_space``)."""
+    return math.prod(s) <= MAX_PHASE_COPIES
+
+
 def phase_windows(s, read, start, size):
     """The polyphase split of a window, per phase: [(r, cells, places)] where phase r's cells
     ``cells`` (slices of its q-axes: m with m * s + r inside [start, start + size) and below

@@ -69,12 +69,13 @@ class Reduction:
     def input_grad(self, a):
         """Gradient of ``inputs``' output (b, g*C, q...) -> gx (b, c_I, d...)."""
         geom, xp = self.geom, self.xp
-        if any(v != 1 for v in self.stride):   # the phases interleaved, unread cells 0
+        if any(v != 1 for v in self.stride) and layout.phase_copies_pay(self.stride):   # phase by phase
             if geom.padding_mode == "zeros":   # the zero padding's adjoint is the window of x itself
                 return layout.depth_to_space_window(xp, a, self.stride, self.read,
                                                     tuple(lo for lo, _ in geom.pads), geom.spatial)
             a = layout.depth_to_space_window(xp, a, self.stride, self.read, (0,) * geom.ndim, geom.padded)
         else:
+            a = layout.depth_to_space(a, self.stride)   # (b, c_I, q*s...)
             a = layout.pad_high(xp, layout.crop(a, self.read), geom.padded)   # unread cells get 0
         return pad_adjoint(xp, a, geom.pads, geom.padding_mode, geom.spatial)
 
