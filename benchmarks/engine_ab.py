@@ -12,6 +12,10 @@ median), their outputs compared, and PyTorch on the same threads is timed alongs
 the yardstick. Wall time and this process's CPU time are both printed: on a machine that
 other work loads, CPU time is the steadier figure of the work itself. The peak memory of one
 untimed call per side (tracemalloc, as conv_bench measures it) closes each row.
+
+A helper swapped in from an older revision must still have what today's engine calls: against
+revisions before a9cac48 (tiling.window_view) or c21b3ca (layout.phase_windows), ``--module tiling``
+or ``--module layout`` fails with AttributeError; compare the engine module itself instead.
 """
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 import math
 
+from . import backend
+
 
 def tile_counts(out_len, tile):
     return tuple(-(-o // t) for o, t in zip(out_len, tile))
@@ -47,7 +49,10 @@ def window_view(xp, a, tile, kernel, counts):
     spatial = a.strides[2:]
     shape = (B,) + tuple(counts) + (K,) + win
     strides = (a.strides[0],) + tuple(t * st for t, st in zip(tile, spatial)) + (a.strides[1],) + spatial
-    return xp.lib.stride_tricks.as_strided(a, shape, strides)   # CuPy's takes no writeable=
+    view = xp.lib.stride_tricks.as_strided(a, shape, strides)   # CuPy's takes no writeable=
+    if backend.is_host_module(xp):
+        view.flags.writeable = False   # the windows overlap: a write would land in several
+    return view
 
 
 def overlap_add(xp, tiles, B, tile, kernel, counts, length):

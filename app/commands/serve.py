@@ -17,7 +17,8 @@ def register(sub) -> None:
     api.add_argument("--host", default=s.host, help=f"bind address (default {s.host})")
     api.add_argument("--port", type=int, default=s.port, help=f"port (default {s.port})")
     api.add_argument("--workers", type=int, default=s.api_processes,
-                     help=f"API processes sharing the port (default $CONVND_API_PROCESSES or {s.api_processes})")
+                     help="API processes sharing the port (default $CONVND_API_PROCESSES, else 2 where two "
+                          "CPUs are usable, else 1)")
     api.set_defaults(func=run_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker that executes convolution and training jobs")
@@ -38,7 +39,11 @@ def register(sub) -> None:
 def run_api(args) -> int:
     import uvicorn
 
+    from app.core.config import default_api_processes
+
     s = get_settings()
+    if args.workers is None:
+        args.workers = default_api_processes()
     if args.workers < 1:
         print(f"convnd api: --workers must be at least 1, got {args.workers}", file=sys.stderr)
         return 2

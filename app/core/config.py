@@ -7,6 +7,7 @@ the workers and ``convnd up`` share one set of variable names.
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import lru_cache
 from typing import Annotated
 
@@ -19,15 +20,20 @@ __all__ = ["DEFAULT_REDIS_URL", "Settings", "get_settings", "hash_key"]
 
 
 def default_api_processes() -> int:
-    """Two API processes where two CPUs are usable (its affinity and cgroup quota), else one.
+    """Two API processes where two whole CPUs are usable (affinity mask and cgroup quota), else one.
 
     One Python process spends ~4 ms of CPU on a small job request (HTTP, validation, Redis), so
-    it caps near 200 requests/s on its core; a second one on a 2-core machine served 1.2-1.9x the
+    it caps near 200 requests/s on its core; a second one on a 2-core machine served 1.1-1.9x the
     small requests per second at the same p50 (docs/benchmarks.md, "The service"). More than two
-    would take cores from the workers, which do the convolutions."""
-    from convcore import cpu_count   # the CPUs this process may use (affinity, cgroup quota)
+    would take cores from the workers, which do the convolutions. Called when ``convnd api``
+    starts, not when settings are read: it imports convcore, which other commands do without."""
+    from convcore.resources import CGROUP_ROOT, PROC_SELF_CGROUP, cgroup_cpu_quota
 
-    return min(2, cpu_count())
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(CGROUP_ROOT, PROC_SELF_CGROUP)
+    if quota is not None:
+        cpus = min(cpus, int(quota))   # 1.5 CPUs' worth of time is not room for a second process
+    return 2 if cpus >= 2 else 1
 
 
 class Settings(RuntimeSettings):
@@ -55,11 +61,12 @@ class Settings(RuntimeSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed to call the API from a browser (CORS). "
                                           "Default: none.")
-    api_threads: int = Field(200, gt=0, description="Threads serving requests; each waiting POST holds one.")
-    api_processes: int = Field(default_factory=lambda: default_api_processes(), gt=0, le=64,
-                               description="`convnd api` processes (uvicorn workers) sharing the port; /metrics "
-                               "sums their HTTP counters. The connection cap and threads are per process. "
-                               "Default: 2, or 1 where the process may use only one CPU.")
+    api_threads: int = Field(200, gt=0, description="Threads serving requests, per API process; each waiting POST "
+                             "holds one.")
+    api_processes: int | None = Field(None, gt=0, le=64,
+                                      description="`convnd api` processes (uvicorn workers) sharing the port; "
+                                      "/metrics sums their HTTP counters. The connection cap and threads are per "
+                                      "process. Default: 2 where two whole CPUs are usable, else 1.")
     max_train_bytes: int = Field(8 * 2**30, gt=0, description="Largest estimated memory of a training step "
                                  "(activations of one batch + parameters and optimizer state) -> 422.")
     max_dataset_bytes: int = Field(128 * 2**20, gt=0, description="Largest uploaded dataset (bytes) -> 413.")
@@ -72,7 +79,8 @@ class Settings(RuntimeSettings):
                                          "closed.")
     http_body_timeout_s: float = Field(30.0, gt=0, description="Longest pause while reading a request body, and "
                                        "longest a client may leave its answer unread (s) -> closed.")
-    http_max_connections: int = Field(500, gt=0, description="Open connections; more are answered 503 and closed.")
+    http_max_connections: int = Field(500, gt=0, description="Open connections per API process; more are answered "
+                                      "503 and closed.")
     # `convnd up`'s embedded Redis-protocol server (app/commands/up.py)
     data_dir: str | None = Field(None, description="`convnd up`: the embedded server's data folder (append-only "
                                  "file). Default: $XDG_DATA_HOME/convnd or ~/.local/share/convnd.")
