@@ -58,7 +58,7 @@ def test_depth_to_space_window_matches_the_cell_by_cell_reference(case, seed):
 @given(windows())
 def test_phase_windows_cover_each_kept_cell_once(case):
     """Every cell j of the window with j < read is named by exactly one phase, at its own place."""
-    s, q, read, start, size = case
+    s, _q, read, start, size = case
     seen = np.zeros(size, int)
     for r, cells, places in layout.phase_windows(s, read, start, size):
         seen[places] += 1
