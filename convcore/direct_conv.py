@@ -285,9 +285,9 @@ class DirectConv:
                 # polyphase: each phase of x straight into its channels of the zero grid, one pass
                 # over x (the padded, split copies of red.inputs were two more)
                 A = xp.zeros((g, C, grid.positions + grid.max_off), self.x.dtype)
-                phases = A[:, :, :grid.positions].reshape((g, C // math.prod(red.stride)) + red.stride + (b,) + red.qx)
-                xv = self.x.reshape((b, g, C // math.prod(red.stride)) + geom.spatial).transpose(
-                    (1, 2, 0) + tuple(range(3, 3 + N)))                       # (g, c, b, d...)
+                c = C // math.prod(red.stride)                               # x's channels per group
+                phases = A[:, :, :grid.positions].reshape((g, c) + red.stride + (b,) + red.qx)
+                xv = self.x.reshape((b, g, c) + geom.spatial).transpose((1, 2, 0) + tuple(range(3, 3 + N)))
                 lows = tuple(lo for lo, _ in geom.pads)
                 for r, cells, places in layout.phase_windows(red.stride, red.read, lows, geom.spatial):
                     phases[(slice(None),) * 2 + r + (slice(None),) + cells] = xv[(slice(None),) * 3 + places]

@@ -30,18 +30,21 @@ MIN_BUDGET_BYTES = 16 * 2**20
 # ---- CPUs ------------------------------------------------------------------------------
 
 
-def cpu_count(cgroup_root=CGROUP_ROOT, proc_self_cgroup=PROC_SELF_CGROUP, affinity=None) -> int:
+def cpu_count(cgroup_root=CGROUP_ROOT, proc_self_cgroup=PROC_SELF_CGROUP, affinity=None,
+              whole: bool = False) -> int:
     """CPUs this process may use: its affinity mask, capped by its cgroup's CPU quota (>= 1).
 
     ``os.cpu_count()`` counts the host's CPUs; in a container limited to 2 CPUs on a
     64-core host, 64 FFT and matmul threads would fight over 2 CPUs' worth of time.
+    A fractional quota counts as a started CPU (threads can use part of one), or with
+    ``whole`` only its whole CPUs (room for that many busy processes).
     """
     if affinity is None:
         affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
     count = max(1, len(affinity))
     quota = cgroup_cpu_quota(Path(cgroup_root), Path(proc_self_cgroup))
     if quota is not None:
-        count = min(count, max(1, math.ceil(quota)))
+        count = min(count, max(1, math.floor(quota) if whole else math.ceil(quota)))
     return count
 
 

@@ -7,7 +7,6 @@ the workers and ``convnd up`` share one set of variable names.
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import lru_cache
 from typing import Annotated
 
@@ -27,13 +26,10 @@ def default_api_processes() -> int:
     small requests per second at the same p50 (docs/benchmarks.md, "The service"). More than two
     would take cores from the workers, which do the convolutions. Called when ``convnd api``
     starts, not when settings are read: it imports convcore, which other commands do without."""
-    from convcore.resources import CGROUP_ROOT, PROC_SELF_CGROUP, cgroup_cpu_quota
+    from convcore.resources import cpu_count
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = cgroup_cpu_quota(CGROUP_ROOT, PROC_SELF_CGROUP)
-    if quota is not None:
-        cpus = min(cpus, int(quota))   # 1.5 CPUs' worth of time is not room for a second process
-    return 2 if cpus >= 2 else 1
+    # whole CPUs only: 1.5 CPUs' worth of time is not room for a second busy process
+    return 2 if cpu_count(whole=True) >= 2 else 1
 
 
 class Settings(RuntimeSettings):

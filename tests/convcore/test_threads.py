@@ -44,6 +44,18 @@ def test_fractional_quota_rounds_up_and_never_reaches_zero(tmp_path):
     assert resources.cpu_count(root2, proc2, affinity=MANY) == 1
 
 
+def test_whole_counts_only_the_whole_cpus_of_a_quota(tmp_path):
+    """Room for busy processes (the API's default count): 1.5 CPUs' worth of time is one, never zero."""
+    root, proc = cgroup_v2(tmp_path, "150000 100000")
+    assert resources.cpu_count(root, proc, affinity=MANY, whole=True) == 1
+    (tmp_path / "b").mkdir()
+    root2, proc2 = cgroup_v2(tmp_path / "b", "250000 100000")
+    assert resources.cpu_count(root2, proc2, affinity=MANY, whole=True) == 2
+    (tmp_path / "c").mkdir()
+    root3, proc3 = cgroup_v2(tmp_path / "c", "10000 100000")
+    assert resources.cpu_count(root3, proc3, affinity=MANY, whole=True) == 1
+
+
 def test_no_quota_means_the_affinity_mask(tmp_path):
     root, proc = cgroup_v2(tmp_path, "max 100000")
     assert resources.cpu_count(root, proc, affinity=range(5)) == 5

@@ -316,6 +316,8 @@ class _Namespace:
 
 
 runtime = _Runtime()
+
+
 def _as_strided(x, shape=None, strides=None):
     """CuPy's signature: no ``subok`` or ``writeable`` (NumPy's extras fail here as on a GPU)."""
     return _wrap(np.lib.stride_tricks.as_strided(_unwrap(x), shape, strides))
