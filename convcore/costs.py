@@ -175,6 +175,39 @@ def pass_threads(madds: int) -> int:
     return backend.num_threads() if madds >= backend.SPLIT_WORK else 1
 
 
+FOLD_ROWS = 64        # CPU: fold kernel taps into the GEMM rows while its rows (channels) are at most this
+FOLD_KEEP_TAPS = 27   # and leave at least this many taps (or one axis) in the column matrix
+
+
+def folded_tap_axes(qk: tuple, rows: int, last_stride: int) -> int:
+    """How many trailing kernel axes a CPU direct pass folds into its GEMM rows
+    (direct_conv._run_folded), 0 for none. Only where the pass's positions run at unit grid stride
+    along the last axis and its GEMM has few rows; then one axis, and more while the axes before
+    them keep FOLD_KEEP_TAPS taps in the column matrix (3x3x3: one axis; 3^5: two), but never every
+    axis: some tap must stay in the columns (folding every tap left a GEMM of inner size K: 1-D
+    3-tap 32 channels 1.5x slower)."""
+    N = len(qk)
+    if last_stride != 1 or rows > FOLD_ROWS or N < 2 or qk[-1] == 1:
+        return 0
+    m = 1
+    while m + 1 < N and qk[N - m - 1] > 1 and math.prod(qk[:N - m - 1]) >= FOLD_KEEP_TAPS:
+        m += 1
+    return m if math.prod(qk[:N - m]) > 1 else 0
+
+
+def direct_pass_layout(qk: tuple, K: int, rows: int, last_stride: int, steps: tuple) -> tuple:
+    """A CPU direct pass's (column rows, folded taps F, widening ext) per position: K * prod(qk)
+    column rows and no folding, or with ``folded_tap_axes`` the columns of the other axes' taps,
+    F = the folded axes' taps (the GEMM's F * rows rows) and the cells ``ext`` a block's run is
+    widened by (``steps``: each kernel axis's step on the flat grid)."""
+    m = folded_tap_axes(qk, rows, last_stride)
+    if not m:
+        return K * math.prod(qk), 1, 0
+    N = len(qk)
+    ext = sum((k - 1) * st for k, st in zip(qk[N - m:], steps[N - m:]))
+    return K * math.prod(qk[:N - m]), math.prod(qk[N - m:]), ext
+
+
 def block_positions(per_position: int, count: int) -> int:
     """Positions per CPU column block: about BLOCK_BYTES (at least MIN_BLOCK), and a block for
     every thread."""
@@ -274,11 +307,20 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     # fits in BLOCK_BYTES, else from memory (a 7^4 kernel's columns: 7x slower than estimated
     # with the cache rate); plus the grid copies of x, y, gy and gx and their crops/transposes
     copy_seconds = 4 * itemsize * g * positions * (C + O) / rates.copy
-    for K, count, k in passes:
-        per_position = g * K * k * itemsize
+    fw_unit = fw.out_stride[-1] == 1
+    fw_steps = tuple(d * math.prod(fw.qx[j + 1:]) for j, d in enumerate(fw.core_dilation))
+    steps = tuple(d * math.prod(red.qx[j + 1:]) for j, d in enumerate(red.core_dilation))
+    layouts = (direct_pass_layout(fw.qk, fw_C, O, 1 if fw_unit else 0, fw_steps),) * 2 + (
+        direct_pass_layout(red.qk, O, C, 1, steps),)
+    blocks = 0
+    for (K, count, k), (col_rows, F, ext), rows in zip(passes, layouts, (O, O, C)):
+        # a folded pass copies fewer columns, widened by ext per run of at least a grid row, and
+        # writes and reads F * rows partial outputs per position
+        widen = 1 + ext / (red.qx[-1] if F > 1 else 1)
+        per_position = g * (col_rows * widen + (2 * F * rows if F > 1 else 0)) * itemsize
         rate = rates.copy if per_position * MIN_BLOCK <= BLOCK_BYTES else rates.copy / SPILL_SLOWDOWN
         copy_seconds += 2 * per_position * count / rate
-    blocks = sum(-(-count // max(MIN_BLOCK, BLOCK_BYTES // max(1, g * K * k * itemsize))) for K, count, k in passes)
+        blocks += -(-count // max(MIN_BLOCK, BLOCK_BYTES // max(1, int(per_position))))
     calls = blocks * DIRECT_BLOCK_CALL_S
     seconds = (rates.precision(itemsize) * (flops / rates.gemm + copy_seconds)
                + calls + rates.overhead("direct"))
@@ -287,22 +329,33 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     shared = reduction_bytes(geom, itemsize, True)
     shared["grid_input"] = itemsize * g * fw_positions * fw_C
 
-    def columns(K, k, count, rows, gathered_rows=0):
+    def columns(K, k, count, rows, layout, gathered_rows=0):
         """Each thread's column buffer for a pass, and the rows of gy it gathers per block (the
         weight gradient reading gy on the grid: a block's rows are copied out when they are not one
-        run, and the next block's copy is made before the last one is dropped)."""
-        per_position = g * K * k * itemsize
+        run, and the next block's copy is made before the last one is dropped). A folded pass
+        holds its columns and F * rows partial outputs (or shifted rows of gy) per position, over a
+        block widened by ext per run (runs of at least one grid row)."""
         threads = pass_threads(g * count * K * k * rows)
+        col_rows, F, ext = layout
+        if F == 1:
+            per_position = g * K * k * itemsize
+            block = block_positions(per_position, count)
+            return threads * block * (per_position + 2 * g * gathered_rows * itemsize)
+        per_position = g * (col_rows + F * rows) * itemsize
         block = block_positions(per_position, count)
-        return threads * block * (per_position + 2 * g * gathered_rows * itemsize)
+        widened = block + ext * (1 + -(-block // red.qx[-1]))
+        return threads * widened * per_position
 
     strided = fw is not red and any(s != 1 for s in fw.out_stride)
-    fw_columns = columns(fw_C, fw_taps, outputs, O)
-    gW_columns = columns(fw_C, fw_taps, outputs, O, gathered_rows=0 if strided else O)
-    forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": fw_columns}
+    fw_columns = columns(fw_C, fw_taps, outputs, O, layouts[0])
+    gW_columns = columns(fw_C, fw_taps, outputs, O, layouts[1], gathered_rows=0 if strided else O)
+    filters = itemsize * g * O * fw_C * fw_taps    # a folded pass's filters, tap by tap as rows: one copy of W
+    forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": fw_columns,
+               "folded_filters": filters if layouts[0][1] > 1 else 0}
     backward = {"gy_grid": grid * O, "gy_outputs": itemsize * g * outputs * O if strided else 0,
-                "gx_grid": 2 * grid * C, "columns": max(gW_columns, columns(O, taps, positions, C)),
+                "gx_grid": 2 * grid * C, "columns": max(gW_columns, columns(O, taps, positions, C, layouts[2])),
                 "gW_partials": 2 * itemsize * g * O * fw_C * fw_taps,
+                "folded_filters": itemsize * g * O * C * taps if layouts[2][1] > 1 else 0,
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
     return Estimate(seconds, shared, forward, backward)
 

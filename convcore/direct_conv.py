@@ -126,6 +126,10 @@ class DirectConv:
         at its own."""
         if not self.host:
             return self._run_taps(grid, src, mats, K, out, acc_rhs, rhs_front)
+        rows = (mats if out is not None else acc_rhs).shape[1]
+        m = costs.folded_tap_axes(grid.red.qk, rows, space.strides[-1])
+        if m:
+            return self._run_folded(grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m)
         xp, g, qk = self.xp, self.geom.groups, grid.red.qk
         B = self._block(K, space.count, grid.taps)
         spans = space.blocks(B)
@@ -168,6 +172,89 @@ class DirectConv:
                 total += r
             return total
         return out
+
+    def _run_folded(self, grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m):
+        """``_run_blocks`` with the taps of the last ``m`` kernel axes folded into the GEMM's rows: the
+        column matrix holds the taps of the other axes only (1/F of the copies, F the folded taps)
+        and the GEMM makes F times the rows (small channel counts run BLAS far below its peak: 8
+        rows at half the rate of 32).
+
+        Folded tap j reads off_j cells further on the flat grid, so with Z[(j, r), p] = mats_j @
+        cols'[:, p] over the block's positions and the ext = max(off_j) positions after them,
+        ``out[r, p] = sum_j Z[(j, r), p + off_j]``; the weight gradient is the adjoint: acc_rhs's
+        rows shifted by off_j (zeros elsewhere) against the same widened columns. The space's
+        trailing contiguous axes are merged first, so a block widens one long run per row of
+        blocks (widening each short row cut the copies into runs of a few cells: 2x slower). Exact
+        for any block: the widened reads stay within the grid's max_off tail."""
+        xp, g, qk, N = self.xp, self.geom.groups, grid.red.qk, len(grid.red.qk)
+        offs = [sum(t * st for t, st in zip(tap, grid.steps[N - m:]))
+                for tap in itertools.product(*(range(k) for k in qk[N - m:]))]
+        F, ext, outer_qk = len(offs), offs[-1], qk[:N - m]
+        taps = math.prod(outer_qk)
+        rows = (mats if out is not None else acc_rhs).shape[1]
+        space = space.coalesced()
+        per_position = g * (K * taps + F * rows) * src.dtype.itemsize
+        spans = space.blocks(block_positions(per_position, space.count))
+        dims = space.dims[:-1] + (space.dims[-1] + ext,)
+        lead = (slice(None),) * (2 + len(outer_qk))
+        src_all = _view(src, space.origin, (g, K) + outer_qk + dims,
+                        (None, None) + grid.steps[:N - m] + space.strides)
+        if out is not None:   # (g, rows, K * taps * F) -> (g, F * rows, K * taps): folded tap j's filters as rows
+            mats = xp.ascontiguousarray(mats.reshape(g, rows, K * taps, F).transpose(0, 3, 1, 2)).reshape(
+                g, F * rows, K * taps)
+        elif rhs_on_grid:
+            rhs_all = _view(acc_rhs, rhs_front + space.origin, (g, rows) + space.dims, (None, None) + space.strides)
+
+        def widened(block):
+            """The block's index and box shape in the widened view."""
+            index = block.index
+            if len(index) == len(space.dims):   # a slice of the last axis itself
+                index = index[:-1] + (slice(index[-1].start, index[-1].stop + ext),)
+            return index, block.shape[:-1] + (block.shape[-1] + ext,)
+
+        most = max(math.prod(shape[:-1]) * (shape[-1] + ext) for shape in {block.shape for block in spans})
+
+        def work(part):
+            cols_buf = xp.empty(g * K * taps * most, src.dtype)
+            side_buf = xp.empty(g * F * rows * most, src.dtype)
+            shaped, acc = {}, None   # block shape -> views of the buffers (columns; Z or the shifted rows)
+            for block in part:
+                index, wshape = widened(block)
+                ww, L = math.prod(wshape), block.shape[-1]
+                if block.shape not in shaped:
+                    side = side_buf[:g * F * rows * ww].reshape((g, F, rows) + wshape)
+                    if out is None:
+                        side[...] = 0   # shifted rows: zeros where no row of acc_rhs lands
+                    shaped = {block.shape: (cols_buf[:g * K * taps * ww].reshape(g, K * taps, ww), side)}
+                cols, side = shaped[block.shape]
+                cols.reshape((g, K) + outer_qk + wshape)[...] = src_all[lead + index]
+                if out is not None:
+                    xp.matmul(mats, cols, out=side.reshape(g, F * rows, ww))
+                    dst = out[:, :, block.start:block.start + block.size].reshape((g, rows) + block.shape)
+                    xp.add(side[:, 0, ..., :L], side[:, 1, ..., offs[1]:offs[1] + L], out=dst)
+                    for j in range(2, F):
+                        dst += side[:, j, ..., offs[j]:offs[j] + L]
+                    continue
+                if rhs_on_grid:
+                    rhs = rhs_all[(slice(None), slice(None)) + block.index]
+                else:
+                    rhs = acc_rhs[:, :, block.start:block.start + block.size].reshape((g, rows) + block.shape)
+                for j in range(F):
+                    side[:, j, ..., offs[j]:offs[j] + L] = rhs
+                prod = xp.matmul(side.reshape(g, F * rows, ww), cols.swapaxes(-1, -2))
+                acc = prod if acc is None else acc.__iadd__(prod)
+            return acc
+
+        madds = g * space.count * K * grid.taps * rows
+        threads = min(pass_threads(madds), len(spans))
+        results = _parallel(work, [spans[t::threads] for t in range(threads)])
+        if out is not None:
+            return out
+        total = results[0]
+        for r in results[1:]:
+            total += r
+        # (g, F * rows, K * taps) -> (g, rows, K * taps * F): the natural filter layout
+        return total.reshape(g, F, rows, K * taps).transpose(0, 2, 3, 1).reshape(g, rows, K * taps * F)
 
     def _run_taps(self, grid, src, mats, K, out, acc_rhs, rhs_front):
         """``_run_blocks`` on a device, over every grid position at once, without a full column matrix.
@@ -392,6 +479,16 @@ class _Space(NamedTuple):
     @property
     def count(self) -> int:
         return math.prod(self.dims)
+
+    def coalesced(self) -> "_Space":
+        """The same positions in the same order with trailing axes that are one contiguous run of
+        the grid merged into one axis (a 3-D output space (b, o_1, o_2, q_3) at unit last stride is
+        (b, o_1, o_2 * q_3))."""
+        dims, strides = list(self.dims), list(self.strides)
+        while len(dims) > 1 and strides[-2] == dims[-1] * strides[-1]:
+            dims[-2:] = [dims[-2] * dims[-1]]
+            strides[-2:] = [strides[-1]]
+        return _Space(tuple(dims), tuple(strides), self.origin)
 
     def blocks(self, target: int) -> tuple:
         """Blocks of about ``target`` positions (at most): a range of one axis m times all of the axes

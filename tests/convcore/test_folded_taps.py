@@ -1,0 +1,92 @@
+"""The direct engine's folded passes (taps of the last kernel axes as GEMM rows) against JAX.
+
+``direct_conv._run_folded`` is taken by most CPU direct calls of two or more dims with few
+channels, so the JAX table and hypothesis runs already go through it; these cases pin the branches
+those tables do not reach: two folded axes (3^5 kernels), blocks cut from one long run, the weight gradient read from the output space's own layout
+(strided on an axis before the last), dilation on the folded axis, groups, padding modes other than
+zeros, and the limits of ``costs.folded_tap_axes``. Each case asserts which fold it ran, so a change
+of the rule cannot silently leave a branch untested.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conv_checks import check_case
+from conv_oracles import ConvCase, jax_reference
+
+from convcore import costs, direct_conv
+
+CASES = [
+    # (case, folded axes expected in each pass that folds)
+    (ConvCase((1, 2, 4, 4, 4, 4, 5), (3, 2, 3, 3, 3, 3, 3), padding=1, seed=50), {2}),           # 3^5: two axes
+    (ConvCase((1, 2, 3, 2600), (3, 2, 3, 5), padding=(1, 2), seed=51), {1}),                    # one run, cut into blocks
+    (ConvCase((2, 3, 9, 8), (4, 3, 3, 3), stride=(2, 1), padding=1, seed=52), {1}),             # gW in the output space's layout
+    (ConvCase((2, 2, 6, 11), (3, 2, 2, 3), dilation=(1, 3), padding="same", seed=53), {1}),     # dilation on the folded axis
+    (ConvCase((2, 4, 5, 6, 7), (6, 2, 3, 2, 3), groups=2, padding=1, seed=54), {1}),
+    (ConvCase((2, 2, 7, 8), (3, 2, 3, 3), padding=1, padding_mode="reflect", seed=55), {1}),
+    (ConvCase((1, 2, 5, 5, 5, 6), (2, 2, 3, 3, 3, 3), padding="full", seed=56), {1}),
+]
+
+
+@pytest.fixture
+def folds(monkeypatch):
+    """The fold of each folded pass run (an observation: the real method still runs)."""
+    seen = []
+    real = direct_conv.DirectConv._run_folded
+
+    def observed(self, grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m):
+        seen.append(m)
+        return real(self, grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m)
+
+    monkeypatch.setattr(direct_conv.DirectConv, "_run_folded", observed)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layer", [False, True])
+@pytest.mark.parametrize("case,expected", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_folded_direct_matches_jax(case, expected, layer, dtype, folds):
+    check_case(_numpy, case, jax_reference(case), dtype, "direct", layer=layer)
+    assert set(folds) == expected, f"folded passes ran with {folds}, expected {expected}"
+
+
+def test_coalesced_space_merges_contiguous_trailing_axes():
+    """Trailing axes that are one run of the grid merge (same positions, same order); a gap stops it."""
+    space = direct_conv._Space((2, 3, 4, 18), (1000, 72, 18, 1), origin=5)
+    assert space.coalesced() == direct_conv._Space((2, 216), (1000, 1), 5)
+    ringed = direct_conv._Space((2, 3, 4, 18), (1000, 90, 18, 1))     # rows of 90 cells: a ring skipped
+    assert ringed.coalesced() == direct_conv._Space((2, 3, 72), (1000, 90, 1))
+    strided = direct_conv._Space((2, 5, 9), (400, 40, 2))
+    assert strided.coalesced() == strided
+
+
+def test_unfolded_where_the_rule_says_so(folds):
+    """1-D, a strided last axis and many rows keep the plain column matrix; still correct."""
+    for case in (ConvCase((2, 8, 30), (8, 8, 3), padding=1, seed=60),
+                 ConvCase((1, 2, 8, 9), (3, 2, 3, 3), stride=(1, 2), padding=1, seed=61),
+                 ConvCase((1, 2, 6, 6), (costs.FOLD_ROWS + 1, 2, 3, 3), padding=1, seed=62)):
+        before = len(folds)
+        check_case(_numpy, case, jax_reference(case), np.float64, "direct")
+        if case.ndim == 1 or case.stride != 1:
+            assert costs.folded_tap_axes(case.W_shape[2:], 3, 2 if case.stride != 1 else 1) == 0
+        if case.ndim == 1:
+            assert len(folds) == before
+    assert costs.folded_tap_axes((3, 3), costs.FOLD_ROWS + 1, 1) == 0
+    assert costs.folded_tap_axes((3, 1), 8, 1) == 0          # nothing to fold on the last axis
+    assert costs.folded_tap_axes((3, 3, 3), 8, 1) == 1
+    assert costs.folded_tap_axes((3, 3, 3, 3, 3), 8, 1) == 2
+
+
+class _NumpyBackend:
+    name, xp = "numpy", np
+
+    @staticmethod
+    def asarray(a):
+        return np.asarray(a)
+
+    @staticmethod
+    def to_numpy(a):
+        return np.asarray(a)
+
+
+_numpy = _NumpyBackend()
