@@ -60,29 +60,36 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
 
     Each time ends with a device sync. On a device, one untimed warm-up run per
     engine first takes kernel compilation and FFT plan creation out of the timing.
-    Calls estimated under 20 ms are timed three times, under 0.5 s twice (best of),
-    so that noise on a busy machine does not decide them; a run over 0.1 s and 1.5x slower than
-    the best so far (the cheapest estimate runs first) is not repeated. Only the fastest engine so
-    far is kept alive, so timing never holds more than two engines' buffers.
+    The candidates run in turns (one run each per round, the cheapest estimate first), so a burst
+    of load from elsewhere falls on all of them rather than on whichever was being timed; each
+    keeps its best time. Calls estimated under 0.5 s get three rounds (two let one unlucky run in
+    eight pick a 1.4x slower engine for a 4-D layer), longer ones one; a run over 0.1 s and 1.5x
+    slower than the best so far drops out (repeating it only spends time). Only the fastest engine
+    so far is kept alive, so timing never holds more than two engines' buffers.
     """
     gy = xp.ones(geom.out_shape, dtype=x.dtype)
-    best, best_time, best_engine = None, math.inf, None
-    for name, estimate in estimates.items():
-        if not backend.is_host_module(xp):
+    if not backend.is_host_module(xp):
+        for name in estimates:
             _run(make_engine(name, xp, geom, x, W, budget), gy)
             backend.synchronize(xp)
-        repeats = 3 if estimate < 0.02 else 2 if estimate < 0.5 else 1
-        for _ in range(repeats):
+    rounds = {name: 3 if estimate < 0.5 else 1 for name, estimate in estimates.items()}
+    times = {name: math.inf for name in estimates}
+    best, best_engine = None, None
+    for round_ in range(max(rounds.values())):
+        for name in estimates:
+            if round_ >= rounds[name]:
+                continue
             start = time.perf_counter()
             engine = make_engine(name, xp, geom, x, W, budget)
             _run(engine, gy)
             backend.synchronize(xp)
             seconds = time.perf_counter() - start
-            if seconds < best_time:
-                best, best_time, best_engine = name, seconds, engine
+            times[name] = min(times[name], seconds)
+            if best is None or times[name] < times[best]:
+                best, best_engine = name, engine
             del engine
-            if best != name and seconds > max(LOSING * best_time, LOSING_MIN_S):
-                break   # clearly and costly slower than the best so far: repeating it only spends time
+            if best != name and seconds > max(LOSING * times[best], LOSING_MIN_S):
+                rounds[name] = round_   # clearly and costly slower than the best so far: no more runs
     return best, best_engine
 
 
