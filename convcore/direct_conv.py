@@ -21,6 +21,12 @@ The input gradient is the same blocked im2col run on G, gy placed on the grid (z
 elsewhere) behind max_off zeros, with the filters flipped over every spatial axis
 and transposed.
 
+With few GEMM rows (c_O/g, or C for the input gradient: costs.folded_tap_axes) the taps of the
+last kernel axis (of the last two for 3^5 and up) are folded into the rows instead (_run_folded):
+tap j of that axis reads off_j cells further, so Z = (mats_j stacked: F * rows, C * taps/F) @ cols'
+over the block's positions widened by max(off_j), and y[:, p] = sum_j Z[j][:, p + off_j]. A k-th
+of the column copies and k times the rows: BLAS runs 8 rows at half the rate of 32.
+
 Which positions a pass runs over is its *position space*: axes with strides in the flat
 grid. On the CPU the forward and weight-gradient passes run over the outputs only,
 (b, o_1..o_{N-1}, q_N) with strides (prod(q), grid strides): the ring of positions whose
@@ -48,15 +54,11 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
-
-import numpy as np
 
 from . import backend, costs, layout
 from .costs import block_positions, native_stride_pays, pass_threads
 from .geometry import ConvGeometry
+from .positions import Space, run_parallel, strided_view
 from .reduction import Reduction
 from .view_matmul import matmul_into
 
@@ -118,7 +120,7 @@ class DirectConv:
         return block_positions(per_position, count)
 
     def _run_blocks(self, grid, src, mats, space, K, out=None, acc_rhs=None, rhs_on_grid=True, rhs_front=0):
-        """For each block of the position ``space`` (``_Space``), with cols the block's column matrix
+        """For each block of the position ``space`` (``positions.Space``), with cols the block's column matrix
         of ``src`` (g, K, grid + max_off) on ``grid``: ``out[:, :, p:p+w] = mats @ cols`` (out given,
         indexed by the space's own row-major positions), or sum ``acc_rhs[block] @ cols^T`` over
         blocks and return it (g, rows, K * taps), ``acc_rhs`` being (g, rows, rhs_front + grid
@@ -136,9 +138,9 @@ class DirectConv:
         rows = (mats if out is not None else acc_rhs).shape[1]
         # one strided view of the whole pass; a block is a basic slice of it
         lead = (slice(None),) * (2 + len(qk))
-        src_all = _view(src, space.origin, (g, K) + qk + space.dims, (None, None) + grid.steps + space.strides)
+        src_all = strided_view(src, space.origin, (g, K) + qk + space.dims, (None, None) + grid.steps + space.strides)
         if acc_rhs is not None and rhs_on_grid:
-            rhs_all = _view(acc_rhs, rhs_front + space.origin, (g, rows) + space.dims, (None, None) + space.strides)
+            rhs_all = strided_view(acc_rhs, rhs_front + space.origin, (g, rows) + space.dims, (None, None) + space.strides)
 
         def work(part):
             buf = xp.empty((g, K) + qk + (B,), src.dtype)
@@ -165,7 +167,7 @@ class DirectConv:
         madds = g * space.count * K * grid.taps * rows                # multiply-adds of this pass
         threads = min(pass_threads(madds), len(spans))
         parts = [spans[t::threads] for t in range(threads)]
-        results = _parallel(work, parts)
+        results = run_parallel(work, parts)
         if out is None:
             total = results[0]
             for r in results[1:]:
@@ -197,13 +199,13 @@ class DirectConv:
         spans = space.blocks(block_positions(per_position, space.count))
         dims = space.dims[:-1] + (space.dims[-1] + ext,)
         lead = (slice(None),) * (2 + len(outer_qk))
-        src_all = _view(src, space.origin, (g, K) + outer_qk + dims,
+        src_all = strided_view(src, space.origin, (g, K) + outer_qk + dims,
                         (None, None) + grid.steps[:N - m] + space.strides)
         if out is not None:   # (g, rows, K * taps * F) -> (g, F * rows, K * taps): folded tap j's filters as rows
             mats = xp.ascontiguousarray(mats.reshape(g, rows, K * taps, F).transpose(0, 3, 1, 2)).reshape(
                 g, F * rows, K * taps)
         elif rhs_on_grid:
-            rhs_all = _view(acc_rhs, rhs_front + space.origin, (g, rows) + space.dims, (None, None) + space.strides)
+            rhs_all = strided_view(acc_rhs, rhs_front + space.origin, (g, rows) + space.dims, (None, None) + space.strides)
 
         def widened(block):
             """The block's index and box shape in the widened view."""
@@ -247,7 +249,7 @@ class DirectConv:
 
         madds = g * space.count * K * grid.taps * rows
         threads = min(pass_threads(madds), len(spans))
-        results = _parallel(work, [spans[t::threads] for t in range(threads)])
+        results = run_parallel(work, [spans[t::threads] for t in range(threads)])
         if out is not None:
             return out
         total = results[0]
@@ -315,7 +317,7 @@ class DirectConv:
     @staticmethod
     def _grid_space(grid: _Grid):
         """Every grid position, flat: what the input gradient needs (and a device runs)."""
-        return _Space((grid.positions,), (1,))
+        return Space((grid.positions,), (1,))
 
     def _output_space(self):
         """The CPU's forward and weight-gradient passes on the ``fw`` grid: the outputs
@@ -327,7 +329,7 @@ class DirectConv:
         last = red.qx[-1] if red.out_stride[-1] == 1 else geom.out_spatial[-1]
         dims = (geom.batch,) + tuple(geom.out_spatial[:-1]) + (last,)
         strides = (math.prod(red.qx),) + tuple(s * st for s, st in zip(red.out_stride, grid.strides))
-        return _Space(dims, strides)
+        return Space(dims, strides)
 
     def _input_space(self):
         """The CPU's input-gradient pass when no padded cell's gradient is kept (zero padding) and
@@ -341,7 +343,7 @@ class DirectConv:
             return None
         dims = (geom.batch,) + rows[:-1] + (red.qx[-1],)
         origin = sum(lo * st for (lo, _), st in zip(geom.pads[:-1], grid.strides[:-1]))
-        return _Space(dims, (math.prod(red.qx),) + grid.strides, origin)
+        return Space(dims, (math.prod(red.qx),) + grid.strides, origin)
 
     def _input_from_space(self, gA, space):
         """gx (b, c_I, d...) from the input space's gradient (g, C, space.count): the last axis
@@ -455,92 +457,3 @@ class DirectConv:
             else:   # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
                 gx = red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
         return gx, gW
-
-
-class _Block(NamedTuple):
-    """Positions [start, start + size) of a space (row-major): ``index`` into the space's axes (the
-    outer indices, then a slice of one axis; the axes after it whole), a box of ``shape`` starting
-    at flat grid index ``base`` with the space's ``strides``."""
-    start: int
-    size: int
-    base: int
-    shape: tuple
-    strides: tuple
-    index: tuple
-
-
-class _Space(NamedTuple):
-    """Positions a pass runs over: axes ``dims`` with ``strides`` in the flat grid (row-major),
-    the first at grid cell ``origin``."""
-    dims: tuple
-    strides: tuple
-    origin: int = 0
-
-    @property
-    def count(self) -> int:
-        return math.prod(self.dims)
-
-    def coalesced(self) -> "_Space":
-        """The same positions in the same order with trailing axes that are one contiguous run of
-        the grid merged into one axis (a 3-D output space (b, o_1, o_2, q_3) at unit last stride is
-        (b, o_1, o_2 * q_3))."""
-        dims, strides = list(self.dims), list(self.strides)
-        while len(dims) > 1 and strides[-2] == dims[-1] * strides[-1]:
-            dims[-2:] = [dims[-2] * dims[-1]]
-            strides[-2:] = [strides[-1]]
-        return _Space(tuple(dims), tuple(strides), self.origin)
-
-    def blocks(self, target: int) -> tuple:
-        """Blocks of about ``target`` positions (at most): a range of one axis m times all of the axes
-        after it, the smallest m whose trailing axes fit, so each block stays one strided box."""
-        return _blocks(self, target)
-
-
-@functools.lru_cache(maxsize=64)   # a network has a few spaces per layer; a space can have thousands of blocks
-def _blocks(space: _Space, target: int) -> tuple:
-    """``_Space.blocks``, computed once per space and block size."""
-    dims, strides = space.dims, space.strides
-    m = next(a for a in range(len(dims)) if math.prod(dims[a + 1:]) <= target)
-    tail = math.prod(dims[m + 1:])
-    most = max(1, min(dims[m], target // tail))
-    rows = -(-dims[m] // -(-dims[m] // most))   # the axis in equal parts: no sliver of a block left over
-    out = []
-    for outer in itertools.product(*(range(d) for d in dims[:m])):
-        start0 = sum(i * math.prod(dims[a + 1:]) for a, i in enumerate(outer))
-        base0 = space.origin + sum(i * st for i, st in zip(outer, strides))
-        for r0 in range(0, dims[m], rows):
-            r = min(rows, dims[m] - r0)
-            out.append(_Block(start0 + r0 * tail, r * tail, base0 + r0 * strides[m], (r,) + dims[m + 1:],
-                              strides[m:], outer + (slice(r0, r0 + r),)))
-    return tuple(out)
-
-
-def _view(owner, start: int, shape: tuple, steps: tuple):
-    """A read-only view of the C-contiguous ``owner`` (g, rows, n): element ``start`` of the last
-    axis of row [0, 0] first, ``shape``, and per axis a step in cells of the last axis (None:
-    the owner's own stride of that leading axis). Built with the ndarray constructor, a tenth of
-    ``as_strided``'s Python cost: the direct engine makes one per column block."""
-    cell = owner.strides[-1]
-    strides = tuple(owner.strides[i] if st is None else st * cell for i, st in enumerate(steps))
-    view = np.ndarray(shape, owner.dtype, buffer=owner, offset=start * cell, strides=strides)
-    view.flags.writeable = False
-    return view
-
-
-_pool = None
-_pool_lock = threading.Lock()
-
-
-def _parallel(work, parts):
-    """[work(part) for part in parts], on a thread pool when there are several parts, with
-    BLAS single-threaded meanwhile (the threads are the parallelism)."""
-    global _pool
-    if len(parts) == 1:
-        with backend._single_threaded_blas():
-            return [work(parts[0])]
-    with _pool_lock:
-        if _pool is None or _pool[0] < len(parts):
-            _pool = (len(parts), ThreadPoolExecutor(len(parts), thread_name_prefix="convcore-direct"))
-        pool = _pool[1]
-    with backend._single_threaded_blas():
-        return list(pool.map(work, parts))

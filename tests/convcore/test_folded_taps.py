@@ -14,7 +14,7 @@ import pytest
 from conv_checks import check_case
 from conv_oracles import ConvCase, jax_reference
 
-from convcore import costs, direct_conv
+from convcore import costs, direct_conv, positions
 
 CASES = [
     # (case, folded axes expected in each pass that folds)
@@ -52,11 +52,11 @@ def test_folded_direct_matches_jax(case, expected, layer, dtype, folds):
 
 def test_coalesced_space_merges_contiguous_trailing_axes():
     """Trailing axes that are one run of the grid merge (same positions, same order); a gap stops it."""
-    space = direct_conv._Space((2, 3, 4, 18), (1000, 72, 18, 1), origin=5)
-    assert space.coalesced() == direct_conv._Space((2, 216), (1000, 1), 5)
-    ringed = direct_conv._Space((2, 3, 4, 18), (1000, 90, 18, 1))     # rows of 90 cells: a ring skipped
-    assert ringed.coalesced() == direct_conv._Space((2, 3, 72), (1000, 90, 1))
-    strided = direct_conv._Space((2, 5, 9), (400, 40, 2))
+    space = positions.Space((2, 3, 4, 18), (1000, 72, 18, 1), origin=5)
+    assert space.coalesced() == positions.Space((2, 216), (1000, 1), 5)
+    ringed = positions.Space((2, 3, 4, 18), (1000, 90, 18, 1))     # rows of 90 cells: a ring skipped
+    assert ringed.coalesced() == positions.Space((2, 3, 72), (1000, 90, 1))
+    strided = positions.Space((2, 5, 9), (400, 40, 2))
     assert strided.coalesced() == strided
 
 

@@ -1,0 +1,108 @@
+"""Position spaces of the CPU direct engine: which grid positions a pass runs over, cut into blocks
+of one strided box each; read-only strided views of a flat grid; the thread pool the blocks share.
+
+A pass's positions are axes ``dims`` with ``strides`` on the flat grid (a ``Space``), row-major. A
+block is a range of one axis times the whole of the axes after it, so its positions are one strided
+box and its column matrix one basic slice of a single strided view of the pass.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from . import backend
+
+
+class Block(NamedTuple):
+    """Positions [start, start + size) of a space (row-major): ``index`` into the space's axes (the
+    outer indices, then a slice of one axis; the axes after it whole), a box of ``shape`` starting
+    at flat grid index ``base`` with the space's ``strides``."""
+    start: int
+    size: int
+    base: int
+    shape: tuple
+    strides: tuple
+    index: tuple
+
+
+class Space(NamedTuple):
+    """Positions a pass runs over: axes ``dims`` with ``strides`` in the flat grid (row-major),
+    the first at grid cell ``origin``."""
+    dims: tuple
+    strides: tuple
+    origin: int = 0
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.dims)
+
+    def coalesced(self) -> Space:
+        """The same positions in the same order with trailing axes that are one contiguous run of
+        the grid merged into one axis (a 3-D output space (b, o_1, o_2, q_3) at unit last stride is
+        (b, o_1, o_2 * q_3))."""
+        dims, strides = list(self.dims), list(self.strides)
+        while len(dims) > 1 and strides[-2] == dims[-1] * strides[-1]:
+            dims[-2:] = [dims[-2] * dims[-1]]
+            strides[-2:] = [strides[-1]]
+        return Space(tuple(dims), tuple(strides), self.origin)
+
+    def blocks(self, target: int) -> tuple:
+        """Blocks of about ``target`` positions (at most): a range of one axis m times all of the axes
+        after it, the smallest m whose trailing axes fit, so each block stays one strided box."""
+        return _blocks(self, target)
+
+
+@functools.lru_cache(maxsize=64)   # a network has a few spaces per layer; a space can have thousands of blocks
+def _blocks(space: Space, target: int) -> tuple:
+    """``Space.blocks``, computed once per space and block size."""
+    dims, strides = space.dims, space.strides
+    m = next(a for a in range(len(dims)) if math.prod(dims[a + 1:]) <= target)
+    tail = math.prod(dims[m + 1:])
+    most = max(1, min(dims[m], target // tail))
+    rows = -(-dims[m] // -(-dims[m] // most))   # the axis in equal parts: no sliver of a block left over
+    out = []
+    for outer in itertools.product(*(range(d) for d in dims[:m])):
+        start0 = sum(i * math.prod(dims[a + 1:]) for a, i in enumerate(outer))
+        base0 = space.origin + sum(i * st for i, st in zip(outer, strides))
+        for r0 in range(0, dims[m], rows):
+            r = min(rows, dims[m] - r0)
+            out.append(Block(start0 + r0 * tail, r * tail, base0 + r0 * strides[m], (r,) + dims[m + 1:],
+                              strides[m:], outer + (slice(r0, r0 + r),)))
+    return tuple(out)
+
+
+def strided_view(owner, start: int, shape: tuple, steps: tuple):
+    """A read-only view of the C-contiguous ``owner`` (g, rows, n): element ``start`` of the last
+    axis of row [0, 0] first, ``shape``, and per axis a step in cells of the last axis (None:
+    the owner's own stride of that leading axis). Built with the ndarray constructor, a tenth of
+    ``as_strided``'s Python cost: the direct engine makes one per column block."""
+    cell = owner.strides[-1]
+    strides = tuple(owner.strides[i] if st is None else st * cell for i, st in enumerate(steps))
+    view = np.ndarray(shape, owner.dtype, buffer=owner, offset=start * cell, strides=strides)
+    view.flags.writeable = False
+    return view
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def run_parallel(work, parts):
+    """[work(part) for part in parts], on a thread pool when there are several parts, with
+    BLAS single-threaded meanwhile (the threads are the parallelism)."""
+    global _pool
+    if len(parts) == 1:
+        with backend._single_threaded_blas():
+            return [work(parts[0])]
+    with _pool_lock:
+        if _pool is None or _pool[0] < len(parts):
+            _pool = (len(parts), ThreadPoolExecutor(len(parts), thread_name_prefix="convcore-direct"))
+        pool = _pool[1]
+    with backend._single_threaded_blas():
+        return list(pool.map(work, parts))
