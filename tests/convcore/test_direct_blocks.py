@@ -15,7 +15,7 @@ from conv_checks import check_case
 from conv_oracles import ConvCase, jax_reference
 
 from convcore import backend as convcore_backend
-from convcore import costs, direct_conv
+from convcore import costs, direct_conv, positions
 
 CASES = [
     ConvCase((3, 2, 13), (4, 2, 3), padding=1, seed=60),
@@ -66,14 +66,14 @@ def test_tiny_blocks_really_split_the_work(tiny_blocks):
     import convcore
 
     seen = []
-    original = direct_conv._parallel
+    original = direct_conv.run_parallel
 
     def recording(work, parts):
         seen.append(len(parts))
         return original(work, parts)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(direct_conv, "_parallel", recording)
+    mp.setattr(direct_conv, "run_parallel", recording)
     try:
         x = np.ones((1, 1, 13))
         convcore.conv_forward(x, np.ones((1, 1, 3)), algorithm="direct", padding=1)
@@ -88,7 +88,7 @@ def test_position_space_blocks_cover_each_position_once_at_its_grid_index(dims, 
     """A block is the run [start, start + size) of the space's positions in row-major order, and its
     box (base, shape, strides) addresses exactly those positions' grid indices."""
     strides = tuple(int(s) for s in np.random.default_rng(len(dims)).integers(1, 50, len(dims)))
-    space = direct_conv._Space(dims, strides)
+    space = positions.Space(dims, strides)
     grid_index = np.einsum("i...,i->...", np.indices(dims), np.array(strides)).ravel()   # per position
     seen = np.zeros(space.count, int)
     for block in space.blocks(target):
