@@ -177,22 +177,24 @@ def pass_threads(madds: int) -> int:
 
 FOLD_ROWS = 64        # CPU: fold kernel taps into the GEMM rows while its rows (channels) are at most this
 FOLD_KEEP_TAPS = 27   # and leave at least this many taps (or one axis) in the column matrix
+FOLD_MIN_INNER = 16   # and at least this many column rows (K * taps left): the GEMM's inner size
 
 
-def folded_tap_axes(qk: tuple, rows: int, last_stride: int) -> int:
+def folded_tap_axes(qk: tuple, K: int, rows: int, last_stride: int) -> int:
     """How many trailing kernel axes a CPU direct pass folds into its GEMM rows
     (direct_conv._run_folded), 0 for none. Only where the pass's positions run at unit grid stride
     along the last axis and its GEMM has few rows; then one axis, and more while the axes before
-    them keep FOLD_KEEP_TAPS taps in the column matrix (3x3x3: one axis; 3^5: two), but never every
-    axis: some tap must stay in the columns (folding every tap left a GEMM of inner size K: 1-D
-    3-tap 32 channels 1.5x slower)."""
+    them keep FOLD_KEEP_TAPS taps in the column matrix (3x3x3: one axis; 3^5: two). The GEMM's
+    inner size K * (taps left) must stay at least FOLD_MIN_INNER: folding every tap of a 1-D 3-tap
+    layer with 32 channels (inner size 32, taps left 1) was 1.3-1.5x slower, and a first 3x3 layer
+    of one channel (inner size 3) 1.2-1.3x."""
     N = len(qk)
     if last_stride != 1 or rows > FOLD_ROWS or N < 2 or qk[-1] == 1:
         return 0
     m = 1
     while m + 1 < N and qk[N - m - 1] > 1 and math.prod(qk[:N - m - 1]) >= FOLD_KEEP_TAPS:
         m += 1
-    return m if math.prod(qk[:N - m]) > 1 else 0
+    return m if math.prod(qk[:N - m]) > 1 and K * math.prod(qk[:N - m]) >= FOLD_MIN_INNER else 0
 
 
 def direct_pass_layout(qk: tuple, K: int, rows: int, last_stride: int, steps: tuple) -> tuple:
@@ -200,7 +202,7 @@ def direct_pass_layout(qk: tuple, K: int, rows: int, last_stride: int, steps: tu
     column rows and no folding, or with ``folded_tap_axes`` the columns of the other axes' taps,
     F = the folded axes' taps (the GEMM's F * rows rows) and the cells ``ext`` a block's run is
     widened by (``steps``: each kernel axis's step on the flat grid)."""
-    m = folded_tap_axes(qk, rows, last_stride)
+    m = folded_tap_axes(qk, K, rows, last_stride)
     if not m:
         return K * math.prod(qk), 1, 0
     N = len(qk)

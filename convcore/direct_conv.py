@@ -129,7 +129,7 @@ class DirectConv:
         if not self.host:
             return self._run_taps(grid, src, mats, K, out, acc_rhs, rhs_front)
         rows = (mats if out is not None else acc_rhs).shape[1]
-        m = costs.folded_tap_axes(grid.red.qk, rows, space.strides[-1])
+        m = costs.folded_tap_axes(grid.red.qk, K, rows, space.strides[-1])
         if m:
             return self._run_folded(grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m)
         xp, g, qk = self.xp, self.geom.groups, grid.red.qk

@@ -19,11 +19,11 @@ from convcore import costs, direct_conv, positions
 CASES = [
     # (case, folded axes expected in each pass that folds)
     (ConvCase((1, 2, 4, 4, 4, 4, 5), (3, 2, 3, 3, 3, 3, 3), padding=1, seed=50), {2}),           # 3^5: two axes
-    (ConvCase((1, 2, 3, 2600), (3, 2, 3, 5), padding=(1, 2), seed=51), {1}),                    # one run, cut into blocks
-    (ConvCase((2, 3, 9, 8), (4, 3, 3, 3), stride=(2, 1), padding=1, seed=52), {1}),             # gW in the output space's layout
-    (ConvCase((2, 2, 6, 11), (3, 2, 2, 3), dilation=(1, 3), padding="same", seed=53), {1}),     # dilation on the folded axis
-    (ConvCase((2, 4, 5, 6, 7), (6, 2, 3, 2, 3), groups=2, padding=1, seed=54), {1}),
-    (ConvCase((2, 2, 7, 8), (3, 2, 3, 3), padding=1, padding_mode="reflect", seed=55), {1}),
+    (ConvCase((1, 6, 3, 2600), (3, 6, 3, 5), padding=(1, 2), seed=51), {1}),                    # one run, cut into blocks
+    (ConvCase((2, 6, 9, 8), (4, 6, 3, 3), stride=(2, 1), padding=1, seed=52), {1}),             # gW in the output space's layout
+    (ConvCase((2, 8, 6, 11), (3, 8, 2, 3), dilation=(1, 3), padding="same", seed=53), {1}),     # dilation on the folded axis
+    (ConvCase((2, 6, 5, 6, 7), (6, 3, 3, 2, 3), groups=2, padding=1, seed=54), {1}),
+    (ConvCase((2, 6, 7, 8), (3, 6, 3, 3), padding=1, padding_mode="reflect", seed=55), {1}),
     (ConvCase((1, 2, 5, 5, 5, 6), (2, 2, 3, 3, 3, 3), padding="full", seed=56), {1}),
 ]
 
@@ -68,13 +68,14 @@ def test_unfolded_where_the_rule_says_so(folds):
         before = len(folds)
         check_case(_numpy, case, jax_reference(case), np.float64, "direct")
         if case.ndim == 1 or case.stride != 1:
-            assert costs.folded_tap_axes(case.W_shape[2:], 3, 2 if case.stride != 1 else 1) == 0
+            assert costs.folded_tap_axes(case.W_shape[2:], case.x_shape[1], 3, 2 if case.stride != 1 else 1) == 0
         if case.ndim == 1:
             assert len(folds) == before
-    assert costs.folded_tap_axes((3, 3), costs.FOLD_ROWS + 1, 1) == 0
-    assert costs.folded_tap_axes((3, 1), 8, 1) == 0          # nothing to fold on the last axis
-    assert costs.folded_tap_axes((3, 3, 3), 8, 1) == 1
-    assert costs.folded_tap_axes((3, 3, 3, 3, 3), 8, 1) == 2
+    assert costs.folded_tap_axes((3, 3), 16, costs.FOLD_ROWS + 1, 1) == 0
+    assert costs.folded_tap_axes((3, 1), 16, 8, 1) == 0          # nothing to fold on the last axis
+    assert costs.folded_tap_axes((3, 3), 1, 16, 1) == 0          # a first layer: an inner size of 3 left
+    assert costs.folded_tap_axes((3, 3, 3), 8, 8, 1) == 1
+    assert costs.folded_tap_axes((3, 3, 3, 3, 3), 2, 8, 1) == 2
 
 
 class _NumpyBackend:
