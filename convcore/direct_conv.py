@@ -181,70 +181,90 @@ class DirectConv:
         and the GEMM makes F times the rows (small channel counts run BLAS far below its peak: 8
         rows at half the rate of 32).
 
-        Folded tap j reads off_j cells further on the flat grid, so with Z[(j, r), p] = mats_j @
-        cols'[:, p] over the block's positions and the ext = max(off_j) positions after them,
-        ``out[r, p] = sum_j Z[(j, r), p + off_j]``; the weight gradient is the adjoint: acc_rhs's
-        rows shifted by off_j (zeros elsewhere) against the same widened columns. The space's
-        trailing contiguous axes are merged first, so a block widens one long run per row of
-        blocks (widening each short row cut the copies into runs of a few cells: 2x slower). Exact
-        for any block: the widened reads stay within the grid's max_off tail."""
+        Folded tap j reads off_j cells further on the flat grid. With u the grid cells between
+        neighbouring positions along the space's last axis (1, or a stride read in place), off_j =
+        phi_j + u * a_j: tap j reads phase phi_j of that axis, a_j positions on. Per phase, with
+        Z[(j, r), p] = mats_j @ cols_phi[:, p] over the block's positions and the largest a_j
+        positions after them, ``out[r, p] = sum_j Z[(j, r), p + a_j]``; the weight gradient is the
+        adjoint: acc_rhs's rows shifted by a_j (zeros elsewhere) against the same widened columns.
+        Unstrided there is one phase. The space's trailing contiguous axes are merged first, so a
+        block widens one long run per row of blocks (widening each short row cut the copies into
+        runs of a few cells: 2x slower). Exact for any block: the widened reads stay within the
+        grid's max_off tail."""
         xp, g, qk, N = self.xp, self.geom.groups, grid.red.qk, len(grid.red.qk)
         offs = [sum(t * st for t, st in zip(tap, grid.steps[N - m:]))
                 for tap in itertools.product(*(range(k) for k in qk[N - m:]))]
-        F, ext, outer_qk = len(offs), offs[-1], qk[:N - m]
+        F, outer_qk = len(offs), qk[:N - m]
         taps = math.prod(outer_qk)
         rows = (mats if out is not None else acc_rhs).shape[1]
         space = space.coalesced()
+        u = space.strides[-1]
+        by_phase = {}
+        for j, off in enumerate(offs):
+            by_phase.setdefault(off % u, []).append(j)
+        phases = [(phi, js, [offs[j] // u for j in js]) for phi, js in sorted(by_phase.items())]
         per_position = g * (K * taps + F * rows) * src.dtype.itemsize
         spans = space.blocks(block_positions(per_position, space.count))
-        dims = space.dims[:-1] + (space.dims[-1] + ext,)
         lead = (slice(None),) * (2 + len(outer_qk))
-        src_all = strided_view(src, space.origin, (g, K) + outer_qk + dims,
-                        (None, None) + grid.steps[:N - m] + space.strides)
-        if out is not None:   # (g, rows, K * taps * F) -> (g, F * rows, K * taps): folded tap j's filters as rows
-            mats = xp.ascontiguousarray(mats.reshape(g, rows, K * taps, F).transpose(0, 3, 1, 2)).reshape(
-                g, F * rows, K * taps)
+        views = []
+        for phi, js, shifts in phases:
+            dims = space.dims[:-1] + (space.dims[-1] + shifts[-1],)
+            views.append(strided_view(src, space.origin + phi, (g, K) + outer_qk + dims,
+                                      (None, None) + grid.steps[:N - m] + space.strides))
+        if out is not None:   # (g, rows, K * taps * F) -> per phase (g, F_phi * rows, K * taps): tap j's filters as rows
+            per_tap = mats.reshape(g, rows, K * taps, F).transpose(0, 3, 1, 2)
+            mats = [xp.ascontiguousarray(per_tap[:, js]).reshape(g, len(js) * rows, K * taps) for _, js, _ in phases]
         elif rhs_on_grid:
             rhs_all = strided_view(acc_rhs, rhs_front + space.origin, (g, rows) + space.dims, (None, None) + space.strides)
 
-        def widened(block):
-            """The block's index and box shape in the widened view."""
+        def widened(block, ext):
+            """The block's index and box shape in a view widened by ``ext`` positions."""
             index = block.index
             if len(index) == len(space.dims):   # a slice of the last axis itself
                 index = index[:-1] + (slice(index[-1].start, index[-1].stop + ext),)
             return index, block.shape[:-1] + (block.shape[-1] + ext,)
 
+        ext = max(shifts[-1] for _, _, shifts in phases)
         most = max(math.prod(shape[:-1]) * (shape[-1] + ext) for shape in {block.shape for block in spans})
 
         def work(part):
             cols_buf = xp.empty(g * K * taps * most, src.dtype)
             side_buf = xp.empty(g * F * rows * most, src.dtype)
-            shaped, acc = {}, None   # block shape -> views of the buffers (columns; Z or the shifted rows)
+            shape, acc = None, [None] * len(phases)
             for block in part:
-                index, wshape = widened(block)
-                ww, L = math.prod(wshape), block.shape[-1]
-                if block.shape not in shaped:
-                    side = side_buf[:g * F * rows * ww].reshape((g, F, rows) + wshape)
-                    if out is None:
-                        side[...] = 0   # shifted rows: zeros where no row of acc_rhs lands
-                    shaped = {block.shape: (cols_buf[:g * K * taps * ww].reshape(g, K * taps, ww), side)}
-                cols, side = shaped[block.shape]
-                cols.reshape((g, K) + outer_qk + wshape)[...] = src_all[lead + index]
+                L = block.shape[-1]
+                if block.shape != shape:   # each phase's Z (or shifted rows) in its own part of side_buf
+                    shape, sides, start = block.shape, [], 0
+                    for _, js, shifts in phases:
+                        wshape = widened(block, shifts[-1])[1]
+                        size = g * len(js) * rows * math.prod(wshape)
+                        sides.append(side_buf[start:start + size].reshape((g, len(js), rows) + wshape))
+                        start += size
+                        if out is None:
+                            sides[-1][...] = 0   # shifted rows: zeros where no row of acc_rhs lands
                 if out is not None:
-                    xp.matmul(mats, cols, out=side.reshape(g, F * rows, ww))
                     dst = out[:, :, block.start:block.start + block.size].reshape((g, rows) + block.shape)
-                    xp.add(side[:, 0, ..., :L], side[:, 1, ..., offs[1]:offs[1] + L], out=dst)
-                    for j in range(2, F):
-                        dst += side[:, j, ..., offs[j]:offs[j] + L]
-                    continue
-                if rhs_on_grid:
+                elif rhs_on_grid:
                     rhs = rhs_all[(slice(None), slice(None)) + block.index]
                 else:
                     rhs = acc_rhs[:, :, block.start:block.start + block.size].reshape((g, rows) + block.shape)
-                for j in range(F):
-                    side[:, j, ..., offs[j]:offs[j] + L] = rhs
-                prod = xp.matmul(side.reshape(g, F * rows, ww), cols.swapaxes(-1, -2))
-                acc = prod if acc is None else acc.__iadd__(prod)
+                for n, ((phi, js, shifts), view, side) in enumerate(zip(phases, views, sides)):
+                    index, wshape = widened(block, shifts[-1])
+                    ww = math.prod(wshape)
+                    cols = cols_buf[:g * K * taps * ww].reshape(g, K * taps, ww)
+                    cols.reshape((g, K) + outer_qk + wshape)[...] = view[lead + index]
+                    if out is not None:
+                        xp.matmul(mats[n], cols, out=side.reshape(g, len(js) * rows, ww))
+                        for f, a in enumerate(shifts):
+                            if n == 0 and f == 0:
+                                dst[...] = side[:, 0, ..., a:a + L]
+                            else:
+                                dst += side[:, f, ..., a:a + L]
+                        continue
+                    for f, a in enumerate(shifts):
+                        side[:, f, ..., a:a + L] = rhs
+                    prod = xp.matmul(side.reshape(g, len(js) * rows, ww), cols.swapaxes(-1, -2))
+                    acc[n] = prod if acc[n] is None else acc[n].__iadd__(prod)
             return acc
 
         madds = g * space.count * K * grid.taps * rows
@@ -252,11 +272,14 @@ class DirectConv:
         results = run_parallel(work, [spans[t::threads] for t in range(threads)])
         if out is not None:
             return out
-        total = results[0]
-        for r in results[1:]:
-            total += r
-        # (g, F * rows, K * taps) -> (g, rows, K * taps * F): the natural filter layout
-        return total.reshape(g, F, rows, K * taps).transpose(0, 2, 3, 1).reshape(g, rows, K * taps * F)
+        # per phase (g, F_phi * rows, K * taps), summed over threads -> (g, rows, K * taps * F): the filters' layout
+        total = xp.empty((g, F, rows, K * taps), src.dtype)
+        for n, (_, js, _) in enumerate(phases):
+            part = results[0][n]
+            for r in results[1:]:
+                part += r[n]
+            total[:, js] = part.reshape(g, len(js), rows, K * taps)
+        return total.transpose(0, 2, 3, 1).reshape(g, rows, K * taps * F)
 
     def _run_taps(self, grid, src, mats, K, out, acc_rhs, rhs_front):
         """``_run_blocks`` on a device, over every grid position at once, without a full column matrix.

@@ -4,7 +4,8 @@
 channels, so the JAX table and hypothesis runs already go through it; these cases pin the branches
 those tables do not reach: two folded axes (3^5 kernels), blocks cut from one long run, the weight gradient read from the output space's own layout
 (strided on an axis before the last), dilation on the folded axis, groups, padding modes other than
-zeros, and the limits of ``costs.folded_tap_axes``. Each case asserts which fold it ran, so a change
+zeros, a stride read in place along the last axis (the folded taps split by phase), and the limits
+of ``costs.folded_tap_axes``. Each case asserts which fold it ran, so a change
 of the rule cannot silently leave a branch untested.
 """
 from __future__ import annotations
@@ -25,17 +26,22 @@ CASES = [
     (ConvCase((2, 6, 5, 6, 7), (6, 3, 3, 2, 3), groups=2, padding=1, seed=54), {1}),
     (ConvCase((2, 6, 7, 8), (3, 6, 3, 3), padding=1, padding_mode="reflect", seed=55), {1}),
     (ConvCase((1, 2, 5, 5, 5, 6), (2, 2, 3, 3, 3, 3), padding="full", seed=56), {1}),
+    # a stride read in place along the last axis: the folded taps split by phase
+    (ConvCase((2, 6, 9, 17), (4, 6, 3, 5), stride=2, padding=2, seed=57), {1}),
+    (ConvCase((1, 4, 6, 7, 29), (3, 4, 2, 3, 6), stride=(1, 2, 3), padding=1, seed=58), {1}),        # three phases
+    (ConvCase((2, 8, 7, 20), (3, 8, 3, 4), stride=(1, 2), dilation=(1, 2), padding=2, seed=59), {1}),   # one phase
 ]
 
 
 @pytest.fixture
 def folds(monkeypatch):
-    """The fold of each folded pass run (an observation: the real method still runs)."""
+    """(folded axes, last-axis grid stride) of each folded pass run (an observation: the real method
+    still runs)."""
     seen = []
     real = direct_conv.DirectConv._run_folded
 
     def observed(self, grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m):
-        seen.append(m)
+        seen.append((m, space.strides[-1]))   # folded axes, grid cells between positions on the last axis
         return real(self, grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m)
 
     monkeypatch.setattr(direct_conv.DirectConv, "_run_folded", observed)
@@ -47,7 +53,9 @@ def folds(monkeypatch):
 @pytest.mark.parametrize("case,expected", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_folded_direct_matches_jax(case, expected, layer, dtype, folds):
     check_case(_numpy, case, jax_reference(case), dtype, "direct", layer=layer)
-    assert set(folds) == expected, f"folded passes ran with {folds}, expected {expected}"
+    assert {m for m, _ in folds} == expected, f"folded passes ran with {folds}, expected {expected}"
+    if isinstance(case.stride, int) and case.stride > 1 or isinstance(case.stride, tuple) and case.stride[-1] > 1:
+        assert any(u > 1 for _, u in folds), f"no folded pass read the stride in place: {folds}"
 
 
 def test_coalesced_space_merges_contiguous_trailing_axes():
@@ -61,17 +69,18 @@ def test_coalesced_space_merges_contiguous_trailing_axes():
 
 
 def test_unfolded_where_the_rule_says_so(folds):
-    """1-D, a strided last axis and many rows keep the plain column matrix; still correct."""
+    """1-D, an inner size under 16 and many rows keep the plain column matrix; still correct."""
     for case in (ConvCase((2, 8, 30), (8, 8, 3), padding=1, seed=60),
-                 ConvCase((1, 2, 8, 9), (3, 2, 3, 3), stride=(1, 2), padding=1, seed=61),
+                 ConvCase((1, 1, 8, 9), (3, 1, 3, 3), padding=1, seed=61),
                  ConvCase((1, 2, 6, 6), (costs.FOLD_ROWS + 1, 2, 3, 3), padding=1, seed=62)):
         before = len(folds)
         check_case(_numpy, case, jax_reference(case), np.float64, "direct")
-        if case.ndim == 1 or case.stride != 1:
-            assert costs.folded_tap_axes(case.W_shape[2:], case.x_shape[1], 3, 2 if case.stride != 1 else 1) == 0
         if case.ndim == 1:
             assert len(folds) == before
     assert costs.folded_tap_axes((3, 3), 16, costs.FOLD_ROWS + 1, 1) == 0
+    assert costs.folded_tap_axes((3, 3, 5), 8, 8, 2) == 1         # a strided last axis: one axis
+    assert costs.folded_tap_axes((3, 3, 3, 3, 4), 8, 8, 2) == 1
+    assert costs.folded_tap_axes((3, 3, 3), 8, 8, 2) == 0         # fewer than two taps per phase
     assert costs.folded_tap_axes((3, 1), 16, 8, 1) == 0          # nothing to fold on the last axis
     assert costs.folded_tap_axes((3, 3), 1, 16, 1) == 0          # a first layer: an inner size of 3 left
     assert costs.folded_tap_axes((3, 3, 3), 8, 8, 1) == 1
