@@ -175,7 +175,10 @@ def pass_threads(madds: int) -> int:
     return backend.num_threads() if madds >= backend.SPLIT_WORK else 1
 
 
-FOLD_ROWS = 64        # CPU: fold kernel taps into the GEMM rows while its rows (channels) are at most this
+# CPU: fold kernel taps into the GEMM rows while its rows (channels) are at most this. At 64 rows it
+# was a wash (0.96-1.27x over five layers) and a stride-2 3x3's input gradient (64 polyphase rows)
+# 1.1x slower; at 8-32 rows it measured 1.06-1.7x faster (docs/benchmarks.md, "Ninth round").
+FOLD_ROWS = 32
 FOLD_KEEP_TAPS = 27   # and leave at least this many taps (or one axis) in the column matrix
 FOLD_MIN_INNER = 16   # and at least this many column rows (K * taps left): the GEMM's inner size
 
