@@ -319,13 +319,16 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     copy_seconds = 4 * itemsize * g * positions * (C + O) / rates.copy
     fw_steps = tuple(d * math.prod(fw.qx[j + 1:]) for j, d in enumerate(fw.core_dilation))
     steps = tuple(d * math.prod(red.qx[j + 1:]) for j, d in enumerate(red.core_dilation))
+    # the shortest run of positions a folded pass widens: a row of its position space's last axis
+    # (whole grid rows unstrided; only the outputs along a stride read in place)
+    runs = (last, last, red.qx[-1])
     layouts = (direct_pass_layout(fw.qk, fw_C, O, fw.out_stride[-1], fw_steps),) * 2 + (
         direct_pass_layout(red.qk, O, C, 1, steps),)
     blocks = 0
-    for (K, count, k), (col_rows, F, ext), rows in zip(passes, layouts, (O, O, C)):
+    for (K, count, k), (col_rows, F, ext), rows, run in zip(passes, layouts, (O, O, C), runs):
         # a folded pass copies fewer columns, widened by ext per run of at least a grid row, and
         # writes and reads F * rows partial outputs per position
-        widen = 1 + ext / (red.qx[-1] if F > 1 else 1)
+        widen = 1 + ext / run
         per_position = g * (col_rows * widen + (2 * F * rows if F > 1 else 0)) * itemsize
         rate = rates.copy if per_position * MIN_BLOCK <= BLOCK_BYTES else rates.copy / SPILL_SLOWDOWN
         copy_seconds += 2 * per_position * count / rate
@@ -338,7 +341,7 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     shared = reduction_bytes(geom, itemsize, True)
     shared["grid_input"] = itemsize * g * fw_positions * fw_C
 
-    def columns(K, k, count, rows, layout, gathered_rows=0):
+    def columns(K, k, count, rows, layout, run, gathered_rows=0):
         """Each thread's column buffer for a pass, and the rows of gy it gathers per block (the
         weight gradient reading gy on the grid: a block's rows are copied out when they are not one
         run, and the next block's copy is made before the last one is dropped). A folded pass
@@ -352,17 +355,17 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
             return threads * block * (per_position + 2 * g * gathered_rows * itemsize)
         per_position = g * (col_rows + F * rows) * itemsize
         block = block_positions(per_position, count)
-        widened = block + ext * (1 + -(-block // red.qx[-1]))
+        widened = block + ext * (1 + -(-block // run))    # each run in the block widened by ext
         return threads * widened * per_position
 
     strided = fw is not red and any(s != 1 for s in fw.out_stride)
-    fw_columns = columns(fw_C, fw_taps, outputs, O, layouts[0])
-    gW_columns = columns(fw_C, fw_taps, outputs, O, layouts[1], gathered_rows=0 if strided else O)
+    fw_columns = columns(fw_C, fw_taps, outputs, O, layouts[0], last)
+    gW_columns = columns(fw_C, fw_taps, outputs, O, layouts[1], last, gathered_rows=0 if strided else O)
     filters = itemsize * g * O * fw_C * fw_taps    # a folded pass's filters, tap by tap as rows: one copy of W
     forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": fw_columns,
                "folded_filters": filters if layouts[0][1] > 1 else 0}
     backward = {"gy_grid": grid * O, "gy_outputs": itemsize * g * outputs * O if strided else 0,
-                "gx_grid": 2 * grid * C, "columns": max(gW_columns, columns(O, taps, positions, C, layouts[2])),
+                "gx_grid": 2 * grid * C, "columns": max(gW_columns, columns(O, taps, positions, C, layouts[2], red.qx[-1])),
                 "gW_partials": 2 * itemsize * g * O * fw_C * fw_taps,
                 "folded_filters": itemsize * g * O * C * taps if layouts[2][1] > 1 else 0,
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
