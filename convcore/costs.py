@@ -194,7 +194,7 @@ def folded_tap_axes(qk: tuple, K: int, rows: int, last_stride: int) -> int:
     layer with 32 channels (inner size 32, taps left 1) was 1.3-1.5x slower, and a first 3x3 layer
     of one channel (inner size 3) 1.2-1.3x."""
     N = len(qk)
-    if rows > FOLD_ROWS or N < 2 or qk[-1] == 1 or qk[-1] < 2 * last_stride:
+    if rows > FOLD_ROWS or N < 2 or qk[-1] < 2 * last_stride:   # (unstrided: a last axis of one tap)
         return 0
     m = 1
     while (last_stride == 1 and m + 1 < N and qk[N - m - 1] > 1

@@ -135,7 +135,6 @@ class DirectConv:
         xp, g, qk = self.xp, self.geom.groups, grid.red.qk
         B = self._block(K, space.count, grid.taps)
         spans = space.blocks(B)
-        rows = (mats if out is not None else acc_rhs).shape[1]
         # one strided view of the whole pass; a block is a basic slice of it
         lead = (slice(None),) * (2 + len(qk))
         src_all = strided_view(src, space.origin, (g, K) + qk + space.dims, (None, None) + grid.steps + space.strides)
@@ -248,7 +247,7 @@ class DirectConv:
                     rhs = rhs_all[(slice(None), slice(None)) + block.index]
                 else:
                     rhs = acc_rhs[:, :, block.start:block.start + block.size].reshape((g, rows) + block.shape)
-                for n, ((phi, js, shifts), view, side) in enumerate(zip(phases, views, sides)):
+                for n, ((_, js, shifts), view, side) in enumerate(zip(phases, views, sides)):
                     index, wshape = widened(block, shifts[-1])
                     ww = math.prod(wshape)
                     cols = cols_buf[:g * K * taps * ww].reshape(g, K * taps, ww)
