@@ -10,14 +10,21 @@ case is a stride-1 *valid* cross-correlation, per group:
 A valid correlation over an input of length q only touches indices < q, so a
 circular transform of size L = next_fast_len(q) is exact, with no wrap-around
 (no "full" size q + k - 1 needed). Each input channel, filter and output gradient
-is transformed once; the channel sums are one batched complex matmul over the
-frequency axis:  (F, g, n, c) @ (F, g, c, o).
+is transformed once. The channel sums take one of two layouts (``costs.spectra_frequency_last``):
+
+* channels last, (F, g, n, c) @ (F, g, c, o): one batched complex matmul over the
+  frequencies, the products' layout written by transforms of channels-last views;
+* frequency last, (n, g, c, F), for few channels and rows on the host: there a BLAS call
+  per frequency (a 4x4 product: ~150 ns) costs several times its arithmetic, so the sums
+  are broadcast multiply-adds over whole spectra, one per channel (or row) summed over,
+  and the transforms read and write the arrays' own contiguous layout.
 """
 from __future__ import annotations
 
+import functools
 import math
 
-from . import backend, costs, layout, tiling
+from . import backend, costs, frequency_last, layout, tiling
 from .geometry import ConvGeometry
 from .reduction import Reduction
 
@@ -44,6 +51,8 @@ class FFTConv:
         self.axes = tuple(range(-geom.ndim, 0))
         self.rows = geom.batch * math.prod(self.counts)
         self.row_chunk = costs.fft_row_chunk(geom, x.dtype.itemsize, self.tile, self.rows, budget)
+        self.frequency_last = backend.is_host_module(xp) and costs.spectra_frequency_last(
+            self.row_chunk, red.channels, red.out_channels)
         self._reduced = None    # the reduced input (n, g, C, q...)
         self._windows = None    # its tiles' windows as one array, when rows run in chunks
         self._x_spectrum = None
@@ -53,25 +62,32 @@ class FFTConv:
 
     # ---- transforms ------------------------------------------------------
     def _spectrum(self, a):
-        """(rows..., g, C, spatial...) real -> (F, g, prod(rows), C) complex, one transform per
-        (row, g, C).
+        """(rows..., g, C, spatial...) real -> (F, g, prod(rows), C) complex (frequency last:
+        (prod(rows), g, C, F)), one transform per (row, g, C).
 
-        The transform reads a channels-last view, so its output is already in the products'
-        layout: the transpose costs nothing extra instead of a copy of the whole spectrum. The
-        rows may span several axes of a view (a batch and its tiles' positions)."""
+        Channels last, the transform reads a channels-last view, so its output is already in
+        the products' layout: the transpose costs nothing extra instead of a copy of the whole
+        spectrum. The rows may span several axes of a view (a batch and its tiles' positions)."""
         N = self.geom.ndim
         lead = a.ndim - 2 - N
         g, C = a.shape[lead:lead + 2]
         rows = math.prod(a.shape[:lead])
+        if self.frequency_last:
+            spec = backend.rfftn(self.xp, a, self.fft_shape, self.axes)
+            return spec.reshape(rows, g, C, -1)   # contiguous: a view
         order = tuple(range(lead + 2, lead + 2 + N)) + (lead,) + tuple(range(lead)) + (lead + 1,)
         spec = backend.rfftn(self.xp, a.transpose(order), self.fft_shape, tuple(range(N)))
         return spec.reshape(-1, g, rows, C)      # (spatial..., g, rows..., C) is contiguous: a view
 
     def _inverse(self, spec, crop_shape):
-        """(F, g, B, C) complex -> (B, g*C, crop_shape...) real."""
-        F, g, B, C = spec.shape
+        """(F, g, B, C) complex (frequency last: (B, g, C, F)) -> (B, g*C, crop_shape...) real."""
         half = self.fft_shape[:-1] + (self.fft_shape[-1] // 2 + 1,)
-        spec = spec.transpose(2, 1, 3, 0).reshape((B, g * C) + half)
+        if self.frequency_last:
+            B, g, C, F = spec.shape
+            spec = spec.reshape((B, g * C) + half)
+        else:
+            F, g, B, C = spec.shape
+            spec = spec.transpose(2, 1, 3, 0).reshape((B, g * C) + half)
         return backend.irfftn(self.xp, spec, self.fft_shape, self.axes, crop_shape)
 
     def inputs(self, lo, hi):
@@ -103,7 +119,7 @@ class FFTConv:
         return spec
 
     def W_spectrum(self):
-        """(F, g, c_O/g, C): the reduced filters, transformed once."""
+        """(F, g, c_O/g, C) (frequency last: (c_O/g, g, C, F)): the reduced filters, transformed once."""
         if self._W_spectrum is None:
             Wr = self.red.filters(self.W).swapaxes(0, 1)   # (c_O/g, g, C, k'...)
             self._W_spectrum = self._spectrum(Wr)
@@ -117,8 +133,13 @@ class FFTConv:
     def forward(self):
         """y: (n, c_O, o_1..o_N), without bias."""
         xp, geom = self.xp, self.geom
-        Wc = self.W_spectrum().conj().swapaxes(-1, -2)      # (F, g, C, c_O/g)
-        parts = [self._inverse(backend.matmul(xp, self.x_spectrum(lo, hi), Wc), self.tile)
+        if self.frequency_last:
+            Wc = xp.ascontiguousarray(self.W_spectrum().conj().transpose(1, 2, 0, 3))   # (g, C, c_O/g, F)
+            product = functools.partial(frequency_last.correlate, xp)
+        else:
+            Wc = self.W_spectrum().conj().swapaxes(-1, -2)      # (F, g, C, c_O/g)
+            product = functools.partial(backend.matmul, xp)
+        parts = [self._inverse(product(self.x_spectrum(lo, hi), Wc), self.tile)
                  for lo, hi in self.chunks()]               # each (rows, c_O, T...)
         y = parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=0)
         if self.tiled:
@@ -142,9 +163,14 @@ class FFTConv:
         for lo, hi in chunks:
             G = self._spectrum(gy if len(chunks) == 1 else gy[lo:hi])   # (F, g, rows, c_O/g)
             if need_x:   # (F, g, rows, c_O/g) @ (F, g, c_O/g, C)
-                gx_parts.append(self._inverse(backend.matmul(xp, G, W_spec), self.window))
+                gx_spec = (frequency_last.input_grad(xp, G, W_spec) if self.frequency_last
+                           else backend.matmul(xp, G, W_spec))
+                gx_parts.append(self._inverse(gx_spec, self.window))
             if need_W:   # (F, g, c_O/g, rows) @ (F, g, rows, C)
-                part = backend.matmul(xp, G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
+                if self.frequency_last:
+                    part = frequency_last.weight_grad(xp, G, self.x_spectrum(lo, hi))
+                else:
+                    part = backend.matmul(xp, G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
                 gW_spec = part if gW_spec is None else gW_spec.__iadd__(part)
         gx = None
         if need_x:
@@ -154,6 +180,11 @@ class FFTConv:
             gx = red.input_grad(ga)
         gW = None
         if need_W:
-            F, g, o, C = gW_spec.shape
-            gW = red.weight_grad(self._inverse(gW_spec.reshape(F, 1, g * o, C), red.qk))
+            if self.frequency_last:   # (g, c_O/g, C, F): g * c_O/g rows of C channels
+                g, o, C, F = gW_spec.shape
+                gW_spec = gW_spec.reshape(g * o, 1, C, F)
+            else:
+                F, g, o, C = gW_spec.shape
+                gW_spec = gW_spec.reshape(F, 1, g * o, C)
+            gW = red.weight_grad(self._inverse(gW_spec, red.qk))
         return gx, gW

@@ -1,6 +1,7 @@
 """Fixtures of the convcore tests (the ``backend`` fixture lives in tests/conftest.py)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pytest
@@ -13,7 +14,8 @@ class TransformLog:
     """What went through convcore.backend.rfftn / irfftn: one entry per call.
 
     ``forward`` entries are (shape of the real input, its dtype, dtype of the
-    spectrum); ``inverse`` entries are (spectrum dtype, dtype of the real output).
+    spectrum, the transformed axes); ``inverse`` entries are (spectrum dtype, dtype of the
+    real output).
     """
 
     forward: list = field(default_factory=list)
@@ -25,8 +27,19 @@ class TransformLog:
 
     def leading(self) -> list:
         """(B, g, C) of each transformed array, in call order. FFTConv transforms channels-last
-        views (spatial..., g, B, C), so the transform writes the products' layout directly."""
-        return [(shape[-2], shape[-3], shape[-1]) for shape, _, _ in self.forward]
+        views (spatial..., g, B..., C), so the transform writes the products' layout directly, or,
+        with frequency-last spectra, the arrays as they are (B..., g, C, spatial...); B may span
+        several axes (a batch and its tiles' positions)."""
+        out = []
+        for shape, _, _, axes in self.forward:
+            ndim = len(shape)
+            axes = sorted(a % ndim for a in axes)
+            rest = [shape[i] for i in range(ndim) if i not in axes]
+            if axes[0] == 0:   # channels last: (g, B..., C) left
+                out.append((math.prod(rest[1:-1]), rest[0], rest[-1]))
+            else:              # frequency last: (B..., g, C) left
+                out.append((math.prod(rest[:-2]), rest[-2], rest[-1]))
+        return out
 
 
 @pytest.fixture
@@ -40,7 +53,7 @@ def transform_log(monkeypatch) -> TransformLog:
 
     def counting_rfftn(xp, a, shape, axes):
         spec = rfftn(xp, a, shape, axes)
-        log.forward.append((tuple(a.shape), a.dtype, spec.dtype))
+        log.forward.append((tuple(a.shape), a.dtype, spec.dtype, tuple(axes)))
         return spec
 
     def counting_irfftn(xp, a, shape, axes, *args, **kwargs):

@@ -104,7 +104,7 @@ def test_output_dtype_is_input_dtype(backend, transform_log, dtype, algorithm):
     spectrum = np.dtype(np.complex64 if dtype == np.float32 else np.complex128)
     if op.algorithm_used == "fft":
         assert transform_log.forward and transform_log.inverse
-    assert all(a_dtype == np.dtype(dtype) and s == spectrum for _, a_dtype, s in transform_log.forward)
+    assert all(a_dtype == np.dtype(dtype) and s == spectrum for _, a_dtype, s, _ in transform_log.forward)
     assert all(s == spectrum and out == np.dtype(dtype) for s, out in transform_log.inverse)
 
 

@@ -1,0 +1,114 @@
+"""The FFT engine's two layouts of the channel sums, each against JAX (``conv_general_dilated`` + vjp).
+
+On the host, a call with few channels and rows sums channels over frequency-last spectra
+(``convcore/frequency_last.py``); others keep the batched matmul over channels-last spectra.
+The rule (``costs.spectra_frequency_last``) is forced both ways here, on the same cases, so that
+each layout is checked on the branches it has: groups, the polyphase split of strides, dilation,
+overlap-save tiles (rows = batch x tiles, as one view or in chunks under a small memory budget, where
+the filter gradient's spectrum is summed over the chunks), padding modes, N = 1 to 5, both
+dtypes, through the functions and through a layer. Each case asserts which layout ran.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conv_checks import check_case
+from conv_oracles import ConvCase, jax_reference
+
+from convcore import costs, fft_conv, frequency_last
+
+CASES = [
+    ConvCase((2, 3, 9, 8), (5, 3, 4, 3), padding=1, seed=70),
+    ConvCase((1, 2, 11), (3, 2, 4), padding="same", seed=71),                                      # 1-D
+    ConvCase((2, 4, 7, 6, 5), (4, 2, 3, 2, 3), groups=2, padding=1, seed=72),
+    ConvCase((2, 3, 10, 9), (2, 3, 3, 3), stride=2, dilation=(1, 2), padding=[(1, 0), (2, 1)], seed=73),
+    ConvCase((1, 2, 5, 5, 5, 6), (2, 2, 3, 2, 3, 3), padding=1, padding_mode="circular", seed=74),  # 4-D
+    ConvCase((1, 1, 5, 4, 5, 4, 5), (2, 1, 2, 2, 3, 2, 2), padding="full", seed=75),               # 5-D
+    ConvCase((3, 2, 6, 7), (2, 2, 3, 3), padding=1, padding_mode="reflect", seed=76),
+    ConvCase((2, 4, 8, 8), (4, 1, 3, 3), groups=4, padding=1, seed=77),                            # depthwise
+]
+# Overlap-save tiles: long inputs, short kernels (rows = batch x tiles).
+TILED = [
+    ConvCase((2, 2, 600), (2, 2, 5), padding=2, seed=78),
+    ConvCase((1, 2, 90, 70), (3, 2, 3, 4), padding=1, seed=79),
+]
+
+
+@pytest.fixture
+def layouts(monkeypatch):
+    """Each FFTConv built: (frequency_last, tiled, chunks of rows). An observation of the real engine."""
+    seen = []
+    real = fft_conv.FFTConv.__init__
+
+    def observed(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        seen.append((self.frequency_last, self.tiled, len(self.chunks())))
+
+    monkeypatch.setattr(fft_conv.FFTConv, "__init__", observed)
+    return seen
+
+
+def _force(monkeypatch, frequency_last: bool) -> None:
+    monkeypatch.setattr(costs, "FREQUENCY_LAST_MAX_MADDS", 10**9 if frequency_last else 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layer", [False, True])
+@pytest.mark.parametrize("frequency_last", [True, False], ids=["frequency_last", "channels_last"])
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_both_layouts_match_jax(monkeypatch, layouts, case, frequency_last, layer, dtype):
+    _force(monkeypatch, frequency_last)
+    check_case(_numpy, case, jax_reference(case), dtype, "fft", layer=layer)
+    assert layouts and all(f == frequency_last for f, _, _ in layouts), layouts
+
+
+@pytest.mark.parametrize("budget", [None, 30_000], ids=["one_chunk", "chunks"])
+@pytest.mark.parametrize("frequency_last", [True, False], ids=["frequency_last", "channels_last"])
+@pytest.mark.parametrize("case", TILED, ids=[f"tiled{i}" for i in range(len(TILED))])
+def test_both_layouts_match_jax_over_tiles_and_chunks(monkeypatch, layouts, case, frequency_last, budget):
+    _force(monkeypatch, frequency_last)
+    check_case(_numpy, case, jax_reference(case), np.float64, "fft", layer=True, memory_budget=budget)
+    assert layouts and all(f == frequency_last and tiled for f, tiled, _ in layouts), layouts
+    if budget is not None:
+        assert any(chunks > 1 for _, _, chunks in layouts), f"the budget did not split the rows: {layouts}"
+
+
+def test_the_rule_counts_rows_and_both_channel_counts():
+    assert costs.spectra_frequency_last(2, 4, 4)                       # 32 multiply-adds a frequency
+    assert costs.spectra_frequency_last(1, 8, 8)
+    assert not costs.spectra_frequency_last(2, 8, 8)                   # 128: one matmul call is cheaper
+    assert not costs.spectra_frequency_last(costs.FREQUENCY_LAST_MAX_MADDS + 1, 1, 1)
+
+
+def test_sum_of_products_matches_a_matmul():
+    """The three products against NumPy's matmul in the channels-last layout, random complex data."""
+    rng = np.random.default_rng(3)
+
+    def spectrum(*shape):
+        return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+    rows, g, C, O, F = 3, 2, 4, 5, 7
+    X, G, W = spectrum(rows, g, C, F), spectrum(rows, g, O, F), spectrum(O, g, C, F)
+    Wc = np.ascontiguousarray(W.conj().transpose(1, 2, 0, 3))
+    last = (3, 1, 0, 2)   # (rows, g, c, F) -> (F, g, rows, c)
+    y = np.matmul(X.transpose(last), W.conj().transpose(3, 1, 2, 0))        # (F, g, rows, O)
+    gx = np.matmul(G.transpose(last), W.transpose(3, 1, 0, 2))             # (F, g, rows, C)
+    gW = np.matmul(G.conj().transpose(3, 1, 2, 0), X.transpose(last))       # (F, g, O, C)
+    np.testing.assert_allclose(frequency_last.correlate(np, X, Wc).transpose(last), y, rtol=1e-12)
+    np.testing.assert_allclose(frequency_last.input_grad(np, G, W).transpose(last), gx, rtol=1e-12)
+    np.testing.assert_allclose(frequency_last.weight_grad(np, G, X).transpose(3, 0, 1, 2), gW, rtol=1e-12)
+
+
+class _NumpyBackend:
+    name, xp = "numpy", np
+
+    @staticmethod
+    def asarray(a):
+        return np.asarray(a)
+
+    @staticmethod
+    def to_numpy(a):
+        return np.asarray(a)
+
+
+_numpy = _NumpyBackend()
