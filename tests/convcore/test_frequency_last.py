@@ -80,14 +80,18 @@ def test_the_rule_counts_rows_and_both_channel_counts():
     assert not costs.spectra_frequency_last(costs.FREQUENCY_LAST_MAX_MADDS + 1, 1, 1)
 
 
-def test_sum_of_products_matches_a_matmul():
-    """The three products against NumPy's matmul in the channels-last layout, random complex data."""
+@pytest.mark.parametrize("spare_bytes", [1, 3 * 2 * 5 * 16 * 3, frequency_last.SPARE_BYTES],
+                         ids=["one_frequency_a_block", "blocks_and_a_short_last", "one_block"])
+def test_sum_of_products_matches_a_matmul(monkeypatch, spare_bytes):
+    """The three products against NumPy's matmul in the channels-last layout, random complex data,
+    with the later terms' temporary taking the frequencies in one block or several."""
+    monkeypatch.setattr(frequency_last, "SPARE_BYTES", spare_bytes)
     rng = np.random.default_rng(3)
 
     def spectrum(*shape):
         return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
 
-    rows, g, C, O, F = 3, 2, 4, 5, 7
+    rows, g, C, O, F = 3, 2, 4, 5, 7 * 17
     X, G, W = spectrum(rows, g, C, F), spectrum(rows, g, O, F), spectrum(O, g, C, F)
     Wc = np.ascontiguousarray(W.conj().transpose(1, 2, 0, 3))
     last = (3, 1, 0, 2)   # (rows, g, c, F) -> (F, g, rows, c)
