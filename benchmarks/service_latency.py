@@ -24,6 +24,10 @@ Breakdown of a small synchronous forward (p50 of each part, measured separately 
   Celery publish  send_task to the same broker, timed in this process (to a queue no worker reads,
                emptied afterwards): what the API pays to queue a job on Celery's path, for scale
 
+The sequential latency is measured twice: with httpx (a typical Python client, whose own CPU per
+request is part of the figure on a 2-core machine) and with the standard library's http.client on
+one kept-alive connection (a lean client: nearly all of its p50 is the service's).
+
 CPU per request (read from /proc around the sequential and the concurrent runs) for each process:
 the API, the worker's parent and its pool children, Redis and this client. On a busy machine wall
 times wander; CPU time per request is what an A/B comparison should read.
@@ -31,6 +35,7 @@ times wander; CPU time per request is what an A/B comparison should read.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -171,10 +176,13 @@ def main():
                 c.post("/v1/conv/forward", content=raw, headers=JSON).raise_for_status()
                 remote.append(time.perf_counter() - t)
             cpu_after = cpu_snapshot(procs)
+        lean = lean_client_times(base, raw, args.requests)
         print(f"small forward x{x.shape} W{W.shape}, {args.requests} sequential requests")
         print(f"  convcore in-process : {percentiles(local)}")
-        print(f"  HTTP->worker->HTTP  : {percentiles(remote)}")
-        print(f"  overhead (p50)      : {1e3 * (np.median(remote) - np.median(local)):7.2f} ms")
+        print(f"  HTTP->worker->HTTP  : {percentiles(remote)}   (httpx)")
+        print(f"  overhead (p50)      : {1e3 * (np.median(remote) - np.median(local)):7.2f} ms   (httpx)")
+        print(f"  HTTP->worker->HTTP  : {percentiles(lean)}   (http.client)")
+        print(f"  overhead (p50)      : {1e3 * (np.median(lean) - np.median(local)):7.2f} ms   (http.client)")
         print(f"  (not counted: the client's json.dumps of this body, p50 {p50(encode):.2f} ms, done once)")
         print_cpu(cpu_before, cpu_after, args.requests, "sequential")
         breakdown(base, json.dumps({**body, "async": True}).encode(), remote, args.requests)
@@ -282,6 +290,29 @@ def breakdown(base, raw_async: bytes, remote, requests: int) -> None:
     print(f"  API rest (sync - floor - queued - worker): "
           f"{p50(remote) - p50(floor) - p50(queued) - p50(run):7.2f} ms")
     print(f"  Celery publish (send_task)     : {p50(publish):7.2f} ms   (Celery's path only, for scale)")
+
+
+def lean_client_times(base: str, raw: bytes, requests: int) -> list:
+    """Seconds of each of ``requests`` sequential small forwards from the standard library's
+    ``http.client`` on one kept-alive connection (after 20 to warm up): a client that spends ~0.1 ms
+    of CPU a request, where httpx spends 1.5-2.5 ms on the same two cores, so this p50 is the
+    service's own latency with little of the client's in it."""
+    url = httpx.URL(base)
+    conn = http.client.HTTPConnection(url.host, url.port, timeout=60)
+    times = []
+    try:
+        for i in range(requests + 20):
+            start = time.perf_counter()
+            conn.request("POST", "/v1/conv/forward", body=raw, headers=JSON)
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise SystemExit(f"forward answered {answer.status}")
+            if i >= 20:
+                times.append(time.perf_counter() - start)
+    finally:
+        conn.close()
+    return times
 
 
 def wait_finished(client, job_id: str, deadline_s: float = 60.0) -> None:

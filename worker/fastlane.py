@@ -132,15 +132,16 @@ def served(workers: list[dict], queue: str, madds: int) -> bool:
 def push(r: redis.Redis, prefix: str, queue: str, kind_name: str, job_id: str, job_key: str) -> None:
     """Queue a stored job on the fast lane of ``queue``; its record says which lane took it."""
     pipe = r.pipeline(transaction=False)
-    queue_commands(pipe, prefix, queue, kind_name, job_id, job_key)
+    pipe.hset(job_key, "lane", "fast")
+    pipe.rpush(list_key(prefix, queue), f"{kind_name}:{job_id}")
     pipe.execute()
 
 
-def queue_commands(pipe, prefix: str, queue: str, kind_name: str, job_id: str, job_key: str) -> None:
-    """``push``'s commands, added to ``pipe`` (the API's round trip that stores the job, when it
-    already knows the route)."""
-    pipe.hset(job_key, "lane", "fast")
-    pipe.rpush(list_key(prefix, queue), f"{kind_name}:{job_id}")
+def queued_on(prefix: str, queue: str, kind_name: str) -> tuple[tuple[str, str], dict]:
+    """(``push``, ``fields``) for ``JobStore.create_reading_workers``: a job stored with these is queued
+    on the fast lane of ``queue`` in the same step, as ``push`` would queue it (the API's step that stores
+    the job, when it already knows the route)."""
+    return (list_key(prefix, queue), f"{kind_name}:"), {"lane": "fast"}
 
 
 def withdraw(r: redis.Redis, prefix: str, queue: str, kind_name: str, job_id: str, job_key: str) -> bool:

@@ -57,6 +57,7 @@ class JobStore:
         self._finish = redis.register_script(scripts.FINISH)
         self._finish_stepwise = redis.register_script(scripts.FINISH_STEPWISE)
         self._workers = redis.register_script(scripts.WORKERS)
+        self._create_script = redis.register_script(scripts.CREATE)
         self._read = redis.register_script(scripts.READ)
 
     # keys
@@ -79,43 +80,36 @@ class JobStore:
         return self._create(kind, owner, params, arrays, read_workers=False)[0]
 
     def create_reading_workers(self, kind: str, owner: str, params: dict, arrays: dict | None = None,
-                               then=None) -> tuple[dict, list[dict]]:
+                               push: tuple[str, str] | None = None,
+                               fields: dict | None = None) -> tuple[dict, list[dict]]:
         """``create`` and ``workers`` in one round trip: (record, live workers' info). A caller that
-        finds no worker for the job ``discard``s it. ``then(pipe, job_id)`` adds commands to that
-        round trip, after the record is written (queueing the job on a route known beforehand)."""
-        return self._create(kind, owner, params, arrays, read_workers=True, then=then)
+        finds no worker for the job ``discard``s it. ``push`` = (list key, entry prefix): the entry
+        prefix + the job id is pushed on that list in the same step (queueing the job on a route known
+        beforehand); ``fields``: more fields of the record."""
+        return self._create(kind, owner, params, arrays, read_workers=True, push=push, fields=fields)
 
-    def _create(self, kind, owner, params, arrays, read_workers: bool, then=None) -> tuple[dict, list[dict] | None]:
+    def _create(self, kind, owner, params, arrays, read_workers: bool, push=None,
+                fields=None) -> tuple[dict, list[dict] | None]:
         job_id = uuid.uuid4().hex
         now = time.time()
-        fields = {"id": job_id, "kind": kind, "owner": owner, "state": "queued", "created_at": repr(now),
+        record = {"id": job_id, "kind": kind, "owner": owner, "state": "queued", "created_at": repr(now),
                   "params": json.dumps(params), "progress": "{}", "cancel_requested": "0",
-                  "inputs": ",".join(name for name, arr in (arrays or {}).items() if arr is not None)}
-        # MULTI/EXEC: a write refused at the memory limit (OOM, noeviction) leaves no half-written job.
-        pipe = self.r.pipeline(transaction=True)
-        if read_workers:  # EVALSHA itself: a Script object would add a SCRIPT EXISTS round trip
-            pipe.evalsha(self._workers.sha, 1, f"{self.prefix}:workers", now, f"{self.prefix}:worker:")
-        pipe.hset(self.job_key(job_id), mapping=fields)
-        pipe.expire(self.job_key(job_id), self.ttl)
-        self._put_arrays(pipe, job_id, "in", arrays or {})
-        pipe.zremrangebyscore(self._owner_key(owner), "-inf", now - self.ttl)  # their jobs have expired
-        pipe.zadd(self._owner_key(owner), {job_id: now})
-        pipe.expire(self._owner_key(owner), self.ttl)
-        if then is not None:
-            then(pipe, job_id)
-        replies = pipe.execute(raise_on_error=False)
-        for reply in replies[1 if read_workers else 0:]:
-            if isinstance(reply, Exception):
-                raise reply
-        workers = None
-        if read_workers:
-            if isinstance(replies[0], redis.exceptions.NoScriptError):  # a restarted server: load it
-                workers = self.workers()
-            elif isinstance(replies[0], Exception):
-                raise replies[0]
-            else:
-                workers = [json.loads(v) for v in replies[0] if v]
-        return _record(fields), workers
+                  "inputs": ",".join(name for name, arr in (arrays or {}).items() if arr is not None),
+                  **(fields or {})}
+        # One script (store_scripts.CREATE): a write refused at the memory limit leaves no half-written job.
+        list_key, entry = push if push is not None else (self.job_key(job_id), None)
+        args = [job_id, repr(now), self.ttl, repr(now - self.ttl), "1" if read_workers else "0",
+                "" if entry is None else entry + job_id, f"{self.prefix}:worker:", len(record)]
+        for key, value in record.items():
+            args += [key, value]
+        stored = [(name, codec.encode(arr)) for name, arr in (arrays or {}).items() if arr is not None]
+        args.append(len(stored))
+        for name, enc in stored:
+            args += [name, enc["dtype"], enc["shape"], enc["data"]]
+        values = self._create_script(keys=[self.job_key(job_id), self._owner_key(owner), f"{self.prefix}:workers",
+                                           list_key], args=args)
+        workers = [json.loads(v) for v in values if v] if read_workers else None
+        return _record(record), workers
 
     def discard(self, job: dict) -> None:
         """Delete a job that was created but never queued (no worker serves it): record, inputs, listing."""

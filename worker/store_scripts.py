@@ -24,6 +24,39 @@ for i = 2, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end
 return out
 """
 
+# A new job in one step (``JobStore.create``): its record and input arrays with the TTL, its entry in
+# the owner's listing (expired entries dropped), then optionally an entry pushed on a list (a known
+# fast lane) and the live workers' info read (as WORKERS). With the shebang (no flags) the server
+# refuses the whole script when it is at maxmemory: no half-written job. KEYS: job record, owner's
+# listing, workers index (read when ARGV[5] is "1"), list to push on (pushed when ARGV[6] is not
+# empty). ARGV: job id, now, TTL, listing cut-off (now - TTL), read workers, entry to push, worker-key
+# prefix, n fields, the record's field/value pairs, n arrays, (name, dtype, shape, data) per array.
+CREATE = """#!lua
+local job, id, ttl = KEYS[1], ARGV[1], tonumber(ARGV[3])
+local nf = tonumber(ARGV[8])
+redis.call('HSET', job, unpack(ARGV, 9, 8 + 2 * nf))
+redis.call('EXPIRE', job, ttl)
+local i = 9 + 2 * nf
+local na = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, na do
+  local key = job .. ':in:' .. ARGV[i]
+  redis.call('HSET', key, 'dtype', ARGV[i + 1], 'shape', ARGV[i + 2], 'data', ARGV[i + 3])
+  redis.call('EXPIRE', key, ttl)
+  i = i + 4
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[2], id)
+redis.call('EXPIRE', KEYS[2], ttl)
+if ARGV[6] ~= '' then redis.call('RPUSH', KEYS[4], ARGV[6]) end
+if ARGV[5] ~= '1' then return {} end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[3], 0, -1)
+if #ids == 0 then return {} end
+for j, w in ipairs(ids) do ids[j] = ARGV[7] .. w end
+return redis.call('MGET', unpack(ids))
+"""
+
 # Ending a job in one step (``finish``): the CAS on the state, inputs dropped, outputs stored with
 # the record's TTL, the record's fields, the waiters woken and the job counted (once: only the
 # step that changed the state counts). ARGV: allowed states, final state, n outputs, then

@@ -42,8 +42,8 @@ def route(workers: list[dict], device: str = "auto") -> tuple[str, str | None]:
 
 # The route this API process last found per asked device: {(key prefix, device): (queue, the largest
 # fast-lane bound a live worker of that queue offers, when)}. While fresh, a fast job's lane push rides
-# in the round trip that stores the job (one round trip less, ~0.3 ms); the workers read in that same
-# round trip confirm it, and a wrong guess is withdrawn before the job goes where they say.
+# in the step that stores the job (one round trip less, ~0.3 ms); the workers read in that same step
+# confirm it, and a wrong guess is withdrawn before the job goes where they say.
 ROUTE_MEMORY_S = 1.0
 _recent_routes: dict = {}
 
@@ -73,9 +73,8 @@ def submit(store: JobStore, sender: Celery, kind: JobKind, owner: str, params: d
     # The job is written and the workers read in one round trip; without a worker for it, it is deleted.
     device = params.get("device") or "auto"
     guess = _guess_fast_queue(store.prefix, device, fast_madds)
-    then = None if guess is None else (lambda pipe, job_id: fastlane.queue_commands(
-        pipe, store.prefix, guess, kind.name, job_id, store.job_key(job_id)))
-    job, workers = store.create_reading_workers(kind.name, owner, params, arrays, then=then)
+    push, fields = (None, None) if guess is None else fastlane.queued_on(store.prefix, guess, kind.name)
+    job, workers = store.create_reading_workers(kind.name, owner, params, arrays, push=push, fields=fields)
     try:
         _device, queue = route(require_worker(store, workers), device)
     except ApiError:
@@ -87,9 +86,10 @@ def submit(store: JobStore, sender: Celery, kind: JobKind, owner: str, params: d
     fast = fast_madds is not None and fastlane.served(workers, queue, fast_madds)
     if guess is not None:
         if fast and queue == guess:
-            return {**job, "lane": "fast"}   # the guess was right: queued in the round trip that stored it
+            return job   # the guess was right: queued in the step that stored it (its lane is on the record)
         if not fastlane.withdraw(store.r, store.prefix, guess, kind.name, job["id"], store.job_key(job["id"])):
-            return {**job, "lane": "fast"}   # a worker of that queue took it already: it runs there
+            return job   # a worker of that queue took it already: it runs there
+        job = {k: v for k, v in job.items() if k != "lane"}   # withdrawn: the record's lane is gone too
     if fast:
         fastlane.push(store.r, store.prefix, queue, kind.name, job["id"], store.job_key(job["id"]))
         return {**job, "lane": "fast"}

@@ -135,3 +135,28 @@ def test_a_job_no_worker_serves_leaves_nothing_behind(store):
     assert not list(store.r.scan_iter(f"{store.prefix}:job:*")) and store.list_ids("a") == []
     job, workers = store.create_reading_workers("conv.forward", "a", {}, x)
     assert workers == [{"id": "cpu-1", "serves": "cpu", "queue": "q"}] and store.get(job["id"])["state"] == "queued"
+
+
+def test_create_stores_the_record_arrays_and_listing_and_pushes_in_one_step(store):
+    store.heartbeat("w-create", {"queue": "q1", "fast_lane": 10}, 30)
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    lane = f"{store.prefix}:test-lane"
+    job, workers = store.create_reading_workers("conv.forward", "a", {"padding": 1}, {"x": x, "b": None},
+                                                push=(lane, "conv.forward:"), fields={"lane": "fast"})
+    assert {"queue": "q1", "fast_lane": 10} in workers
+    assert store.get(job["id"]) == job and job["lane"] == "fast" and job["inputs"] == "x"
+    assert store.r.lrange(lane, 0, -1) == [f"conv.forward:{job['id']}".encode()]
+    np.testing.assert_array_equal(store.get_arrays(job["id"], "in", ["x", "b"])["x"], x)
+    assert job["id"] in store.list_ids("a")
+    assert 0 < store.r.ttl(store.job_key(job["id"])) <= store.ttl
+    assert 0 < store.r.ttl(store.array_key(job["id"], "in", "x")) <= store.ttl
+
+
+def test_a_full_store_refuses_a_new_job_whole(own_store):
+    """At the memory limit nothing of the job is written: no record, arrays, listing or lane entry."""
+    s = own_store
+    _fill(s, 2**20)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        s.create_reading_workers("conv.forward", "a", {}, {"x": np.ones(2**18, np.float32)},
+                                 push=("full:lane", "conv.forward:"), fields={"lane": "fast"})
+    assert not s.r.keys("full:job:*") and not s.r.exists("full:lane") and not s.r.exists(s._owner_key("a"))
