@@ -94,8 +94,8 @@ class FFTConv:
         """Rows lo:hi of the reduced input, (rows..., g, C, window...), cut into overlapping
         tiles if tiled. All rows at once (one chunk) come as a strided view (n, m_1..m_N, g,
         C, window...) when tiled; chunks of rows read one copy of the windows."""
-        if self._reduced is None:
-            self._reduced = self.red.inputs(self.x, 0, self.geom.batch)     # (n, g, C, q...)
+        if self._reduced is None:   # (n, g, C, q...); tiled at stride 1: as long as the windows reach
+            self._reduced = self.red.inputs(self.x, 0, self.geom.batch, self._windows_extent())
         a = self._reduced
         if not self.tiled:
             return a[lo:hi]
@@ -108,6 +108,13 @@ class FFTConv:
             self._windows = tiling.windows(self.xp, flat, self.tile, self.red.qk, self.counts).reshape(
                 (self.rows, g, C) + self.window)
         return self._windows[lo:hi]
+
+    def _windows_extent(self):
+        """The reduced input's extent the tiles' windows reach ((m - 1) * T + T + k - 1 per dim), when
+        the reduction can make it that long at once (stride 1); else None (q, padded by the windows)."""
+        if not self.tiled or any(s != 1 for s in self.red.stride):
+            return None
+        return tuple((m - 1) * t + w for m, t, w in zip(self.counts, self.tile, self.window))
 
     def x_spectrum(self, lo, hi):
         """Spectrum of rows lo:hi; kept when all rows are one chunk."""

@@ -5,7 +5,8 @@ On the host, a call with few channels and rows sums channels over frequency-last
 The rule (``costs.spectra_frequency_last``) is forced both ways here, on the same cases, so that
 each layout is checked on the branches it has: groups, the polyphase split of strides, dilation,
 overlap-save tiles (rows = batch x tiles, as one view or in chunks under a small memory budget, where
-the filter gradient's spectrum is summed over the chunks), padding modes, N = 1 to 5, both
+the filter gradient's spectrum is summed over the chunks; the reduced input made as long as the
+windows reach, in the padding's one copy or padded after it), padding modes, N = 1 to 5, both
 dtypes, through the functions and through a layer. Each case asserts which layout ran.
 """
 from __future__ import annotations
@@ -31,6 +32,9 @@ CASES = [
 TILED = [
     ConvCase((2, 2, 600), (2, 2, 5), padding=2, seed=78),
     ConvCase((1, 2, 90, 70), (3, 2, 3, 4), padding=1, seed=79),
+    ConvCase((1, 2, 90, 70), (2, 2, 3, 4), padding=1, padding_mode="reflect", seed=80),
+    # one output along the strided axis: it runs at stride 1, reading 3 of its 11 padded cells
+    ConvCase((1, 2, 600, 9), (2, 2, 5, 3), stride=(1, 10), padding=1, seed=81),
 ]
 
 
