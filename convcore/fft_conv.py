@@ -141,7 +141,7 @@ class FFTConv:
         """y: (n, c_O, o_1..o_N), without bias."""
         xp, geom = self.xp, self.geom
         if self.frequency_last:
-            Wc = xp.ascontiguousarray(self.W_spectrum().conj().transpose(1, 2, 0, 3))   # (g, C, c_O/g, F)
+            Wc = self.W_spectrum().conj().transpose(1, 2, 0, 3)   # (g, C, c_O/g, F), F contiguous
             product = functools.partial(frequency_last.correlate, xp)
         else:
             Wc = self.W_spectrum().conj().swapaxes(-1, -2)      # (F, g, C, c_O/g)
