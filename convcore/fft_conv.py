@@ -32,7 +32,8 @@ from .reduction import Reduction
 class FFTConv:
     """One FFT convolution: its reduction, tiling, FFT plan and the spectra it keeps.
 
-    ``x_spectrum`` (F, g, rows, C) and ``W_spectrum`` (F, g, c_O/g, C) are built at
+    ``x_spectrum`` (F, g, rows, C) and ``W_spectrum`` (F, g, c_O/g, C) (with
+    ``frequency_last``: (rows, g, C, F) and (c_O/g, g, C, F)) are built at
     most once each, on first use, and shared by forward and backward. ``rows`` is
     n times the number of overlap-save tiles (1 unless the memory budget asks for
     smaller transforms, see tiling.py); rows are processed in chunks that fit.
