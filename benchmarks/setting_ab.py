@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import conv_configs  # noqa: E402
+import conv_configs
 
-import convcore  # noqa: E402
+import convcore
 
 PAUSE_S = 0.02
 
@@ -48,7 +48,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     module_name, name = args.setting.rsplit(".", 1)
     module = importlib.import_module(module_name)
-    values = (eval(args.a, {}), eval(args.b, {}))   # noqa: S307 - the user's own command line
+    values = (eval(args.a, {}), eval(args.b, {}))   # the user's own command line: Python expressions
     original = getattr(module, name)
     configs = conv_configs.select(False, args.filter)
     print(f"{args.setting}: A = {args.a}, B = {args.b}; {args.algorithm}, {args.rounds} timed calls per side, "

@@ -84,10 +84,10 @@ class FFTConv:
         """(F, g, B, C) complex (frequency last: (B, g, C, F)) -> (B, g*C, crop_shape...) real."""
         half = self.fft_shape[:-1] + (self.fft_shape[-1] // 2 + 1,)
         if self.frequency_last:
-            B, g, C, F = spec.shape
+            B, g, C, _ = spec.shape
             spec = spec.reshape((B, g * C) + half)
         else:
-            F, g, B, C = spec.shape
+            _, g, B, C = spec.shape
             spec = spec.transpose(2, 1, 3, 0).reshape((B, g * C) + half)
         return backend.irfftn(self.xp, spec, self.fft_shape, self.axes, crop_shape)
 
