@@ -24,6 +24,20 @@ for i = 2, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end
 return out
 """
 
+# Arrays stored as hashes under the job's key (``worker.codec``'s fields), with a TTL: ``n`` of them from
+# ARGV[i], four values each (name, dtype, shape, data); returns the index after them.
+PUT_ARRAYS_LUA = """
+local function put_arrays(job, role, n, i, ttl)
+  for _ = 1, n do
+    local key = job .. ':' .. role .. ':' .. ARGV[i]
+    redis.call('HSET', key, 'dtype', ARGV[i + 1], 'shape', ARGV[i + 2], 'data', ARGV[i + 3])
+    redis.call('EXPIRE', key, ttl)
+    i = i + 4
+  end
+  return i
+end
+"""
+
 # A new job in one step (``JobStore.create``): its record and input arrays with the TTL, its entry in
 # the owner's listing (expired entries dropped), then optionally an entry pushed on a list (a known
 # fast lane) and the live workers' info read (as WORKERS). With the shebang (no flags) the server
@@ -31,20 +45,12 @@ return out
 # listing, workers index (read when ARGV[5] is "1"), list to push on (pushed when ARGV[6] is not
 # empty). ARGV: job id, now, TTL, listing cut-off (now - TTL), read workers, entry to push, worker-key
 # prefix, n fields, the record's field/value pairs, n arrays, (name, dtype, shape, data) per array.
-CREATE = """#!lua
+CREATE = "#!lua\n" + PUT_ARRAYS_LUA + """
 local job, id, ttl = KEYS[1], ARGV[1], tonumber(ARGV[3])
 local nf = tonumber(ARGV[8])
 redis.call('HSET', job, unpack(ARGV, 9, 8 + 2 * nf))
 redis.call('EXPIRE', job, ttl)
-local i = 9 + 2 * nf
-local na = tonumber(ARGV[i])
-i = i + 1
-for _ = 1, na do
-  local key = job .. ':in:' .. ARGV[i]
-  redis.call('HSET', key, 'dtype', ARGV[i + 1], 'shape', ARGV[i + 2], 'data', ARGV[i + 3])
-  redis.call('EXPIRE', key, ttl)
-  i = i + 4
-end
+put_arrays(job, 'in', tonumber(ARGV[9 + 2 * nf]), 10 + 2 * nf, ttl)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[2], id)
 redis.call('EXPIRE', KEYS[2], ttl)
@@ -61,7 +67,7 @@ return redis.call('MGET', unpack(ids))
 # the record's TTL, the record's fields, the waiters woken and the job counted (once: only the
 # step that changed the state counts). ARGV: allowed states, final state, n outputs, then
 # (name, dtype, shape, data) per output, then the record's field/value pairs.
-FINISH_BODY = COUNT_FINAL_LUA + """
+FINISH_BODY = COUNT_FINAL_LUA + PUT_ARRAYS_LUA + """
 local job = KEYS[1]
 local s = redis.call('HGET', job, 'state')
 if (not s) or (not string.find(ARGV[1], ',' .. s .. ',', 1, true)) then return 0 end
@@ -71,13 +77,7 @@ if inputs then
 end
 local ttl, n = redis.call('TTL', job), tonumber(ARGV[3])
 if n > 0 and ttl <= 0 then return 0 end
-local i = 4
-for _ = 1, n do
-  local key = job .. ':out:' .. ARGV[i]
-  redis.call('HSET', key, 'dtype', ARGV[i + 1], 'shape', ARGV[i + 2], 'data', ARGV[i + 3])
-  redis.call('EXPIRE', key, ttl)
-  i = i + 4
-end
+local i = put_arrays(job, 'out', n, 4, ttl)
 redis.call('HSET', job, 'state', ARGV[2], unpack(ARGV, i))
 redis.call('RPUSH', job .. ':done', '1')
 redis.call('EXPIRE', job .. ':done', math.max(ttl, 1))

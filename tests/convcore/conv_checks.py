@@ -39,3 +39,20 @@ def check_case(backend, case: ConvCase, ref: Reference, dtype, algorithm, **kwar
         ref = ref._replace(gb=ref.gy.sum(axis=(0,) + tuple(range(2, ref.gy.ndim))))
     for name, got in (("y", y), ("gx", gx), ("gW", gW), ("gb", gb)):
         assert_close(name, got, getattr(ref, name), dtype, context, magnitudes.get(name))
+
+
+class _NumpyBackend:
+    """The host backend alone, for tests of CPU-only paths (the ``backend`` fixture runs each test on
+    every backend): ``check_case(NUMPY, ...)``."""
+    name, xp = "numpy", np
+
+    @staticmethod
+    def asarray(a):
+        return np.asarray(a)
+
+    @staticmethod
+    def to_numpy(a):
+        return np.asarray(a)
+
+
+NUMPY = _NumpyBackend()

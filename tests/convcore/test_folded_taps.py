@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conv_checks import check_case
+from conv_checks import NUMPY, check_case
 from conv_oracles import ConvCase, jax_reference
 
 from convcore import costs, direct_conv, positions
@@ -52,7 +52,7 @@ def folds(monkeypatch):
 @pytest.mark.parametrize("layer", [False, True])
 @pytest.mark.parametrize("case,expected", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_folded_direct_matches_jax(case, expected, layer, dtype, folds):
-    check_case(_numpy, case, jax_reference(case), dtype, "direct", layer=layer)
+    check_case(NUMPY, case, jax_reference(case), dtype, "direct", layer=layer)
     assert {m for m, _ in folds} == expected, f"folded passes ran with {folds}, expected {expected}"
     if isinstance(case.stride, int) and case.stride > 1 or isinstance(case.stride, tuple) and case.stride[-1] > 1:
         assert any(u > 1 for _, u in folds), f"no folded pass read the stride in place: {folds}"
@@ -74,7 +74,7 @@ def test_unfolded_where_the_rule_says_so(folds):
                  ConvCase((1, 1, 8, 9), (3, 1, 3, 3), padding=1, seed=61),
                  ConvCase((1, 2, 6, 6), (costs.FOLD_ROWS + 1, 2, 3, 3), padding=1, seed=62)):
         before = len(folds)
-        check_case(_numpy, case, jax_reference(case), np.float64, "direct")
+        check_case(NUMPY, case, jax_reference(case), np.float64, "direct")
         if case.ndim == 1:
             assert len(folds) == before
     assert costs.folded_tap_axes((3, 3), 16, costs.FOLD_ROWS + 1, 1) == 0
@@ -85,18 +85,3 @@ def test_unfolded_where_the_rule_says_so(folds):
     assert costs.folded_tap_axes((3, 3), 1, 16, 1) == 0          # a first layer: an inner size of 3 left
     assert costs.folded_tap_axes((3, 3, 3), 8, 8, 1) == 1
     assert costs.folded_tap_axes((3, 3, 3, 3, 3), 2, 8, 1) == 2
-
-
-class _NumpyBackend:
-    name, xp = "numpy", np
-
-    @staticmethod
-    def asarray(a):
-        return np.asarray(a)
-
-    @staticmethod
-    def to_numpy(a):
-        return np.asarray(a)
-
-
-_numpy = _NumpyBackend()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conv_checks import check_case
+from conv_checks import NUMPY, check_case
 from conv_oracles import ConvCase, jax_reference
 
 from convcore import costs, fft_conv, frequency_last
@@ -62,7 +62,7 @@ def _force(monkeypatch, frequency_last: bool) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_both_layouts_match_jax(monkeypatch, layouts, case, frequency_last, layer, dtype):
     _force(monkeypatch, frequency_last)
-    check_case(_numpy, case, jax_reference(case), dtype, "fft", layer=layer)
+    check_case(NUMPY, case, jax_reference(case), dtype, "fft", layer=layer)
     assert layouts and all(f == frequency_last for f, _, _ in layouts), layouts
 
 
@@ -71,7 +71,7 @@ def test_both_layouts_match_jax(monkeypatch, layouts, case, frequency_last, laye
 @pytest.mark.parametrize("case", TILED, ids=[f"tiled{i}" for i in range(len(TILED))])
 def test_both_layouts_match_jax_over_tiles_and_chunks(monkeypatch, layouts, case, frequency_last, budget):
     _force(monkeypatch, frequency_last)
-    check_case(_numpy, case, jax_reference(case), np.float64, "fft", layer=True, memory_budget=budget)
+    check_case(NUMPY, case, jax_reference(case), np.float64, "fft", layer=True, memory_budget=budget)
     assert layouts and all(f == frequency_last and tiled for f, tiled, _ in layouts), layouts
     if budget is not None:
         assert any(chunks > 1 for _, _, chunks in layouts), f"the budget did not split the rows: {layouts}"
@@ -105,18 +105,3 @@ def test_sum_of_products_matches_a_matmul(monkeypatch, spare_bytes):
     np.testing.assert_allclose(frequency_last.correlate(np, X, Wc).transpose(last), y, rtol=1e-12)
     np.testing.assert_allclose(frequency_last.input_grad(np, G, W).transpose(last), gx, rtol=1e-12)
     np.testing.assert_allclose(frequency_last.weight_grad(np, G, X).transpose(3, 0, 1, 2), gW, rtol=1e-12)
-
-
-class _NumpyBackend:
-    name, xp = "numpy", np
-
-    @staticmethod
-    def asarray(a):
-        return np.asarray(a)
-
-    @staticmethod
-    def to_numpy(a):
-        return np.asarray(a)
-
-
-_numpy = _NumpyBackend()
