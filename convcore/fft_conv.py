@@ -175,10 +175,11 @@ class FFTConv:
                            else backend.matmul(xp, G, W_spec))
                 gx_parts.append(self._inverse(gx_spec, self.window))
             if need_W:   # (F, g, c_O/g, rows) @ (F, g, rows, C)
+                Gc = xp.conjugate(G, out=G)   # G is not read again: conjugated in place, not copied
                 if self.frequency_last:
-                    part = frequency_last.weight_grad(xp, G, self.x_spectrum(lo, hi))
+                    part = frequency_last.weight_grad(xp, Gc, self.x_spectrum(lo, hi))
                 else:
-                    part = backend.matmul(xp, G.conj().swapaxes(-1, -2), self.x_spectrum(lo, hi))
+                    part = backend.matmul(xp, Gc.swapaxes(-1, -2), self.x_spectrum(lo, hi))
                 gW_spec = part if gW_spec is None else gW_spec.__iadd__(part)
         gx = None
         if need_x:

@@ -31,10 +31,10 @@ def input_grad(xp, G, W):
     return sum_of_products(xp, [(G[:, :, o, None], W[o][None]) for o in range(G.shape[2])])
 
 
-def weight_grad(xp, G, X):
-    """gW^ (g, c_O/g, C, F) = sum over rows of conj(G^) (rows, g, c_O/g, F) . X^ (rows, g, C, F)."""
-    Gc = G.conj()
-    return sum_of_products(xp, [(Gc[r][:, :, None], X[r][:, None]) for r in range(G.shape[0])])
+def weight_grad(xp, Gc, X):
+    """gW^ (g, c_O/g, C, F) = sum over rows of conj(G^) (rows, g, c_O/g, F) . X^ (rows, g, C, F), given
+    the conjugate Gc = conj(G^)."""
+    return sum_of_products(xp, [(Gc[r][:, :, None], X[r][:, None]) for r in range(Gc.shape[0])])
 
 
 def sum_of_products(xp, terms: list):

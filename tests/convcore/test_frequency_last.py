@@ -104,4 +104,4 @@ def test_sum_of_products_matches_a_matmul(monkeypatch, spare_bytes):
     gW = np.matmul(G.conj().transpose(3, 1, 2, 0), X.transpose(last))       # (F, g, O, C)
     np.testing.assert_allclose(frequency_last.correlate(np, X, Wc).transpose(last), y, rtol=1e-12)
     np.testing.assert_allclose(frequency_last.input_grad(np, G, W).transpose(last), gx, rtol=1e-12)
-    np.testing.assert_allclose(frequency_last.weight_grad(np, G, X).transpose(3, 0, 1, 2), gW, rtol=1e-12)
+    np.testing.assert_allclose(frequency_last.weight_grad(np, G.conj(), X).transpose(3, 0, 1, 2), gW, rtol=1e-12)
