@@ -442,8 +442,10 @@ def fft_row_chunk(geom: ConvGeometry, itemsize: int, tile, rows: int, budget: in
     return int(min(rows, max(1, (budget - fixed) // max(per_row, 1))))
 
 
-def fft_seconds(geom: ConvGeometry, itemsize: int, tile, rates: Rates = CPU_RATES) -> float:
-    """Modelled seconds of forward + all three gradients with output tiles ``tile``."""
+def fft_seconds(geom: ConvGeometry, itemsize: int, tile, rates: Rates = CPU_RATES, budget: int | None = None) -> float:
+    """Modelled seconds of forward + all three gradients with output tiles ``tile`` (rows in chunks
+    that fit ``budget``, as the engine runs them: its layout is decided per chunk, and channels-last
+    products make their per-frequency calls once per chunk)."""
     red = Reduction(None, geom, keep_dilation=False)
     L = fft_shape(red, tile)
     size = math.prod(L)
@@ -454,16 +456,17 @@ def fft_seconds(geom: ConvGeometry, itemsize: int, tile, rates: Rates = CPU_RATE
     transforms = 2 * g * (rows * C + O * C + rows * O)   # each once forward, once backward
     fft_flops = transforms * 2.5 * size * math.log2(max(size, 2))
     mm_flops = 3 * 8.0 * freqs * g * rows * C * O
+    chunk = rows if budget is None else fft_row_chunk(geom, itemsize, tile, rows, budget)
     # Tiny inner sizes, and frequency-last spectra on the host, are broadcast, not BLAS calls.
-    broadcast = min(C, O) <= 2 or (rates.kind == "cpu" and spectra_frequency_last(rows, C, O))
-    calls = 0 if broadcast else 3 * freqs * g
+    broadcast = min(C, O) <= 2 or (rates.kind == "cpu" and spectra_frequency_last(chunk, C, O))
+    calls = 0 if broadcast else 3 * freqs * g * -(-rows // chunk)
     return (rates.precision(itemsize) * (fft_flops / rates.fft + mm_flops / rates.cmatmul)
             + calls * rates.matrix_call_s)
 
 
 def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
     tile = choose_tile(geom, itemsize, budget, rates)
-    seconds = fft_seconds(geom, itemsize, tile, rates) + rates.overhead("fft")
+    seconds = fft_seconds(geom, itemsize, tile, rates, budget) + rates.overhead("fft")
     if fft_bytes(geom, itemsize, tile, 1) > budget:
         seconds = math.inf      # tiles as small as the kernel still overflow: FFT cannot fit
     red = Reduction(None, geom, keep_dilation=False)
@@ -540,11 +543,11 @@ def _choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
         fitting = []
     whole = tuple(valid)
     if fitting:
-        best = min(fitting, key=lambda t: (fft_seconds(geom, itemsize, t, rates), -math.prod(t)))
+        best = min(fitting, key=lambda t: (fft_seconds(geom, itemsize, t, rates, budget), -math.prod(t)))
         # Tiles cost copies the model leaves out: only take them for a clear saving.
         gain = TILE_GAIN if geom.ndim < 3 else rates.tile_gain_nd
-        if whole in fitting and fft_seconds(geom, itemsize, best, rates) > gain * fft_seconds(
-                geom, itemsize, whole, rates):
+        if whole in fitting and fft_seconds(geom, itemsize, best, rates, budget) > gain * fft_seconds(
+                geom, itemsize, whole, rates, budget):
             return whole
         return best
     tile = [min(o) for o in options]

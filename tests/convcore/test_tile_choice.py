@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import pytest
 
-from convcore import backend, costs, make_geometry
+from convcore import backend, costs, make_geometry, tiling
 from convcore.reduction import Reduction
 
 BUDGET = 2**31
@@ -100,3 +101,30 @@ def test_memory_bound_tiles_on_a_gpu_still_fit_the_budget():
     tile = costs.choose_tile(geom, 4, budget, costs.GPU_RATES)
     assert tile != _valid(geom)
     assert costs.fft_bytes(geom, 4, tile, 1) <= budget // 2
+
+
+def test_the_model_decides_the_layout_per_chunk_of_rows_as_the_engine_does():
+    """Under a budget that splits the rows into chunks, the engine picks its layout per chunk
+    (fft_conv.FFTConv.frequency_last); the model must charge the same: no per-frequency calls for
+    frequency-last chunks, and one set per chunk for channels-last ones."""
+    geom = make_geometry((2, 3, 200, 200), (3, 3, 5, 5), padding=2)
+    budget = 250_000
+    tile = costs.choose_tile(geom, 4, budget)
+    red = Reduction(None, geom, keep_dilation=False)
+    rows = geom.batch * math.prod(tiling.tile_counts(_valid(geom), tile))
+    chunk = costs.fft_row_chunk(geom, 4, tile, rows, budget)
+    assert chunk < rows and costs.spectra_frequency_last(chunk, red.channels, red.out_channels)
+    assert not costs.spectra_frequency_last(rows, red.channels, red.out_channels)
+    no_calls = dataclasses.replace(costs.CPU_RATES, matrix_call_s=0.0)
+    assert costs.fft_seconds(geom, 4, tile, budget=budget) == pytest.approx(
+        costs.fft_seconds(geom, 4, tile, no_calls, budget))
+    assert costs.fft_seconds(geom, 4, tile) > costs.fft_seconds(geom, 4, tile, no_calls)   # all rows: channels last
+    # channels last in chunks: the calls are made once per chunk
+    wide = make_geometry((2, 16, 200, 200), (16, 16, 5, 5), padding=2)
+    tile = costs.choose_tile(wide, 4, budget)
+    rows = wide.batch * math.prod(tiling.tile_counts(_valid(wide), tile))
+    chunks = -(-rows // costs.fft_row_chunk(wide, 4, tile, rows, budget))
+    assert chunks > 1
+    per_set = costs.fft_seconds(wide, 4, tile) - costs.fft_seconds(wide, 4, tile, no_calls)
+    charged = costs.fft_seconds(wide, 4, tile, budget=budget) - costs.fft_seconds(wide, 4, tile, no_calls, budget)
+    assert charged == pytest.approx(chunks * per_set)
