@@ -62,10 +62,11 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
     engine first takes kernel compilation and FFT plan creation out of the timing.
     The candidates run in turns (one run each per round, the cheapest estimate first, then the
     others in registry order), so a burst of load from elsewhere falls on all of them rather than
-    on whichever was being timed; each keeps its best time. Calls estimated under 0.5 s get three rounds (two let one unlucky run in
-    eight pick a 1.4x slower engine for a 4-D layer), longer ones one; a run over 0.1 s and 1.5x
-    slower than the best so far drops out (repeating it only spends time). Only the fastest engine
-    so far is kept alive, so timing never holds more than two engines' buffers.
+    on whichever was being timed; each keeps its best time. Calls estimated under 0.5 s get three
+    rounds (two let one unlucky run in eight pick a 1.4x slower engine for a 4-D layer), longer
+    ones one; a run over 0.1 s and 1.5x slower than the best so far drops out (repeating it only
+    spends time). Only the fastest engine so far is kept alive, so timing never holds more than
+    two engines' buffers.
     """
     gy = xp.ones(geom.out_shape, dtype=x.dtype)
     if not backend.is_host_module(xp):

@@ -54,20 +54,19 @@ class Reduction:
         """x[lo:hi] (b, c_I, d...) -> (b, g, C, q...): padded, split by phase, grouped.
 
         ``extent`` (stride 1 only, each >= q): the array comes out that long instead, zeros past q (the
-        FFT engine's overlap-save windows reach past q). With zero padding the zeros past q are part of
-        the one padding copy, not a second copy."""
+        FFT engine's overlap-save windows reach past q). With zero padding that every output reads
+        (no cells past ``read``), the zeros past q are part of the one padding copy, not a second copy."""
         geom, xp = self.geom, self.xp
         if extent is None:
-            a = layout.crop(pad(xp, x[lo:hi], geom.pads, geom.padding_mode), self.read)
-            a = layout.pad_high(xp, a, layout.round_up(self.read, self.stride))
+            extent = layout.round_up(self.read, self.stride)
         else:
             assert all(s == 1 for s in self.stride) and all(e >= q for e, q in zip(extent, self.qx))
-            x = x[lo:hi]
-            padded = tuple(d + l + h for d, (l, h) in zip(x.shape[2:], geom.pads))
-            if geom.padding_mode == "zeros" and padded == self.read:   # every padded cell is read: extend
-                a = pad(xp, x, tuple((l, h + e - r) for (l, h), e, r in zip(geom.pads, extent, self.read)), "zeros")
-            else:
-                a = layout.pad_high(xp, layout.crop(pad(xp, x, geom.pads, geom.padding_mode), self.read), extent)
+        x = x[lo:hi]
+        padded = tuple(d + l + h for d, (l, h) in zip(x.shape[2:], geom.pads))
+        if geom.padding_mode == "zeros" and padded == self.read:
+            a = pad(xp, x, tuple((l, h + e - r) for (l, h), e, r in zip(geom.pads, extent, self.read)), "zeros")
+        else:
+            a = layout.pad_high(xp, layout.crop(pad(xp, x, geom.pads, geom.padding_mode), self.read), extent)
         a = layout.space_to_depth(a, self.stride)
         return a.reshape((a.shape[0], geom.groups, self.channels) + a.shape[2:])
 
