@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import backend, tiling
+from . import backend, pointwise, tiling
 from .geometry import ConvGeometry
 from .reduction import Reduction
 
@@ -301,6 +301,8 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     padded input (stride native: prod(k) taps of c_I/g channels; direct_conv's output space, with
     the last axis's ring when that axis is unstrided). On a device every pass runs the whole
     polyphase grid as gathered columns and tap products (``device_pass_seconds``)."""
+    if pointwise.applies(geom):   # 1x1 kernels: products of x as it lies (pointwise.py), on any device
+        return Estimate(pointwise.seconds(geom, itemsize, rates), *pointwise.estimate_bytes(geom, itemsize))
     if rates.kind != "cpu":
         return _device_direct_estimate(geom, itemsize, budget, rates)
     red = Reduction(None, geom, keep_dilation=True)

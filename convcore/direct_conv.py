@@ -48,6 +48,9 @@ gathered into columns (as many as keep the inner size modest, costs.device_group
 each remaining tap is one cuBLAS product reading its window of them in place
 (view_matmul.matmul_into: a window is a strided view with leading dimension > its width, which
 CuPy's own matmul would copy first).
+
+Pointwise layers (every kernel size 1, no padding) skip all of this, on any device: products of
+x as it lies, per image (pointwise.py).
 """
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ import functools
 import itertools
 import math
 
-from . import backend, costs, layout
+from . import backend, costs, layout, pointwise
 from .costs import block_positions, native_stride_pays, pass_threads
 from .geometry import ConvGeometry
 from .positions import Space, run_parallel, strided_view
@@ -110,6 +113,7 @@ class DirectConv:
         # native_stride_pays is decided on every call (its threshold is a setting), not cached
         self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host and native_stride_pays(geom))
         self._A = None
+        self.pointwise = pointwise.applies(geom)   # 1x1 kernels: products of x as it lies, no grid
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
 
@@ -413,6 +417,8 @@ class DirectConv:
 
     def forward(self):
         """y: (n, c_O, o...) without bias."""
+        if self.pointwise:
+            return pointwise.forward(self.xp, self.geom, self.x, self.W)
         xp, geom, red, grid, N = self.xp, self.geom, self.fw, self.fw_grid, self.geom.ndim
         A = self.grid_input()
         g, C, O = geom.groups, red.channels, red.out_channels
@@ -440,6 +446,8 @@ class DirectConv:
             return self._backward(gy, need_x, need_W)
 
     def _backward(self, gy, need_x: bool, need_W: bool):
+        if self.pointwise:
+            return pointwise.backward(self.xp, self.geom, self.x, self.W, gy, need_x, need_W)
         xp, geom, red, N = self.xp, self.geom, self.red, self.geom.ndim
         g, C, O, b = geom.groups, red.channels, red.out_channels, geom.batch
         gy_grouped = gy.reshape((b, g, O) + geom.out_spatial).transpose((1, 2, 0) + tuple(range(3, 3 + N)))
