@@ -2,20 +2,25 @@
 
 A 1x1 (x 1...) filter touches one cell per output, so the layer is a matrix product over the
 channels of each group, at every output cell at once (the bottlenecks, projections and heads
-of most networks). The direct engine's grid, column blocks and transposed copies of x, y, gy
-and gx buy nothing here: x (n, g, C, P) is already the right-hand side, and y comes out in
-place (P = prod(o), C = c_I/g, O = c_O/g):
+of most networks). The direct engine's grid and column blocks buy nothing here: x (n, g, C, P)
+is already the right-hand side, and y comes out in place (P = prod(o), C = c_I/g, O = c_O/g):
 
     y[n, g]  = W[g] (O, C) @ x[n, g] (C, P)
     gx[n, g] = W[g]^T (C, O) @ gy[n, g] (O, P)
     gW[g]    = sum_n gy[n, g] (O, P) @ x[n, g]^T (P, C)
 
-With a stride, the outputs read x's cells at the stride (one strided copy of x), and gx is
-those cells' gradients with zeros between them. Dilation does not matter with one tap.
+The weight gradient's per-image products hold n filter-sized results before their sum; where
+those would outgrow x and gy (many channels on few cells: the late layers of a ResNet, whose
+n filters run to gigabytes), it is one product over all n * P cells of transposed copies of gy
+and x instead (``_per_image_gW``). With a stride, the outputs read x's cells at the stride (one
+strided copy of x), and gx is those cells' gradients with zeros between them. Dilation does not
+matter with one tap.
 """
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from . import backend
 from .geometry import ConvGeometry
@@ -62,7 +67,16 @@ def backward(xp, geom: ConvGeometry, x, W, gy, need_x: bool, need_W: bool):
     gx = gW = None
     if need_W:
         X = _read(xp, geom, x)
-        gW = backend.matmul(xp, G, X.swapaxes(-1, -2)).sum(axis=0).reshape(W.shape)
+        if n == 1:
+            gW = backend.matmul(xp, G[0], X[0].swapaxes(-1, -2))
+        elif _per_image_gW(geom):
+            gW = backend.matmul(xp, G, X.swapaxes(-1, -2)).sum(axis=0)
+        else:   # (g, O, n * P) @ (g, n * P, C): one product over every image's cells
+            cells = n * math.prod(geom.out_spatial)
+            Gt = xp.ascontiguousarray(G.transpose(1, 2, 0, 3)).reshape(g, -1, cells)
+            Xt = xp.ascontiguousarray(X.transpose(1, 2, 0, 3)).reshape(g, -1, cells)
+            gW = backend.matmul(xp, Gt, Xt.swapaxes(-1, -2))
+        gW = gW.reshape(W.shape)
     if need_x:
         Wt = xp.ascontiguousarray(_filters(geom, W).swapaxes(1, 2))   # (g, C, O)
         cells = backend.matmul(xp, Wt, G)                               # (n, g, C, P)
@@ -74,21 +88,44 @@ def backward(xp, geom: ConvGeometry, x, W, gy, need_x: bool, need_W: bool):
     return gx, gW
 
 
+def _per_image_gW(geom: ConvGeometry) -> bool:
+    """Whether the weight gradient sums per-image products (n filter-sized results) rather than
+    taking one product of transposed copies of gy and x: whichever moves fewer values (per image,
+    c_O * c_I / g results against P * (c_I + c_O) copied cells)."""
+    return geom.out_channels * geom.in_channels // geom.groups <= math.prod(geom.out_spatial) * (
+        geom.in_channels + geom.out_channels)
+
+
 def estimate_bytes(geom: ConvGeometry, itemsize: int) -> tuple:
-    """(shared, forward, backward) allocations, as ``costs.Estimate`` names them."""
+    """(shared, forward, backward) allocations, as ``costs.Estimate`` names them. Each pass also
+    counts one ufunc buffer (NumPy's, up to ``np.getbufsize()`` values: the bias add, broadcast
+    products), which outgrows ``memory.FIXED_BYTES`` for float64."""
     n, g = geom.batch, geom.groups
-    read = {"strided_input": n * geom.in_channels * math.prod(geom.out_spatial) * itemsize} if _strided(geom) else {}
+    out_cells = n * math.prod(geom.out_spatial)
+    read = {"strided_input": out_cells * geom.in_channels * itemsize} if _strided(geom) else {}
     filters = geom.out_channels * (geom.in_channels // g) * itemsize
-    forward = {"y": n * geom.out_channels * math.prod(geom.out_spatial) * itemsize, **read}
-    backward = {"gx": n * geom.in_channels * math.prod(geom.spatial) * itemsize, "gW_per_image": n * filters,
-                "gW": filters, "filters_transposed": filters, **read}
+    ufunc = np.getbufsize() * itemsize
+    forward = {"y": out_cells * geom.out_channels * itemsize, "ufunc_buffer": ufunc, **read}
+    backward = {"gx": n * geom.in_channels * math.prod(geom.spatial) * itemsize, "gW": filters,
+                "filters_transposed": filters, "ufunc_buffer": ufunc, **read}
     if _strided(geom):
         backward["gx_cells"] = read["strided_input"]
+    if n > 1 and _per_image_gW(geom):
+        backward["gW_per_image"] = n * filters
+    elif n > 1:
+        backward["gW_transposed_inputs"] = out_cells * (geom.in_channels + geom.out_channels) * itemsize
     return {}, forward, backward
 
 
 def seconds(geom: ConvGeometry, itemsize: int, rates) -> float:
-    """Modelled seconds of forward + all gradients: three products, and the strided copies of x."""
-    flops = 3 * 2.0 * geom.batch * geom.out_channels * (geom.in_channels // geom.groups) * math.prod(geom.out_spatial)
-    copies = 3 * geom.batch * geom.in_channels * math.prod(geom.out_spatial) * itemsize if _strided(geom) else 0
+    """Modelled seconds of forward + all gradients: three products, the strided copies of x and
+    the weight gradient's extra traffic (per-image results, or transposed copies of gy and x)."""
+    n, g = geom.batch, geom.groups
+    out_cells = n * math.prod(geom.out_spatial)
+    flops = 3 * 2.0 * out_cells * geom.out_channels * (geom.in_channels // g)
+    copies = 3 * out_cells * geom.in_channels * itemsize if _strided(geom) else 0
+    if n > 1 and _per_image_gW(geom):
+        copies += 2 * n * geom.out_channels * (geom.in_channels // g) * itemsize
+    elif n > 1:
+        copies += 2 * out_cells * (geom.in_channels + geom.out_channels) * itemsize
     return rates.precision(itemsize) * (flops / rates.gemm + copies / rates.copy) + rates.overhead("direct")

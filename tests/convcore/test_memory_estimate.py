@@ -25,6 +25,10 @@ CASES = [
     ((4, 1, 32, 32), (64, 1, 3, 3), dict(padding=1)),     # a first layer: gy's rows outweigh the columns
     ((1, 48, 3, 4, 3), (48, 24, 2, 3, 2), dict(groups=2, padding=1)),
     ((6, 2, 30, 30), (2, 2, 5, 5), dict(padding=2, memory_budget=100_000)),   # FFT in tiles and chunks
+    ((3, 16, 24, 24), (32, 16, 1, 1), {}),                # pointwise: per-image weight-gradient products
+    ((4, 256, 8, 8), (256, 256, 1, 1), {}),               # pointwise, many channels: one transposed product
+    ((8, 128, 2, 2), (256, 128, 1, 1), dict(stride=2)),   # ... strided, one cell per image
+    ((2, 64, 16, 16), (64, 1, 1, 1), dict(groups=64)),    # pointwise depthwise: broadcast products
 ]
 NEEDS = [("y",), ("x", "W", "b")]
 

@@ -19,6 +19,9 @@ CASES = [
     ConvCase((1, 3, 5, 6, 7), (5, 3, 1, 1, 1), stride=(1, 2, 3), dilation=2, seed=93),
     ConvCase((2, 2, 3, 4, 3, 5), (3, 2, 1, 1, 1, 1), padding="same", bias=False, seed=94),  # 4-D
     ConvCase((1, 5, 9, 4), (5, 5, 1, 1), padding_mode="circular", stride=(3, 1), seed=95),
+    # many channels on few cells: the weight gradient as one product of transposed copies
+    ConvCase((3, 12, 2, 2), (16, 12, 1, 1), seed=96),
+    ConvCase((2, 8, 3, 4), (16, 4, 1, 1), groups=2, stride=(2, 3), seed=97),
 ]
 
 
@@ -62,6 +65,13 @@ def test_each_gradient_alone(backend, built, case, need):
         want = ref.gy.sum(axis=(0,) + tuple(range(2, ref.gy.ndim))) if name == "b" else getattr(ref, "g" + name)
         assert_close("g" + name, backend.to_numpy(got), want, np.float64, str(case))
     assert _ran_pointwise(built)
+
+
+def test_both_forms_of_the_weight_gradient_are_covered():
+    """The cases above take both: per-image products summed, and one product over every image."""
+    forms = {pointwise._per_image_gW(convcore.make_geometry(c.x_shape, c.W_shape, **c.params))
+             for c in CASES if c.x_shape[0] > 1}
+    assert forms == {True, False}
 
 
 def test_padding_or_a_wider_kernel_keeps_the_grid_path():
