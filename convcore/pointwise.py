@@ -1,4 +1,4 @@
-"""Pointwise convolutions (every kernel size 1, no padding): channel mixing, one product per image.
+"""Pointwise convolutions (every kernel size 1, no padding): channel mixing, as matrix products.
 
 A 1x1 (x 1...) filter touches one cell per output, so the layer is a matrix product over the
 channels of each group, at every output cell at once (the bottlenecks, projections and heads
@@ -41,7 +41,7 @@ def _cells(geom: ConvGeometry) -> tuple:
 
 
 def _read(xp, geom: ConvGeometry, x):
-    """x at the outputs' cells as (n, g, C, P): a view of x unstrided, a copy otherwise."""
+    """x at the outputs' cells as (n, g, C, P): x itself unstrided (a view of a contiguous x), a copy otherwise."""
     if _strided(geom):
         x = xp.ascontiguousarray(x[_cells(geom)])
     n, g = geom.batch, geom.groups
