@@ -12,7 +12,7 @@ is already the right-hand side, and y comes out in place (P = prod(o), C = c_I/g
 The weight gradient's per-image products hold n filter-sized results before their sum; where
 those would outgrow x and gy (many channels on few cells: the late layers of a ResNet, whose
 n filters run to gigabytes), it is one product over all n * P cells of transposed copies of gy
-and x instead (``_per_image_gW``). With a stride, the outputs read x's cells at the stride (one
+and x instead (``_gW_form``). With a stride, the outputs read x's cells at the stride (one
 strided copy of x), and gx is those cells' gradients with zeros between them. Dilation does not
 matter with one tap.
 """
@@ -67,9 +67,10 @@ def backward(xp, geom: ConvGeometry, x, W, gy, need_x: bool, need_W: bool):
     gx = gW = None
     if need_W:
         X = _read(xp, geom, x)
-        if n == 1:
+        form = _gW_form(geom)
+        if form == "one image":
             gW = backend.matmul(xp, G[0], X[0].swapaxes(-1, -2))
-        elif _per_image_gW(geom):
+        elif form == "per image":
             gW = backend.matmul(xp, G, X.swapaxes(-1, -2)).sum(axis=0)
         else:   # (g, O, n * P) @ (g, n * P, C): one product over every image's cells
             cells = n * math.prod(geom.out_spatial)
@@ -88,12 +89,16 @@ def backward(xp, geom: ConvGeometry, x, W, gy, need_x: bool, need_W: bool):
     return gx, gW
 
 
-def _per_image_gW(geom: ConvGeometry) -> bool:
-    """Whether the weight gradient sums per-image products (n filter-sized results) rather than
-    taking one product of transposed copies of gy and x: whichever moves fewer values (per image,
-    c_O * c_I / g results against P * (c_I + c_O) copied cells)."""
-    return geom.out_channels * geom.in_channels // geom.groups <= math.prod(geom.out_spatial) * (
+def _gW_form(geom: ConvGeometry) -> str:
+    """How the weight gradient is taken: "one image" (one product), else "per image" (n products,
+    n filter-sized results summed) or "transposed" (one product over all n * P cells of transposed
+    copies of gy and x), whichever moves fewer values (per image, c_O * c_I / g results against
+    P * (c_I + c_O) copied cells)."""
+    if geom.batch == 1:
+        return "one image"
+    per_image = geom.out_channels * geom.in_channels // geom.groups <= math.prod(geom.out_spatial) * (
         geom.in_channels + geom.out_channels)
+    return "per image" if per_image else "transposed"
 
 
 def estimate_bytes(geom: ConvGeometry, itemsize: int) -> tuple:
@@ -110,9 +115,10 @@ def estimate_bytes(geom: ConvGeometry, itemsize: int) -> tuple:
                 "filters_transposed": filters, "ufunc_buffer": ufunc, **read}
     if _strided(geom):
         backward["gx_cells"] = read["strided_input"]
-    if n > 1 and _per_image_gW(geom):
+    form = _gW_form(geom)
+    if form == "per image":
         backward["gW_per_image"] = n * filters
-    elif n > 1:
+    elif form == "transposed":
         backward["gW_transposed_inputs"] = out_cells * (geom.in_channels + geom.out_channels) * itemsize
     return {}, forward, backward
 
@@ -124,8 +130,9 @@ def seconds(geom: ConvGeometry, itemsize: int, rates) -> float:
     out_cells = n * math.prod(geom.out_spatial)
     flops = 3 * 2.0 * out_cells * geom.out_channels * (geom.in_channels // g)
     copies = 3 * out_cells * geom.in_channels * itemsize if _strided(geom) else 0
-    if n > 1 and _per_image_gW(geom):
+    form = _gW_form(geom)
+    if form == "per image":
         copies += 2 * n * geom.out_channels * (geom.in_channels // g) * itemsize
-    elif n > 1:
+    elif form == "transposed":
         copies += 2 * out_cells * (geom.in_channels + geom.out_channels) * itemsize
     return rates.precision(itemsize) * (flops / rates.gemm + copies / rates.copy) + rates.overhead("direct")

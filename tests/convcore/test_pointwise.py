@@ -69,9 +69,9 @@ def test_each_gradient_alone(backend, built, case, need):
 
 def test_both_forms_of_the_weight_gradient_are_covered():
     """The cases above take both: per-image products summed, and one product over every image."""
-    forms = {pointwise._per_image_gW(convcore.make_geometry(c.x_shape, c.W_shape, **c.params))
+    forms = {pointwise._gW_form(convcore.make_geometry(c.x_shape, c.W_shape, **c.params))
              for c in CASES if c.x_shape[0] > 1}
-    assert forms == {True, False}
+    assert forms == {"per image", "transposed"}
 
 
 def test_padding_or_a_wider_kernel_keeps_the_grid_path():
