@@ -208,9 +208,9 @@ def matmul(xp, a, b):
             np.matmul(a, b, out=out)
         elif len(shape) > 2 and shape[0] >= 2 * threads:
             nd = len(shape)
-            _run_split(threads, shape[0], lambda s: np.matmul(_lead(a, s, nd), _lead(b, s, nd), out=out[s]))
+            run_split(threads, shape[0], lambda s: np.matmul(_lead(a, s, nd), _lead(b, s, nd), out=out[s]))
         else:
-            _run_split(threads, shape[-2], lambda s: np.matmul(a[..., s, :], b, out=out[..., s, :]))
+            run_split(threads, shape[-2], lambda s: np.matmul(a[..., s, :], b, out=out[..., s, :]))
     return out
 
 
@@ -261,7 +261,8 @@ def _single_threaded_blas():
                     lib.set_num_threads(n)
 
 
-def _run_split(threads, length, task):
+def run_split(threads, length, task):
+    """``task(s)`` for ``threads`` slices ``s`` covering range(length), on convcore's thread pool."""
     global _pool
     with _blas_lock:   # one pool per thread count: CONVCORE_NUM_THREADS is read on every call
         if _pool is None or _pool[0] != threads:

@@ -430,11 +430,24 @@ def fft_bytes(geom: ConvGeometry, itemsize: int, tile, rows: int) -> int:
 # (F, rows, C) @ (F, C, O) complex64 matmul 110-160 ns per frequency whatever the size up to 8x8;
 # the broadcast multiply-adds ~1 ns per multiply-add. 2x4x4: 5.5x faster, 1x2x2: 12x, 2x8x8: 0.85x.
 FREQUENCY_LAST_MAX_MADDS = 64
+# With the compiled sums (frequency_kernel.py: 20-30 GFLOP/s a core at any size) up to this many:
+# whole forward + backward, alternated with channels-last on the 2-core host, frequency-last was
+# 1.1-2.3x faster up to 16384 (2x8x8 3-D: 2.3x; 4x64x64 2-D: 1.26x; 16x32x32 1-D: 1.12x) and
+# 0.7-0.8x at 32768-73728 (rows of 32-72 overlap-save tiles, where BLAS runs near its peak).
+#
+# The model below (fft_seconds, the tile choice, the FFT estimate) keeps the NumPy sums' figures
+# whether or not the compiled loop runs: the loop makes the plan it chose faster than modelled.
+# Charging the loop its own rate against BLAS's one fitted rate chose whole transforms over tiles
+# that ran 1.4-2x faster (2-D 3x3 at 32-64 channels): BLAS's per-frequency products run 10-90
+# GFLOP/s by their size, which one rate cannot say (docs/benchmarks.md, "Twelfth round").
+FREQUENCY_LAST_MAX_MADDS_COMPILED = 16384
 
 
-def spectra_frequency_last(rows: int, C: int, O: int) -> bool:
-    """Whether the host FFT engine sums channels with frequency-last spectra (rows: one chunk's)."""
-    return rows * C * O <= FREQUENCY_LAST_MAX_MADDS
+def spectra_frequency_last(rows: int, C: int, O: int, compiled: bool = False) -> bool:
+    """Whether the host FFT engine sums channels with frequency-last spectra (rows: one chunk's),
+    with the compiled sums (``compiled``) or NumPy's broadcast ones."""
+    limit = FREQUENCY_LAST_MAX_MADDS_COMPILED if compiled else FREQUENCY_LAST_MAX_MADDS
+    return rows * C * O <= limit
 
 
 def fft_row_chunk(geom: ConvGeometry, itemsize: int, tile, rows: int, budget: int) -> int:

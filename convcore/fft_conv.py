@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 
-from . import backend, costs, frequency_last, layout, tiling
+from . import backend, costs, frequency_kernel, frequency_last, layout, tiling
 from .geometry import ConvGeometry
 from .reduction import Reduction
 
@@ -53,7 +53,7 @@ class FFTConv:
         self.rows = geom.batch * math.prod(self.counts)
         self.row_chunk = costs.fft_row_chunk(geom, x.dtype.itemsize, self.tile, self.rows, budget)
         self.frequency_last = backend.is_host_module(xp) and costs.spectra_frequency_last(
-            self.row_chunk, red.channels, red.out_channels)
+            self.row_chunk, red.channels, red.out_channels, frequency_kernel.available(xp))
         self._reduced = None    # the reduced input (n, g, C, q...)
         self._windows = None    # its tiles' windows as one array, when rows run in chunks
         self._x_spectrum = None
@@ -142,7 +142,7 @@ class FFTConv:
         """y: (n, c_O, o_1..o_N), without bias."""
         xp, geom = self.xp, self.geom
         if self.frequency_last:
-            Wc = self.W_spectrum().conj().transpose(1, 2, 0, 3)   # (g, C, c_O/g, F), F contiguous
+            Wc = self.W_spectrum()                                 # conjugated by the product
             product = functools.partial(frequency_last.correlate, xp)
         else:
             Wc = self.W_spectrum().conj().swapaxes(-1, -2)      # (F, g, C, c_O/g)
@@ -175,10 +175,10 @@ class FFTConv:
                            else backend.matmul(xp, G, W_spec))
                 gx_parts.append(self._inverse(gx_spec, self.window))
             if need_W:   # (F, g, c_O/g, rows) @ (F, g, rows, C)
-                Gc = xp.conjugate(G, out=G)   # G is not read again: conjugated in place, not copied
-                if self.frequency_last:
-                    part = frequency_last.weight_grad(xp, Gc, self.x_spectrum(lo, hi))
+                if self.frequency_last:   # G is not read again: the product may consume it
+                    part = frequency_last.weight_grad(xp, G, self.x_spectrum(lo, hi))
                 else:
+                    Gc = xp.conjugate(G, out=G)   # G is not read again: conjugated in place, not copied
                     part = backend.matmul(xp, Gc.swapaxes(-1, -2), self.x_spectrum(lo, hi))
                 gW_spec = part if gW_spec is None else gW_spec.__iadd__(part)
         gx = None

@@ -7,6 +7,8 @@ can set them after ``import convcore``:
 - ``CONVCORE_MEMORY_BUDGET_MB``: the working-set budget of one convolution (default:
   2048 on the CPU; on a GPU the device's free memory less headroom).
 - ``CONVCORE_AUTOTUNE``: ``0`` decides ``auto`` by the cost model alone.
+- ``CONVCORE_COMPILED``: ``0`` keeps the FFT engine's channel sums in NumPy where the compiled
+  loop (frequency_kernel.py, Numba) would run them.
 """
 from __future__ import annotations
 
@@ -127,9 +129,18 @@ def num_threads() -> int:
 # ---- settings -----------------------------------------------------------------------------
 
 
+def _switch(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def autotune_enabled() -> bool:
     """``CONVCORE_AUTOTUNE`` (default on): time close calls of ``auto``."""
-    return os.environ.get("CONVCORE_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return _switch("CONVCORE_AUTOTUNE")
+
+
+def compiled_enabled() -> bool:
+    """``CONVCORE_COMPILED`` (default on): the compiled channel sums where Numba imports."""
+    return _switch("CONVCORE_COMPILED")
 
 
 def memory_budget(xp=None) -> int:

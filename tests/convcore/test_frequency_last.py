@@ -1,8 +1,9 @@
-"""The FFT engine's two layouts of the channel sums, each against JAX (``conv_general_dilated`` + vjp).
+"""The FFT engine's layouts of the channel sums, each against JAX (``conv_general_dilated`` + vjp).
 
-On the host, a call with few channels and rows sums channels over frequency-last spectra
+On the host, a call with few channels and rows sums channels over frequency-last spectra, with
+the compiled loop (``convcore/frequency_kernel.py``) or NumPy's broadcast products
 (``convcore/frequency_last.py``); others keep the batched matmul over channels-last spectra.
-The rule (``costs.spectra_frequency_last``) is forced both ways here, on the same cases, so that
+The rule (``costs.spectra_frequency_last``) is forced each way here, on the same cases, so that
 each layout is checked on the branches it has: groups, the polyphase split of strides, dilation,
 overlap-save tiles (rows = batch x tiles, as one view or in chunks under a small memory budget, where
 the filter gradient's spectrum is summed over the chunks; the reduced input made as long as the
@@ -16,7 +17,7 @@ import pytest
 from conv_checks import NUMPY, check_case
 from conv_oracles import ConvCase, jax_reference
 
-from convcore import costs, fft_conv, frequency_last
+from convcore import costs, fft_conv, frequency_kernel, frequency_last
 
 CASES = [
     ConvCase((2, 3, 9, 8), (5, 3, 4, 3), padding=1, seed=70),
@@ -38,41 +39,64 @@ TILED = [
 ]
 
 
+LAYOUTS = ["compiled", "numpy", "channels_last"]   # frequency-last with each sum, or channels-last
+
+
 @pytest.fixture
 def layouts(monkeypatch):
-    """Each FFTConv built: (frequency_last, tiled, chunks of rows). An observation of the real engine."""
-    seen = []
-    real = fft_conv.FFTConv.__init__
+    """Each FFTConv built: (frequency_last, tiled, chunks of rows), and the compiled sums' calls
+    (``layouts.compiled_calls``). An observation of the real engine."""
+    seen = _Seen()
+    real_init, real_sums = fft_conv.FFTConv.__init__, frequency_kernel.sum_products
 
     def observed(self, *args, **kwargs):
-        real(self, *args, **kwargs)
+        real_init(self, *args, **kwargs)
         seen.append((self.frequency_last, self.tiled, len(self.chunks())))
 
+    def counted(*args, **kwargs):
+        seen.compiled_calls += 1
+        return real_sums(*args, **kwargs)
+
     monkeypatch.setattr(fft_conv.FFTConv, "__init__", observed)
+    monkeypatch.setattr(frequency_kernel, "sum_products", counted)
     return seen
 
 
-def _force(monkeypatch, frequency_last: bool) -> None:
-    monkeypatch.setattr(costs, "FREQUENCY_LAST_MAX_MADDS", 10**9 if frequency_last else 0)
+class _Seen(list):
+    compiled_calls = 0
+
+
+def _force(monkeypatch, layout: str) -> None:
+    """The rule forced to ``layout``; the compiled sums switched off for "numpy"."""
+    on = layout != "channels_last"
+    monkeypatch.setattr(costs, "FREQUENCY_LAST_MAX_MADDS", 10**9 if on else 0)
+    monkeypatch.setattr(costs, "FREQUENCY_LAST_MAX_MADDS_COMPILED", 10**9 if on else 0)
+    monkeypatch.setenv("CONVCORE_COMPILED", "0" if layout == "numpy" else "1")
+
+
+def _assert_ran(layouts, layout: str) -> None:
+    assert layouts and all(f == (layout != "channels_last") for f, _, _ in layouts), layouts
+    assert (layouts.compiled_calls > 0) == (layout == "compiled"), (layout, layouts.compiled_calls)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("layer", [False, True])
-@pytest.mark.parametrize("frequency_last", [True, False], ids=["frequency_last", "channels_last"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
-def test_both_layouts_match_jax(monkeypatch, layouts, case, frequency_last, layer, dtype):
-    _force(monkeypatch, frequency_last)
+def test_each_layout_matches_jax(monkeypatch, layouts, case, layout, layer, dtype):
+    _force(monkeypatch, layout)
     check_case(NUMPY, case, jax_reference(case), dtype, "fft", layer=layer)
-    assert layouts and all(f == frequency_last for f, _, _ in layouts), layouts
+    _assert_ran(layouts, layout)
 
 
 @pytest.mark.parametrize("budget", [None, 30_000], ids=["one_chunk", "chunks"])
-@pytest.mark.parametrize("frequency_last", [True, False], ids=["frequency_last", "channels_last"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", TILED, ids=[f"tiled{i}" for i in range(len(TILED))])
-def test_both_layouts_match_jax_over_tiles_and_chunks(monkeypatch, layouts, case, frequency_last, budget):
-    _force(monkeypatch, frequency_last)
+def test_each_layout_matches_jax_over_tiles_and_chunks(monkeypatch, layouts, case, layout, budget):
+    _force(monkeypatch, layout)
     check_case(NUMPY, case, jax_reference(case), np.float64, "fft", layer=True, memory_budget=budget)
-    assert layouts and all(f == frequency_last and tiled for f, tiled, _ in layouts), layouts
+    _assert_ran(layouts, layout)
+    assert all(tiled for _, tiled, _ in layouts), layouts
     if budget is not None:
         assert any(chunks > 1 for _, _, chunks in layouts), f"the budget did not split the rows: {layouts}"
 
@@ -82,13 +106,18 @@ def test_the_rule_counts_rows_and_both_channel_counts():
     assert costs.spectra_frequency_last(1, 8, 8)
     assert not costs.spectra_frequency_last(2, 8, 8)                   # 128: one matmul call is cheaper
     assert not costs.spectra_frequency_last(costs.FREQUENCY_LAST_MAX_MADDS + 1, 1, 1)
+    # the compiled sums reach further: BLAS wins back only on large per-frequency products
+    assert costs.spectra_frequency_last(2, 8, 8, compiled=True)
+    assert costs.spectra_frequency_last(4, 64, 64, compiled=True)
+    assert not costs.spectra_frequency_last(32, 32, 32, compiled=True)
 
 
 @pytest.mark.parametrize("spare_bytes", [1, 3 * 2 * 5 * 16 * 3, frequency_last.SPARE_BYTES],
                          ids=["one_frequency_a_block", "blocks_and_a_short_last", "one_block"])
 def test_sum_of_products_matches_a_matmul(monkeypatch, spare_bytes):
-    """The three products against NumPy's matmul in the channels-last layout, random complex data,
-    with the later terms' temporary taking the frequencies in one block or several."""
+    """The three products' NumPy path against NumPy's matmul in the channels-last layout, random
+    complex data, with the later terms' temporary taking the frequencies in one block or several."""
+    monkeypatch.setenv("CONVCORE_COMPILED", "0")
     monkeypatch.setattr(frequency_last, "SPARE_BYTES", spare_bytes)
     rng = np.random.default_rng(3)
 
@@ -97,11 +126,11 @@ def test_sum_of_products_matches_a_matmul(monkeypatch, spare_bytes):
 
     rows, g, C, O, F = 3, 2, 4, 5, 7 * 17
     X, G, W = spectrum(rows, g, C, F), spectrum(rows, g, O, F), spectrum(O, g, C, F)
-    Wc = np.ascontiguousarray(W.conj().transpose(1, 2, 0, 3))
     last = (3, 1, 0, 2)   # (rows, g, c, F) -> (F, g, rows, c)
     y = np.matmul(X.transpose(last), W.conj().transpose(3, 1, 2, 0))        # (F, g, rows, O)
     gx = np.matmul(G.transpose(last), W.transpose(3, 1, 0, 2))             # (F, g, rows, C)
     gW = np.matmul(G.conj().transpose(3, 1, 2, 0), X.transpose(last))       # (F, g, O, C)
-    np.testing.assert_allclose(frequency_last.correlate(np, X, Wc).transpose(last), y, rtol=1e-12)
+    np.testing.assert_allclose(frequency_last.correlate(np, X, W).transpose(last), y, rtol=1e-12)
     np.testing.assert_allclose(frequency_last.input_grad(np, G, W).transpose(last), gx, rtol=1e-12)
-    np.testing.assert_allclose(frequency_last.weight_grad(np, G.conj(), X).transpose(3, 0, 1, 2), gW, rtol=1e-12)
+    np.testing.assert_allclose(frequency_last.weight_grad(np, G.copy(), X).transpose(3, 0, 1, 2), gW,
+                               rtol=1e-12)

@@ -109,13 +109,13 @@ def test_matmul_pool_has_the_configured_threads(monkeypatch):
     for threads in (3, 1):
         monkeypatch.setenv("CONVCORE_NUM_THREADS", str(threads))
         seen = set()
-        real_split = backend._run_split
+        real_split = backend.run_split
 
         def spy(count, length, task):
             seen.add(count)
             return real_split(count, length, task)
 
-        monkeypatch.setattr(backend, "_run_split", spy)
+        monkeypatch.setattr(backend, "run_split", spy)
         monkeypatch.setattr(backend, "SPLIT_WORK", 1)
         np.testing.assert_allclose(backend.matmul(np, a, b), np.matmul(a, b), rtol=1e-12)
         assert seen == ({threads} if threads > 1 else set())

@@ -1,0 +1,118 @@
+"""The frequency-last channel sums as one compiled loop (Numba), on the host.
+
+Each of the FFT engine's three products is, per group p and frequency f, a small complex matrix
+product: out[p, i, j, f] = sum_k a[p, i, k, f] * b[p, k, j, f] (either operand conjugated). NumPy
+runs it either as one BLAS call per frequency (~150 ns a call: a 2x8x8 product runs at 3-5
+GFLOP/s) or as broadcast products of whole spectra (frequency_last.py: a pass over memory per
+term). This loop keeps a block of frequencies of one output in two accumulators and sums every
+term into them, vectorised over the contiguous frequencies: 20-30 GFLOP/s per core at any size
+(BLAS's per-frequency products reach more only from ~16k multiply-adds a frequency:
+``costs.FREQUENCY_LAST_MAX_MADDS_COMPILED``).
+
+Operands are C-contiguous complex arrays, read through real views with element strides, so one
+compiled function serves every product, layout and conjugation. frequency_last.py is the NumPy
+path beside it (and what runs where Numba is missing or ``CONVCORE_COMPILED=0``).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import backend, resources
+
+BLOCK = 128          # frequencies per accumulator: two float arrays that stay in L1
+SPLIT_MADDS = 1 << 21   # complex multiply-adds below which a second thread costs more than it saves
+
+
+def _sum_products(a, a_s, sa, b, b_s, sb, out, o_s, counts, f0, f1):   # pragma: no cover - compiled
+    """out[p, i, j, f0:f1] = sum_k a[p, i, k, f0:f1] * b[p, k, j, f0:f1], in blocks of frequencies.
+
+    a, b, out: 1-D real views (re, im interleaved). a_s (p, i, k), b_s (p, k, j), o_s (p, i, j):
+    strides in complex elements; sa, sb: +1, or -1 to conjugate. counts: (p, i, j, k)."""
+    accr = np.empty(BLOCK, dtype=out.dtype)
+    acci = np.empty(BLOCK, dtype=out.dtype)
+    for p in range(counts[0]):
+        for fb in range(f0, f1, BLOCK):
+            n = min(BLOCK, f1 - fb)
+            for i in range(counts[1]):
+                for j in range(counts[2]):
+                    accr[:n] = 0
+                    acci[:n] = 0
+                    for k in range(counts[3]):
+                        # Slices first: indices from 0 let LLVM drop the negative-index check and
+                        # vectorise the loop over f (indexing at an offset ran ~4x slower).
+                        ao = 2 * (p * a_s[0] + i * a_s[1] + k * a_s[2] + fb)
+                        bo = 2 * (p * b_s[0] + k * b_s[1] + j * b_s[2] + fb)
+                        av = a[ao:ao + 2 * n]
+                        bv = b[bo:bo + 2 * n]
+                        for f in range(n):
+                            ar = av[2 * f]
+                            ai = sa * av[2 * f + 1]
+                            br = bv[2 * f]
+                            bi = sb * bv[2 * f + 1]
+                            accr[f] += ar * br - ai * bi
+                            acci[f] += ar * bi + ai * br
+                    oo = 2 * (p * o_s[0] + i * o_s[1] + j * o_s[2] + fb)
+                    ov = out[oo:oo + 2 * n]
+                    for f in range(n):
+                        ov[2 * f] = accr[f]
+                        ov[2 * f + 1] = acci[f]
+
+
+@functools.cache
+def _kernel():
+    """``_sum_products`` compiled (on first use; kept in Numba's disk cache), or None without Numba.
+
+    Only FMA contraction of the fast-math flags: the loop vectorises without the others, and
+    NaN and inf keep NumPy's semantics."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    options = dict(nogil=True, fastmath={"contract"})
+    try:
+        return numba.njit(cache=True, **options)(_sum_products)
+    except RuntimeError:   # no writable cache folder (a read-only install and home): compiled per process
+        return numba.njit(**options)(_sum_products)
+
+
+def available(xp) -> bool:
+    """Whether the compiled sums run for ``xp``: NumPy arrays, Numba importable, not switched off."""
+    return xp is np and resources.compiled_enabled() and _kernel() is not None
+
+
+def _strides(arr, axes) -> tuple:
+    """Element strides of ``arr`` (C-contiguous complex) along ``axes``."""
+    return tuple(arr.strides[ax] // arr.itemsize for ax in axes)
+
+
+def sum_products(a, a_axes, b, b_axes, out, out_axes, counts, conj_a=False, conj_b=False):
+    """out[p, i, j, :] = sum_k a[p, i, k, :] * b[p, k, j, :], conjugating a or b if asked.
+
+    a, b, out: complex arrays of one dtype whose last axis is the frequencies (the same length in
+    all three); out C-contiguous, a and b copied if they are not (the engine's spectra are).
+    ``a_axes`` names a's axes for (p, i, k), ``b_axes`` b's for (p, k, j), ``out_axes`` out's for
+    (p, i, j); counts: the sizes of (p, i, j, k), checked against the shapes (the loop itself reads
+    without bounds checks). Work over SPLIT_MADDS is split over the frequencies between threads."""
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    if not out.flags.c_contiguous or not a.dtype == b.dtype == out.dtype or out.dtype.kind != "c":
+        raise ValueError("sum_products takes complex arrays of one dtype and a C-contiguous out")
+    P, I, J, K = (int(c) for c in counts)
+    F = out.shape[-1]
+    for name, arr, axes, sizes in (("a", a, a_axes, (P, I, K)), ("b", b, b_axes, (P, K, J)),
+                                   ("out", out, out_axes, (P, I, J))):
+        if tuple(arr.shape[ax] for ax in axes) != sizes or arr.shape[-1] != F or arr.ndim != 4:
+            raise ValueError(f"{name} {arr.shape} along axes {axes} is not {sizes} x {F} frequencies")
+    real = out.real.dtype.type   # the signs in the operands' dtype: float32 stays float32
+    args = (a.reshape(-1).view(real), _strides(a, a_axes), real(-1 if conj_a else 1),
+            b.reshape(-1).view(real), _strides(b, b_axes), real(-1 if conj_b else 1),
+            out.reshape(-1).view(real), _strides(out, out_axes), (P, I, J, K))
+    kernel = _kernel()
+    threads = min(resources.num_threads(), max(1, F // BLOCK))
+    if threads == 1 or P * I * J * K * F < SPLIT_MADDS:
+        kernel(*args, 0, F)
+        return out
+    bounds = [F * t // threads // BLOCK * BLOCK for t in range(threads)] + [F]   # whole blocks each
+    backend.run_split(threads, threads, lambda s: kernel(*args, bounds[s.start], bounds[s.stop]))
+    return out

@@ -1,0 +1,134 @@
+"""The compiled channel sums (convcore/frequency_kernel.py) against NumPy's einsum: every layout the
+engine's three products use, conjugation of either operand, frequencies in whole and partial
+blocks, the split over threads, both dtypes, NaN and inf, and arguments it must refuse.
+The engine end to end, with these sums, is checked against JAX in test_frequency_last.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convcore import frequency_kernel, frequency_last
+
+
+def _spectrum(rng, shape, dtype=np.complex128):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+def _einsum_sums(a, a_axes, b, b_axes, out_shape, out_axes, conj_a, conj_b):
+    """The same sums by np.einsum: operands' axes named p, i, k / p, k, j and out's p, i, j."""
+    def letters(axes, names):
+        spec = ["?"] * 4
+        for ax, name in zip(axes, names):
+            spec[ax] = name
+        spec[3] = "f"
+        return "".join(spec)
+    a = a.conj() if conj_a else a
+    b = b.conj() if conj_b else b
+    return np.einsum(f"{letters(a_axes, 'pik')},{letters(b_axes, 'pkj')}->{letters(out_axes, 'pij')}", a, b)
+
+
+def _shape(axes, sizes, F):
+    shape = [0, 0, 0, F]
+    for ax, size in zip(axes, sizes):
+        shape[ax] = size
+    return tuple(shape)
+
+
+# (a_axes, b_axes, out_axes) of the engine's products: correlate, input_grad, weight_grad
+ENGINE_LAYOUTS = [((1, 0, 2), (1, 2, 0), (1, 0, 2)), ((1, 0, 2), (1, 0, 2), (1, 0, 2)),
+                  ((1, 2, 0), (1, 0, 2), (0, 1, 2))]
+
+
+@settings(max_examples=60, deadline=None)
+@given(P=st.integers(1, 3), I=st.integers(1, 5), J=st.integers(1, 5), K=st.integers(1, 6),
+       F=st.sampled_from([1, 7, 127, 128, 129, 300]), layout=st.sampled_from(ENGINE_LAYOUTS),
+       conj_a=st.booleans(), conj_b=st.booleans(), double=st.booleans(), seed=st.integers(0, 2**16))
+def test_sums_match_einsum(P, I, J, K, F, layout, conj_a, conj_b, double, seed):
+    assert frequency_kernel.available(np), "Numba is a dependency: the compiled sums must run here"
+    rng = np.random.default_rng(seed)
+    dtype = np.complex128 if double else np.complex64
+    a_axes, b_axes, out_axes = layout
+    a = _spectrum(rng, _shape(a_axes, (P, I, K), F), dtype)
+    b = _spectrum(rng, _shape(b_axes, (P, K, J), F), dtype)
+    out = np.empty(_shape(out_axes, (P, I, J), F), dtype)
+    got = frequency_kernel.sum_products(a, a_axes, b, b_axes, out, out_axes, (P, I, J, K), conj_a, conj_b)
+    want = _einsum_sums(a.astype(np.complex128), a_axes, b.astype(np.complex128), b_axes, out.shape,
+                        out_axes, conj_a, conj_b)
+    assert got is out
+    np.testing.assert_allclose(got, want, rtol=1e-12 if double else 2e-5, atol=1e-12 if double else 2e-5 * K)
+
+
+@pytest.mark.parametrize("F", [256, 300, 129], ids=["whole_blocks", "partial_last_block", "fewer_blocks_than_threads"])
+def test_the_split_over_threads_matches_einsum(monkeypatch, F):
+    """Forced over 3 threads: each takes whole blocks of frequencies, the last the rest."""
+    monkeypatch.setattr(frequency_kernel, "SPLIT_MADDS", 0)
+    monkeypatch.setenv("CONVCORE_NUM_THREADS", "3")
+    calls = []
+    real_kernel = frequency_kernel._kernel()
+    monkeypatch.setattr(frequency_kernel, "_kernel", lambda: lambda *args: calls.append(args[-2:]) or real_kernel(*args))
+    rng = np.random.default_rng(F)
+    X, W = _spectrum(rng, (4, 2, 3, F)), _spectrum(rng, (5, 2, 3, F))
+    got = frequency_last.correlate(np, X, W)
+    np.testing.assert_allclose(got, np.einsum("rgcf,ogcf->rgof", X, W.conj()), rtol=1e-12, atol=1e-12)
+    bounds = sorted(calls)
+    assert bounds[0][0] == 0 and bounds[-1][1] == F
+    assert all(hi == lo for (_, hi), (lo, _) in zip(bounds, bounds[1:])), bounds
+    assert all(lo % frequency_kernel.BLOCK == 0 for lo, _ in bounds), bounds
+    assert len(bounds) == min(3, F // frequency_kernel.BLOCK), bounds
+
+
+def test_nan_and_inf_propagate_as_in_numpy():
+    """Only FMA contraction of the fast-math flags: non-finite values are not assumed away."""
+    rng = np.random.default_rng(5)
+    X, W = _spectrum(rng, (2, 1, 3, 200)), _spectrum(rng, (4, 1, 3, 200))
+    X[0, 0, 1, 17] = np.nan
+    X[1, 0, 2, 150] = complex(np.inf, 0)
+    got = frequency_last.correlate(np, X, W)
+    with np.errstate(invalid="ignore"):
+        want = np.einsum("rgcf,ogcf->rgof", X, W.conj())
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    assert np.isnan(got[0, 0, :, 17]).all() and not np.isfinite(got[1, 0, :, 150]).any()
+
+
+def test_operands_that_are_views_are_read_as_they_are():
+    rng = np.random.default_rng(6)
+    X = _spectrum(rng, (3, 1, 2, 300))[:, :, :, 50:250]            # not contiguous
+    W = _spectrum(rng, (2, 4, 1, 200)).transpose(1, 2, 0, 3)         # (4, 1, 2, 200), axes permuted
+    got = frequency_last.correlate(np, X, W)
+    np.testing.assert_allclose(got, np.einsum("rgcf,ogcf->rgof", X, W.conj()), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fault", ["counts", "frequencies", "dtype", "real", "out_view"])
+def test_arguments_that_do_not_fit_are_refused(fault):
+    """The loop reads without bounds checks: shapes that disagree with the counts never reach it."""
+    rng = np.random.default_rng(7)
+    a, b = _spectrum(rng, (1, 2, 3, 16)), _spectrum(rng, (1, 3, 4, 16))
+    out = np.empty((1, 2, 4, 16), np.complex128)
+    counts = (1, 2, 4, 3)
+    if fault == "counts":
+        counts = (1, 2, 4, 5)
+    elif fault == "frequencies":
+        b = b[..., :15]
+    elif fault == "dtype":
+        b = b.astype(np.complex64)
+    elif fault == "real":
+        a, b, out = a.real.copy(), b.real.copy(), out.real.copy()
+    else:
+        out = np.empty((1, 2, 4, 32), np.complex128)[..., ::2]
+    with pytest.raises(ValueError):
+        frequency_kernel.sum_products(a, (0, 1, 2), b, (0, 1, 2), out, (0, 1, 2), counts)
+
+
+def test_switched_off_and_on_other_modules(monkeypatch):
+    assert frequency_kernel.available(np)
+    monkeypatch.setenv("CONVCORE_COMPILED", "0")
+    assert not frequency_kernel.available(np)
+    monkeypatch.setenv("CONVCORE_COMPILED", "1")
+
+    class OtherModule:   # a device module: the compiled loop reads host memory only
+        pass
+    assert not frequency_kernel.available(OtherModule())
+
