@@ -438,7 +438,7 @@ FREQUENCY_LAST_MAX_MADDS = 64
 # The model below (fft_seconds, the tile choice, the FFT estimate) keeps the NumPy sums' figures
 # whether or not the compiled loop runs: the loop makes the plan it chose faster than modelled.
 # Charging the loop its own rate against BLAS's one fitted rate chose whole transforms over tiles
-# that ran 1.4-2x faster (2-D 3x3 at 32-64 channels): BLAS's per-frequency products run 10-90
+# that ran 1.4-2x faster (2-D 3x3 at 32-64 channels): BLAS's per-frequency products run 5-90
 # GFLOP/s by their size, which one rate cannot say (docs/benchmarks.md, "Twelfth round").
 FREQUENCY_LAST_MAX_MADDS_COMPILED = 16384
 

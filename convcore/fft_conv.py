@@ -14,10 +14,11 @@ is transformed once. The channel sums take one of two layouts (``costs.spectra_f
 
 * channels last, (F, g, n, c) @ (F, g, c, o): one batched complex matmul over the
   frequencies, the products' layout written by transforms of channels-last views;
-* frequency last, (n, g, c, F), for few channels and rows on the host: there a BLAS call
-  per frequency (a 4x4 product: ~150 ns) costs several times its arithmetic, so the sums
-  are broadcast multiply-adds over whole spectra, one per channel (or row) summed over,
-  and the transforms read and write the arrays' own contiguous layout.
+* frequency last, (n, g, c, F), for small per-frequency products on the host: there a BLAS
+  call per frequency (~150-200 ns) costs several times a small product's arithmetic, so the
+  sums run as one compiled loop over the frequencies (frequency_kernel.py), or without it as
+  broadcast multiply-adds over whole spectra, one per channel (or row) summed over; the
+  transforms read and write the arrays' own contiguous layout.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ term into them, vectorised over the contiguous frequencies: 20-30 GFLOP/s per co
 ``costs.FREQUENCY_LAST_MAX_MADDS_COMPILED``).
 
 Operands are C-contiguous complex arrays, read through real views with element strides, so one
-compiled function serves every product, layout and conjugation. frequency_last.py is the NumPy
+compiled function (per real dtype) serves every product, layout and conjugation. frequency_last.py is the NumPy
 path beside it (and what runs where Numba is missing or ``CONVCORE_COMPILED=0``).
 """
 from __future__ import annotations
@@ -60,21 +60,32 @@ def _sum_products(a, a_s, sa, b, b_s, sb, out, o_s, counts, f0, f1):   # pragma:
                         ov[2 * f + 1] = acci[f]
 
 
+# Compiled ahead for both real dtypes, so that a first call never compiles (or fails to write the
+# disk cache) in the middle of a convolution or of ``auto``'s timing.
+_SIGNATURES = [f"void({t}[::1], UniTuple(int64, 3), {t}, {t}[::1], UniTuple(int64, 3), {t}, {t}[::1], "
+               f"UniTuple(int64, 3), UniTuple(int64, 4), int64, int64)" for t in ("float32", "float64")]
+
+
 @functools.cache
 def _kernel():
-    """``_sum_products`` compiled (on first use; kept in Numba's disk cache), or None without Numba.
+    """``_sum_products`` compiled for float32 and float64 (on first use: about a second; then read
+    from Numba's disk cache, ~0.3 s), or None where Numba does not import or compile.
 
     Only FMA contraction of the fast-math flags: the loop vectorises without the others, and
     NaN and inf keep NumPy's semantics."""
     try:
         import numba
-    except ImportError:
+    except Exception:   # not installed, or a build that does not load with this NumPy
         return None
     options = dict(nogil=True, fastmath={"contract"})
     try:
-        return numba.njit(cache=True, **options)(_sum_products)
-    except RuntimeError:   # no writable cache folder (a read-only install and home): compiled per process
-        return numba.njit(**options)(_sum_products)
+        return numba.njit(_SIGNATURES, cache=True, **options)(_sum_products)
+    except Exception:   # no usable cache folder (read-only install and home, full disk): no cache
+        pass
+    try:
+        return numba.njit(_SIGNATURES, **options)(_sum_products)
+    except Exception:
+        return None
 
 
 def available(xp) -> bool:
@@ -94,10 +105,13 @@ def sum_products(a, a_axes, b, b_axes, out, out_axes, counts, conj_a=False, conj
     all three); out C-contiguous, a and b copied if they are not (the engine's spectra are).
     ``a_axes`` names a's axes for (p, i, k), ``b_axes`` b's for (p, k, j), ``out_axes`` out's for
     (p, i, j); counts: the sizes of (p, i, j, k), checked against the shapes (the loop itself reads
-    without bounds checks). Work over SPLIT_MADDS is split over the frequencies between threads."""
+    without bounds checks). Work over SPLIT_MADDS is split over the frequencies between convcore's
+    threads, whole blocks each, where there are at least as many blocks as threads."""
     a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
     if not out.flags.c_contiguous or not a.dtype == b.dtype == out.dtype or out.dtype.kind != "c":
         raise ValueError("sum_products takes complex arrays of one dtype and a C-contiguous out")
+    if any(sorted(axes) != [0, 1, 2] for axes in (a_axes, b_axes, out_axes)):
+        raise ValueError(f"each operand's axes must name its three leading axes once: {a_axes, b_axes, out_axes}")
     P, I, J, K = (int(c) for c in counts)
     F = out.shape[-1]
     for name, arr, axes, sizes in (("a", a, a_axes, (P, I, K)), ("b", b, b_axes, (P, K, J)),
@@ -109,8 +123,8 @@ def sum_products(a, a_axes, b, b_axes, out, out_axes, counts, conj_a=False, conj
             b.reshape(-1).view(real), _strides(b, b_axes), real(-1 if conj_b else 1),
             out.reshape(-1).view(real), _strides(out, out_axes), (P, I, J, K))
     kernel = _kernel()
-    threads = min(resources.num_threads(), max(1, F // BLOCK))
-    if threads == 1 or P * I * J * K * F < SPLIT_MADDS:
+    threads = resources.num_threads()   # the pool's size: convcore's one pool is kept per thread count
+    if threads == 1 or P * I * J * K * F < SPLIT_MADDS or F < threads * BLOCK:
         kernel(*args, 0, F)
         return out
     bounds = [F * t // threads // BLOCK * BLOCK for t in range(threads)] + [F]   # whole blocks each

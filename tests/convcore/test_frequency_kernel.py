@@ -4,6 +4,8 @@ blocks, the split over threads, both dtypes, NaN and inf, and arguments it must 
 The engine end to end, with these sums, is checked against JAX in test_frequency_last.py."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -60,9 +62,10 @@ def test_sums_match_einsum(P, I, J, K, F, layout, conj_a, conj_b, double, seed):
     np.testing.assert_allclose(got, want, rtol=1e-12 if double else 2e-5, atol=1e-12 if double else 2e-5 * K)
 
 
-@pytest.mark.parametrize("F", [256, 300, 129], ids=["whole_blocks", "partial_last_block", "fewer_blocks_than_threads"])
+@pytest.mark.parametrize("F", [384, 400, 300], ids=["whole_blocks", "partial_last_block", "fewer_blocks_than_threads"])
 def test_the_split_over_threads_matches_einsum(monkeypatch, F):
-    """Forced over 3 threads: each takes whole blocks of frequencies, the last the rest."""
+    """Forced over 3 threads: each takes whole blocks of frequencies, the last the rest; with fewer
+    blocks than threads, one call takes them all."""
     monkeypatch.setattr(frequency_kernel, "SPLIT_MADDS", 0)
     monkeypatch.setenv("CONVCORE_NUM_THREADS", "3")
     calls = []
@@ -76,7 +79,26 @@ def test_the_split_over_threads_matches_einsum(monkeypatch, F):
     assert bounds[0][0] == 0 and bounds[-1][1] == F
     assert all(hi == lo for (_, hi), (lo, _) in zip(bounds, bounds[1:])), bounds
     assert all(lo % frequency_kernel.BLOCK == 0 for lo, _ in bounds), bounds
-    assert len(bounds) == min(3, F // frequency_kernel.BLOCK), bounds
+    assert len(bounds) == (3 if F >= 3 * frequency_kernel.BLOCK else 1), bounds
+
+
+def test_concurrent_callers_each_get_their_own_sums(monkeypatch):
+    """Several threads (a threaded worker pool) splitting their sums over convcore's one pool at once."""
+    monkeypatch.setattr(frequency_kernel, "SPLIT_MADDS", 0)
+    monkeypatch.setenv("CONVCORE_NUM_THREADS", "3")   # 300 frequencies: fewer blocks than threads
+    rng = np.random.default_rng(8)
+    cases = [(_spectrum(rng, (3, 1, 4, F)), _spectrum(rng, (2, 1, 4, F))) for F in (300, 1000, 2000, 400)]
+
+    def run(case):
+        X, W = case
+        return [frequency_last.correlate(np, X, W) for _ in range(20)]
+
+    with ThreadPoolExecutor(len(cases)) as callers:
+        results = list(callers.map(run, cases))
+    for (X, W), outs in zip(cases, results):
+        want = np.einsum("rgcf,ogcf->rgof", X, W.conj())
+        for got in outs:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_nan_and_inf_propagate_as_in_numpy():
@@ -93,7 +115,7 @@ def test_nan_and_inf_propagate_as_in_numpy():
     assert np.isnan(got[0, 0, :, 17]).all() and not np.isfinite(got[1, 0, :, 150]).any()
 
 
-def test_operands_that_are_views_are_read_as_they_are():
+def test_operands_that_are_views_are_copied_first():
     rng = np.random.default_rng(6)
     X = _spectrum(rng, (3, 1, 2, 300))[:, :, :, 50:250]            # not contiguous
     W = _spectrum(rng, (2, 4, 1, 200)).transpose(1, 2, 0, 3)         # (4, 1, 2, 200), axes permuted
@@ -101,7 +123,7 @@ def test_operands_that_are_views_are_read_as_they_are():
     np.testing.assert_allclose(got, np.einsum("rgcf,ogcf->rgof", X, W.conj()), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("fault", ["counts", "frequencies", "dtype", "real", "out_view"])
+@pytest.mark.parametrize("fault", ["counts", "frequencies", "dtype", "real", "out_view", "axes"])
 def test_arguments_that_do_not_fit_are_refused(fault):
     """The loop reads without bounds checks: shapes that disagree with the counts never reach it."""
     rng = np.random.default_rng(7)
@@ -116,10 +138,15 @@ def test_arguments_that_do_not_fit_are_refused(fault):
         b = b.astype(np.complex64)
     elif fault == "real":
         a, b, out = a.real.copy(), b.real.copy(), out.real.copy()
-    else:
+    elif fault == "out_view":
         out = np.empty((1, 2, 4, 32), np.complex128)[..., ::2]
+    a_axes = (0, 1, 1) if fault == "axes" else (0, 1, 2)   # shapes that happen to agree: (1, 2, 2)
+    if fault == "axes":
+        a = _spectrum(rng, (1, 2, 2, 16))
+        counts = (1, 2, 4, 2)
+        b = _spectrum(rng, (1, 2, 4, 16))
     with pytest.raises(ValueError):
-        frequency_kernel.sum_products(a, (0, 1, 2), b, (0, 1, 2), out, (0, 1, 2), counts)
+        frequency_kernel.sum_products(a, a_axes, b, (0, 1, 2), out, (0, 1, 2), counts)
 
 
 def test_switched_off_and_on_other_modules(monkeypatch):

@@ -101,6 +101,16 @@ def test_each_layout_matches_jax_over_tiles_and_chunks(monkeypatch, layouts, cas
         assert any(chunks > 1 for _, _, chunks in layouts), f"the budget did not split the rows: {layouts}"
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+def test_the_engine_takes_the_rule_of_the_sums_that_run(monkeypatch, layouts, compiled):
+    """2 rows x 8 x 8 channels (128 multiply-adds a frequency), nothing forced: frequency-last with the
+    compiled sums, channels-last without them; both against JAX."""
+    monkeypatch.setenv("CONVCORE_COMPILED", "1" if compiled else "0")
+    case = ConvCase((2, 8, 9, 8, 7), (8, 8, 4, 3, 3), padding=1, seed=82)
+    check_case(NUMPY, case, jax_reference(case), np.float32, "fft", layer=True)
+    _assert_ran(layouts, "compiled" if compiled else "channels_last")
+
+
 def test_the_rule_counts_rows_and_both_channel_counts():
     assert costs.spectra_frequency_last(2, 4, 4)                       # 32 multiply-adds a frequency
     assert costs.spectra_frequency_last(1, 8, 8)

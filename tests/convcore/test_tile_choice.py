@@ -105,8 +105,9 @@ def test_memory_bound_tiles_on_a_gpu_still_fit_the_budget():
 
 def test_the_model_decides_the_layout_per_chunk_of_rows_as_the_engine_does():
     """Under a budget that splits the rows into chunks, the engine picks its layout per chunk
-    (fft_conv.FFTConv.frequency_last); the model must charge the same: no per-frequency calls for
-    frequency-last chunks, and one set per chunk for channels-last ones."""
+    (fft_conv.FFTConv.frequency_last); the model charges what the engine does with NumPy's sums
+    (whose figures it keeps, see costs.py): no per-frequency calls for frequency-last chunks, and
+    one set per chunk for channels-last ones."""
     geom = make_geometry((2, 3, 200, 200), (3, 3, 5, 5), padding=2)
     budget = 250_000
     tile = costs.choose_tile(geom, 4, budget)
