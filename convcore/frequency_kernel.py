@@ -16,10 +16,13 @@ path beside it (and what runs where Numba is missing or ``CONVCORE_COMPILED=0``)
 from __future__ import annotations
 
 import functools
+import logging
 
 import numpy as np
 
 from . import backend, resources
+
+_log = logging.getLogger(__name__)
 
 BLOCK = 128          # frequencies per accumulator: two float arrays that stay in L1
 SPLIT_MADDS = 1 << 21   # complex multiply-adds below which a second thread costs more than it saves
@@ -69,22 +72,27 @@ _SIGNATURES = [f"void({t}[::1], UniTuple(int64, 3), {t}, {t}[::1], UniTuple(int6
 @functools.cache
 def _kernel():
     """``_sum_products`` compiled for float32 and float64 (on first use: about a second; then read
-    from Numba's disk cache, ~0.3 s), or None where Numba does not import or compile.
+    from Numba's disk cache, ~0.3 s), or None where Numba does not import or compile: then the
+    NumPy sums run, and the reason is logged once (a warning: those layers run 1.3-2x slower).
 
     Only FMA contraction of the fast-math flags: the loop vectorises without the others, and
     NaN and inf keep NumPy's semantics."""
     try:
         import numba
-    except Exception:   # not installed, or a build that does not load with this NumPy
+    except ImportError:
+        return None   # not installed: the NumPy sums, as documented
+    except Exception as exc:  # noqa: BLE001 - a Numba build that does not load with this NumPy raises anything
+        _log.warning("Numba does not load (%s): the FFT engine's channel sums run in NumPy", exc)
         return None
-    options = dict(nogil=True, fastmath={"contract"})
+    options = {"nogil": True, "fastmath": {"contract"}}
     try:
         return numba.njit(_SIGNATURES, cache=True, **options)(_sum_products)
-    except Exception:   # no usable cache folder (read-only install and home, full disk): no cache
-        pass
+    except Exception as exc:  # noqa: BLE001 - the cache's folder, files or disk: compile without it
+        _log.info("Numba's disk cache is not usable (%s): the channel sums compile in each process", exc)
     try:
         return numba.njit(_SIGNATURES, **options)(_sum_products)
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - LLVM or Numba failing on this CPU: NumPy instead
+        _log.warning("Numba cannot compile the channel sums (%s): they run in NumPy", exc)
         return None
 
 

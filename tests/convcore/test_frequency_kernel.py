@@ -4,6 +4,7 @@ blocks, the split over threads, both dtypes, NaN and inf, and arguments it must 
 The engine end to end, with these sums, is checked against JAX in test_frequency_last.py."""
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_the_split_over_threads_matches_einsum(monkeypatch, F):
     np.testing.assert_allclose(got, np.einsum("rgcf,ogcf->rgof", X, W.conj()), rtol=1e-12, atol=1e-12)
     bounds = sorted(calls)
     assert bounds[0][0] == 0 and bounds[-1][1] == F
-    assert all(hi == lo for (_, hi), (lo, _) in zip(bounds, bounds[1:])), bounds
+    assert all(hi == lo for (_, hi), (lo, _) in itertools.pairwise(bounds)), bounds
     assert all(lo % frequency_kernel.BLOCK == 0 for lo, _ in bounds), bounds
     assert len(bounds) == (3 if F >= 3 * frequency_kernel.BLOCK else 1), bounds
 
@@ -159,3 +160,38 @@ def test_switched_off_and_on_other_modules(monkeypatch):
         pass
     assert not frequency_kernel.available(OtherModule())
 
+
+
+def test_numba_failures_fall_back_to_no_cache_then_to_numpy(monkeypatch, caplog):
+    """Numba failing to cache (a read-only install and home) compiles without the cache; failing to
+    compile leaves the NumPy sums, with a warning. Either way the sums are right."""
+    import numba
+
+    real_njit = numba.njit
+    rng = np.random.default_rng(9)
+    X, W = _spectrum(rng, (2, 1, 3, 300)), _spectrum(rng, (4, 1, 3, 300))
+    want = np.einsum("rgcf,ogcf->rgof", X, W.conj())
+
+    def no_cache(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function '_sum_products': no locator available")
+        return real_njit(*args, **kwargs)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("LLVM ERROR: no target for this CPU")
+
+    try:
+        frequency_kernel._kernel.cache_clear()
+        monkeypatch.setattr(numba, "njit", no_cache)
+        assert frequency_kernel.available(np)
+        np.testing.assert_allclose(frequency_last.correlate(np, X, W), want, rtol=1e-12, atol=1e-12)
+        frequency_kernel._kernel.cache_clear()
+        monkeypatch.setattr(numba, "njit", broken)
+        with caplog.at_level("WARNING", logger="convcore.frequency_kernel"):
+            assert not frequency_kernel.available(np)
+        assert "cannot compile" in caplog.text
+        np.testing.assert_allclose(frequency_last.correlate(np, X, W), want, rtol=1e-12, atol=1e-12)
+    finally:
+        monkeypatch.setattr(numba, "njit", real_njit)
+        frequency_kernel._kernel.cache_clear()
+    assert frequency_kernel.available(np)
