@@ -10,8 +10,10 @@ term into them, vectorised over the contiguous frequencies: 20-30 GFLOP/s per co
 ``costs.FREQUENCY_LAST_MAX_MADDS_COMPILED``).
 
 Operands are C-contiguous complex arrays, read through real views with element strides, so one
-compiled function (per real dtype) serves every product, layout and conjugation. frequency_last.py is the NumPy
-path beside it (and what runs where Numba is missing or ``CONVCORE_COMPILED=0``).
+compiled function (per real dtype) serves every product, layout and conjugation.
+frequency_last.py is the NumPy path beside it (and what runs where Numba is missing or
+``CONVCORE_COMPILED=0``). The split over threads gives each frequency to one thread, and the sum
+over k runs in the same order in any split: results do not depend on the thread count.
 """
 from __future__ import annotations
 

@@ -195,3 +195,17 @@ def test_numba_failures_fall_back_to_no_cache_then_to_numpy(monkeypatch, caplog)
         monkeypatch.setattr(numba, "njit", real_njit)
         frequency_kernel._kernel.cache_clear()
     assert frequency_kernel.available(np)
+
+
+def test_results_do_not_depend_on_the_thread_count(monkeypatch):
+    """convcore.nn promises bit-for-bit repeatable training in any process: each frequency is one
+    thread's, summed in the same order however the frequencies are split."""
+    monkeypatch.setattr(frequency_kernel, "SPLIT_MADDS", 0)
+    rng = np.random.default_rng(10)
+    X, W = _spectrum(rng, (2, 1, 8, 1000), np.complex64), _spectrum(rng, (8, 1, 8, 1000), np.complex64)
+    outs = []
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("CONVCORE_NUM_THREADS", threads)
+        outs.append(frequency_last.correlate(np, X, W))
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
