@@ -9,7 +9,7 @@ subpackages, imported on first use (``convcore.nn.io.load(...)`` works after ``i
 import importlib
 
 from .conv import ConvGrads, Convolution, algorithms, conv_backward, conv_forward
-from .engines import Engine, engine_names, register_engine, unregister_engine
+from .engines import Engine, engine_names, register_engine, unregister_engine, warm_up
 from .memory import estimate_memory
 from .resources import cpu_count, release_memory
 from .geometry import ConvGeometry, make_geometry
@@ -19,7 +19,7 @@ from .transpose import ConvTranspose, conv_transpose_backward, conv_transpose_fo
 __all__ = ["conv_forward", "conv_backward", "ConvGrads", "Convolution", "ConvGeometry", "make_geometry",
            "gradcheck", "GradcheckReport",
            "conv_transpose_forward", "conv_transpose_backward", "ConvTranspose",
-           "estimate_memory", "Engine", "register_engine", "unregister_engine", "engine_names", "algorithms",
+           "estimate_memory", "warm_up", "Engine", "register_engine", "unregister_engine", "engine_names", "algorithms",
            "cpu_count", "release_memory", "nn", "datasets"]
 
 _SUBPACKAGES = ("nn", "datasets")

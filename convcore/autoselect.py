@@ -44,15 +44,31 @@ def choose(xp, geom, x, W, budget: int, autotune: bool | None = None):
         _decisions.move_to_end(key)
         return _decisions[key], None
     est = estimate_seconds(geom, x.dtype.itemsize, budget, costs.rates_for(xp))
-    best, engine = min(est, key=est.get), None
+    best, engine = _ready_best(xp, est), None
     close = [name for name in names if name != best and est[name] < AMBIGUOUS * est[best]
-             and est[name] < MAX_TIMED_SECONDS]
+             and est[name] < MAX_TIMED_SECONDS and _ready(xp, name)]
     if autotune and close:
         best, engine = _time_engines(xp, geom, x, W, budget, {n: est[n] for n in [best] + close})
     _decisions[key] = best
     if len(_decisions) > MAX_DECISIONS:
         _decisions.popitem(last=False)
     return best, engine
+
+
+def _ready(xp, name: str) -> bool:
+    """An engine's optional ``ready(xp)`` hook: builds what it compiles (so no timing or first call
+    pays for that) and says whether it can run after all."""
+    hook = getattr(get_engine(name), "ready", None)
+    return hook is None or bool(hook(xp))
+
+
+def _ready_best(xp, est: dict) -> str:
+    """The cheapest estimate among engines that are ready (``est`` loses the others: math.inf)."""
+    while True:
+        best = min(est, key=est.get)
+        if math.isinf(est[best]) or _ready(xp, best):
+            return best
+        est[best] = math.inf
 
 
 def _time_engines(xp, geom, x, W, budget, estimates: dict):

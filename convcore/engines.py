@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
+from . import frequency_kernel
 from .costs import Estimate, Rates
 from .direct_conv import DirectConv
 from .fft_conv import FFTConv
 from .geometry import ConvGeometry
+from .winograd import WinogradConv
 
 
 @runtime_checkable
@@ -35,7 +39,16 @@ class Engine(Protocol):
 
     @staticmethod
     def estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
-        """Modelled seconds of forward + all gradients and the bytes of every array it allocates."""
+        """Modelled seconds of forward + all gradients and the bytes of every array it allocates
+        (math.inf seconds: it cannot run this layer there, and ``auto`` passes it over)."""
+
+# Optional, for engines that do not run everything everywhere (winograd.py):
+# - ``devices``: the device kinds it runs on (default ("cpu", "gpu"));
+# - ``unsupported(geom, device_kind) -> str | None``: why it cannot run a layer on "cpu" or "gpu"
+#   (None: it can). Cheap, no compiling. Asked for by name, the engine is refused with that reason
+#   (``unsupported_reason``, which the service checks before queueing); its estimate is math.inf;
+# - ``ready(xp) -> bool``: build what it compiles, and whether it runs after all. ``auto`` calls it
+#   before running or timing the engine (a build failing there makes auto pass the engine over).
 
 
 _ENGINES: dict = {}
@@ -70,6 +83,28 @@ def get_engine(name: str) -> type:
         raise ValueError(f"no engine named {name!r}; registered: {engine_names()}") from None
 
 
+def engine_devices(name: str) -> tuple:
+    """The device kinds ("cpu", "gpu") engine ``name`` runs on."""
+    return tuple(getattr(get_engine(name), "devices", ("cpu", "gpu")))
+
+
+def unsupported_reason(name: str, geom: ConvGeometry, device_kind: str) -> str | None:
+    """Why engine ``name`` cannot run ``geom`` on a "cpu" or "gpu" device; None when it can."""
+    check = getattr(get_engine(name), "unsupported", None)
+    return check(geom, device_kind) if check is not None else None
+
+
+def warm_up(xp=None) -> None:
+    """Build (or load from Numba's disk cache) every engine's compiled loops for ``xp`` (default
+    NumPy) now, so that no convolution pays for it later: a service worker calls this at start."""
+    xp = np if xp is None else xp
+    frequency_kernel.available(xp)
+    for name in engine_names():
+        hook = getattr(get_engine(name), "ready", None)
+        if hook is not None:
+            hook(xp)
+
+
 def make_engine(name: str, xp, geom: ConvGeometry, x, W, budget: int):
     """The engine ``name`` for these arrays; it splits its work to stay under ``budget`` bytes."""
     return get_engine(name)(xp, geom, x, W, budget)
@@ -77,3 +112,4 @@ def make_engine(name: str, xp, geom: ConvGeometry, x, W, budget: int):
 
 register_engine("fft", FFTConv)
 register_engine("direct", DirectConv)
+register_engine("winograd", WinogradConv)

@@ -15,6 +15,7 @@ import time
 
 import redis
 
+import convcore
 from convcore import backend, resources
 
 from . import devices, selftest
@@ -64,8 +65,20 @@ def init_process(settings: RuntimeSettings | None = None, heartbeat: bool = True
     _state["store"] = make_store(settings)
     if heartbeat:
         threading.Thread(target=_beat, name="convnd-heartbeat", daemon=True).start()
+    if xp is numpy:   # convcore's compiled loops: built or loaded now, beside serving, not in a first job
+        threading.Thread(target=_warm_up, name="convnd-warm-up", daemon=True).start()
     log.info("worker process %s ready on %s (queue %s; %s; self-test %s)", _state["id"], _state["device"],
              plan.queue, reason, _state["info"]["selftest"]["summary"])
+
+
+def _warm_up() -> None:
+    start = time.perf_counter()
+    try:
+        convcore.warm_up()
+    except Exception:  # noqa: BLE001 - a job then builds (or falls back) itself; the worker serves on
+        log.exception("warming convcore's compiled loops failed")
+        return
+    log.info("convcore's compiled loops ready in %.1f s", time.perf_counter() - start)
 
 
 def use_device() -> None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from convcore.engines import engine_devices
 from worker.kinds import CONV_PARAMS
 
 from .tensor import Tensor
@@ -38,7 +39,18 @@ class ConvParams(AnswerParams):
     dilation: IntOrInts = 1
     groups: int = 1
     padding_mode: Literal["zeros", "circular", "reflect", "replicate"] = "zeros"
-    algorithm: Literal["auto", "fft", "direct"] = "auto"
+    algorithm: Literal["auto", "fft", "direct", "winograd"] = Field(
+        "auto", description="The engine: auto picks one per layer shape; winograd (3^N kernels, stride 1) "
+                            "runs on CPU workers only, so it sends device auto to the CPU.")
+
+    @model_validator(mode="after")
+    def _host_only_engine(self):
+        if self.algorithm != "auto" and "gpu" not in engine_devices(self.algorithm):
+            if self.device == "gpu":
+                raise ValueError(f'algorithm "{self.algorithm}" runs on CPU workers only; ask for "device": '
+                                 f'"cpu" or "auto", or another algorithm')
+            self.device = "cpu"
+        return self
 
     def conv_kwargs(self) -> dict:
         return self.model_dump(include=set(CONV_PARAMS))

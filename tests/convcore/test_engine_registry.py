@@ -56,7 +56,7 @@ def test_auto_chooses_a_registered_engine_when_it_is_cheapest(toy):
     ref = jax_reference(CASE)
     toy.seconds = 1e-9
     est = autoselect.estimate_seconds(convcore.make_geometry(CASE.x_shape, CASE.W_shape, **CASE.params), 8)
-    assert set(est) == {"fft", "direct", "toy"} and min(est, key=est.get) == "toy"
+    assert set(est) == {"fft", "direct", "winograd", "toy"} and min(est, key=est.get) == "toy"
     op = convcore.Convolution(algorithm="auto", autotune=False, **CASE.params)
     y = op.forward(ref.x, ref.W, ref.b)
     assert op.algorithm_used == "toy" and toy.runs == 1
@@ -88,7 +88,7 @@ def test_a_registered_engine_can_be_named_then_is_gone_after_unregistering(toy):
     assert_close("y", y, ref.y, np.float64)
     convcore.unregister_engine("toy")
     try:
-        with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'fft', 'direct'\), got 'toy'"):
+        with pytest.raises(ValueError, match=r"algorithm must be one of \('auto', 'fft', 'direct', 'winograd'\), got 'toy'"):
             convcore.Convolution(algorithm="toy")
         assert "toy" not in autoselect.estimate_seconds(convcore.make_geometry(CASE.x_shape, CASE.W_shape), 8)
     finally:

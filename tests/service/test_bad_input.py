@@ -64,6 +64,8 @@ def test_missing_tensor_and_bad_json(client):
     ({"groups": 4}, "groups=4 must divide"),
     ({"W": {**W, "shape": [3, 2, 9], "data": [1.0] * 54}}, "kernel larger than the padded input"),
     ({"W": {**W, "datatype": "FP64"}}, "must share a dtype"),
+    ({"algorithm": "winograd"}, "algorithm='winograd' runs kernels of size 3"),   # W is 2 wide
+    ({"algorithm": "winograd", "device": "gpu"}, 'algorithm "winograd" runs on CPU workers only'),
     ({"b": {"shape": [2], "datatype": "FP32", "data": [1, 2]}}, "b must have shape (c_out,) = (3,)"),
 ])
 def test_convcore_errors_are_422_with_its_message(client, body, words):
@@ -73,7 +75,7 @@ def test_convcore_errors_are_422_with_its_message(client, body, words):
 
 
 @pytest.mark.parametrize("body,field", [({"padding_mode": "mirror"}, "padding_mode"),
-                                        ({"algorithm": "winograd"}, "algorithm"), ({"strides": 2}, "strides")])
+                                        ({"algorithm": "im2col"}, "algorithm"), ({"strides": 2}, "strides")])
 def test_bad_parameters_are_422_naming_the_field(client, body, field):
     r = post(client, **body)
     assert r.status_code == 422 and r.json()["field"] == field and field in r.json()["detail"]

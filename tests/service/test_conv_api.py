@@ -36,7 +36,7 @@ def test_forward_matches_torch_and_convcore(client, x_shape, W_shape, params, dt
     body = r.json()
     y = array(body["y"])
     devices = {w["device"] for w in client.get("/readyz").json()["workers"]}  # the CPU, or this machine's GPU
-    assert y.dtype == dtype and body["device"] in devices and body["algorithm"] in ("fft", "direct")
+    assert y.dtype == dtype and body["device"] in devices and body["algorithm"] in convcore.engine_names()
     np.testing.assert_allclose(y, _torch_forward(x, W, b, params).numpy(), rtol=tol, atol=tol)
     np.testing.assert_allclose(y, convcore.conv_forward(x, W, b, **params), rtol=tol, atol=tol)
 
@@ -52,6 +52,19 @@ def test_padding_mode_and_algorithm_reach_the_worker(client, algorithm):
     ref = F.conv2d(F.pad(torch.from_numpy(x), (1, 1, 1, 1), mode="replicate"), torch.from_numpy(W)).numpy()
     np.testing.assert_allclose(array(r.json()["y"]), ref, rtol=1e-10, atol=1e-10)
     assert np.abs(ref - F.conv2d(torch.from_numpy(x), torch.from_numpy(W), padding=1).numpy()).max() > 0.1
+
+
+def test_winograd_by_name_runs_on_a_cpu_worker(client):
+    """A CPU-only engine asked for by name: the job goes to a CPU worker (device auto), runs there and
+    matches PyTorch, and its answer says so."""
+    x, W, b = _draw((2, 3, 9, 8), (4, 3, 3, 3), np.float32, seed=7)
+    r = client.post("/v1/conv/forward", json={"x": tensor(x), "W": tensor(W), "b": tensor(b), "padding": 1,
+                                              "algorithm": "winograd"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["algorithm"] == "winograd" and body["device"] == "cpu"
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(W), torch.from_numpy(b), padding=1).numpy()
+    np.testing.assert_allclose(array(body["y"]), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_forward_hand_computed_nested_data(client):

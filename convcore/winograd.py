@@ -1,0 +1,294 @@
+"""The Winograd engine: F(2, 3) minimal filtering per axis for 3^N kernels, stride 1, on the host.
+
+Lavin & Gray (2016) in N dims: the FFT engine's structure with a small exact real transform in
+place of the DFT. A tile of 2^N outputs is computed from a 4^N patch of the padded input:
+
+    U = G-along-every-axis(w)              (4^N, c_O, c_I)     once per call
+    V = B^T-along-every-axis(patch)        (4^N, c_I)          per tile
+    y_tile = A^T-along-every-axis(U V)     (2^N, c_O)          a channel product per point
+
+so a tile costs 4^N c_I c_O multiply-adds against 2^N 3^N c_I c_O directly: 2.25x fewer in 2-D,
+3.4x in 3-D, 5x in 4-D (1.5x in 1-D). The backward pass is its adjoint, tile by tile:
+
+    Gt = A-along-every-axis(gy_tile)                   (4^N, c_O)
+    gU = sum over tiles of Gt V^T   ->   gW = G^T-along-every-axis(gU)
+    gx += B-along-every-axis(U^T Gt)   at the tile's patch
+
+F(2, 3)'s transforms hold only 0, +-1 and 1/2, so float32 results are as accurate as the direct
+engine's (larger tiles, F(4, 3), need constants up to 8 and lose about a digit). The tile loops are
+compiled (winograd_kernel.py, Numba): without Numba, or with ``CONVCORE_COMPILED=0``, the engine
+refuses to run and ``auto`` does not consider it. Shapes: x (n, c_I, d...), W (c_O, c_I/g, 3...),
+y and gy (n, c_O, o...).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+
+import numpy as np
+
+from . import backend, resources, winograd_kernel
+from .costs import Estimate, Rates
+from .geometry import ConvGeometry
+
+M = winograd_kernel.M   # outputs per tile and axis
+KERNEL = 3
+POINTS = M + KERNEL - 1   # transform points per axis
+
+# F(2, 3) (Lavin & Gray 2016, section 4.1): y = A^T [(G g) . (B^T d)]. The loops hold B^T, B, A^T and
+# A written out; G is applied here, to the filters.
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+CHUNKS = 16   # units of backward work: fixed, so results do not depend on the thread count
+SPLIT_MADDS = 1 << 22   # channel-product multiply-adds below which a second thread costs more than it saves
+# Sustained multiply-adds per second and thread of the channel products with their share of the
+# transforms, and transform operations per second and thread, measured on 3^N layers of 8-64
+# channels (docs/benchmarks.md, thirteenth round); the model only has to rank engines within
+# autoselect's timing window.
+PRODUCT_RATE = 25e9
+TRANSFORM_RATE = 2.5e9
+
+
+def unsupported(geom: ConvGeometry, device_kind: str = "cpu") -> str | None:
+    """Why the engine cannot run this layer on this kind of device, or None when it can.
+
+    Cheap (estimates ask it for every layer, in the API process too): it does not build the loops.
+    ``ready`` builds them; a build that fails makes every later answer say so."""
+    if device_kind != "cpu":
+        return "algorithm='winograd' runs on the CPU only (use 'auto', 'direct' or 'fft' on a GPU)"
+    if not (all(k == KERNEL for k in geom.kernel) and all(s == 1 for s in geom.stride)
+            and all(d == 1 for d in geom.dilation) and geom.padding_mode == "zeros"):
+        return (f"algorithm='winograd' runs kernels of size 3 on every axis with stride 1, dilation 1 and "
+                f"padding_mode 'zeros'; got {geom.describe()}")
+    if not resources.compiled_enabled():
+        return "algorithm='winograd' is not available: switched off (CONVCORE_COMPILED=0)"
+    if not _numba_installed() or (_working.cache_info().currsize and not _working()):
+        return "algorithm='winograd' is not available: Numba is not installed or does not compile its loops here"
+    return None
+
+
+def ready(xp) -> bool:
+    """Build (or load from Numba's disk cache) the loops now and say whether they run for ``xp``:
+    ``auto`` asks before it runs or times the engine, so that neither pays for a first build."""
+    return xp is np and resources.compiled_enabled() and _working()
+
+
+
+@functools.cache
+def _numba_installed() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+@functools.cache
+def _working() -> bool:
+    """Build the loops and run them once per dtype on a tiny layer (compiling them: ~15 s the first
+    time on a machine, then Numba's disk cache, ~1 s), so that a failure shows here, once."""
+    if winograd_kernel.kernels() is None:
+        return False
+    try:
+        for dtype in (np.float32, np.float64):
+            geom = ConvGeometry((1, 1, 4), (1, 1, 3), (1,), (1,), ((1, 1),), 1, "zeros")
+            x, W = np.ones((1, 1, 4), dtype), np.ones((1, 1, 3), dtype)
+            engine = WinogradConv(np, geom, x, W, 2**30, _checked=True)
+            engine.forward()
+            engine.backward(np.ones((1, 1, 4), dtype), True, True)
+    except Exception as exc:  # noqa: BLE001 - Numba failing to compile on this machine: not available
+        winograd_kernel.log.warning("the Winograd loops do not compile (%s): that engine is not available", exc)
+        return False
+    return True
+
+
+def along_axes(mat: np.ndarray, arr: np.ndarray, axes) -> np.ndarray:
+    """``mat`` (n_out, n_in) applied along each of ``axes`` of ``arr`` (n_in there)."""
+    for ax in axes:
+        arr = np.moveaxis(np.tensordot(mat, arr, axes=(1, ax)), 0, ax)
+    return arr
+
+
+def _offsets(shape: tuple, extent: int, axes: int) -> np.ndarray:
+    """Flat offsets, in a C-contiguous array of spatial ``shape``, of the cells of an extent^axes
+    box over its first ``axes`` axes (row-major; [0] for none)."""
+    strides = [math.prod(shape[j + 1:]) for j in range(axes)]
+    grids = np.meshgrid(*[np.arange(extent) * s for s in strides], indexing="ij")
+    return sum(grids, np.zeros((extent,) * axes, np.int64)).reshape(-1).astype(np.int64)
+
+
+class _Tiling:
+    """Where a layer's tiles lie, in sizes and a few small arrays (no per-tile data: the estimate
+    builds one for any layer a request names, and the loops find each run's corners from these).
+
+    Tiles run row-major over (image, tile index per axis). ``place`` is the loops' description:
+    (tiles per axis, flat step between neighbouring tiles per axis and per image in the padded
+    input, the same in the padded output); ``x_rows`` / ``y_rows`` the offsets of a patch's / a
+    tile's rows over the first N - 1 axes (the loops walk the last one)."""
+
+    def __init__(self, geom: ConvGeometry):
+        self.tiles = tuple(-(-o // M) for o in geom.out_spatial)
+        self.x_shape = tuple(t * M + KERNEL - 1 for t in self.tiles)   # padded input, spatial
+        self.y_shape = tuple(t * M for t in self.tiles)                  # outputs rounded up to whole tiles
+        self.count = geom.batch * math.prod(self.tiles)
+        self.geom = geom
+        # backward chunks: whole slabs (image, first tile index), so that chunk k shares cells of x
+        # with chunks k - 1 and k + 1 only (a patch reaches M cells into the next tile)
+        slabs, per_slab = geom.batch * self.tiles[0], math.prod(self.tiles[1:])
+        n = min(slabs, CHUNKS)
+        self.chunks = [(slabs * k // n * per_slab, slabs * (k + 1) // n * per_slab) for k in range(n)]
+
+    @functools.cached_property
+    def place(self) -> tuple:
+        def steps(shape):
+            return np.array([M * math.prod(shape[j + 1:]) for j in range(len(shape))], np.int64)
+
+        g = self.geom
+        return (np.array(self.tiles, np.int64), steps(self.x_shape), g.in_channels * math.prod(self.x_shape),
+                steps(self.y_shape), g.out_channels * math.prod(self.y_shape))
+
+    @functools.cached_property
+    def x_rows(self):
+        return _offsets(self.x_shape, POINTS, self.geom.ndim - 1)
+
+    @functools.cached_property
+    def y_rows(self):
+        return _offsets(self.y_shape, M, self.geom.ndim - 1)
+
+
+_tiling = functools.lru_cache(maxsize=256)(_Tiling)
+
+
+def _crop(arr, lows, sizes):
+    return arr[(slice(None),) * 2 + tuple(slice(lo, lo + d) for lo, d in zip(lows, sizes))]
+
+
+def _threads(madds: int, parts: int) -> int:
+    return max(1, min(resources.num_threads(), parts, madds // SPLIT_MADDS + 1))
+
+
+def _run(threads: int, count: int, task) -> None:
+    """task(i) for i in range(count), over ``threads`` of convcore's pool (BLAS single-threaded)."""
+    with backend._single_threaded_blas():
+        if threads == 1:
+            for i in range(count):
+                task(i)
+        else:
+            backend.run_split(threads, count, lambda s: [task(i) for i in range(s.start, s.stop)])
+
+
+def winograd_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
+    """Modelled seconds (the channel products of three passes, 4^N c_I c_O multiply-adds per tile
+    each, and the transforms) and every array allocated; math.inf where the engine cannot run."""
+    if unsupported(geom, rates.kind):
+        return Estimate(math.inf, {}, {}, {})
+    t = _tiling(geom)
+    g, N, threads = geom.groups, geom.ndim, resources.num_threads()
+    C, O = geom.in_channels // g, geom.out_channels // g
+    points = g * t.count * POINTS ** N
+    madds = 3 * points * C * O
+    transforms = points * (C + O) * 3 * (N + 1)   # per point and channel: N axes and a gather
+    seconds = (rates.precision(itemsize) * (madds / PRODUCT_RATE + transforms / TRANSFORM_RATE) / threads
+               + rates.overhead("winograd"))
+    x_bytes = itemsize * geom.batch * geom.in_channels * math.prod(t.x_shape)
+    y_bytes = itemsize * geom.batch * geom.out_channels * math.prod(t.y_shape)
+    per_thread = itemsize * POINTS ** N * ((2 * C + 2 * O) * winograd_kernel.TB + O * C) + 2 * 8 * winograd_kernel.TB
+    shared = {"padded_input": x_bytes, "transformed_filters": 2 * itemsize * g * POINTS ** N * C * O}
+    forward = {"padded_output": y_bytes, "tile_buffers": threads * per_thread}
+    backward = {"padded_gy": y_bytes, "padded_gx": x_bytes, "tile_buffers": threads * per_thread,
+                "filter_gradient_sums": itemsize * len(t.chunks) * g * POINTS ** N * C * O}
+    return Estimate(seconds, shared, forward, backward)
+
+
+class WinogradConv:
+    """One Winograd convolution; keeps x padded for the weight gradient."""
+
+    devices = ("cpu",)
+    estimate = staticmethod(winograd_estimate)
+    unsupported = staticmethod(unsupported)
+    ready = staticmethod(ready)
+
+    def __init__(self, xp, geom: ConvGeometry, x, W, budget: int, _checked: bool = False):
+        if not _checked:
+            why = unsupported(geom, "cpu" if backend.is_host_module(xp) else "gpu")
+            if why is None and not ready(xp):
+                why = unsupported(geom, "cpu")   # the build just failed: now it says so
+            if why:
+                raise ValueError(why)
+        self.xp, self.geom, self.x, self.W, self.budget = xp, geom, x, W, budget
+        self.t = _tiling(geom)
+        self._xpad = None
+        g, N = geom.groups, geom.ndim
+        C, O = geom.in_channels // g, geom.out_channels // g
+        U = along_axes(G, np.asarray(W, np.float64).reshape((g, O, C) + geom.kernel), range(3, 3 + N))
+        U = U.reshape(g, O, C, POINTS ** N)
+        self._U = np.ascontiguousarray(U.transpose(0, 3, 1, 2), dtype=x.dtype)    # (g, 4^N, O, C)
+        self._UT = np.ascontiguousarray(U.transpose(0, 3, 2, 1), dtype=x.dtype)   # (g, 4^N, C, O)
+
+    def _padded_input(self):
+        if self._xpad is None:
+            geom = self.geom
+            self._xpad = np.zeros((geom.batch, geom.in_channels) + self.t.x_shape, self.x.dtype)
+            _crop(self._xpad, [lo for lo, _ in geom.pads], geom.spatial)[...] = self.x
+        return self._xpad
+
+    def _group(self, arr, gi: int, channels: int):
+        """(``arr``'s flat view from group ``gi``'s first channel, its channel stride)."""
+        stride = math.prod(arr.shape[2:])
+        return arr.reshape(-1)[gi * channels * stride:], stride
+
+    def forward(self):
+        """y: (n, c_O, o...) without bias."""
+        geom, t = self.geom, self.t
+        forward_tiles, _ = winograd_kernel.kernels()
+        xpad = self._padded_input()
+        g = geom.groups
+        C, O = geom.in_channels // g, geom.out_channels // g
+        ypad = np.empty((geom.batch, geom.out_channels) + t.y_shape, self.x.dtype)
+        threads = _threads(t.count * POINTS ** geom.ndim * C * O, -(-t.count // winograd_kernel.TB))
+        bounds = [t.count * i // threads for i in range(threads + 1)]
+        for gi in range(g):
+            x_flat, x_cs = self._group(xpad, gi, C)
+            y_flat, y_cs = self._group(ypad, gi, O)
+            args = (x_flat, x_cs, t.x_rows, self._U[gi], y_flat, y_cs, t.y_rows, t.place)
+            _run(threads, threads, lambda i, args=args: forward_tiles(*args, bounds[i], bounds[i + 1]))
+        if t.y_shape == geom.out_spatial:
+            return ypad
+        return np.ascontiguousarray(_crop(ypad, (0,) * geom.ndim, geom.out_spatial))
+
+    def backward(self, gy, need_x: bool, need_W: bool):
+        """(gx, gW) for gy (n, c_O, o...); an entry not asked for is None."""
+        if not (need_x or need_W):
+            return None, None
+        geom, t, N, dt = self.geom, self.t, self.geom.ndim, self.x.dtype
+        _, backward_tiles = winograd_kernel.kernels()
+        g = geom.groups
+        C, O = geom.in_channels // g, geom.out_channels // g
+        if t.y_shape == geom.out_spatial:
+            gypad = np.ascontiguousarray(gy, dtype=dt)
+        else:
+            gypad = np.zeros((geom.batch, geom.out_channels) + t.y_shape, dt)
+            _crop(gypad, (0,) * N, geom.out_spatial)[...] = gy
+        xpad = self._padded_input() if need_W else np.zeros((1, geom.in_channels), dt)
+        gxpad = np.zeros((geom.batch, geom.in_channels) + t.x_shape, dt) if need_x else np.zeros((1, geom.in_channels), dt)
+        chunks = t.chunks
+        sums = np.zeros((g, len(chunks), POINTS ** N, O, C), dt) if need_W else np.zeros((g, len(chunks), 1, 1, 1), dt)
+        madds = t.count * POINTS ** N * C * O * (need_x + need_W)
+        for gi in range(g):
+            x_flat, x_cs = self._group(xpad, gi, C)
+            gy_flat, y_cs = self._group(gypad, gi, O)
+            gx_flat = self._group(gxpad, gi, C)[0]
+            args = (x_flat, x_cs, t.x_rows, self._U[gi], self._UT[gi], gy_flat, y_cs, t.y_rows, t.place, gx_flat)
+
+            def chunk(k, args=args, gi=gi):
+                backward_tiles(*args, sums[gi, k], need_x, need_W, chunks[k][0], chunks[k][1])
+
+            # even chunks, then odd: chunks that run at once never add into the same cells of gx
+            for ks in (range(0, len(chunks), 2), range(1, len(chunks), 2)):
+                _run(_threads(madds // 2, len(ks)), len(ks), lambda i, ks=ks: chunk(ks[i]))
+        gx = np.ascontiguousarray(_crop(gxpad, [lo for lo, _ in geom.pads], geom.spatial)) if need_x else None
+        gW = None
+        if need_W:
+            total = sums[:, 0].astype(np.float64)
+            for k in range(1, len(chunks)):   # in chunk order: the same sums whatever the thread count
+                total += sums[:, k]
+            total = total.transpose(0, 2, 3, 1).reshape((g, O, C) + (POINTS,) * N)
+            gW = along_axes(G.T, total, range(3, 3 + N)).reshape(geom.kernel_shape).astype(dt)
+        return gx, gW
