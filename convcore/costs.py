@@ -59,7 +59,7 @@ DEFAULT_OVERHEAD_S = 1e-3
 # A 2-core CPU (the figures the model was fitted on; see docs/benchmarks.md).
 # gemm and copy: the direct engine's blocked GEMMs and column copies, fitted on 28 layers (H5).
 CPU_RATES = Rates("cpu", gemm=80e9, fft=3e9, cmatmul=8e9, copy=70e9, matrix_call_s=1.5e-6,
-                  call_overhead={"direct": 4e-4, "fft": 1.5e-3}, tile_gain_nd=0.4)
+                  call_overhead={"direct": 4e-4, "fft": 1.5e-3, "winograd": 4e-4}, tile_gain_nd=0.4)
 # A data-centre GPU (A100/H100 class) through CuPy: batched products are one cuBLAS call,
 # so no per-frequency cost; Python and kernel launches make the fixed cost. ``calibrate``
 # measures the real figures of the device at hand.

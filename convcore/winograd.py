@@ -42,12 +42,15 @@ G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 CHUNKS = 16   # units of backward work: fixed, so results do not depend on the thread count
 SPLIT_MADDS = 1 << 22   # channel-product multiply-adds below which a second thread costs more than it saves
-# Sustained multiply-adds per second and thread of the channel products with their share of the
-# transforms, and transform operations per second and thread, measured on 3^N layers of 8-64
-# channels (docs/benchmarks.md, thirteenth round); the model only has to rank engines within
-# autoselect's timing window.
-PRODUCT_RATE = 25e9
-TRANSFORM_RATE = 2.5e9
+# The cost model, in units of the rates table's GEMM flops (so that it follows a calibrated machine as
+# the direct engine's model does): one thread spends TRANSFORM_FLOPS / gemm seconds per lane, point,
+# channel (in or out) and axis (plus one: gathers and scatters), and PRODUCT_FLOPS / gemm per lane,
+# point and channel pair (the three BLAS products together). Fitted on 20 layers (1-D to 5-D, 1 to
+# 128 channels, 64 to 147k tiles) to within 0.77-1.14x of one thread's measured time
+# (docs/benchmarks.md, thirteenth round); lanes count whole blocks of TB tiles per chunk.
+TRANSFORM_FLOPS = 63.5
+PRODUCT_FLOPS = 15.4
+THREAD_EFFICIENCY = 0.9
 
 
 def unsupported(geom: ConvGeometry, device_kind: str = "cpu") -> str | None:
@@ -130,9 +133,11 @@ class _Tiling:
         self.count = geom.batch * math.prod(self.tiles)
         self.geom = geom
         # backward chunks: whole slabs (image, first tile index), so that chunk k shares cells of x
-        # with chunks k - 1 and k + 1 only (a patch reaches M cells into the next tile)
+        # with chunks k - 1 and k + 1 only (a patch reaches M cells into the next tile), and of at
+        # least two blocks of tiles where there are that many (the loops run whole blocks: a chunk of
+        # 4 tiles cost as much as one of 64)
         slabs, per_slab = geom.batch * self.tiles[0], math.prod(self.tiles[1:])
-        n = min(slabs, CHUNKS)
+        n = max(1, min(slabs, CHUNKS, self.count // (2 * winograd_kernel.TB)))
         self.chunks = [(slabs * k // n * per_slab, slabs * (k + 1) // n * per_slab) for k in range(n)]
 
     @functools.cached_property
@@ -175,21 +180,26 @@ def _run(threads: int, count: int, task) -> None:
 
 
 def winograd_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
-    """Modelled seconds (the channel products of three passes, 4^N c_I c_O multiply-adds per tile
-    each, and the transforms) and every array allocated; math.inf where the engine cannot run."""
+    """Modelled seconds of forward + both gradients (transforms and channel products per lane of a
+    block, TRANSFORM_FLOPS and PRODUCT_FLOPS) and every array allocated; math.inf where the engine
+    cannot run."""
     if unsupported(geom, rates.kind):
         return Estimate(math.inf, {}, {}, {})
     t = _tiling(geom)
     g, N, threads = geom.groups, geom.ndim, resources.num_threads()
     C, O = geom.in_channels // g, geom.out_channels // g
-    points = g * t.count * POINTS ** N
-    madds = 3 * points * C * O
-    transforms = points * (C + O) * 3 * (N + 1)   # per point and channel: N axes and a gather
-    seconds = (rates.precision(itemsize) * (madds / PRODUCT_RATE + transforms / TRANSFORM_RATE) / threads
-               + rates.overhead("winograd"))
+    TB = winograd_kernel.TB
+    lanes = TB * sum(-(-(stop - start) // TB) for start, stop in t.chunks)
+    points = g * lanes * POINTS ** N
+    one_thread = rates.precision(itemsize) * (
+        TRANSFORM_FLOPS * points * (C + O) * (N + 1) + PRODUCT_FLOPS * points * C * O) / rates.gemm
+    parallel = 1.0
+    if threads > 1 and points * C * O >= SPLIT_MADDS:
+        parallel = max(1.0, min(threads, len(t.chunks) // 2) * THREAD_EFFICIENCY)
+    seconds = one_thread / parallel + rates.overhead("winograd")
     x_bytes = itemsize * geom.batch * geom.in_channels * math.prod(t.x_shape)
     y_bytes = itemsize * geom.batch * geom.out_channels * math.prod(t.y_shape)
-    per_thread = itemsize * POINTS ** N * ((2 * C + 2 * O) * winograd_kernel.TB + O * C) + 2 * 8 * winograd_kernel.TB
+    per_thread = itemsize * POINTS ** N * ((2 * C + 2 * O) * TB + O * C) + 2 * 8 * TB
     shared = {"padded_input": x_bytes, "transformed_filters": 2 * itemsize * g * POINTS ** N * C * O}
     forward = {"padded_output": y_bytes, "tile_buffers": threads * per_thread}
     backward = {"padded_gy": y_bytes, "padded_gx": x_bytes, "tile_buffers": threads * per_thread,
