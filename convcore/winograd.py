@@ -32,24 +32,31 @@ from . import backend, resources, winograd_kernel
 from .costs import Estimate, Rates
 from .geometry import ConvGeometry
 
-M = winograd_kernel.M   # outputs per tile and axis
 KERNEL = 3
-POINTS = M + KERNEL - 1   # transform points per axis
+# G of F(m, 3) (Lavin & Gray 2016, sections 4.1-4.2): y = A^T [(G g) . (B^T d)]. The loops hold
+# B^T, B, A^T and A written out (winograd_transforms.py); G is applied here, to the filters.
+G = {2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+     4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
 
-# F(2, 3) (Lavin & Gray 2016, section 4.1): y = A^T [(G g) . (B^T d)]. The loops hold B^T, B, A^T and
-# A written out; G is applied here, to the filters.
-G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+
+def tile_size(ndim: int) -> int:
+    """m of F(m, 3) for N spatial axes: 4 up to 2-D (16 outputs from 36 points in 2-D, float32
+    errors ~1e-6 of the largest output, PyTorch's direct path's size), 2 above (F(4, 3) in 3-D
+    loses another digit: 5e-6 median, 2e-5 worst; F(2, 3)'s 2e-7 is the direct engine's)."""
+    return 4 if ndim <= 2 else 2
 
 CHUNKS = 16   # units of backward work: fixed, so results do not depend on the thread count
 SPLIT_MADDS = 1 << 22   # channel-product multiply-adds below which a second thread costs more than it saves
 # The cost model, in units of the rates table's GEMM flops (so that it follows a calibrated machine as
-# the direct engine's model does): one thread spends TRANSFORM_FLOPS / gemm seconds per lane, point,
-# channel (in or out) and axis (plus one: gathers and scatters), and PRODUCT_FLOPS / gemm per lane,
-# point and channel pair (the three BLAS products together). Fitted on 20 layers (1-D to 5-D, 1 to
-# 128 channels, 64 to 147k tiles) to within 0.77-1.14x of one thread's measured time
-# (docs/benchmarks.md, thirteenth round); lanes count whole blocks of TB tiles per chunk.
-TRANSFORM_FLOPS = 63.5
-PRODUCT_FLOPS = 15.4
+# the direct engine's model does): one thread spends TRANSFORM_FLOPS[m] / gemm seconds per lane,
+# point, channel (in or out) and axis (plus one: gathers and scatters), and PRODUCT_FLOPS[m] / gemm
+# per lane, point and channel pair (the three BLAS products together). Fitted per tile size on one
+# thread: F(2, 3) on 20 layers (1-D to 5-D, 1 to 128 channels, 64 to 147k tiles), F(4, 3) on 11
+# (1-D and 2-D), each to within 0.76-1.17x of the measured time (docs/benchmarks.md, thirteenth
+# round); lanes count whole blocks of TB tiles per chunk.
+TRANSFORM_FLOPS = {2: 63.5, 4: 80.6}
+PRODUCT_FLOPS = {2: 15.4, 4: 26.1}
 THREAD_EFFICIENCY = 0.9
 
 
@@ -127,23 +134,26 @@ class _Tiling:
     tile's rows over the first N - 1 axes (the loops walk the last one)."""
 
     def __init__(self, geom: ConvGeometry):
-        self.tiles = tuple(-(-o // M) for o in geom.out_spatial)
-        self.x_shape = tuple(t * M + KERNEL - 1 for t in self.tiles)   # padded input, spatial
-        self.y_shape = tuple(t * M for t in self.tiles)                  # outputs rounded up to whole tiles
+        m = self.m = tile_size(geom.ndim)
+        self.points = m + KERNEL - 1                # transform points per axis
+        self.P = self.points ** geom.ndim             # per patch
+        self.tiles = tuple(-(-o // m) for o in geom.out_spatial)
+        self.x_shape = tuple(t * m + KERNEL - 1 for t in self.tiles)   # padded input, spatial
+        self.y_shape = tuple(t * m for t in self.tiles)                  # outputs rounded up to whole tiles
         self.count = geom.batch * math.prod(self.tiles)
         self.geom = geom
         # backward chunks: whole slabs (image, first tile index), so that chunk k shares cells of x
-        # with chunks k - 1 and k + 1 only (a patch reaches M cells into the next tile), and of at
-        # least two blocks of tiles where there are that many (the loops run whole blocks: a chunk of
+        # with chunks k - 1 and k + 1 only (a patch reaches m cells into the next tile), and of at
+        # least a block of tiles where there are that many (the loops run whole blocks: a chunk of
         # 4 tiles cost as much as one of 64)
         slabs, per_slab = geom.batch * self.tiles[0], math.prod(self.tiles[1:])
-        n = max(1, min(slabs, CHUNKS, self.count // (2 * winograd_kernel.TB)))
+        n = max(1, min(slabs, CHUNKS, self.count // winograd_kernel.TB))
         self.chunks = [(slabs * k // n * per_slab, slabs * (k + 1) // n * per_slab) for k in range(n)]
 
     @functools.cached_property
     def place(self) -> tuple:
         def steps(shape):
-            return np.array([M * math.prod(shape[j + 1:]) for j in range(len(shape))], np.int64)
+            return np.array([self.m * math.prod(shape[j + 1:]) for j in range(len(shape))], np.int64)
 
         g = self.geom
         return (np.array(self.tiles, np.int64), steps(self.x_shape), g.in_channels * math.prod(self.x_shape),
@@ -151,11 +161,11 @@ class _Tiling:
 
     @functools.cached_property
     def x_rows(self):
-        return _offsets(self.x_shape, POINTS, self.geom.ndim - 1)
+        return _offsets(self.x_shape, self.points, self.geom.ndim - 1)
 
     @functools.cached_property
     def y_rows(self):
-        return _offsets(self.y_shape, M, self.geom.ndim - 1)
+        return _offsets(self.y_shape, self.m, self.geom.ndim - 1)
 
 
 _tiling = functools.lru_cache(maxsize=256)(_Tiling)
@@ -170,7 +180,8 @@ def _threads(madds: int, parts: int) -> int:
 
 
 def _run(threads: int, count: int, task) -> None:
-    """task(i) for i in range(count), over ``threads`` of convcore's pool (BLAS single-threaded)."""
+    """task(i) for i in range(count), over ``threads`` of convcore's pool, BLAS single-threaded (its
+    own threads on each small product cost more than they give: 2x slower with 128 channels)."""
     with backend._single_threaded_blas():
         if threads == 1:
             for i in range(count):
@@ -190,20 +201,25 @@ def winograd_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rat
     C, O = geom.in_channels // g, geom.out_channels // g
     TB = winograd_kernel.TB
     lanes = TB * sum(-(-(stop - start) // TB) for start, stop in t.chunks)
-    points = g * lanes * POINTS ** N
+    points = g * lanes * t.P
     one_thread = rates.precision(itemsize) * (
-        TRANSFORM_FLOPS * points * (C + O) * (N + 1) + PRODUCT_FLOPS * points * C * O) / rates.gemm
+        TRANSFORM_FLOPS[t.m] * points * (C + O) * (N + 1) + PRODUCT_FLOPS[t.m] * points * C * O) / rates.gemm
     parallel = 1.0
     if threads > 1 and points * C * O >= SPLIT_MADDS:
         parallel = max(1.0, min(threads, len(t.chunks) // 2) * THREAD_EFFICIENCY)
     seconds = one_thread / parallel + rates.overhead("winograd")
     x_bytes = itemsize * geom.batch * geom.in_channels * math.prod(t.x_shape)
     y_bytes = itemsize * geom.batch * geom.out_channels * math.prod(t.y_shape)
-    per_thread = itemsize * POINTS ** N * ((2 * C + 2 * O) * TB + O * C) + 2 * 8 * TB
-    shared = {"padded_input": x_bytes, "transformed_filters": 2 * itemsize * g * POINTS ** N * C * O}
-    forward = {"padded_output": y_bytes, "tile_buffers": threads * per_thread}
-    backward = {"padded_gy": y_bytes, "padded_gx": x_bytes, "tile_buffers": threads * per_thread,
-                "filter_gradient_sums": itemsize * len(t.chunks) * g * POINTS ** N * C * O}
+    # winograd_kernel.work_arrays, once per thread at work (as the engine splits: _threads)
+    blocks = -(-t.count // TB)
+    fw_threads = _threads(t.count * t.P * C * O, blocks)
+    bw_threads = _threads(t.count * t.P * C * O, max(1, len(t.chunks) // 2))
+    fw_work = itemsize * t.P * (C + O + 2) * TB + 4 * 8 * TB
+    bw_work = itemsize * (t.P * (2 * C + O + 2) * TB + O * C) + 4 * 8 * TB
+    shared = {"padded_input": x_bytes, "transformed_filters": 2 * itemsize * g * t.P * C * O}
+    forward = {"padded_output": y_bytes, "tile_buffers": fw_threads * fw_work}
+    backward = {"padded_gy": y_bytes, "padded_gx": x_bytes, "tile_buffers": bw_threads * bw_work,
+                "filter_gradient_sums": itemsize * len(t.chunks) * g * t.P * C * O}
     return Estimate(seconds, shared, forward, backward)
 
 
@@ -227,8 +243,8 @@ class WinogradConv:
         self._xpad = None
         g, N = geom.groups, geom.ndim
         C, O = geom.in_channels // g, geom.out_channels // g
-        U = along_axes(G, np.asarray(W, np.float64).reshape((g, O, C) + geom.kernel), range(3, 3 + N))
-        U = U.reshape(g, O, C, POINTS ** N)
+        U = along_axes(G[self.t.m], np.asarray(W, np.float64).reshape((g, O, C) + geom.kernel), range(3, 3 + N))
+        U = U.reshape(g, O, C, self.t.P)
         self._U = np.ascontiguousarray(U.transpose(0, 3, 1, 2), dtype=x.dtype)    # (g, 4^N, O, C)
         self._UT = np.ascontiguousarray(U.transpose(0, 3, 2, 1), dtype=x.dtype)   # (g, 4^N, C, O)
 
@@ -252,13 +268,14 @@ class WinogradConv:
         g = geom.groups
         C, O = geom.in_channels // g, geom.out_channels // g
         ypad = np.empty((geom.batch, geom.out_channels) + t.y_shape, self.x.dtype)
-        threads = _threads(t.count * POINTS ** geom.ndim * C * O, -(-t.count // winograd_kernel.TB))
+        threads = _threads(t.count * t.P * C * O, -(-t.count // winograd_kernel.TB))
         bounds = [t.count * i // threads for i in range(threads + 1)]
         for gi in range(g):
             x_flat, x_cs = self._group(xpad, gi, C)
             y_flat, y_cs = self._group(ypad, gi, O)
-            args = (x_flat, x_cs, t.x_rows, self._U[gi], y_flat, y_cs, t.y_rows, t.place)
-            _run(threads, threads, lambda i, args=args: forward_tiles(*args, bounds[i], bounds[i + 1]))
+            args = (t.m, x_flat, x_cs, t.x_rows, self._U[gi], y_flat, y_cs, t.y_rows, t.place)
+            _run(threads, threads, lambda i, args=args: forward_tiles(
+                *args, winograd_kernel.work_arrays(False, t.P, C, O, self.x.dtype), bounds[i], bounds[i + 1]))
         if t.y_shape == geom.out_spatial:
             return ypad
         return np.ascontiguousarray(_crop(ypad, (0,) * geom.ndim, geom.out_spatial))
@@ -279,26 +296,28 @@ class WinogradConv:
         xpad = self._padded_input() if need_W else np.zeros((1, geom.in_channels), dt)
         gxpad = np.zeros((geom.batch, geom.in_channels) + t.x_shape, dt) if need_x else np.zeros((1, geom.in_channels), dt)
         chunks = t.chunks
-        sums = np.zeros((g, len(chunks), POINTS ** N, O, C), dt) if need_W else np.zeros((g, len(chunks), 1, 1, 1), dt)
-        madds = t.count * POINTS ** N * C * O * (need_x + need_W)
+        sums = np.zeros((g, len(chunks), t.P, O, C), dt) if need_W else np.zeros((g, len(chunks), 1, 1, 1), dt)
+        madds = t.count * t.P * C * O * (need_x + need_W)
         for gi in range(g):
             x_flat, x_cs = self._group(xpad, gi, C)
             gy_flat, y_cs = self._group(gypad, gi, O)
             gx_flat = self._group(gxpad, gi, C)[0]
-            args = (x_flat, x_cs, t.x_rows, self._U[gi], self._UT[gi], gy_flat, y_cs, t.y_rows, t.place, gx_flat)
+            args = (t.m, x_flat, x_cs, t.x_rows, self._U[gi], self._UT[gi], gy_flat, y_cs, t.y_rows, t.place, gx_flat)
 
             def chunk(k, args=args, gi=gi):
-                backward_tiles(*args, sums[gi, k], need_x, need_W, chunks[k][0], chunks[k][1])
+                work = winograd_kernel.work_arrays(True, t.P, C, O, dt)
+                backward_tiles(*args, sums[gi, k], need_x, need_W, work, chunks[k][0], chunks[k][1])
 
             # even chunks, then odd: chunks that run at once never add into the same cells of gx
-            for ks in (range(0, len(chunks), 2), range(1, len(chunks), 2)):
-                _run(_threads(madds // 2, len(ks)), len(ks), lambda i, ks=ks: chunk(ks[i]))
+            phases = (range(0, len(chunks), 2), range(1, len(chunks), 2)) if need_x else (range(len(chunks)),)
+            for ks in phases:
+                _run(_threads(madds // len(phases), len(ks)), len(ks), lambda i, ks=ks: chunk(ks[i]))
         gx = np.ascontiguousarray(_crop(gxpad, [lo for lo, _ in geom.pads], geom.spatial)) if need_x else None
         gW = None
         if need_W:
             total = sums[:, 0].astype(np.float64)
             for k in range(1, len(chunks)):   # in chunk order: the same sums whatever the thread count
                 total += sums[:, k]
-            total = total.transpose(0, 2, 3, 1).reshape((g, O, C) + (POINTS,) * N)
-            gW = along_axes(G.T, total, range(3, 3 + N)).reshape(geom.kernel_shape).astype(dt)
+            total = total.transpose(0, 2, 3, 1).reshape((g, O, C) + (t.points,) * N)
+            gW = along_axes(G[t.m].T, total, range(3, 3 + N)).reshape(geom.kernel_shape).astype(dt)
         return gx, gW

@@ -12,9 +12,13 @@ products, then inverse) is slower than im2col + BLAS: each stage is a pass over 
 times the input's size. Here each block of TB tiles goes through gather, transforms, products
 and the inverse transform while its arrays stay in cache, vectorised over the block's tiles.
 
-Layout: every tile-block array is (rows, TB) with the block's tiles contiguous, so the transform
-along an axis and the channel sums are loops of TB lanes with a scalar factor. A transform is
-given by its nonzeros per output row (``_sparse``): F(2, 3)'s B^T has two per row.
+Layout: every tile-block array is (rows, TB) with the block's tiles contiguous, so the transforms
+(winograd_transforms.py) are loops of TB lanes. The channel sums are one small BLAS product per
+point (np.dot inside the loop: 50 G multiply-adds/s here, a written-out loop reached 12-20). Tiles
+are walked in runs along a row of tiles, where the patches' cells along the last axis are one
+contiguous range (tile i: cells m i .. m i + m + 1): the gathers and scatters read or write that
+range once and do the last axis's transform on the way (per-lane gathers cost as much as all the
+other transforms together).
 
 The loops never allocate per tile and run without the GIL; winograd.py splits the tiles between
 convcore's threads in chunks that do not depend on the thread count.
@@ -26,95 +30,12 @@ import logging
 
 import numpy as np
 
+from . import winograd_transforms
+from .winograd_transforms import A2, A4, AT2, AT4, B2, B4, BT2, BT4, _transform
+
 log = logging.getLogger(__name__)
 
-TB = 64   # tiles per block: the lanes of every loop; a block's arrays stay in L1/L2
-M = 2     # outputs per tile and axis (F(2, 3)); neighbouring tiles of a row start M cells apart
-
-
-# F(2, 3)'s four 1-D transforms, each on one line of rows (TB lanes each): B^T (4 -> 4) for input
-# patches, A^T (4 -> 2) back to outputs, and their transposes A (2 -> 4) for gy tiles and B (4 -> 4)
-# for the input gradient. Written out and inlined into ``_transform`` (a generic matrix loop, or
-# line functions called rather than inlined, ran 3x slower).
-BT, B, AT, A = 0, 1, 2, 3
-POINTS_IN = (4, 4, 4, 2)
-POINTS_OUT = (4, 4, 2, 4)
-
-
-def _line_bt(src, dst, r_in, r_out, step):   # pragma: no cover - compiled
-    """B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] on rows r_in + v * step."""
-    s0, s1, s2, s3 = src[r_in], src[r_in + step], src[r_in + 2 * step], src[r_in + 3 * step]
-    d0, d1, d2, d3 = dst[r_out], dst[r_out + step], dst[r_out + 2 * step], dst[r_out + 3 * step]
-    for t in range(TB):
-        a1 = s1[t]
-        a2 = s2[t]
-        d0[t] = s0[t] - a2
-        d1[t] = a1 + a2
-        d2[t] = a2 - a1
-        d3[t] = a1 - s3[t]
-
-
-def _line_b(src, dst, r_in, r_out, step):   # pragma: no cover - compiled
-    """B = (B^T)^T = [[1, 0, 0, 0], [0, 1, -1, 1], [-1, 1, 1, 0], [0, 0, 0, -1]]."""
-    s0, s1, s2, s3 = src[r_in], src[r_in + step], src[r_in + 2 * step], src[r_in + 3 * step]
-    d0, d1, d2, d3 = dst[r_out], dst[r_out + step], dst[r_out + 2 * step], dst[r_out + 3 * step]
-    for t in range(TB):
-        a0 = s0[t]
-        a1 = s1[t]
-        a2 = s2[t]
-        a3 = s3[t]
-        d0[t] = a0
-        d1[t] = a1 - a2 + a3
-        d2[t] = a1 + a2 - a0
-        d3[t] = -a3
-
-
-def _line_at(src, dst, r_in, r_out, step):   # pragma: no cover - compiled
-    """A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]."""
-    s0, s1, s2, s3 = src[r_in], src[r_in + step], src[r_in + 2 * step], src[r_in + 3 * step]
-    d0, d1 = dst[r_out], dst[r_out + step]
-    for t in range(TB):
-        a1 = s1[t]
-        a2 = s2[t]
-        d0[t] = s0[t] + a1 + a2
-        d1[t] = a1 - a2 - s3[t]
-
-
-def _line_a(src, dst, r_in, r_out, step):   # pragma: no cover - compiled
-    """A = (A^T)^T = [[1, 0], [1, 1], [1, -1], [0, -1]]."""
-    s0, s1 = src[r_in], src[r_in + step]
-    d0, d1, d2, d3 = dst[r_out], dst[r_out + step], dst[r_out + 2 * step], dst[r_out + 3 * step]
-    for t in range(TB):
-        a0 = s0[t]
-        a1 = s1[t]
-        d0[t] = a0
-        d1[t] = a0 + a1
-        d2[t] = a0 - a1
-        d3[t] = -a1
-
-
-def _transform(kind, buf0, buf1, N):   # pragma: no cover - compiled
-    """Apply the 1-D transform ``kind`` along the first N - 1 axes of buf0's rows (row-major over
-    N axes: the first N - 1 of n_in points, the last of 4, which the gathers and scatters
-    transform); returns the buffer holding the result rows (buf0 or buf1, both overwritten)."""
-    n_in, n_out = POINTS_IN[kind], POINTS_OUT[kind]
-    src, dst = buf0, buf1
-    for j in range(N - 1):
-        outer = n_out ** j                  # axes before j: already transformed
-        inner = n_in ** (N - 2 - j) * 4     # axes after j: not yet, and the last
-        for o in range(outer):
-            for i in range(inner):
-                r_in, r_out = o * n_in * inner + i, o * n_out * inner + i
-                if kind == BT:
-                    _line_bt(src, dst, r_in, r_out, inner)
-                elif kind == B:
-                    _line_b(src, dst, r_in, r_out, inner)
-                elif kind == AT:
-                    _line_at(src, dst, r_in, r_out, inner)
-                else:
-                    _line_a(src, dst, r_in, r_out, inner)
-        src, dst = dst, src
-    return src
+TB = winograd_transforms.TB   # tiles per block: the lanes of every loop
 
 
 def _runs(s, nb, tiles, x_steps, x_image, y_steps, y_image, runs):   # pragma: no cover - compiled
@@ -150,7 +71,7 @@ def _runs(s, nb, tiles, x_steps, x_image, y_steps, y_image, runs):   # pragma: n
 # last axis's transform on the way: along a run of tiles the patches' cells along that axis are
 # one contiguous range (tile i: cells 2i .. 2i + 3), read or written once.
 
-def _gather_bt(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _gather_bt2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
     """buf rows (p', u): B^T along the last axis of the input patches, p' over the first N - 1
     axes (cells outer_off[p'] from a run's patch corner + offset); zeros after the tiles."""
     for po in range(outer_off.shape[0]):
@@ -176,7 +97,7 @@ def _gather_bt(flat, runs, count, offset, outer_off, buf):   # pragma: no cover 
             d3[t] = 0
 
 
-def _gather_a(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _gather_a2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
     """buf rows (q', u): A along the last axis of the gy tiles (2 cells -> 4 points)."""
     for qo in range(outer_off.shape[0]):
         d0, d1, d2, d3 = buf[4 * qo], buf[4 * qo + 1], buf[4 * qo + 2], buf[4 * qo + 3]
@@ -201,7 +122,7 @@ def _gather_a(flat, runs, count, offset, outer_off, buf):   # pragma: no cover -
             d3[t] = 0
 
 
-def _scatter_at(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _scatter_at2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
     """The output tiles: A^T along the last axis of buf's rows (q', u), written to their 2 cells."""
     for qo in range(outer_off.shape[0]):
         s0, s1, s2, s3 = buf[4 * qo], buf[4 * qo + 1], buf[4 * qo + 2], buf[4 * qo + 3]
@@ -217,7 +138,7 @@ def _scatter_at(flat, runs, count, offset, outer_off, buf):   # pragma: no cover
                 dst[2 * i + 1] = a1 - a2 - e3[i]
 
 
-def _scatter_add_b(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _scatter_add_b2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
     """The input-gradient patches: B along the last axis of buf's rows (p', u), added to their 4
     cells. Neighbouring tiles share 2 cells, so the sums run in two passes (cells 2i, 2i + 1, then
     2i + 2, 2i + 3), each with distinct cells per tile: vectorised, and always in the same order."""
@@ -237,55 +158,180 @@ def _scatter_add_b(flat, runs, count, offset, outer_off, buf):   # pragma: no co
                 hi[2 * i + 1] -= e3[i]
 
 
-def _forward_tiles(x, x_cs, x_rows, U, y, y_cs, y_rows, place, t0, t1):   # pragma: no cover - compiled
-    """Output tiles t0..t1 of one group: y (flat padded output, channel stride y_cs) from x (flat
-    padded input, channel stride x_cs) and the transformed filters U (a^N, O, C). x_rows, y_rows:
-    offsets of a patch's and a tile's rows over the first N - 1 axes; ``place``: where tiles lie,
-    (tiles per axis, x steps, x image stride, y steps, y image stride) as ``_runs`` reads them."""
+def _gather_bt4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+    """``_gather_bt2`` for F(4, 3): 6 cells per tile (4i .. 4i + 5), B^T written out."""
+    for po in range(outer_off.shape[0]):
+        r = 6 * po
+        d0, d1, d2, d3, d4, d5 = buf[r], buf[r + 1], buf[r + 2], buf[r + 3], buf[r + 4], buf[r + 5]
+        last = 0
+        for k in range(count):
+            t, n = runs[k, 0], runs[k, 1]
+            start = runs[k, 2] + offset + outer_off[po]
+            src = flat[start:start + 4 * n + 2]
+            e0, e1, e2, e3, e4, e5 = d0[t:t + n], d1[t:t + n], d2[t:t + n], d3[t:t + n], d4[t:t + n], d5[t:t + n]
+            for i in range(n):
+                a1 = src[4 * i + 1]
+                a2 = src[4 * i + 2]
+                a3 = src[4 * i + 3]
+                a4 = src[4 * i + 4]
+                e0[i] = 4 * src[4 * i] - 5 * a2 + a4
+                e1[i] = a3 + a4 - 4 * (a1 + a2)
+                e2[i] = 4 * (a1 - a2) + a4 - a3
+                e3[i] = 2 * (a3 - a1) + a4 - a2
+                e4[i] = 2 * (a1 - a3) + a4 - a2
+                e5[i] = 4 * a1 - 5 * a3 + src[4 * i + 5]
+            last = t + n
+        for t in range(last, TB):
+            d0[t] = 0
+            d1[t] = 0
+            d2[t] = 0
+            d3[t] = 0
+            d4[t] = 0
+            d5[t] = 0
+
+
+def _gather_a4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+    """``_gather_a2`` for F(4, 3): 4 cells of gy -> 6 points (A)."""
+    for qo in range(outer_off.shape[0]):
+        r = 6 * qo
+        d0, d1, d2, d3, d4, d5 = buf[r], buf[r + 1], buf[r + 2], buf[r + 3], buf[r + 4], buf[r + 5]
+        last = 0
+        for k in range(count):
+            t, n = runs[k, 0], runs[k, 1]
+            start = runs[k, 3] + offset + outer_off[qo]
+            src = flat[start:start + 4 * n]
+            e0, e1, e2, e3, e4, e5 = d0[t:t + n], d1[t:t + n], d2[t:t + n], d3[t:t + n], d4[t:t + n], d5[t:t + n]
+            for i in range(n):
+                g0 = src[4 * i]
+                g1 = src[4 * i + 1]
+                g2 = src[4 * i + 2]
+                g3 = src[4 * i + 3]
+                ev = g0 + g2
+                od = g1 + g3
+                ev4 = g0 + 4 * g2
+                od8 = 2 * g1 + 8 * g3
+                e0[i] = g0
+                e1[i] = ev + od
+                e2[i] = ev - od
+                e3[i] = ev4 + od8
+                e4[i] = ev4 - od8
+                e5[i] = g3
+            last = t + n
+        for t in range(last, TB):
+            d0[t] = 0
+            d1[t] = 0
+            d2[t] = 0
+            d3[t] = 0
+            d4[t] = 0
+            d5[t] = 0
+
+
+def _scatter_at4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+    """``_scatter_at2`` for F(4, 3): A^T along the last axis, written to the tile's 4 cells."""
+    for qo in range(outer_off.shape[0]):
+        r = 6 * qo
+        s0, s1, s2, s3, s4, s5 = buf[r], buf[r + 1], buf[r + 2], buf[r + 3], buf[r + 4], buf[r + 5]
+        for k in range(count):
+            t, n = runs[k, 0], runs[k, 1]
+            start = runs[k, 3] + offset + outer_off[qo]
+            dst = flat[start:start + 4 * n]
+            e0, e1, e2, e3, e4, e5 = s0[t:t + n], s1[t:t + n], s2[t:t + n], s3[t:t + n], s4[t:t + n], s5[t:t + n]
+            for i in range(n):
+                p12 = e1[i] + e2[i]
+                m12 = e1[i] - e2[i]
+                p34 = e3[i] + e4[i]
+                m34 = e3[i] - e4[i]
+                dst[4 * i] = e0[i] + p12 + p34
+                dst[4 * i + 1] = m12 + 2 * m34
+                dst[4 * i + 2] = p12 + 4 * p34
+                dst[4 * i + 3] = m12 + 8 * m34 + e5[i]
+
+
+def _scatter_add_b4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+    """``_scatter_add_b2`` for F(4, 3): 6 cells per tile, of which its neighbour shares 2: cells
+    4i .. 4i + 3 first, then 4i + 4 and 4i + 5."""
+    for po in range(outer_off.shape[0]):
+        r = 6 * po
+        s0, s1, s2, s3, s4, s5 = buf[r], buf[r + 1], buf[r + 2], buf[r + 3], buf[r + 4], buf[r + 5]
+        for k in range(count):
+            t, n = runs[k, 0], runs[k, 1]
+            start = runs[k, 2] + offset + outer_off[po]
+            dst = flat[start:start + 4 * n + 2]
+            e0, e1, e2, e3, e4, e5 = s0[t:t + n], s1[t:t + n], s2[t:t + n], s3[t:t + n], s4[t:t + n], s5[t:t + n]
+            for i in range(n):
+                a0 = e0[i]
+                a1 = e1[i]
+                a2 = e2[i]
+                a3 = e3[i]
+                a4 = e4[i]
+                a5 = e5[i]
+                dst[4 * i] += 4 * a0
+                dst[4 * i + 1] += 4 * (a2 - a1 + a5) + 2 * (a4 - a3)
+                dst[4 * i + 2] += -5 * a0 - 4 * (a1 + a2) - a3 - a4
+                dst[4 * i + 3] += a1 - a2 + 2 * (a3 - a4) - 5 * a5
+            hi = dst[4:]
+            for i in range(n):
+                hi[4 * i] += e0[i] + e1[i] + e2[i] + e3[i] + e4[i]
+                hi[4 * i + 1] += e5[i]
+
+
+def _gather_patches(m, flat, runs, count, offset, rows, buf):   # pragma: no cover - compiled
+    if m == 2:
+        _gather_bt2(flat, runs, count, offset, rows, buf)
+    else:
+        _gather_bt4(flat, runs, count, offset, rows, buf)
+
+
+def _forward_tiles(m, x, x_cs, x_rows, U, y, y_cs, y_rows, place, work, t0, t1):   # pragma: no cover - compiled
+    """Output tiles t0..t1 of one group, F(m, 3): y (flat padded output, channel stride y_cs) from x
+    (flat padded input, channel stride x_cs) and the transformed filters U (a^N, O, C). x_rows,
+    y_rows: offsets of a patch's and a tile's rows over the first N - 1 axes; ``place``: where
+    tiles lie, (tiles per axis, x steps, x image stride, y steps, y image stride) as ``_runs``
+    reads them. ``work``: (V (a^N, C, TB), Mt (a^N, O, TB), two (a^N, TB) buffers, runs (TB, 4)),
+    allocated by the caller (``work_arrays``)."""
     P, O, C = U.shape
     N = place[0].shape[0]
-    dt = y.dtype
-    V = np.empty((P, C, TB), dt)
-    Mt = np.empty((P, O, TB), dt)
-    buf0 = np.empty((P, TB), dt)
-    buf1 = np.empty((P, TB), dt)
-    runs = np.empty((TB, 4), np.int64)
+    bt, _, at, _ = (BT2, B2, AT2, A2) if m == 2 else (BT4, B4, AT4, A4)
+    V, Mt, buf0, buf1, runs = work
     for s in range(t0, t1, TB):
         count = _runs(s, min(TB, t1 - s), place[0], place[1], place[2], place[3], place[4], runs)
         for c in range(C):
-            _gather_bt(x, runs, count, c * x_cs, x_rows, buf0)
-            V[:, c, :] = _transform(BT, buf0, buf1, N)
+            _gather_patches(m, x, runs, count, c * x_cs, x_rows, buf0)
+            V[:, c, :] = _transform(bt, buf0, buf1, N)
         for p in range(P):   # the channel sums, point by point: one small BLAS product each
             np.dot(U[p], V[p], Mt[p])
         for o in range(O):
             buf0[:, :] = Mt[:, o, :]
-            _scatter_at(y, runs, count, o * y_cs, y_rows, _transform(AT, buf0, buf1, N))
+            r = _transform(at, buf0, buf1, N)
+            if m == 2:
+                _scatter_at2(y, runs, count, o * y_cs, y_rows, r)
+            else:
+                _scatter_at4(y, runs, count, o * y_cs, y_rows, r)
 
 
-def _backward_tiles(x, x_cs, x_rows, U, UT, gy, y_cs, y_rows, place, gx, gU, need_x, need_W,
+def _backward_tiles(m, x, x_cs, x_rows, U, UT, gy, y_cs, y_rows, place, gx, gU, need_x, need_W, work,
                     t0, t1):   # pragma: no cover - compiled
     """Tiles t0..t1 of one group's backward: gU (a^N, O, C) += sum_t Gt V^T (need_W), and the
     patches B gV B^T (gV = U^T Gt) added into gx (flat like x; need_x), where Gt = A gy_tile A^T.
-    UT: U's transpose per point (a^N, C, O), contiguous for BLAS. Arguments as ``_forward_tiles``."""
+    UT: U's transpose per point (a^N, C, O), contiguous for BLAS. ``work``: (V (a^N, C, TB), Gt
+    (a^N, O, TB), gV (a^N, C, TB), tmp (O, C), two (a^N, TB) buffers, runs (TB, 4)). Arguments
+    otherwise as ``_forward_tiles``."""
     P, O, C = U.shape
     N = place[0].shape[0]
-    dt = gy.dtype
-    V = np.empty((P, C, TB), dt)
-    Gt = np.empty((P, O, TB), dt)
-    gV = np.empty((P, C, TB), dt)
-    tmp = np.empty((O, C), dt)
-    buf0 = np.empty((P, TB), dt)
-    buf1 = np.empty((P, TB), dt)
-    runs = np.empty((TB, 4), np.int64)
+    bt, b, _, a_ = (BT2, B2, AT2, A2) if m == 2 else (BT4, B4, AT4, A4)
+    V, Gt, gV, tmp, buf0, buf1, runs = work
     for s in range(t0, t1, TB):
         count = _runs(s, min(TB, t1 - s), place[0], place[1], place[2], place[3], place[4], runs)
         if need_W:
             for c in range(C):
-                _gather_bt(x, runs, count, c * x_cs, x_rows, buf0)
-                V[:, c, :] = _transform(BT, buf0, buf1, N)
+                _gather_patches(m, x, runs, count, c * x_cs, x_rows, buf0)
+                V[:, c, :] = _transform(bt, buf0, buf1, N)
         for o in range(O):
-            _gather_a(gy, runs, count, o * y_cs, y_rows, buf0)
-            Gt[:, o, :] = _transform(A, buf0, buf1, N)
+            if m == 2:
+                _gather_a2(gy, runs, count, o * y_cs, y_rows, buf0)
+            else:
+                _gather_a4(gy, runs, count, o * y_cs, y_rows, buf0)
+            Gt[:, o, :] = _transform(a_, buf0, buf1, N)
         if need_W:
             for p in range(P):
                 np.dot(Gt[p], V[p].T, tmp)
@@ -295,7 +341,21 @@ def _backward_tiles(x, x_cs, x_rows, U, UT, gy, y_cs, y_rows, place, gx, gU, nee
                 np.dot(UT[p], Gt[p], gV[p])
             for c in range(C):
                 buf0[:, :] = gV[:, c, :]
-                _scatter_add_b(gx, runs, count, c * x_cs, x_rows, _transform(B, buf0, buf1, N))
+                r = _transform(b, buf0, buf1, N)
+                if m == 2:
+                    _scatter_add_b2(gx, runs, count, c * x_cs, x_rows, r)
+                else:
+                    _scatter_add_b4(gx, runs, count, c * x_cs, x_rows, r)
+
+
+def work_arrays(backward: bool, P: int, C: int, O: int, dtype) -> tuple:
+    """The arrays one call of ``_forward_tiles`` (or ``_backward_tiles``) works in, allocated here
+    (by NumPy, so that they count where a call's memory is measured): a^N (2C + 2O) TB values."""
+    rows = (np.empty((P, TB), dtype), np.empty((P, TB), dtype), np.empty((TB, 4), np.int64))
+    if backward:
+        return (np.empty((P, C, TB), dtype), np.empty((P, O, TB), dtype), np.empty((P, C, TB), dtype),
+                np.empty((O, C), dtype)) + rows
+    return (np.empty((P, C, TB), dtype), np.empty((P, O, TB), dtype)) + rows
 
 
 @functools.cache
@@ -313,16 +373,23 @@ def kernels():
     for cache in (True, False):
         try:
             jit = functools.partial(numba.njit, cache=cache, nogil=True, fastmath={"contract"})
-            # the helpers become dispatchers in this module's namespace, where the tile loops find
-            # them; the line transforms are inlined where they are called
+            # The helpers become dispatchers in their modules' namespaces, where their callers find
+            # them; the line transforms are inlined where they are called.
+            lines = vars(winograd_transforms)
+            for func in winograd_transforms.LINES:
+                lines[func.__name__] = jit(inline="always")(func)
+            for name in ("_transform2", "_transform4", "_transform"):
+                lines[name] = jit(_TRANSFORMS[name])
             glob = globals()
+            glob["_transform"] = lines["_transform"]
             for name, func in _HELPERS.items():
-                glob[name] = jit(inline="always")(func) if name.startswith("_line") else jit(func)
+                glob[name] = jit(func)
             return jit(_forward_tiles), jit(_backward_tiles)
         except Exception as exc:  # noqa: BLE001 - the cache's folder, or LLVM on this CPU
             log.info("Numba could not build the Winograd loops (cache=%s): %s", cache, exc)
     return None
 
 
-_HELPERS = {f.__name__: f for f in (_line_bt, _line_b, _line_at, _line_a, _transform, _runs, _gather_bt, _gather_a,
-                                    _scatter_at, _scatter_add_b)}
+_TRANSFORMS = {f.__name__: f for f in (winograd_transforms._transform2, winograd_transforms._transform4, _transform)}
+_HELPERS = {f.__name__: f for f in (_runs, _gather_bt2, _gather_a2, _scatter_at2, _scatter_add_b2, _gather_bt4,
+                                    _gather_a4, _scatter_at4, _scatter_add_b4, _gather_patches)}

@@ -78,7 +78,7 @@ def test_an_expensive_registered_engine_is_not_chosen(toy):
     toy.seconds = math.inf
     op = convcore.Convolution(algorithm="auto", autotune=True, **CASE.params)
     op.forward(np.ones(CASE.x_shape), np.ones(CASE.W_shape))
-    assert op.algorithm_used in ("fft", "direct") and toy.runs == 0
+    assert op.algorithm_used in ("fft", "direct", "winograd") and toy.runs == 0
 
 
 def test_a_registered_engine_can_be_named_then_is_gone_after_unregistering(toy):
@@ -132,6 +132,9 @@ def test_autotune_does_not_repeat_a_clearly_losing_engine(monkeypatch):
     real = autoselect.make_engine
     monkeypatch.setattr(autoselect, "make_engine", lambda name, *a: runs.append(name) or real(name, *a))
     monkeypatch.setattr(autoselect, "AMBIGUOUS", math.inf)
+    # the timing loop's bookkeeping, on the two engines whose order here is known: the cheapest
+    # estimate (direct) is also the fastest, so it stays the best it is compared with
+    monkeypatch.setattr(engines, "_ENGINES", {name: engines.get_engine(name) for name in ("fft", "direct")})
     x, W = np.ones((1, 2, 9, 9)), np.ones((2, 2, 3, 3))
     for losing, losing_min_s, timed_runs in ((math.inf, 0.0, 3), (0.0, 0.0, 1)):
         monkeypatch.setattr(autoselect, "LOSING", losing)            # 0: every run counts as losing

@@ -164,5 +164,5 @@ def test_estimate_counts_what_it_allocates():
     padded = 2 * 8 * 22 * 22 * 4
     assert est.shared["padded_input"] == padded and est.backward["padded_gx"] == padded
     assert est.forward["padded_output"] == est.backward["padded_gy"] == 2 * 8 * 20 * 20 * 4
-    chunks = len(winograd._tiling(geom).chunks)   # one sum of gU (16 points x 8 x 8) per chunk
-    assert est.backward["filter_gradient_sums"] == chunks * 16 * 8 * 8 * 4
+    t = winograd._tiling(geom)   # one sum of gU (points x 8 x 8) per chunk
+    assert est.backward["filter_gradient_sums"] == len(t.chunks) * t.P * 8 * 8 * 4
