@@ -1,24 +1,27 @@
-"""The Winograd engine: F(2, 3) minimal filtering per axis for 3^N kernels, stride 1, on the host.
+"""The Winograd engine: F(m, 3) minimal filtering per axis for 3^N kernels, stride 1, on the host.
 
 Lavin & Gray (2016) in N dims: the FFT engine's structure with a small exact real transform in
-place of the DFT. A tile of 2^N outputs is computed from a 4^N patch of the padded input:
+place of the DFT. A tile of m^N outputs is computed from an a^N patch of the padded input
+(a = m + 2 points per axis):
 
-    U = G-along-every-axis(w)              (4^N, c_O, c_I)     once per call
-    V = B^T-along-every-axis(patch)        (4^N, c_I)          per tile
-    y_tile = A^T-along-every-axis(U V)     (2^N, c_O)          a channel product per point
+    U = G-along-every-axis(w)              (a^N, c_O, c_I)     once per call
+    V = B^T-along-every-axis(patch)        (a^N, c_I)          per tile
+    y_tile = A^T-along-every-axis(U V)     (m^N, c_O)          a channel product per point
 
-so a tile costs 4^N c_I c_O multiply-adds against 2^N 3^N c_I c_O directly: 2.25x fewer in 2-D,
-3.4x in 3-D, 5x in 4-D (1.5x in 1-D). The backward pass is its adjoint, tile by tile:
+so a tile costs a^N c_I c_O multiply-adds against m^N 3^N c_I c_O directly: with F(2, 3), 3.4x
+fewer in 3-D and 5x in 4-D; with F(4, 3), 4x in 2-D and 2x in 1-D. The backward pass is its
+adjoint, tile by tile:
 
-    Gt = A-along-every-axis(gy_tile)                   (4^N, c_O)
+    Gt = A-along-every-axis(gy_tile)                   (a^N, c_O)
     gU = sum over tiles of Gt V^T   ->   gW = G^T-along-every-axis(gU)
     gx += B-along-every-axis(U^T Gt)   at the tile's patch
 
-F(2, 3)'s transforms hold only 0, +-1 and 1/2, so float32 results are as accurate as the direct
-engine's (larger tiles, F(4, 3), need constants up to 8 and lose about a digit). The tile loops are
-compiled (winograd_kernel.py, Numba): without Numba, or with ``CONVCORE_COMPILED=0``, the engine
-refuses to run and ``auto`` does not consider it. Shapes: x (n, c_I, d...), W (c_O, c_I/g, 3...),
-y and gy (n, c_O, o...).
+``tile_size`` picks m: F(2, 3)'s transforms hold only 0, +-1 and 1/2 and its float32 results are
+as accurate as the direct engine's; F(4, 3)'s constants (up to 8, and 1/24 in G) cost about a
+digit, which 1-D and 2-D layers can pay (errors of PyTorch's direct path's size) and 3-D ones not.
+The tile loops are compiled (winograd_kernel.py, Numba): without Numba, or with
+``CONVCORE_COMPILED=0``, the engine refuses to run and ``auto`` does not consider it. Shapes: x (n,
+c_I, d...), W (c_O, c_I/g, 3...), y and gy (n, c_O, o...).
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ def tile_size(ndim: int) -> int:
     errors ~1e-6 of the largest output, PyTorch's direct path's size), 2 above (F(4, 3) in 3-D
     loses another digit: 5e-6 median, 2e-5 worst; F(2, 3)'s 2e-7 is the direct engine's)."""
     return 4 if ndim <= 2 else 2
+
 
 CHUNKS = 16   # units of backward work: fixed, so results do not depend on the thread count
 SPLIT_MADDS = 1 << 22   # channel-product multiply-adds below which a second thread costs more than it saves

@@ -166,3 +166,15 @@ def test_estimate_counts_what_it_allocates():
     assert est.forward["padded_output"] == est.backward["padded_gy"] == 2 * 8 * 20 * 20 * 4
     t = winograd._tiling(geom)   # one sum of gU (points x 8 x 8) per chunk
     assert est.backward["filter_gradient_sums"] == len(t.chunks) * t.P * 8 * 8 * 4
+
+
+def test_a_model_naming_it_for_a_layer_it_cannot_run_is_refused_when_built():
+    """A training job's layers are built (and checked) before the job is queued: naming winograd for
+    a 5x5 layer fails there, with the layer and the reason, not at the first training step."""
+    from convcore import nn
+
+    with pytest.raises(ValueError, match=r"layer 0 \(conv\).*algorithm='winograd' runs kernels of size 3"):
+        nn.build_model([{"type": "conv", "out_channels": 4, "kernel_size": 5, "algorithm": "winograd"}], (2, 16, 16))
+    model = nn.build_model([{"type": "conv", "out_channels": 4, "kernel_size": 3, "padding": 1,
+                             "algorithm": "winograd"}], (2, 16, 16))
+    assert model is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from ...conv import Convolution
+from ...engines import unsupported_reason
 from ...geometry import make_geometry
 from ..init import check_init, init_weight
 from .base import Layer, as_json, check_int, check_sizes, per_dim_option
@@ -72,8 +73,14 @@ class ConvND(FilterLayer):
         return (self.out_channels, in_shape[0] // self.groups) + kernel
 
     def output_shape(self, in_shape):
-        # make_geometry checks channels, groups, padding and kernel-vs-input with named values.
+        # make_geometry checks channels, groups, padding and kernel-vs-input with named values; an
+        # engine asked for by name that cannot run the layer says so here, when the model is built
+        # (a training job's check, before it is queued), not at its first step.
         geom = make_geometry((1,) + tuple(in_shape), self.weight_shape(in_shape), **self.op.params)
+        if self.algorithm != "auto":
+            why = unsupported_reason(self.algorithm, geom, "cpu")
+            if why:
+                raise ValueError(why)
         return geom.out_shape[1:]
 
     def config(self):
