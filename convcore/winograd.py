@@ -218,8 +218,8 @@ def winograd_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rat
     blocks = -(-t.count // TB)
     fw_threads = _threads(t.count * t.P * C * O, blocks)
     bw_threads = _threads(t.count * t.P * C * O, max(1, len(t.chunks) // 2))
-    fw_work = itemsize * t.P * (C + O + 2) * TB + 4 * 8 * TB
-    bw_work = itemsize * (t.P * (2 * C + O + 2) * TB + O * C) + 4 * 8 * TB
+    fw_work = itemsize * t.P * (C + O + 3) * TB + 4 * 8 * TB
+    bw_work = itemsize * (t.P * (2 * C + O + 3) * TB + O * C) + 4 * 8 * TB
     shared = {"padded_input": x_bytes, "transformed_filters": 2 * itemsize * g * t.P * C * O}
     forward = {"padded_output": y_bytes, "tile_buffers": fw_threads * fw_work}
     backward = {"padded_gy": y_bytes, "padded_gx": x_bytes, "tile_buffers": bw_threads * bw_work,

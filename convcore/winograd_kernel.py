@@ -71,11 +71,12 @@ def _runs(s, nb, tiles, x_steps, x_image, y_steps, y_image, runs):   # pragma: n
 # last axis's transform on the way: along a run of tiles the patches' cells along that axis are
 # one contiguous range (tile i: cells 2i .. 2i + 3), read or written once.
 
-def _gather_bt2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _gather_bt2(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
     """buf rows (p', u): B^T along the last axis of the input patches, p' over the first N - 1
     axes (cells outer_off[p'] from a run's patch corner + offset); zeros after the tiles."""
     for po in range(outer_off.shape[0]):
-        d0, d1, d2, d3 = buf[4 * po], buf[4 * po + 1], buf[4 * po + 2], buf[4 * po + 3]
+        r = 4 * po
+        d0, d1, d2, d3 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add], buf[(r + 3) * mul + add]
         last = 0
         for k in range(count):
             t, n = runs[k, 0], runs[k, 1]
@@ -97,10 +98,11 @@ def _gather_bt2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover
             d3[t] = 0
 
 
-def _gather_a2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _gather_a2(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
     """buf rows (q', u): A along the last axis of the gy tiles (2 cells -> 4 points)."""
     for qo in range(outer_off.shape[0]):
-        d0, d1, d2, d3 = buf[4 * qo], buf[4 * qo + 1], buf[4 * qo + 2], buf[4 * qo + 3]
+        r = 4 * qo
+        d0, d1, d2, d3 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add], buf[(r + 3) * mul + add]
         last = 0
         for k in range(count):
             t, n = runs[k, 0], runs[k, 1]
@@ -122,10 +124,11 @@ def _gather_a2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover 
             d3[t] = 0
 
 
-def _scatter_at2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _scatter_at2(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
     """The output tiles: A^T along the last axis of buf's rows (q', u), written to their 2 cells."""
     for qo in range(outer_off.shape[0]):
-        s0, s1, s2, s3 = buf[4 * qo], buf[4 * qo + 1], buf[4 * qo + 2], buf[4 * qo + 3]
+        r = 4 * qo
+        s0, s1, s2, s3 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add], buf[(r + 3) * mul + add]
         for k in range(count):
             t, n = runs[k, 0], runs[k, 1]
             start = runs[k, 3] + offset + outer_off[qo]
@@ -138,12 +141,13 @@ def _scatter_at2(flat, runs, count, offset, outer_off, buf):   # pragma: no cove
                 dst[2 * i + 1] = a1 - a2 - e3[i]
 
 
-def _scatter_add_b2(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _scatter_add_b2(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
     """The input-gradient patches: B along the last axis of buf's rows (p', u), added to their 4
     cells. Neighbouring tiles share 2 cells, so the sums run in two passes (cells 2i, 2i + 1, then
     2i + 2, 2i + 3), each with distinct cells per tile: vectorised, and always in the same order."""
     for po in range(outer_off.shape[0]):
-        s0, s1, s2, s3 = buf[4 * po], buf[4 * po + 1], buf[4 * po + 2], buf[4 * po + 3]
+        r = 4 * po
+        s0, s1, s2, s3 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add], buf[(r + 3) * mul + add]
         for k in range(count):
             t, n = runs[k, 0], runs[k, 1]
             start = runs[k, 2] + offset + outer_off[po]
@@ -158,11 +162,12 @@ def _scatter_add_b2(flat, runs, count, offset, outer_off, buf):   # pragma: no c
                 hi[2 * i + 1] -= e3[i]
 
 
-def _gather_bt4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _gather_bt4(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
     """``_gather_bt2`` for F(4, 3): 6 cells per tile (4i .. 4i + 5), B^T written out."""
     for po in range(outer_off.shape[0]):
         r = 6 * po
-        d0, d1, d2, d3, d4, d5 = buf[r], buf[r + 1], buf[r + 2], buf[r + 3], buf[r + 4], buf[r + 5]
+        d0, d1, d2 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add]
+        d3, d4, d5 = buf[(r + 3) * mul + add], buf[(r + 4) * mul + add], buf[(r + 5) * mul + add]
         last = 0
         for k in range(count):
             t, n = runs[k, 0], runs[k, 1]
@@ -190,11 +195,12 @@ def _gather_bt4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover
             d5[t] = 0
 
 
-def _gather_a4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _gather_a4(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
     """``_gather_a2`` for F(4, 3): 4 cells of gy -> 6 points (A)."""
     for qo in range(outer_off.shape[0]):
         r = 6 * qo
-        d0, d1, d2, d3, d4, d5 = buf[r], buf[r + 1], buf[r + 2], buf[r + 3], buf[r + 4], buf[r + 5]
+        d0, d1, d2 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add]
+        d3, d4, d5 = buf[(r + 3) * mul + add], buf[(r + 4) * mul + add], buf[(r + 5) * mul + add]
         last = 0
         for k in range(count):
             t, n = runs[k, 0], runs[k, 1]
@@ -226,11 +232,12 @@ def _gather_a4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover 
             d5[t] = 0
 
 
-def _scatter_at4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _scatter_at4(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
     """``_scatter_at2`` for F(4, 3): A^T along the last axis, written to the tile's 4 cells."""
     for qo in range(outer_off.shape[0]):
         r = 6 * qo
-        s0, s1, s2, s3, s4, s5 = buf[r], buf[r + 1], buf[r + 2], buf[r + 3], buf[r + 4], buf[r + 5]
+        s0, s1, s2 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add]
+        s3, s4, s5 = buf[(r + 3) * mul + add], buf[(r + 4) * mul + add], buf[(r + 5) * mul + add]
         for k in range(count):
             t, n = runs[k, 0], runs[k, 1]
             start = runs[k, 3] + offset + outer_off[qo]
@@ -247,12 +254,13 @@ def _scatter_at4(flat, runs, count, offset, outer_off, buf):   # pragma: no cove
                 dst[4 * i + 3] = m12 + 8 * m34 + e5[i]
 
 
-def _scatter_add_b4(flat, runs, count, offset, outer_off, buf):   # pragma: no cover - compiled
+def _scatter_add_b4(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
     """``_scatter_add_b2`` for F(4, 3): 6 cells per tile, of which its neighbour shares 2: cells
     4i .. 4i + 3 first, then 4i + 4 and 4i + 5."""
     for po in range(outer_off.shape[0]):
         r = 6 * po
-        s0, s1, s2, s3, s4, s5 = buf[r], buf[r + 1], buf[r + 2], buf[r + 3], buf[r + 4], buf[r + 5]
+        s0, s1, s2 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add]
+        s3, s4, s5 = buf[(r + 3) * mul + add], buf[(r + 4) * mul + add], buf[(r + 5) * mul + add]
         for k in range(count):
             t, n = runs[k, 0], runs[k, 1]
             start = runs[k, 2] + offset + outer_off[po]
@@ -275,11 +283,11 @@ def _scatter_add_b4(flat, runs, count, offset, outer_off, buf):   # pragma: no c
                 hi[4 * i + 1] += e5[i]
 
 
-def _gather_patches(m, flat, runs, count, offset, rows, buf):   # pragma: no cover - compiled
+def _gather_patches(m, flat, runs, count, offset, rows, buf, mul, add):   # pragma: no cover - compiled
     if m == 2:
-        _gather_bt2(flat, runs, count, offset, rows, buf)
+        _gather_bt2(flat, runs, count, offset, rows, buf, mul, add)
     else:
-        _gather_bt4(flat, runs, count, offset, rows, buf)
+        _gather_bt4(flat, runs, count, offset, rows, buf, mul, add)
 
 
 def _forward_tiles(m, x, x_cs, x_rows, U, y, y_cs, y_rows, place, work, t0, t1):   # pragma: no cover - compiled
@@ -287,75 +295,92 @@ def _forward_tiles(m, x, x_cs, x_rows, U, y, y_cs, y_rows, place, work, t0, t1):
     (flat padded input, channel stride x_cs) and the transformed filters U (a^N, O, C). x_rows,
     y_rows: offsets of a patch's and a tile's rows over the first N - 1 axes; ``place``: where
     tiles lie, (tiles per axis, x steps, x image stride, y steps, y image stride) as ``_runs``
-    reads them. ``work``: (V (a^N, C, TB), Mt (a^N, O, TB), two (a^N, TB) buffers, runs (TB, 4)),
-    allocated by the caller (``work_arrays``)."""
+    reads them. ``work``: (V (a^N C, TB), Mt (a^N O, TB), three (a^N, TB) buffers, runs (TB, 4)),
+    allocated by the caller (``work_arrays``); V and Mt hold point p's channels in rows p C .. p C
+    + C - 1 (p O ..), so that each point's product is one BLAS call and the transforms read and
+    write one channel's rows in place."""
     P, O, C = U.shape
     N = place[0].shape[0]
     bt, _, at, _ = (BT2, B2, AT2, A2) if m == 2 else (BT4, B4, AT4, A4)
-    V, Mt, buf0, buf1, runs = work
+    V, Mt, edge, buf0, buf1, runs = work
     for s in range(t0, t1, TB):
         count = _runs(s, min(TB, t1 - s), place[0], place[1], place[2], place[3], place[4], runs)
         for c in range(C):
-            _gather_patches(m, x, runs, count, c * x_cs, x_rows, buf0)
-            V[:, c, :] = _transform(bt, buf0, buf1, N)
-        for p in range(P):   # the channel sums, point by point: one small BLAS product each
-            np.dot(U[p], V[p], Mt[p])
-        for o in range(O):
-            buf0[:, :] = Mt[:, o, :]
-            r = _transform(at, buf0, buf1, N)
-            if m == 2:
-                _scatter_at2(y, runs, count, o * y_cs, y_rows, r)
+            if N == 1:
+                _gather_patches(m, x, runs, count, c * x_cs, x_rows, V, C, c)
             else:
-                _scatter_at4(y, runs, count, o * y_cs, y_rows, r)
+                _gather_patches(m, x, runs, count, c * x_cs, x_rows, edge, 1, 0)
+                _transform(bt, edge, buf0, buf1, V, N, 1, 0, C, c)
+        for p in range(P):   # the channel sums, point by point: one small BLAS product each
+            np.dot(U[p], V[p * C:(p + 1) * C], Mt[p * O:(p + 1) * O])
+        for o in range(O):
+            if N == 1:
+                src, mul, add = Mt, O, o
+            else:
+                _transform(at, Mt, buf0, buf1, edge, N, O, o, 1, 0)
+                src, mul, add = edge, 1, 0
+            if m == 2:
+                _scatter_at2(y, runs, count, o * y_cs, y_rows, src, mul, add)
+            else:
+                _scatter_at4(y, runs, count, o * y_cs, y_rows, src, mul, add)
 
 
 def _backward_tiles(m, x, x_cs, x_rows, U, UT, gy, y_cs, y_rows, place, gx, gU, need_x, need_W, work,
                     t0, t1):   # pragma: no cover - compiled
     """Tiles t0..t1 of one group's backward: gU (a^N, O, C) += sum_t Gt V^T (need_W), and the
     patches B gV B^T (gV = U^T Gt) added into gx (flat like x; need_x), where Gt = A gy_tile A^T.
-    UT: U's transpose per point (a^N, C, O), contiguous for BLAS. ``work``: (V (a^N, C, TB), Gt
-    (a^N, O, TB), gV (a^N, C, TB), tmp (O, C), two (a^N, TB) buffers, runs (TB, 4)). Arguments
-    otherwise as ``_forward_tiles``."""
+    UT: U's transpose per point (a^N, C, O), contiguous for BLAS. ``work``: (V (a^N C, TB), Gt
+    (a^N O, TB), gV (a^N C, TB), tmp (O, C), three (a^N, TB) buffers, runs (TB, 4)), rows as in
+    ``_forward_tiles``, whose arguments these are otherwise."""
     P, O, C = U.shape
     N = place[0].shape[0]
     bt, b, _, a_ = (BT2, B2, AT2, A2) if m == 2 else (BT4, B4, AT4, A4)
-    V, Gt, gV, tmp, buf0, buf1, runs = work
+    V, Gt, gV, tmp, edge, buf0, buf1, runs = work
     for s in range(t0, t1, TB):
         count = _runs(s, min(TB, t1 - s), place[0], place[1], place[2], place[3], place[4], runs)
         if need_W:
             for c in range(C):
-                _gather_patches(m, x, runs, count, c * x_cs, x_rows, buf0)
-                V[:, c, :] = _transform(bt, buf0, buf1, N)
+                if N == 1:
+                    _gather_patches(m, x, runs, count, c * x_cs, x_rows, V, C, c)
+                else:
+                    _gather_patches(m, x, runs, count, c * x_cs, x_rows, edge, 1, 0)
+                    _transform(bt, edge, buf0, buf1, V, N, 1, 0, C, c)
         for o in range(O):
+            dst, mul, add = (Gt, O, o) if N == 1 else (edge, 1, 0)
             if m == 2:
-                _gather_a2(gy, runs, count, o * y_cs, y_rows, buf0)
+                _gather_a2(gy, runs, count, o * y_cs, y_rows, dst, mul, add)
             else:
-                _gather_a4(gy, runs, count, o * y_cs, y_rows, buf0)
-            Gt[:, o, :] = _transform(a_, buf0, buf1, N)
+                _gather_a4(gy, runs, count, o * y_cs, y_rows, dst, mul, add)
+            if N > 1:
+                _transform(a_, edge, buf0, buf1, Gt, N, 1, 0, O, o)
         if need_W:
             for p in range(P):
-                np.dot(Gt[p], V[p].T, tmp)
+                np.dot(Gt[p * O:(p + 1) * O], V[p * C:(p + 1) * C].T, tmp)
                 gU[p] += tmp
         if need_x:
             for p in range(P):
-                np.dot(UT[p], Gt[p], gV[p])
+                np.dot(UT[p], Gt[p * O:(p + 1) * O], gV[p * C:(p + 1) * C])
             for c in range(C):
-                buf0[:, :] = gV[:, c, :]
-                r = _transform(b, buf0, buf1, N)
-                if m == 2:
-                    _scatter_add_b2(gx, runs, count, c * x_cs, x_rows, r)
+                if N == 1:
+                    src, mul, add = gV, C, c
                 else:
-                    _scatter_add_b4(gx, runs, count, c * x_cs, x_rows, r)
+                    _transform(b, gV, buf0, buf1, edge, N, C, c, 1, 0)
+                    src, mul, add = edge, 1, 0
+                if m == 2:
+                    _scatter_add_b2(gx, runs, count, c * x_cs, x_rows, src, mul, add)
+                else:
+                    _scatter_add_b4(gx, runs, count, c * x_cs, x_rows, src, mul, add)
 
 
 def work_arrays(backward: bool, P: int, C: int, O: int, dtype) -> tuple:
     """The arrays one call of ``_forward_tiles`` (or ``_backward_tiles``) works in, allocated here
-    (by NumPy, so that they count where a call's memory is measured): a^N (2C + 2O) TB values."""
-    rows = (np.empty((P, TB), dtype), np.empty((P, TB), dtype), np.empty((TB, 4), np.int64))
+    (by NumPy, so that they count where a call's memory is measured): a^N (2C + O + 3) TB values
+    backward, a^N (C + O + 3) TB forward."""
+    rows = (np.empty((P, TB), dtype), np.empty((P, TB), dtype), np.empty((P, TB), dtype), np.empty((TB, 4), np.int64))
     if backward:
-        return (np.empty((P, C, TB), dtype), np.empty((P, O, TB), dtype), np.empty((P, C, TB), dtype),
+        return (np.empty((P * C, TB), dtype), np.empty((P * O, TB), dtype), np.empty((P * C, TB), dtype),
                 np.empty((O, C), dtype)) + rows
-    return (np.empty((P, C, TB), dtype), np.empty((P, O, TB), dtype)) + rows
+    return (np.empty((P * C, TB), dtype), np.empty((P * O, TB), dtype)) + rows
 
 
 @functools.cache
