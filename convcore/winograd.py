@@ -37,7 +37,7 @@ from .geometry import ConvGeometry
 
 KERNEL = 3
 # G of F(m, 3) (Lavin & Gray 2016, sections 4.1-4.2): y = A^T [(G g) . (B^T d)]. The loops hold
-# B^T, B, A^T and A written out (winograd_transforms.py); G is applied here, to the filters.
+# B^T, B, A^T and A written out (winograd_kernel.py); G is applied here, to the filters.
 G = {2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
      4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
