@@ -294,6 +294,9 @@ def main(argv=None):
     print(f"convcore benchmark: device={args.device} dtype={args.dtype} threads={args.threads} (every side; "
           f"CPUs usable {convcore.cpu_count()}) samples={args.samples} side-budget={args.side_budget}s, "
           f"{len(configs)} configs, engines {', '.join(columns()[1:])}")
+    warm = time.perf_counter()
+    convcore.warm_up(xp)   # Numba's compiling (~20 s the first time on a machine) out of every timing
+    print(f"compiled loops ready in {time.perf_counter() - warm:.1f} s")
     rows, start = [], time.perf_counter()
     for cfg in configs:
         t0 = time.perf_counter()
