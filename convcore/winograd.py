@@ -25,6 +25,7 @@ c_I, d...), W (c_O, c_I/g, 3...), y and gy (n, c_O, o...).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
@@ -105,6 +106,7 @@ def _working() -> bool:
             geom = ConvGeometry((1, 1, 4), (1, 1, 3), (1,), (1,), ((1, 1),), 1, "zeros")
             x, W = np.ones((1, 1, 4), dtype), np.ones((1, 1, 3), dtype)
             engine = WinogradConv(np, geom, x, W, 2**30, _checked=True)
+            engine._pin_blas = False
             engine.forward()
             engine.backward(np.ones((1, 1, 4), dtype), True, True)
     except Exception as exc:  # noqa: BLE001 - Numba failing to compile on this machine: not available
@@ -150,9 +152,15 @@ class _Tiling:
         # with chunks k - 1 and k + 1 only (a patch reaches m cells into the next tile), and of at
         # least a block of tiles where there are that many (the loops run whole blocks: a chunk of
         # 4 tiles cost as much as one of 64)
-        slabs, per_slab = geom.batch * self.tiles[0], math.prod(self.tiles[1:])
-        n = max(1, min(slabs, CHUNKS, self.count // winograd_kernel.TB))
-        self.chunks = [(slabs * k // n * per_slab, slabs * (k + 1) // n * per_slab) for k in range(n)]
+        self.slabs, self.per_slab = geom.batch * self.tiles[0], math.prod(self.tiles[1:])
+        self.max_chunks = max(1, min(self.slabs, CHUNKS, self.count // winograd_kernel.TB))
+
+    def chunks_within(self, budget: int, itemsize: int, filter_values: int) -> list:
+        """The backward pass's chunks, (first tile, end) each: as many as ``max_chunks``, fewer when
+        their weight-gradient sums (one filter's transform, ``filter_values`` x P values, each) would
+        pass an eighth of ``budget`` (the same layer, budget and dtype: the same chunks)."""
+        n = max(1, min(self.max_chunks, budget // 8 // max(1, filter_values * self.P * itemsize)))
+        return [(self.slabs * k // n * self.per_slab, self.slabs * (k + 1) // n * self.per_slab) for k in range(n)]
 
     @functools.cached_property
     def place(self) -> tuple:
@@ -183,10 +191,12 @@ def _threads(madds: int, parts: int) -> int:
     return max(1, min(resources.num_threads(), parts, madds // SPLIT_MADDS + 1))
 
 
-def _run(threads: int, count: int, task) -> None:
+def _run(threads: int, count: int, task, pin_blas: bool = True) -> None:
     """task(i) for i in range(count), over ``threads`` of convcore's pool, BLAS single-threaded (its
-    own threads on each small product cost more than they give: 2x slower with 128 channels)."""
-    with backend._single_threaded_blas():
+    own threads on each small product cost more than they give: 2x slower with 128 channels).
+    ``pin_blas=False`` for the first, compiling call: BLAS is pinned process-wide while anyone is
+    inside, and a compile takes seconds."""
+    with backend._single_threaded_blas() if pin_blas else contextlib.nullcontext():
         if threads == 1:
             for i in range(count):
                 task(i)
@@ -204,26 +214,34 @@ def winograd_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rat
     g, N, threads = geom.groups, geom.ndim, resources.num_threads()
     C, O = geom.in_channels // g, geom.out_channels // g
     TB = winograd_kernel.TB
-    lanes = TB * sum(-(-(stop - start) // TB) for start, stop in t.chunks)
+    chunks = t.chunks_within(budget, itemsize, g * O * C)
+    lanes = TB * sum(-(-(stop - start) // TB) for start, stop in chunks)
     points = g * lanes * t.P
     one_thread = rates.precision(itemsize) * (
         TRANSFORM_FLOPS[t.m] * points * (C + O) * (N + 1) + PRODUCT_FLOPS[t.m] * points * C * O) / rates.gemm
     parallel = 1.0
     if threads > 1 and points * C * O >= SPLIT_MADDS:
-        parallel = max(1.0, min(threads, len(t.chunks) // 2) * THREAD_EFFICIENCY)
+        parallel = max(1.0, min(threads, len(chunks) // 2) * THREAD_EFFICIENCY)
     seconds = one_thread / parallel + rates.overhead("winograd")
     x_bytes = itemsize * geom.batch * geom.in_channels * math.prod(t.x_shape)
     y_bytes = itemsize * geom.batch * geom.out_channels * math.prod(t.y_shape)
-    # winograd_kernel.work_arrays, once per thread at work (as the engine splits: _threads)
-    blocks = -(-t.count // TB)
-    fw_threads = _threads(t.count * t.P * C * O, blocks)
-    bw_threads = _threads(t.count * t.P * C * O, max(1, len(t.chunks) // 2))
+    filters = g * t.P * C * O   # one transformed filter set
+    # winograd_kernel.work_arrays, once per thread at work (as the engine splits: _threads; the
+    # weight-gradient-only backward runs every chunk at once)
+    madds = t.count * t.P * C * O
+    fw_threads = _threads(madds, -(-t.count // TB))
+    bw_threads = _threads(madds, len(chunks))
     fw_work = itemsize * t.P * (C + O + 3) * TB + 4 * 8 * TB
     bw_work = itemsize * (t.P * (2 * C + O + 3) * TB + O * C) + 4 * 8 * TB
-    shared = {"padded_input": x_bytes, "transformed_filters": 2 * itemsize * g * t.P * C * O}
+    # U and U^T in the dtype, built through float64 (the filter transform's temporaries: 3 sets)
+    shared = {"padded_input": x_bytes, "transformed_filters": 2 * itemsize * filters + 3 * 8 * filters}
     forward = {"padded_output": y_bytes, "tile_buffers": fw_threads * fw_work}
+    if t.y_shape != geom.out_spatial:
+        forward["output_crop"] = itemsize * math.prod(geom.out_shape)
     backward = {"padded_gy": y_bytes, "padded_gx": x_bytes, "tile_buffers": bw_threads * bw_work,
-                "filter_gradient_sums": itemsize * len(t.chunks) * g * t.P * C * O}
+                "filter_gradient_sums": itemsize * len(chunks) * filters,
+                "filter_gradient_float64": 3 * 8 * filters,   # the chunks' total and its transform back
+                "gx": itemsize * math.prod(geom.in_shape), "gW": itemsize * math.prod(geom.kernel_shape)}
     return Estimate(seconds, shared, forward, backward)
 
 
@@ -244,13 +262,14 @@ class WinogradConv:
                 raise ValueError(why)
         self.xp, self.geom, self.x, self.W, self.budget = xp, geom, x, W, budget
         self.t = _tiling(geom)
+        self._pin_blas = True
         self._xpad = None
         g, N = geom.groups, geom.ndim
         C, O = geom.in_channels // g, geom.out_channels // g
         U = along_axes(G[self.t.m], np.asarray(W, np.float64).reshape((g, O, C) + geom.kernel), range(3, 3 + N))
         U = U.reshape(g, O, C, self.t.P)
-        self._U = np.ascontiguousarray(U.transpose(0, 3, 1, 2), dtype=x.dtype)    # (g, 4^N, O, C)
-        self._UT = np.ascontiguousarray(U.transpose(0, 3, 2, 1), dtype=x.dtype)   # (g, 4^N, C, O)
+        self._U = np.ascontiguousarray(U.transpose(0, 3, 1, 2), dtype=x.dtype)    # (g, a^N, O, C)
+        self._UT = np.ascontiguousarray(U.transpose(0, 3, 2, 1), dtype=x.dtype)   # (g, a^N, C, O)
 
     def _padded_input(self):
         if self._xpad is None:
@@ -259,9 +278,11 @@ class WinogradConv:
             _crop(self._xpad, [lo for lo, _ in geom.pads], geom.spatial)[...] = self.x
         return self._xpad
 
-    def _group(self, arr, gi: int, channels: int):
-        """(``arr``'s flat view from group ``gi``'s first channel, its channel stride)."""
-        stride = math.prod(arr.shape[2:])
+    def _group(self, arr, gi: int, channels: int, padded_shape: tuple):
+        """(``arr``'s flat view from group ``gi``'s first channel, the channel stride of an array of
+        ``padded_shape``). The stride comes from the layer, not from ``arr``: a pass that does not
+        read x gets a placeholder for it, and gx (always full size) is addressed with x's stride."""
+        stride = math.prod(padded_shape)
         return arr.reshape(-1)[gi * channels * stride:], stride
 
     def forward(self):
@@ -275,11 +296,12 @@ class WinogradConv:
         threads = _threads(t.count * t.P * C * O, -(-t.count // winograd_kernel.TB))
         bounds = [t.count * i // threads for i in range(threads + 1)]
         for gi in range(g):
-            x_flat, x_cs = self._group(xpad, gi, C)
-            y_flat, y_cs = self._group(ypad, gi, O)
+            x_flat, x_cs = self._group(xpad, gi, C, t.x_shape)
+            y_flat, y_cs = self._group(ypad, gi, O, t.y_shape)
             args = (t.m, x_flat, x_cs, t.x_rows, self._U[gi], y_flat, y_cs, t.y_rows, t.place)
             _run(threads, threads, lambda i, args=args: forward_tiles(
-                *args, winograd_kernel.work_arrays(False, t.P, C, O, self.x.dtype), bounds[i], bounds[i + 1]))
+                *args, winograd_kernel.work_arrays(False, t.P, C, O, self.x.dtype), bounds[i], bounds[i + 1]),
+                 self._pin_blas)
         if t.y_shape == geom.out_spatial:
             return ypad
         return np.ascontiguousarray(_crop(ypad, (0,) * geom.ndim, geom.out_spatial))
@@ -293,19 +315,21 @@ class WinogradConv:
         g = geom.groups
         C, O = geom.in_channels // g, geom.out_channels // g
         if t.y_shape == geom.out_spatial:
-            gypad = np.ascontiguousarray(gy, dtype=dt)
+            # writeable too: a read-only gy (decoded from bytes) would be another type to Numba, and
+            # another compile of the loops in the middle of a job
+            gypad = np.require(gy, dt, ["C_CONTIGUOUS", "WRITEABLE"])
         else:
             gypad = np.zeros((geom.batch, geom.out_channels) + t.y_shape, dt)
             _crop(gypad, (0,) * N, geom.out_spatial)[...] = gy
         xpad = self._padded_input() if need_W else np.zeros((1, geom.in_channels), dt)
         gxpad = np.zeros((geom.batch, geom.in_channels) + t.x_shape, dt) if need_x else np.zeros((1, geom.in_channels), dt)
-        chunks = t.chunks
+        chunks = t.chunks_within(self.budget, dt.itemsize, g * O * C)
         sums = np.zeros((g, len(chunks), t.P, O, C), dt) if need_W else np.zeros((g, len(chunks), 1, 1, 1), dt)
         madds = t.count * t.P * C * O * (need_x + need_W)
         for gi in range(g):
-            x_flat, x_cs = self._group(xpad, gi, C)
-            gy_flat, y_cs = self._group(gypad, gi, O)
-            gx_flat = self._group(gxpad, gi, C)[0]
+            x_flat, x_cs = self._group(xpad, gi, C, t.x_shape)
+            gy_flat, y_cs = self._group(gypad, gi, O, t.y_shape)
+            gx_flat = self._group(gxpad, gi, C, t.x_shape)[0]
             args = (t.m, x_flat, x_cs, t.x_rows, self._U[gi], self._UT[gi], gy_flat, y_cs, t.y_rows, t.place, gx_flat)
 
             def chunk(k, args=args, gi=gi):
@@ -315,7 +339,7 @@ class WinogradConv:
             # even chunks, then odd: chunks that run at once never add into the same cells of gx
             phases = (range(0, len(chunks), 2), range(1, len(chunks), 2)) if need_x else (range(len(chunks)),)
             for ks in phases:
-                _run(_threads(madds // len(phases), len(ks)), len(ks), lambda i, ks=ks: chunk(ks[i]))
+                _run(_threads(madds // len(phases), len(ks)), len(ks), lambda i, ks=ks: chunk(ks[i]), self._pin_blas)
         gx = np.ascontiguousarray(_crop(gxpad, [lo for lo, _ in geom.pads], geom.spatial)) if need_x else None
         gW = None
         if need_W:

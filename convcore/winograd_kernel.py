@@ -21,7 +21,8 @@ range once and do the last axis's transform on the way (per-lane gathers cost as
 other transforms together).
 
 The loops never allocate per tile and run without the GIL; winograd.py splits the tiles between
-convcore's threads in chunks that do not depend on the thread count. Everything compiled is in
+convcore's threads (the backward pass in chunks that do not depend on the thread count; each
+output of the forward pass is one tile's, whichever thread computes it). Everything compiled is in
 this one file: Numba's disk cache notices a change in the file of the function it compiles, not
 in the files of the functions that one calls (a transform changed in a second module kept running
 its old compiled code).
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 
 import numpy as np
 
@@ -259,7 +261,7 @@ LINES = (_line_bt2, _line_b2, _line_at2, _line_a2, _line_bt4, _line_b4, _line_at
 
 def _runs(s, nb, tiles, x_steps, x_image, y_steps, y_image, runs):   # pragma: no cover - compiled
     """Split the block's lanes (tiles s .. s + nb - 1, row-major over (image, tile index per axis))
-    into runs along one row of tiles, whose cells are M apart: runs[k] = (first lane, length, its
+    into runs along one row of tiles, whose cells are m apart: runs[k] = (first lane, length, its
     patch corner in the padded input, its tile corner in the padded output), flat offsets at channel
     0 (``*_steps``: the flat step between neighbouring tiles per axis, ``*_image``: per image).
     Returns the count of runs."""
@@ -602,11 +604,21 @@ def work_arrays(backward: bool, P: int, C: int, O: int, dtype) -> tuple:
     return (np.empty((P * C, TB), dtype), np.empty((P * O, TB), dtype)) + rows
 
 
-@functools.cache
+_build_lock = threading.Lock()
+
+
 def kernels():
-    """(forward, backward) compiled, or None where Numba does not import or compile (the engine
-    then reports itself unavailable and ``auto`` never picks it). Compiled on first use per dtype
-    and kept in Numba's disk cache; FMA contraction only, so NaN and inf keep NumPy's semantics."""
+    """(forward, backward) dispatchers, or None where Numba does not import (the engine then
+    reports itself unavailable and ``auto`` never picks it). They compile on first use per dtype
+    (winograd._working makes that use) and are kept in Numba's disk cache; FMA contraction only,
+    so NaN and inf keep NumPy's semantics. Built once: a worker's warm-up thread and a first job
+    asking at the same time get the same dispatchers, so the loops are not compiled twice."""
+    with _build_lock:
+        return _build()
+
+
+@functools.cache
+def _build():
     try:
         import numba
     except ImportError:
@@ -625,8 +637,8 @@ def kernels():
             for name, func in _HELPERS.items():
                 glob[name] = jit(func)
             return jit(_forward_tiles), jit(_backward_tiles)
-        except Exception as exc:  # noqa: BLE001 - the cache's folder, or LLVM on this CPU
-            log.info("Numba could not build the Winograd loops (cache=%s): %s", cache, exc)
+        except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in (compile errors show later)
+            log.info("Numba cannot cache the Winograd loops (cache=%s): %s", cache, exc)
     return None
 
 

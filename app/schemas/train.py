@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
+
+from convcore.engines import engine_devices, engine_names
 
 from .v2 import MODEL_NAME_PATTERN, name_problem
 
@@ -38,8 +40,10 @@ class TrainRequest(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     validation_split: float = Field(0.2, ge=0.0, lt=1.0, description="Held-out fraction, stratified by class.")
     device: Literal["auto", "cpu", "gpu"] = Field(
-        "auto", description="Where the job trains: a GPU worker, a CPU worker, or auto (a GPU worker when one "
-                            "is up, else a CPU worker); 503 when no worker serves the asked device.")
+        "auto", validate_default=True,
+        description="Where the job trains: a GPU worker, a CPU worker, or auto (a GPU worker when one is up, else "
+                    "a CPU worker; a CPU worker when a layer names a CPU-only algorithm); 503 when no worker serves "
+                    "the asked device.")
     # Training options (convcore.nn.options): checked by convcore.nn.check_job, errors name the key.
     schedule: dict | None = Field(None, description='{"type": "constant"|"step"|"cosine", "warmup_epochs", '
                                                     '"step_size", "gamma" (step), "min_lr" (cosine)}.')
@@ -58,6 +62,23 @@ class TrainRequest(BaseModel):
         if problem:
             raise ValueError(f"{problem}: choose another name")
         return name
+
+    @field_validator("device")
+    @classmethod
+    def _host_only_engines(cls, device: str, info: ValidationInfo) -> str:
+        """A layer naming an engine that runs on CPU workers only (winograd) sends ``device: auto``
+        to the CPU, and makes ``device: gpu`` a 422 (it would fail at the first step there)."""
+        model = info.data.get("model")
+        layers = model.get("graph", []) if isinstance(model, dict) else model or []
+        names = {layer.get("algorithm") for layer in layers if isinstance(layer, dict)}
+        host_only = sorted(n for n in names if isinstance(n, str) and n in engine_names()
+                           and "gpu" not in engine_devices(n))
+        if not host_only:
+            return device
+        if device == "gpu":
+            raise ValueError(f'layers with algorithm "{host_only[0]}" run on CPU workers only; ask for '
+                             f'"device": "cpu" or "auto", or another algorithm')
+        return "cpu"
 
 
 class DatasetInfo(BaseModel):

@@ -38,6 +38,9 @@ def client(app_client):
     ({"batchsize": 8}, "batchsize", ["batchsize", "not permitted"]),
     ({"dataset": {"name": "shapes3d", "n": 20000, "size": 64}}, "dataset", ["20000 samples", "over the limit"]),
     ({"dataset": {"name": "synthetic", "n": "many"}}, "dataset", ["n must be an int", "'many'"]),
+    # an engine named for a layer it cannot run: said when the model is built, not at the first step
+    ({"model": [{**CONV, "kernel_size": 5, "algorithm": "winograd"}, {"type": "flatten"}, DENSE10]}, "model",
+     ["layer 0 (conv)", "algorithm='winograd' runs kernels of size 3"]),
     # fits the shapes, not the memory: ~100 GB of activations for one batch
     ({"model": [{**CONV, "out_channels": 200000, "padding": "same"}, {"type": "flatten"}, DENSE10],
       "batch_size": 1000}, "model", ["over the limit", "layer 0 (conv)", "batch_size=1000"]),
@@ -51,6 +54,14 @@ def test_impossible_jobs_are_422_before_queueing(client, changes, field, words):
     for word in words:
         assert word in body["detail"], (word, body["detail"])
     assert len(client.get("/v1/jobs").json()["jobs"]) == before  # nothing was queued
+
+
+def test_a_cpu_only_engine_on_a_gpu_is_422(client):
+    """A layer naming winograd (CPU workers only) with "device": "gpu" is refused before queueing."""
+    model = [{**CONV, "padding": 1, "algorithm": "winograd"}, {"type": "flatten"}, DENSE10]
+    r = client.post("/v1/train", json=tiny_job(model=model, device="gpu"))
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "device" and 'algorithm "winograd" run on CPU workers only' in r.json()["detail"]
 
 
 def test_malformed_body_is_400(client):
