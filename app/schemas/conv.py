@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from convcore.engines import engine_devices
 from worker.kinds import CONV_PARAMS
@@ -43,12 +43,18 @@ class ConvParams(AnswerParams):
         "auto", description="The engine: auto picks one per layer shape; winograd (3^N kernels, stride 1) "
                             "runs on CPU workers only, so it sends device auto to the CPU.")
 
+    @field_validator("algorithm")
+    @classmethod
+    def _not_on_a_gpu(cls, algorithm: str, info: ValidationInfo) -> str:
+        if info.data.get("device") == "gpu" and algorithm != "auto" and "gpu" not in engine_devices(algorithm):
+            raise ValueError(f'algorithm "{algorithm}" runs on CPU workers only; ask for "device": "cpu" or '
+                             f'"auto", or another algorithm')
+        return algorithm
+
     @model_validator(mode="after")
     def _host_only_engine(self):
+        """A CPU-only engine sends ``device: auto`` to a CPU worker."""
         if self.algorithm != "auto" and "gpu" not in engine_devices(self.algorithm):
-            if self.device == "gpu":
-                raise ValueError(f'algorithm "{self.algorithm}" runs on CPU workers only; ask for "device": '
-                                 f'"cpu" or "auto", or another algorithm')
             self.device = "cpu"
         return self
 

@@ -75,7 +75,8 @@ def test_convcore_errors_are_422_with_its_message(client, body, words):
 
 
 @pytest.mark.parametrize("body,field", [({"padding_mode": "mirror"}, "padding_mode"),
-                                        ({"algorithm": "im2col"}, "algorithm"), ({"strides": 2}, "strides")])
+                                        ({"algorithm": "im2col"}, "algorithm"), ({"strides": 2}, "strides"),
+                                        ({"algorithm": "winograd", "device": "gpu"}, "algorithm")])
 def test_bad_parameters_are_422_naming_the_field(client, body, field):
     r = post(client, **body)
     assert r.status_code == 422 and r.json()["field"] == field and field in r.json()["detail"]
