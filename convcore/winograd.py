@@ -97,8 +97,9 @@ def _numba_installed() -> bool:
 
 @functools.cache
 def _working() -> bool:
-    """Build the loops and run them once per dtype on a tiny layer (compiling them: ~15 s the first
-    time on a machine, then Numba's disk cache, ~1 s), so that a failure shows here, once."""
+    """Build the loops and run them once per dtype on a tiny layer (compiling them: 10-30 s the
+    first time on a machine, then ~0.3 s from Numba's disk cache), so that a failure shows here,
+    once. BLAS is not pinned meanwhile (``_pin_blas``): a compile is long, and pinning is global."""
     if winograd_kernel.kernels() is None:
         return False
     try:
