@@ -40,15 +40,36 @@ KERNEL = 3
 # G of F(m, 3) (Lavin & Gray 2016, sections 4.1-4.2): y = A^T [(G g) . (B^T d)]. The loops hold
 # B^T, B, A^T and A written out (winograd_kernel.py); G is applied here, to the filters.
 G = {2: np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+     3: np.array([[1 / 2, 0, 0], [-1 / 2, -1 / 2, -1 / 2], [-1 / 6, 1 / 6, -1 / 6], [1 / 6, 1 / 3, 2 / 3], [0, 0, 1]]),
      4: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
 
 
-def tile_size(ndim: int) -> int:
-    """m of F(m, 3) for N spatial axes: 4 up to 2-D (16 outputs from 36 points in 2-D, float32
-    errors ~1e-6 of the largest output, PyTorch's direct path's size), 2 above (F(4, 3) in 3-D
-    loses another digit: 5e-6 median, 2e-5 worst; F(2, 3)'s 2e-7 is the direct engine's)."""
-    return 4 if ndim <= 2 else 2
+def tile_size(geom: ConvGeometry) -> int:
+    """m of F(m, 3) for a layer. The float32 error (median of the largest output's, 16 channels, over
+    random tiles) decides which sizes a dimension may use; the cost model picks among them:
+    - up to 2-D, F(4, 3): ~1e-6 in 2-D, PyTorch's direct path's size (F(2, 3) was slower but on one
+      128-channel layer in seven);
+    - 3-D, F(2, 3) (2e-7) or F(3, 3) (1.5e-6), whichever the model finds cheaper: F(3, 3) needs 4.6
+      points per output against 8, but rounds each axis up to a multiple of 3 (a 16^3 volume
+      computes 18^3: slower; 24^3 or 12^3: 1.2-1.5x faster, and the model called all 12 measured
+      layers right);
+    - 4-D and up, F(2, 3) (3e-7): F(3, 3) would be 4.7e-6 there, F(4, 3) in 3-D 5.3e-6."""
+    if geom.ndim <= 2:
+        return 4
+    if geom.ndim > 3:
+        return 2
+    return min((2, 3), key=lambda m: _units_cost(geom, m))
+
+
+def _units_cost(geom: ConvGeometry, m: int) -> float:
+    """One thread's modelled work of the layer with F(m, 3), in the model's units (whole blocks)."""
+    g, N = geom.groups, geom.ndim
+    C, O = geom.in_channels // g, geom.out_channels // g
+    tiles = geom.batch * math.prod(-(-o // m) for o in geom.out_spatial)
+    TB = winograd_kernel.TB
+    points = g * -(-tiles // TB) * TB * (m + KERNEL - 1) ** N
+    return TRANSFORM_FLOPS[m] * points * (C + O) * (N + 1) + PRODUCT_FLOPS[m] * points * C * O
 
 
 CHUNKS = 16   # units of backward work: fixed, so results do not depend on the thread count
@@ -57,11 +78,11 @@ SPLIT_MADDS = 1 << 22   # channel-product multiply-adds below which a second thr
 # the direct engine's model does): one thread spends TRANSFORM_FLOPS[m] / gemm seconds per lane,
 # point, channel (in or out) and axis (plus one: gathers and scatters), and PRODUCT_FLOPS[m] / gemm
 # per lane, point and channel pair (the three BLAS products together). Fitted per tile size on one
-# thread: F(2, 3) on 20 layers (1-D to 5-D, 1 to 128 channels, 64 to 147k tiles), F(4, 3) on 11
-# (1-D and 2-D), each to within 0.76-1.17x of the measured time (docs/benchmarks.md, thirteenth
-# round); lanes count whole blocks of TB tiles per chunk.
-TRANSFORM_FLOPS = {2: 63.5, 4: 80.6}
-PRODUCT_FLOPS = {2: 15.4, 4: 26.1}
+# thread, lanes counting whole blocks of TB tiles per chunk: F(4, 3) on 11 1-D and 2-D layers, each
+# within 0.76-1.17x of the measured time; F(2, 3) and F(3, 3) together on 12 3-D to 5-D layers of
+# 4-64 channels (docs/benchmarks.md, thirteenth round).
+TRANSFORM_FLOPS = {2: 72.4, 3: 98.2, 4: 80.6}
+PRODUCT_FLOPS = {2: 9.7, 3: 15.4, 4: 26.1}
 THREAD_EFFICIENCY = 0.9
 
 
@@ -141,7 +162,7 @@ class _Tiling:
     tile's rows over the first N - 1 axes (the loops walk the last one)."""
 
     def __init__(self, geom: ConvGeometry):
-        m = self.m = tile_size(geom.ndim)
+        m = self.m = tile_size(geom)
         self.points = m + KERNEL - 1                # transform points per axis
         self.P = self.points ** geom.ndim             # per patch
         self.tiles = tuple(-(-o // m) for o in geom.out_spatial)

@@ -55,9 +55,9 @@ TB = 64   # tiles per block: the lanes of every loop; a block's arrays stay in L
 # B and A (their transposes) carry gradients back: B for the input gradient's patches, A for gy's tiles.
 
 # transform kinds: (B^T, B, A^T, A) for F(2, 3), then for F(4, 3)
-BT2, B2, AT2, A2, BT4, B4, AT4, A4 = range(8)
-POINTS_IN = (4, 4, 4, 2, 6, 6, 6, 4)
-POINTS_OUT = (4, 4, 2, 4, 6, 6, 4, 6)
+BT2, B2, AT2, A2, BT4, B4, AT4, A4, BT3, B3, AT3, A3 = range(12)
+POINTS_IN = (4, 4, 4, 2, 6, 6, 6, 4, 5, 5, 5, 3)
+POINTS_OUT = (4, 4, 2, 4, 6, 6, 4, 6, 5, 5, 3, 5)
 
 
 
@@ -246,15 +246,106 @@ def _transform4(kind, src, buf0, buf1, dst, N, in_mul, in_add, out_mul, out_add)
         prev = nxt
 
 
+def _line_bt3(src, dst, r_in, r_out, s_in, s_out):   # pragma: no cover - compiled
+    """F(3, 3)'s B^T (points 0, 1, -1, 2 and infinity)."""
+    s0, s1, s2, s3, s4 = src[r_in], src[r_in + s_in], src[r_in + 2 * s_in], src[r_in + 3 * s_in], src[r_in + 4 * s_in]
+    d0, d1, d2 = dst[r_out], dst[r_out + s_out], dst[r_out + 2 * s_out]
+    d3, d4 = dst[r_out + 3 * s_out], dst[r_out + 4 * s_out]
+    for t in range(TB):
+        a1 = s1[t]
+        a2 = s2[t]
+        a3 = s3[t]
+        d0[t] = 2 * (s0[t] - a2) - a1 + a3
+        d1[t] = a3 - a2 - 2 * a1
+        d2[t] = 2 * a1 - 3 * a2 + a3
+        d3[t] = a3 - a1
+        d4[t] = 2 * (a1 - a3) - a2 + s4[t]
+
+
+def _line_b3(src, dst, r_in, r_out, s_in, s_out):   # pragma: no cover - compiled
+    """F(3, 3)'s B = (B^T)^T."""
+    s0, s1, s2, s3, s4 = src[r_in], src[r_in + s_in], src[r_in + 2 * s_in], src[r_in + 3 * s_in], src[r_in + 4 * s_in]
+    d0, d1, d2 = dst[r_out], dst[r_out + s_out], dst[r_out + 2 * s_out]
+    d3, d4 = dst[r_out + 3 * s_out], dst[r_out + 4 * s_out]
+    for t in range(TB):
+        a0 = s0[t]
+        a1 = s1[t]
+        a2 = s2[t]
+        a3 = s3[t]
+        a4 = s4[t]
+        d0[t] = 2 * a0
+        d1[t] = 2 * (a2 - a1 + a4) - a0 - a3
+        d2[t] = -2 * a0 - a1 - 3 * a2 - a4
+        d3[t] = a0 + a1 + a2 + a3 - 2 * a4
+        d4[t] = a4
+
+
+def _line_at3(src, dst, r_in, r_out, s_in, s_out):   # pragma: no cover - compiled
+    """F(3, 3)'s A^T = [[1, 1, 1, 1, 0], [0, 1, -1, 2, 0], [0, 1, 1, 4, 1]]."""
+    s0, s1, s2, s3, s4 = src[r_in], src[r_in + s_in], src[r_in + 2 * s_in], src[r_in + 3 * s_in], src[r_in + 4 * s_in]
+    d0, d1, d2 = dst[r_out], dst[r_out + s_out], dst[r_out + 2 * s_out]
+    for t in range(TB):
+        a1 = s1[t]
+        a2 = s2[t]
+        a3 = s3[t]
+        d0[t] = s0[t] + a1 + a2 + a3
+        d1[t] = a1 - a2 + 2 * a3
+        d2[t] = a1 + a2 + 4 * a3 + s4[t]
+
+
+def _line_a3(src, dst, r_in, r_out, s_in, s_out):   # pragma: no cover - compiled
+    """F(3, 3)'s A = (A^T)^T (3 values -> 5 points)."""
+    s0, s1, s2 = src[r_in], src[r_in + s_in], src[r_in + 2 * s_in]
+    d0, d1, d2 = dst[r_out], dst[r_out + s_out], dst[r_out + 2 * s_out]
+    d3, d4 = dst[r_out + 3 * s_out], dst[r_out + 4 * s_out]
+    for t in range(TB):
+        g0 = s0[t]
+        g1 = s1[t]
+        g2 = s2[t]
+        e = g0 + g2
+        d0[t] = g0
+        d1[t] = e + g1
+        d2[t] = e - g1
+        d3[t] = g0 + 2 * g1 + 4 * g2
+        d4[t] = g2
+
+
+def _transform3(kind, src, buf0, buf1, dst, N, in_mul, in_add, out_mul, out_add):   # pragma: no cover
+    """``_transform2`` for F(3, 3) (5 points per axis)."""
+    n_in, n_out = POINTS_IN[kind], POINTS_OUT[kind]
+    prev = src
+    for j in range(N - 1):
+        outer = n_out ** j
+        inner = n_in ** (N - 2 - j) * 5
+        im, ia = (in_mul, in_add) if j == 0 else (1, 0)
+        nxt, om, oa = (dst, out_mul, out_add) if j == N - 2 else ((buf0, 1, 0) if j % 2 == 0 else (buf1, 1, 0))
+        for o in range(outer):
+            for i in range(inner):
+                r_in = (o * n_in * inner + i) * im + ia
+                r_out = (o * n_out * inner + i) * om + oa
+                if kind == BT3:
+                    _line_bt3(prev, nxt, r_in, r_out, inner * im, inner * om)
+                elif kind == B3:
+                    _line_b3(prev, nxt, r_in, r_out, inner * im, inner * om)
+                elif kind == AT3:
+                    _line_at3(prev, nxt, r_in, r_out, inner * im, inner * om)
+                else:
+                    _line_a3(prev, nxt, r_in, r_out, inner * im, inner * om)
+        prev = nxt
+
+
 def _transform(kind, src, buf0, buf1, dst, N, in_mul, in_add, out_mul, out_add):   # pragma: no cover
     """The transform ``kind`` (either tile size) along the first N - 1 axes: see ``_transform2``."""
     if kind < BT4:
         _transform2(kind, src, buf0, buf1, dst, N, in_mul, in_add, out_mul, out_add)
-    else:
+    elif kind < BT3:
         _transform4(kind, src, buf0, buf1, dst, N, in_mul, in_add, out_mul, out_add)
+    else:
+        _transform3(kind, src, buf0, buf1, dst, N, in_mul, in_add, out_mul, out_add)
 
 
-LINES = (_line_bt2, _line_b2, _line_at2, _line_a2, _line_bt4, _line_b4, _line_at4, _line_a4)
+LINES = (_line_bt2, _line_b2, _line_at2, _line_a2, _line_bt4, _line_b4, _line_at4, _line_a4, _line_bt3, _line_b3,
+         _line_at3, _line_a3)
 
 
 # ---- the tile loops ----------------------------------------------------------------------------
@@ -504,9 +595,118 @@ def _scatter_add_b4(flat, runs, count, offset, outer_off, buf, mul, add):   # pr
                 hi[4 * i + 1] += e5[i]
 
 
+def _gather_bt3(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
+    """``_gather_bt2`` for F(3, 3): 5 cells per tile (3i .. 3i + 4), B^T written out."""
+    for po in range(outer_off.shape[0]):
+        r = 5 * po
+        d0, d1, d2 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add]
+        d3, d4 = buf[(r + 3) * mul + add], buf[(r + 4) * mul + add]
+        last = 0
+        for k in range(count):
+            t, n = runs[k, 0], runs[k, 1]
+            start = runs[k, 2] + offset + outer_off[po]
+            src = flat[start:start + 3 * n + 2]
+            e0, e1, e2, e3, e4 = d0[t:t + n], d1[t:t + n], d2[t:t + n], d3[t:t + n], d4[t:t + n]
+            for i in range(n):
+                a1 = src[3 * i + 1]
+                a2 = src[3 * i + 2]
+                a3 = src[3 * i + 3]
+                e0[i] = 2 * (src[3 * i] - a2) - a1 + a3
+                e1[i] = a3 - a2 - 2 * a1
+                e2[i] = 2 * a1 - 3 * a2 + a3
+                e3[i] = a3 - a1
+                e4[i] = 2 * (a1 - a3) - a2 + src[3 * i + 4]
+            last = t + n
+        for t in range(last, TB):
+            d0[t] = 0
+            d1[t] = 0
+            d2[t] = 0
+            d3[t] = 0
+            d4[t] = 0
+
+
+def _gather_a3(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
+    """``_gather_a2`` for F(3, 3): 3 cells of gy -> 5 points (A)."""
+    for qo in range(outer_off.shape[0]):
+        r = 5 * qo
+        d0, d1, d2 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add]
+        d3, d4 = buf[(r + 3) * mul + add], buf[(r + 4) * mul + add]
+        last = 0
+        for k in range(count):
+            t, n = runs[k, 0], runs[k, 1]
+            start = runs[k, 3] + offset + outer_off[qo]
+            src = flat[start:start + 3 * n]
+            e0, e1, e2, e3, e4 = d0[t:t + n], d1[t:t + n], d2[t:t + n], d3[t:t + n], d4[t:t + n]
+            for i in range(n):
+                g0 = src[3 * i]
+                g1 = src[3 * i + 1]
+                g2 = src[3 * i + 2]
+                ev = g0 + g2
+                e0[i] = g0
+                e1[i] = ev + g1
+                e2[i] = ev - g1
+                e3[i] = g0 + 2 * g1 + 4 * g2
+                e4[i] = g2
+            last = t + n
+        for t in range(last, TB):
+            d0[t] = 0
+            d1[t] = 0
+            d2[t] = 0
+            d3[t] = 0
+            d4[t] = 0
+
+
+def _scatter_at3(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
+    """``_scatter_at2`` for F(3, 3): A^T along the last axis, written to the tile's 3 cells."""
+    for qo in range(outer_off.shape[0]):
+        r = 5 * qo
+        s0, s1, s2 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add]
+        s3, s4 = buf[(r + 3) * mul + add], buf[(r + 4) * mul + add]
+        for k in range(count):
+            t, n = runs[k, 0], runs[k, 1]
+            start = runs[k, 3] + offset + outer_off[qo]
+            dst = flat[start:start + 3 * n]
+            e0, e1, e2, e3, e4 = s0[t:t + n], s1[t:t + n], s2[t:t + n], s3[t:t + n], s4[t:t + n]
+            for i in range(n):
+                a1 = e1[i]
+                a2 = e2[i]
+                a3 = e3[i]
+                dst[3 * i] = e0[i] + a1 + a2 + a3
+                dst[3 * i + 1] = a1 - a2 + 2 * a3
+                dst[3 * i + 2] = a1 + a2 + 4 * a3 + e4[i]
+
+
+def _scatter_add_b3(flat, runs, count, offset, outer_off, buf, mul, add):   # pragma: no cover - compiled
+    """``_scatter_add_b2`` for F(3, 3): 5 cells per tile, of which its neighbour shares 2: cells
+    3i .. 3i + 2 first, then 3i + 3 and 3i + 4."""
+    for po in range(outer_off.shape[0]):
+        r = 5 * po
+        s0, s1, s2 = buf[r * mul + add], buf[(r + 1) * mul + add], buf[(r + 2) * mul + add]
+        s3, s4 = buf[(r + 3) * mul + add], buf[(r + 4) * mul + add]
+        for k in range(count):
+            t, n = runs[k, 0], runs[k, 1]
+            start = runs[k, 2] + offset + outer_off[po]
+            dst = flat[start:start + 3 * n + 2]
+            e0, e1, e2, e3, e4 = s0[t:t + n], s1[t:t + n], s2[t:t + n], s3[t:t + n], s4[t:t + n]
+            for i in range(n):
+                a0 = e0[i]
+                a1 = e1[i]
+                a2 = e2[i]
+                a4 = e4[i]
+                dst[3 * i] += 2 * a0
+                dst[3 * i + 1] += 2 * (a2 - a1 + a4) - a0 - e3[i]
+                dst[3 * i + 2] += -2 * a0 - a1 - 3 * a2 - a4
+            hi = dst[3:]
+            for i in range(n):
+                hi[3 * i] += e0[i] + e1[i] + e2[i] + e3[i] - 2 * e4[i]
+                hi[3 * i + 1] += e4[i]
+
+
 def _gather_patches(m, flat, runs, count, offset, rows, buf, mul, add):   # pragma: no cover - compiled
     if m == 2:
         _gather_bt2(flat, runs, count, offset, rows, buf, mul, add)
+    elif m == 3:
+        _gather_bt3(flat, runs, count, offset, rows, buf, mul, add)
     else:
         _gather_bt4(flat, runs, count, offset, rows, buf, mul, add)
 
@@ -522,7 +722,7 @@ def _forward_tiles(m, x, x_cs, x_rows, U, y, y_cs, y_rows, place, work, t0, t1):
     write one channel's rows in place."""
     P, O, C = U.shape
     N = place[0].shape[0]
-    bt, _, at, _ = (BT2, B2, AT2, A2) if m == 2 else (BT4, B4, AT4, A4)
+    bt, _, at, _ = (BT2, B2, AT2, A2) if m == 2 else ((BT3, B3, AT3, A3) if m == 3 else (BT4, B4, AT4, A4))
     V, Mt, edge, buf0, buf1, runs = work
     for s in range(t0, t1, TB):
         count = _runs(s, min(TB, t1 - s), place[0], place[1], place[2], place[3], place[4], runs)
@@ -542,6 +742,8 @@ def _forward_tiles(m, x, x_cs, x_rows, U, y, y_cs, y_rows, place, work, t0, t1):
                 src, mul, add = edge, 1, 0
             if m == 2:
                 _scatter_at2(y, runs, count, o * y_cs, y_rows, src, mul, add)
+            elif m == 3:
+                _scatter_at3(y, runs, count, o * y_cs, y_rows, src, mul, add)
             else:
                 _scatter_at4(y, runs, count, o * y_cs, y_rows, src, mul, add)
 
@@ -555,7 +757,7 @@ def _backward_tiles(m, x, x_cs, x_rows, U, UT, gy, y_cs, y_rows, place, gx, gU, 
     ``_forward_tiles``, whose arguments these are otherwise."""
     P, O, C = U.shape
     N = place[0].shape[0]
-    bt, b, _, a_ = (BT2, B2, AT2, A2) if m == 2 else (BT4, B4, AT4, A4)
+    bt, b, _, a_ = (BT2, B2, AT2, A2) if m == 2 else ((BT3, B3, AT3, A3) if m == 3 else (BT4, B4, AT4, A4))
     V, Gt, gV, tmp, edge, buf0, buf1, runs = work
     for s in range(t0, t1, TB):
         count = _runs(s, min(TB, t1 - s), place[0], place[1], place[2], place[3], place[4], runs)
@@ -570,6 +772,8 @@ def _backward_tiles(m, x, x_cs, x_rows, U, UT, gy, y_cs, y_rows, place, gx, gU, 
             dst, mul, add = (Gt, O, o) if N == 1 else (edge, 1, 0)
             if m == 2:
                 _gather_a2(gy, runs, count, o * y_cs, y_rows, dst, mul, add)
+            elif m == 3:
+                _gather_a3(gy, runs, count, o * y_cs, y_rows, dst, mul, add)
             else:
                 _gather_a4(gy, runs, count, o * y_cs, y_rows, dst, mul, add)
             if N > 1:
@@ -589,6 +793,8 @@ def _backward_tiles(m, x, x_cs, x_rows, U, UT, gy, y_cs, y_rows, place, gx, gU, 
                     src, mul, add = edge, 1, 0
                 if m == 2:
                     _scatter_add_b2(gx, runs, count, c * x_cs, x_rows, src, mul, add)
+                elif m == 3:
+                    _scatter_add_b3(gx, runs, count, c * x_cs, x_rows, src, mul, add)
                 else:
                     _scatter_add_b4(gx, runs, count, c * x_cs, x_rows, src, mul, add)
 
@@ -642,5 +848,6 @@ def _build():
     return None
 
 
-_HELPERS = {f.__name__: f for f in (_transform2, _transform4, _transform, _runs, _gather_bt2, _gather_a2, _scatter_at2, _scatter_add_b2, _gather_bt4,
-                                    _gather_a4, _scatter_at4, _scatter_add_b4, _gather_patches)}
+_HELPERS = {f.__name__: f for f in (_transform2, _transform4, _transform3, _transform, _runs, _gather_bt2, _gather_a2, _scatter_at2, _scatter_add_b2, _gather_bt4,
+                                    _gather_a4, _scatter_at4, _scatter_add_b4, _gather_bt3, _gather_a3, _scatter_at3,
+                                    _scatter_add_b3, _gather_patches)}

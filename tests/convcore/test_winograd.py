@@ -61,7 +61,15 @@ TABLE = [
     ((1, 2, 5, 6, 4, 5), (3, 2, 3, 3, 3, 3), 1, 1),      # 4-D
     ((1, 2, 4, 5, 4, 3, 4), (2, 2, 3, 3, 3, 3, 3), 1, 1),  # 5-D
     ((2, 3, 3, 3), (2, 3, 3, 3), 0, 1),                  # a single output per image
+    ((2, 8, 9, 9, 9), (8, 8, 3, 3, 3), 1, 1),            # 3-D in F(3, 3) tiles (9 = 3 x 3)
+    ((2, 8, 12, 11, 12), (8, 4, 3, 3, 3), 1, 2),         # F(3, 3), a partial tile along one axis, groups
 ]
+
+
+def test_each_tile_size_is_in_the_table():
+    """The table reaches F(4, 3) (up to 2-D), F(2, 3) and F(3, 3) (3-D, as the model picks)."""
+    sizes = {winograd.tile_size(make_geometry(x, W, padding=p, groups=g)) for x, W, p, g in TABLE}
+    assert sizes == {2, 3, 4}
 
 
 @needs_loops
