@@ -9,7 +9,7 @@ place of the DFT. A tile of m^N outputs is computed from an a^N patch of the pad
     y_tile = A^T-along-every-axis(U V)     (m^N, c_O)          a channel product per point
 
 so a tile costs a^N c_I c_O multiply-adds against m^N 3^N c_I c_O directly: with F(2, 3), 3.4x
-fewer in 3-D and 5x in 4-D; with F(4, 3), 4x in 2-D and 2x in 1-D. The backward pass is its
+fewer in 3-D and 5x in 4-D; with F(3, 3), 5.8x in 3-D; with F(4, 3), 4x in 2-D and 2x in 1-D. The backward pass is its
 adjoint, tile by tile:
 
     Gt = A-along-every-axis(gy_tile)                   (a^N, c_O)
@@ -17,8 +17,8 @@ adjoint, tile by tile:
     gx += B-along-every-axis(U^T Gt)   at the tile's patch
 
 ``tile_size`` picks m: F(2, 3)'s transforms hold only 0, +-1 and 1/2 and its float32 results are
-as accurate as the direct engine's; F(4, 3)'s constants (up to 8, and 1/24 in G) cost about a
-digit, which 1-D and 2-D layers can pay (errors of PyTorch's direct path's size) and 3-D ones not.
+as accurate as the direct engine's; larger tiles' constants cost about a digit, which is paid where
+the errors stay PyTorch's direct path's size (F(4, 3) up to 2-D, F(3, 3) in 3-D) and not above.
 The tile loops are compiled (winograd_kernel.py, Numba): without Numba, or with
 ``CONVCORE_COMPILED=0``, the engine refuses to run and ``auto`` does not consider it. Shapes: x (n,
 c_I, d...), W (c_O, c_I/g, 3...), y and gy (n, c_O, o...).

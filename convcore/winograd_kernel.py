@@ -52,6 +52,9 @@ TB = 64   # tiles per block: the lanes of every loop; a block's arrays stay in L
 #     B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 #            [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
 #     A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+# F(3, 3) (points 0, 1, -1, 2 and infinity, by the same construction):
+#     B^T = [[2, -1, -2, 1, 0], [0, -2, -1, 1, 0], [0, 2, -3, 1, 0], [0, -1, 0, 1, 0], [0, 2, -1, -2, 1]]
+#     A^T = [[1, 1, 1, 1, 0], [0, 1, -1, 2, 0], [0, 1, 1, 4, 1]]
 # B and A (their transposes) carry gradients back: B for the input gradient's patches, A for gy's tiles.
 
 # transform kinds: (B^T, B, A^T, A) for F(2, 3), then for F(4, 3)
