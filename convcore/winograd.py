@@ -171,7 +171,7 @@ class _Tiling:
         self.count = geom.batch * math.prod(self.tiles)
         self.geom = geom
         # backward chunks: whole slabs (image, first tile index), so that chunk k shares cells of x
-        # with chunks k - 1 and k + 1 only (a patch reaches m cells into the next tile), and of at
+        # with chunks k - 1 and k + 1 only (a patch reaches 2 cells into the next tile's), and of at
         # least a block of tiles where there are that many (the loops run whole blocks: a chunk of
         # 4 tiles cost as much as one of 64)
         self.slabs, self.per_slab = geom.batch * self.tiles[0], math.prod(self.tiles[1:])
