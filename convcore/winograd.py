@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from . import backend, resources, winograd_kernel
+from . import backend, layout, resources, winograd_kernel
 from .costs import Estimate, Rates
 from .geometry import ConvGeometry
 
@@ -205,8 +205,9 @@ class _Tiling:
 _tiling = functools.lru_cache(maxsize=256)(_Tiling)
 
 
-def _crop(arr, lows, sizes):
-    return arr[(slice(None),) * 2 + tuple(slice(lo, lo + d) for lo, d in zip(lows, sizes))]
+def _interior(arr, geom: ConvGeometry):
+    """The cells of x inside ``arr``, a padded input of ``geom`` (x at each axis's low pad)."""
+    return arr[(slice(None),) * 2 + tuple(slice(lo, lo + d) for (lo, _), d in zip(geom.pads, geom.spatial))]
 
 
 def _threads(madds: int, parts: int) -> int:
@@ -297,7 +298,7 @@ class WinogradConv:
         if self._xpad is None:
             geom = self.geom
             self._xpad = np.zeros((geom.batch, geom.in_channels) + self.t.x_shape, self.x.dtype)
-            _crop(self._xpad, [lo for lo, _ in geom.pads], geom.spatial)[...] = self.x
+            _interior(self._xpad, geom)[...] = self.x
         return self._xpad
 
     def _group(self, arr, gi: int, channels: int, padded_shape: tuple):
@@ -326,7 +327,7 @@ class WinogradConv:
                  self._pin_blas)
         if t.y_shape == geom.out_spatial:
             return ypad
-        return np.ascontiguousarray(_crop(ypad, (0,) * geom.ndim, geom.out_spatial))
+        return np.ascontiguousarray(layout.crop(ypad, geom.out_spatial))
 
     def backward(self, gy, need_x: bool, need_W: bool):
         """(gx, gW) for gy (n, c_O, o...); an entry not asked for is None."""
@@ -341,8 +342,7 @@ class WinogradConv:
             # another compile of the loops in the middle of a job
             gypad = np.require(gy, dt, ["C_CONTIGUOUS", "WRITEABLE"])
         else:
-            gypad = np.zeros((geom.batch, geom.out_channels) + t.y_shape, dt)
-            _crop(gypad, (0,) * N, geom.out_spatial)[...] = gy
+            gypad = layout.pad_high(np, np.asarray(gy, dt), t.y_shape)
         xpad = self._padded_input() if need_W else np.zeros((1, geom.in_channels), dt)
         gxpad = np.zeros((geom.batch, geom.in_channels) + t.x_shape, dt) if need_x else np.zeros((1, geom.in_channels), dt)
         chunks = t.chunks_within(self.budget, dt.itemsize, g * O * C)
@@ -362,7 +362,7 @@ class WinogradConv:
             phases = (range(0, len(chunks), 2), range(1, len(chunks), 2)) if need_x else (range(len(chunks)),)
             for ks in phases:
                 _run(_threads(madds // len(phases), len(ks)), len(ks), lambda i, ks=ks: chunk(ks[i]), self._pin_blas)
-        gx = np.ascontiguousarray(_crop(gxpad, [lo for lo, _ in geom.pads], geom.spatial)) if need_x else None
+        gx = np.ascontiguousarray(_interior(gxpad, geom)) if need_x else None
         gW = None
         if need_W:
             total = sums[:, 0].astype(np.float64)
