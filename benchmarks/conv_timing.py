@@ -15,6 +15,7 @@ import numpy as np
 
 
 SETTLE_S = 0.02   # pause before each timed run (see time_interleaved)
+HOT_S = 0.25      # a side faster than this runs once, untimed, right before each timed run
 
 
 @dataclass
@@ -30,7 +31,11 @@ def time_interleaved(runs: dict, samples: int, side_budget_s: float) -> dict:
     """Time several callables (name -> run) in turns, so that load from other processes
     falls on every side alike: one warm-up each (its outputs kept for the check), then
     rounds in which every side still short of its sample count runs once (in a rotating
-    order, each after a SETTLE_S pause).
+    order, each after a SETTLE_S pause). A side whose warm-up took under HOT_S runs once more,
+    untimed, right before each timed run: the pause lets every library's threads sleep, and
+    waking them cost PyTorch up to 7 ms on a 1 ms layer here (0.96 ms back to back, 7.8 ms after
+    a 20 ms pause, 3-D 16 channels on 8^3), which a training loop, calling layer after layer,
+    never pays. The timed run then sees what it sees inside such a loop.
 
     Each side gets ``samples`` timed runs, fewer only when they would exceed
     ``side_budget_s`` judged from its warm-up (then as many as fit, at least one); a
@@ -52,6 +57,8 @@ def time_interleaved(runs: dict, samples: int, side_budget_s: float) -> dict:
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
             if round_ < want[name]:
                 time.sleep(SETTLE_S)
+                if warm[name] < HOT_S:
+                    runs[name](fetch=False)
                 start = time.perf_counter()
                 runs[name](fetch=False)
                 taken[name].append(time.perf_counter() - start)

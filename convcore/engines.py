@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from . import frequency_kernel
+from . import allocator, backend, frequency_kernel
 from .costs import Estimate, Rates
 from .direct_conv import DirectConv
 from .fft_conv import FFTConv
@@ -107,6 +107,8 @@ def warm_up(xp=None) -> None:
 
 def make_engine(name: str, xp, geom: ConvGeometry, x, W, budget: int):
     """The engine ``name`` for these arrays; it splits its work to stay under ``budget`` bytes."""
+    if backend.is_host_module(xp):
+        allocator.keep_freed_memory()   # once per process: see allocator.py
     return get_engine(name)(xp, geom, x, W, budget)
 
 

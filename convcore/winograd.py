@@ -137,11 +137,16 @@ def _working() -> bool:
     return True
 
 
-def along_axes(mat: np.ndarray, arr: np.ndarray, axes) -> np.ndarray:
-    """``mat`` (n_out, n_in) applied along each of ``axes`` of ``arr`` (n_in there)."""
-    for ax in axes:
-        arr = np.moveaxis(np.tensordot(mat, arr, axes=(1, ax)), 0, ax)
-    return arr
+@functools.cache
+def filter_transform(m: int, N: int) -> np.ndarray:
+    """G of F(m, 3) along every one of N axes, as one matrix (a^N, 3^N) on row-major flattened
+    filters (a Kronecker power): the filters' transform is one product for all channel pairs (G
+    along each axis in turn took 0.7 ms for 64 x 64 3x3 filters, about half a forward pass)."""
+    mat = np.ones((1, 1))
+    for _ in range(N):
+        mat = np.kron(mat, G[m])
+    mat.flags.writeable = False
+    return mat
 
 
 def _offsets(shape: tuple, extent: int, axes: int) -> np.ndarray:
@@ -214,17 +219,23 @@ def _threads(madds: int, parts: int) -> int:
     return max(1, min(resources.num_threads(), parts, madds // SPLIT_MADDS + 1))
 
 
-def _run(threads: int, count: int, task, pin_blas: bool = True) -> None:
-    """task(i) for i in range(count), over ``threads`` of convcore's pool, BLAS single-threaded (its
-    own threads on each small product cost more than they give: 2x slower with 128 channels).
-    ``pin_blas=False`` for the first, compiling call: BLAS is pinned process-wide while anyone is
-    inside, and a compile takes seconds."""
+def _run(threads: int, count: int, task, make_work, pin_blas: bool = True) -> None:
+    """task(i, work) for i in range(count), over ``threads`` of convcore's pool, each thread with
+    its own ``make_work()`` arrays, made once (made per task, 2 threads ran a 32-channel backward
+    2.5x slower than one: every chunk's fresh megabytes are page faults, and the two threads' faults
+    queue on the process's memory map). BLAS single-threaded (its own threads on each small product
+    cost more than they give: 2x slower with 128 channels). ``pin_blas=False`` for the first,
+    compiling call: BLAS is pinned process-wide while anyone is inside, and a compile takes seconds."""
+    def part(indices):
+        work = make_work()
+        for i in indices:
+            task(i, work)
+
     with backend._single_threaded_blas() if pin_blas else contextlib.nullcontext():
         if threads == 1:
-            for i in range(count):
-                task(i)
+            part(range(count))
         else:
-            backend.run_split(threads, count, lambda s: [task(i) for i in range(s.start, s.stop)])
+            backend.run_split(threads, count, lambda s: part(range(s.start, s.stop)))
 
 
 def winograd_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
@@ -255,7 +266,7 @@ def winograd_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rat
     fw_threads = _threads(madds, -(-t.count // TB))
     bw_threads = _threads(madds, len(chunks))
     fw_work = itemsize * t.P * (C + O + 3) * TB + 4 * 8 * TB
-    bw_work = itemsize * (t.P * (2 * C + O + 3) * TB + O * C) + 4 * 8 * TB
+    bw_work = itemsize * (t.P * (C + O + 3) * TB + O * C) + 4 * 8 * TB
     # U and U^T in the dtype, built through float64 (the filter transform's temporaries: 3 sets)
     shared = {"padded_input": x_bytes, "transformed_filters": 2 * itemsize * filters + 3 * 8 * filters}
     forward = {"padded_output": y_bytes, "tile_buffers": fw_threads * fw_work}
@@ -289,10 +300,13 @@ class WinogradConv:
         self._xpad = None
         g, N = geom.groups, geom.ndim
         C, O = geom.in_channels // g, geom.out_channels // g
-        U = along_axes(G[self.t.m], np.asarray(W, np.float64).reshape((g, O, C) + geom.kernel), range(3, 3 + N))
-        U = U.reshape(g, O, C, self.t.P)
-        self._U = np.ascontiguousarray(U.transpose(0, 3, 1, 2), dtype=x.dtype)    # (g, a^N, O, C)
-        self._UT = np.ascontiguousarray(U.transpose(0, 3, 2, 1), dtype=x.dtype)   # (g, a^N, C, O)
+        # in float64 (G's entries 1/6, 1/24 ... are not float32 numbers), straight into (g, a^N, O C);
+        # BLAS on one thread: its own threads would spin on after this small product, on the CPUs the
+        # tile loops are about to use (the next forward pass ran 2x slower)
+        with backend._single_threaded_blas():
+            U = filter_transform(self.t.m, N) @ np.asarray(W, np.float64).reshape(g, O * C, -1).transpose(0, 2, 1)
+        self._U = U.astype(x.dtype).reshape(g, self.t.P, O, C)
+        self._UT = np.ascontiguousarray(self._U.transpose(0, 1, 3, 2))   # (g, a^N, C, O)
 
     def _padded_input(self):
         if self._xpad is None:
@@ -322,9 +336,8 @@ class WinogradConv:
             x_flat, x_cs = self._group(xpad, gi, C, t.x_shape)
             y_flat, y_cs = self._group(ypad, gi, O, t.y_shape)
             args = (t.m, x_flat, x_cs, t.x_rows, self._U[gi], y_flat, y_cs, t.y_rows, t.place)
-            _run(threads, threads, lambda i, args=args: forward_tiles(
-                *args, winograd_kernel.work_arrays(False, t.P, C, O, self.x.dtype), bounds[i], bounds[i + 1]),
-                 self._pin_blas)
+            _run(threads, threads, lambda i, work, args=args: forward_tiles(*args, work, bounds[i], bounds[i + 1]),
+                 lambda: winograd_kernel.work_arrays(False, t.P, C, O, self.x.dtype), self._pin_blas)
         if t.y_shape == geom.out_spatial:
             return ypad
         return np.ascontiguousarray(layout.crop(ypad, geom.out_spatial))
@@ -354,20 +367,21 @@ class WinogradConv:
             gx_flat = self._group(gxpad, gi, C, t.x_shape)[0]
             args = (t.m, x_flat, x_cs, t.x_rows, self._U[gi], self._UT[gi], gy_flat, y_cs, t.y_rows, t.place, gx_flat)
 
-            def chunk(k, args=args, gi=gi):
-                work = winograd_kernel.work_arrays(True, t.P, C, O, dt)
+            def chunk(k, work, args=args, gi=gi):
                 backward_tiles(*args, sums[gi, k], need_x, need_W, work, chunks[k][0], chunks[k][1])
 
             # even chunks, then odd: chunks that run at once never add into the same cells of gx
             phases = (range(0, len(chunks), 2), range(1, len(chunks), 2)) if need_x else (range(len(chunks)),)
             for ks in phases:
-                _run(_threads(madds // len(phases), len(ks)), len(ks), lambda i, ks=ks: chunk(ks[i]), self._pin_blas)
+                _run(_threads(madds // len(phases), len(ks)), len(ks), lambda i, work, ks=ks: chunk(ks[i], work),
+                     lambda: winograd_kernel.work_arrays(True, t.P, C, O, dt), self._pin_blas)
         gx = np.ascontiguousarray(_interior(gxpad, geom)) if need_x else None
         gW = None
         if need_W:
             total = sums[:, 0].astype(np.float64)
             for k in range(1, len(chunks)):   # in chunk order: the same sums whatever the thread count
                 total += sums[:, k]
-            total = total.transpose(0, 2, 3, 1).reshape((g, O, C) + (t.points,) * N)
-            gW = along_axes(G[t.m].T, total, range(3, 3 + N)).reshape(geom.kernel_shape).astype(dt)
+            with backend._single_threaded_blas():   # as in __init__
+                gW = total.reshape(g, t.P, O * C).transpose(0, 2, 1) @ filter_transform(t.m, N)
+            gW = gW.reshape(geom.kernel_shape).astype(dt)
         return gx, gW

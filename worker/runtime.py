@@ -121,7 +121,8 @@ def _bind_gpu(gpu: int):
 
 
 def release_memory(xp=None, stream=None) -> int:
-    """Hand the device's cached memory back between jobs (no-op on the CPU); bytes released. With
+    """Hand the device's cached memory back between jobs (on the CPU, the C heap's freed memory that
+    convcore's allocator settings keep: ``convcore.allocator``); bytes released. With
     ``stream``: only what the calling thread cached on it (``convcore.resources.release_memory``)."""
     xp = xp if xp is not None else _state.get("xp")
     try:

@@ -1,0 +1,73 @@
+"""The C allocator's settings for convcore's working arrays (glibc on Linux; a no-op elsewhere).
+
+An engine call allocates its padded copies, tile buffers and gradient sums fresh each time: a few
+MiB that glibc, by default, maps from the system per call and unmaps at free, so each call pays a
+page fault per 4 KiB page touched (about 3 us each on a virtual machine), and threads faulting at
+once queue on the process's memory map. Measured on 2 cores: the backward pass of a 64-channel
+3x3 layer took 13.6 ms with glibc's defaults and 3.8 ms with the settings below (4 x 64 x 32 x 32;
+either gradient alone, with less fresh memory, 2-3 ms both ways). With them, blocks up to 32 MiB
+come from the heap, and up to 128 MiB of freed memory per arena stays in the process for the next
+call. ``release()`` hands that memory back (a worker calls it between jobs).
+
+``CONVCORE_MALLOC=0``, or any of glibc's own ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_TOP_PAD_`` in the environment, leaves the allocator as it is. Applied once per process,
+at the first convolution on the host (importing convcore changes nothing).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+# mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+MMAP_THRESHOLD = 32 * 2**20   # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit; mallopt refuses more)
+TRIM_THRESHOLD = 128 * 2**20
+TOP_PAD = 16 * 2**20
+GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+
+
+@functools.cache
+def _glibc():
+    """glibc's handle, or None (another C library, another system)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version   # only glibc has it (musl's mallopt does nothing)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def wanted() -> bool:
+    """Whether convcore should set the allocator: not when told not to, or when the user has."""
+    if os.environ.get("CONVCORE_MALLOC", "1").strip() == "0":
+        return False
+    return not any(name in os.environ for name in GLIBC_VARIABLES)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Set the thresholds above (once per process); True where they took effect."""
+    libc = _glibc()
+    if libc is None or not wanted():
+        return False
+    done = all(libc.mallopt(param, value) == 1 for param, value in (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
+    if not done:
+        log.info("glibc refused convcore's allocator settings: arrays keep its defaults")
+    return done
+
+
+def release() -> None:
+    """Give freed heap memory back to the system now (glibc's malloc_trim): what the settings keep
+    between calls, handed back between jobs."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
