@@ -1,6 +1,8 @@
 """The same network as a job file's graph, trained in PyTorch (CPU): seconds per epoch beside
 benchmarks/train_unet_convcore.py. Same data, split, batch size, optimizer type and lr; the loss is
-cross-entropy for labels, MSE for fields; no schedule or early stopping (timing only).
+cross-entropy for labels, MSE for fields; no schedule or early stopping (timing only). Each epoch
+ends with a pass over the validation split (no gradients, batches of 256, the loss and, for labels,
+the predicted classes), as convcore's fit does, so that both sides' epoch times hold the same work.
 
     python3 benchmarks/train_unet_torch.py examples/unet-3d-segmentation.json --epochs 3 [--threads 2]
 """
@@ -84,6 +86,7 @@ def main() -> None:
     labels = y.dtype.kind in "iu"
     loss_fn = F.cross_entropy if labels else F.mse_loss
     xt_t, yt_t = torch.tensor(xt), torch.tensor(yt)
+    xv_t, yv_t = torch.tensor(xv), torch.tensor(yv)
     bs = job["batch_size"]
     print(f"{args.job}: PyTorch {torch.__version__}, {args.threads} threads, {len(xt)} train samples, batch {bs}")
     times = []
@@ -98,8 +101,16 @@ def main() -> None:
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
+        val_total, correct = 0.0, 0
+        with torch.no_grad():
+            for lo in range(0, len(xv), 256):
+                out = net(xv_t[lo:lo + 256])
+                val_total += loss_fn(out, yv_t[lo:lo + 256]).item() * len(out)
+                if labels:
+                    correct += int((out.argmax(1) == yv_t[lo:lo + 256]).sum())
         times.append(time.perf_counter() - start)
-        print(f"epoch {epoch + 1}: train_loss {total / len(xt):.4g}  seconds {times[-1]:.2f}", flush=True)
+        print(f"epoch {epoch + 1}: train_loss {total / len(xt):.4g}  val_loss {val_total / max(1, len(xv)):.4g}  "
+              f"seconds {times[-1]:.2f}", flush=True)
     print(f"median {np.median(times):.2f} s per epoch")
 
 
