@@ -31,23 +31,32 @@ def time_interleaved(runs: dict, samples: int, side_budget_s: float) -> dict:
     """Time several callables (name -> run) in turns, so that load from other processes
     falls on every side alike: one warm-up each (its outputs kept for the check), then
     rounds in which every side still short of its sample count runs once (in a rotating
-    order, each after a SETTLE_S pause). A side whose warm-up took under HOT_S runs once more,
-    untimed, right before each timed run: the pause lets every library's threads sleep, and
+    order, each after a SETTLE_S pause). A side whose second call (after the warm-up, which may
+    compile or autotune) took under HOT_S runs once more, untimed, right before each timed run,
+    its budget counting both calls: the pause lets every library's threads sleep, and
     waking them cost PyTorch up to 7 ms on a 1 ms layer here (0.96 ms back to back, 7.8 ms after
     a 20 ms pause, 3-D 16 channels on 8^3), which a training loop, calling layer after layer,
     never pays. The timed run then sees what it sees inside such a loop.
 
     Each side gets ``samples`` timed runs, fewer only when they would exceed
-    ``side_budget_s`` judged from its warm-up (then as many as fit, at least one); a
+    ``side_budget_s`` judged from its second call (then as many as fit, at least one); a
     warm-up longer than the budget is that side's only sample (runs = 0).
     Returns name -> Timing.
     """
-    outputs, warm, want = {}, {}, {}
+    outputs, warm, hot, want = {}, {}, {}, {}
     for name, run in runs.items():
         start = time.perf_counter()
         outputs[name] = run(fetch=True)
         warm[name] = time.perf_counter() - start
-        want[name] = 0 if warm[name] > side_budget_s else max(1, min(samples, int(side_budget_s // warm[name])))
+        if warm[name] > side_budget_s:
+            want[name], hot[name] = 0, False
+            continue
+        start = time.perf_counter()
+        run(fetch=False)
+        second = time.perf_counter() - start
+        hot[name] = second < HOT_S
+        per_sample = second * (2 if hot[name] else 1)
+        want[name] = max(1, min(samples, int(side_budget_s // per_sample)))
     taken = {name: [] for name in runs}
     names = list(runs)
     for round_ in range(max(want.values(), default=0)):
@@ -57,7 +66,7 @@ def time_interleaved(runs: dict, samples: int, side_budget_s: float) -> dict:
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
             if round_ < want[name]:
                 time.sleep(SETTLE_S)
-                if warm[name] < HOT_S:
+                if hot[name]:
                     runs[name](fetch=False)
                 start = time.perf_counter()
                 runs[name](fetch=False)

@@ -3,15 +3,19 @@
 An engine call allocates its padded copies, tile buffers and gradient sums fresh each time: a few
 MiB that glibc, by default, maps from the system per call and unmaps at free, so each call pays a
 page fault per 4 KiB page touched (about 3 us each on a virtual machine), and threads faulting at
-once queue on the process's memory map. Measured on 2 cores: the backward pass of a 64-channel
-3x3 layer took 13.6 ms with glibc's defaults and 3.8 ms with the settings below (4 x 64 x 32 x 32;
-either gradient alone, with less fresh memory, 2-3 ms both ways). With them, blocks up to 32 MiB
-come from the heap, and up to 128 MiB of freed memory per arena stays in the process for the next
-call. ``release()`` hands that memory back (a worker calls it between jobs).
+once queue on the process's memory map. Measured on 2 cores: a 64-channel 3x3 layer's forward and
+backward (4 x 64 x 32 x 32, Winograd) took 23.5-27 ms with glibc's defaults and 8.7-9.2 ms with the
+settings below; a 3-D 9^3 FFT layer 38-48 ms and 27-31.5 ms; layers that allocate less, the same
+within a few per cent. With them, blocks up to 32 MiB come from the heap, and the main heap keeps
+up to 32 MiB of freed memory at its top for the next call (what lies beyond goes back to the
+system; glibc's default keeps 128 KiB, raised as it meets larger blocks). The arenas of other
+threads (convcore's pool, a worker's fast lane) keep what they freed, up to their peak, until
+``release()`` hands it back (every arena; a worker calls it between jobs).
 
-``CONVCORE_MALLOC=0``, or any of glibc's own ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
-``MALLOC_TOP_PAD_`` in the environment, leaves the allocator as it is. Applied once per process,
-at the first convolution on the host (importing convcore changes nothing).
+``CONVCORE_MALLOC=0`` (or false / no / off), glibc's own ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` in the environment, or malloc tunables in
+``GLIBC_TUNABLES`` leave the allocator as it is, and ``release()`` then does nothing. Applied once
+per process, at the first convolution on the host (importing convcore changes nothing).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ log = logging.getLogger(__name__)
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 MMAP_THRESHOLD = 32 * 2**20   # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit; mallopt refuses more)
-TRIM_THRESHOLD = 128 * 2**20
+TRIM_THRESHOLD = 32 * 2**20   # (the other threads' arenas keep their peak whatever this is: release())
 TOP_PAD = 16 * 2**20
 GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
@@ -47,7 +51,9 @@ def _glibc():
 
 def wanted() -> bool:
     """Whether convcore should set the allocator: not when told not to, or when the user has."""
-    if os.environ.get("CONVCORE_MALLOC", "1").strip() == "0":
+    if os.environ.get("CONVCORE_MALLOC", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     return not any(name in os.environ for name in GLIBC_VARIABLES)
 
@@ -58,16 +64,16 @@ def keep_freed_memory() -> bool:
     libc = _glibc()
     if libc is None or not wanted():
         return False
-    done = all(libc.mallopt(param, value) == 1 for param, value in (
-        (M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD)))
-    if not done:
-        log.info("glibc refused convcore's allocator settings: arrays keep its defaults")
-    return done
+    refused = [name for name, param, value in (
+        ("M_MMAP_THRESHOLD", M_MMAP_THRESHOLD, MMAP_THRESHOLD), ("M_TRIM_THRESHOLD", M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        ("M_TOP_PAD", M_TOP_PAD, TOP_PAD)) if libc.mallopt(param, value) != 1]
+    if refused:
+        log.info("glibc refused convcore's allocator settings %s: those keep its defaults", refused)
+    return not refused
 
 
 def release() -> None:
-    """Give freed heap memory back to the system now (glibc's malloc_trim): what the settings keep
-    between calls, handed back between jobs."""
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    """Give freed heap memory back to the system now (glibc's malloc_trim, every arena): what the
+    settings keep between calls, handed back between jobs. Nothing where they were not applied."""
+    if keep_freed_memory.cache_info().currsize and keep_freed_memory():
+        _glibc().malloc_trim(0)

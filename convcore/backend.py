@@ -270,7 +270,7 @@ def run_split(threads, length, task):
             if old is not None:
                 old[1].shutdown(wait=False)
         pool = _pool[1]
-    bounds = np.linspace(0, length, threads + 1).astype(int)
+    bounds = [length * i // threads for i in range(threads + 1)]   # (np.linspace took 10 us a call)
     list(pool.map(task, [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
 
 

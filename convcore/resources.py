@@ -9,7 +9,7 @@ can set them after ``import convcore``:
 - ``CONVCORE_AUTOTUNE``: ``0`` decides ``auto`` by the cost model alone.
 - ``CONVCORE_COMPILED``: ``0`` keeps the FFT engine's channel sums in NumPy where the compiled
   loop (frequency_kernel.py, Numba) would run them.
-- ``CONVCORE_MALLOC``: ``0`` leaves glibc's allocator as it is (allocator.py; read once, at the
+- ``CONVCORE_MALLOC``: ``0`` (or false / no / off) leaves glibc's allocator as it is (allocator.py; read once, at the
   first convolution on the host).
 """
 from __future__ import annotations
@@ -179,11 +179,13 @@ def release_memory(xp, stream=None) -> int:
 
     With ``stream``, only what the calling thread cached: the pooled blocks of that stream's arena
     and this thread's FFT plans (CuPy keeps a plan cache per thread), not the pinned buffers other
-    threads may be using. Returns the pool bytes released. On the host it hands the C heap's freed
-    memory back to the system (``allocator.release``; the bytes are not counted: 0).
+    threads may be using. Returns the pool bytes released. On the host, without ``stream``, it hands
+    the C heap's freed memory back to the system (``allocator.release``, every thread's arena: a
+    worker between jobs, not a thread beside a running job; the bytes are not counted: 0).
     """
     if xp is None or xp is np:
-        allocator.release()
+        if stream is None:
+            allocator.release()
         return 0
     pool = xp.get_default_memory_pool()
     before = int(pool.free_bytes())

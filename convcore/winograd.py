@@ -137,16 +137,40 @@ def _working() -> bool:
     return True
 
 
+KRON_MAX_VALUES = 1 << 18   # G's Kronecker power is used up to this many entries (2 MiB in float64)
+
+
 @functools.cache
 def filter_transform(m: int, N: int) -> np.ndarray:
     """G of F(m, 3) along every one of N axes, as one matrix (a^N, 3^N) on row-major flattened
     filters (a Kronecker power): the filters' transform is one product for all channel pairs (G
-    along each axis in turn took 0.7 ms for 64 x 64 3x3 filters, about half a forward pass)."""
+    along each axis in turn took 0.7 ms for 64 x 64 3x3 filters, about half a forward pass).
+    Used while it has at most KRON_MAX_VALUES entries (F(2, 3) up to 5-D): it grows as 12^N."""
     mat = np.ones((1, 1))
     for _ in range(N):
         mat = np.kron(mat, G[m])
     mat.flags.writeable = False
     return mat
+
+
+def transform_filters(m: int, N: int, w: np.ndarray, adjoint: bool = False) -> np.ndarray:
+    """G along every filter axis: w (g, F, 3^N) -> (g, a^N, F), float64; with ``adjoint``, G^T
+    back: w (g, a^N, F) -> (g, F, 3^N). One product with ``filter_transform`` where that matrix
+    is small, else one axis at a time. BLAS on one thread: its own threads would spin on after
+    these small products, on the CPUs the tile loops are about to use (the next forward pass ran
+    2x slower)."""
+    a = m + KERNEL - 1
+    with backend._single_threaded_blas():
+        if a ** N * KERNEL ** N <= KRON_MAX_VALUES:
+            mat = filter_transform(m, N)
+            return w.transpose(0, 2, 1) @ mat if adjoint else mat @ w.transpose(0, 2, 1)
+        g, F = w.shape[0], w.shape[1] if not adjoint else w.shape[2]
+        arr = (w.transpose(0, 2, 1) if adjoint else w).reshape((g, F) + ((a,) if adjoint else (KERNEL,)) * N)
+        mat = G[m].T if adjoint else G[m]
+        for ax in range(2, 2 + N):
+            arr = np.moveaxis(np.tensordot(mat, arr, axes=(1, ax)), 0, ax)
+        arr = arr.reshape(g, F, -1)
+        return arr if adjoint else arr.transpose(0, 2, 1)
 
 
 def _offsets(shape: tuple, extent: int, axes: int) -> np.ndarray:
@@ -300,12 +324,9 @@ class WinogradConv:
         self._xpad = None
         g, N = geom.groups, geom.ndim
         C, O = geom.in_channels // g, geom.out_channels // g
-        # in float64 (G's entries 1/6, 1/24 ... are not float32 numbers), straight into (g, a^N, O C);
-        # BLAS on one thread: its own threads would spin on after this small product, on the CPUs the
-        # tile loops are about to use (the next forward pass ran 2x slower)
-        with backend._single_threaded_blas():
-            U = filter_transform(self.t.m, N) @ np.asarray(W, np.float64).reshape(g, O * C, -1).transpose(0, 2, 1)
-        self._U = U.astype(x.dtype).reshape(g, self.t.P, O, C)
+        # in float64 (G's entries 1/6, 1/24 ... are not float32 numbers), into (g, a^N, O C)
+        U = transform_filters(self.t.m, N, np.asarray(W, np.float64).reshape(g, O * C, -1))
+        self._U = np.ascontiguousarray(U, dtype=x.dtype).reshape(g, self.t.P, O, C)
         self._UT = np.ascontiguousarray(self._U.transpose(0, 1, 3, 2))   # (g, a^N, C, O)
 
     def _padded_input(self):
@@ -381,7 +402,6 @@ class WinogradConv:
             total = sums[:, 0].astype(np.float64)
             for k in range(1, len(chunks)):   # in chunk order: the same sums whatever the thread count
                 total += sums[:, k]
-            with backend._single_threaded_blas():   # as in __init__
-                gW = total.reshape(g, t.P, O * C).transpose(0, 2, 1) @ filter_transform(t.m, N)
+            gW = transform_filters(t.m, N, total.reshape(g, t.P, O * C), adjoint=True)
             gW = gW.reshape(geom.kernel_shape).astype(dt)
         return gx, gW

@@ -274,8 +274,11 @@ def run_here(job_id: str, kind) -> str:
 
 def release_here() -> None:
     """Once the lane is idle (a take found nothing after jobs ran): hand back what this thread cached
-    on the device, its stream's pooled blocks and its FFT plans (on the CPU, the C heap's freed memory)."""
+    on the device, its stream's pooled blocks and its FFT plans (a no-op on the CPU: the C heap's
+    trim is process-wide, and a training job may be running beside the lane)."""
     xp = runtime.xp()
+    if xp is None or backend.is_host_module(xp):
+        return
     with backend.thread_stream(xp) as stream:
         runtime.release_memory(xp, stream=stream)
 

@@ -81,6 +81,17 @@ def test_table_matches_jax(x_shape, W_shape, padding, groups, dtype):
 
 
 @needs_loops
+@pytest.mark.parametrize("x_shape, W_shape, padding, groups", [TABLE[1], TABLE[4], TABLE[5], TABLE[9]])
+def test_filters_transformed_one_axis_at_a_time_match_jax(monkeypatch, x_shape, W_shape, padding, groups):
+    """Above KRON_MAX_VALUES (6-D and up: G's Kronecker power would be 24 MiB there) the filters'
+    transform and its adjoint go one axis at a time; forced here on small layers of 2-D to 4-D,
+    they give what JAX gives."""
+    monkeypatch.setattr(winograd, "KRON_MAX_VALUES", 0)
+    case = ConvCase(x_shape, W_shape, bias=True, padding=padding, groups=groups)
+    check_case(NUMPY, case, cached_reference(case, jax_only=True), np.float64, "winograd", layer=True)
+
+
+@needs_loops
 def test_results_do_not_depend_on_the_thread_count(monkeypatch):
     """Outputs split by tile ranges, gW summed per fixed chunk in chunk order, gx added in two fixed
     phases: one thread and two give the same bits (convcore.nn's reproducibility promise)."""
