@@ -279,16 +279,16 @@ def winograd_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rat
         TRANSFORM_FLOPS[t.m] * points * (C + O) * (N + 1) + PRODUCT_FLOPS[t.m] * points * C * O) / rates.gemm
     parallel = 1.0
     if threads > 1 and points * C * O >= SPLIT_MADDS:
-        parallel = max(1.0, min(threads, len(chunks) // 2) * THREAD_EFFICIENCY)
+        parallel = max(1.0, min(threads, g * len(chunks) // 2) * THREAD_EFFICIENCY)   # groups run together
     seconds = one_thread / parallel + rates.overhead("winograd")
     x_bytes = itemsize * geom.batch * geom.in_channels * math.prod(t.x_shape)
     y_bytes = itemsize * geom.batch * geom.out_channels * math.prod(t.y_shape)
     filters = g * t.P * C * O   # one transformed filter set
-    # winograd_kernel.work_arrays, once per thread at work (as the engine splits: _threads; the
-    # weight-gradient-only backward runs every chunk at once)
-    madds = t.count * t.P * C * O
-    fw_threads = _threads(madds, -(-t.count // TB))
-    bw_threads = _threads(madds, len(chunks))
+    # winograd_kernel.work_arrays, once per thread at work (as the engine splits: _threads over every
+    # group's work at once; the weight-gradient-only backward runs every chunk at once)
+    madds = g * t.count * t.P * C * O
+    fw_threads = _threads(madds, g * -(-t.count // TB))
+    bw_threads = _threads(madds, g * len(chunks))
     fw_work = itemsize * t.P * (C + O + 3) * TB + 4 * 8 * TB
     bw_work = itemsize * (t.P * (C + O + 3) * TB + O * C) + 4 * 8 * TB
     # U and U^T in the dtype, built through float64 (the filter transform's temporaries: 3 sets)
@@ -351,14 +351,18 @@ class WinogradConv:
         g = geom.groups
         C, O = geom.in_channels // g, geom.out_channels // g
         ypad = np.empty((geom.batch, geom.out_channels) + t.y_shape, self.x.dtype)
-        threads = _threads(t.count * t.P * C * O, -(-t.count // winograd_kernel.TB))
-        bounds = [t.count * i // threads for i in range(threads + 1)]
-        for gi in range(g):
-            x_flat, x_cs = self._group(xpad, gi, C, t.x_shape)
-            y_flat, y_cs = self._group(ypad, gi, O, t.y_shape)
-            args = (t.m, x_flat, x_cs, t.x_rows, self._U[gi], y_flat, y_cs, t.y_rows, t.place)
-            _run(threads, threads, lambda i, work, args=args: forward_tiles(*args, work, bounds[i], bounds[i + 1]),
-                 lambda: winograd_kernel.work_arrays(False, t.P, C, O, self.x.dtype), self._pin_blas)
+        madds, blocks = t.count * t.P * C * O, -(-t.count // winograd_kernel.TB)
+        parts = _threads(madds, blocks)   # tile ranges per group
+        bounds = [t.count * i // parts for i in range(parts + 1)]
+        args = [(t.m,) + self._group(xpad, gi, C, t.x_shape) + (t.x_rows, self._U[gi])
+                + self._group(ypad, gi, O, t.y_shape) + (t.y_rows, t.place) for gi in range(g)]
+
+        def task(k, work):   # every group's ranges in one dispatch: one wake-up of the pool, not g
+            gi, i = divmod(k, parts)
+            forward_tiles(*args[gi], work, bounds[i], bounds[i + 1])
+
+        _run(_threads(g * madds, g * blocks), g * parts, task,
+             lambda: winograd_kernel.work_arrays(False, t.P, C, O, self.x.dtype), self._pin_blas)
         if t.y_shape == geom.out_spatial:
             return ypad
         return np.ascontiguousarray(layout.crop(ypad, geom.out_spatial))
@@ -381,21 +385,22 @@ class WinogradConv:
         gxpad = np.zeros((geom.batch, geom.in_channels) + t.x_shape, dt) if need_x else np.zeros((1, geom.in_channels), dt)
         chunks = t.chunks_within(self.budget, dt.itemsize, g * O * C)
         sums = np.zeros((g, len(chunks), t.P, O, C), dt) if need_W else np.zeros((g, len(chunks), 1, 1, 1), dt)
-        madds = t.count * t.P * C * O * (need_x + need_W)
-        for gi in range(g):
-            x_flat, x_cs = self._group(xpad, gi, C, t.x_shape)
-            gy_flat, y_cs = self._group(gypad, gi, O, t.y_shape)
-            gx_flat = self._group(gxpad, gi, C, t.x_shape)[0]
-            args = (t.m, x_flat, x_cs, t.x_rows, self._U[gi], self._UT[gi], gy_flat, y_cs, t.y_rows, t.place, gx_flat)
+        madds = g * t.count * t.P * C * O * (need_x + need_W)
+        args = [(t.m,) + self._group(xpad, gi, C, t.x_shape) + (t.x_rows, self._U[gi], self._UT[gi])
+                + self._group(gypad, gi, O, t.y_shape) + (t.y_rows, t.place, self._group(gxpad, gi, C, t.x_shape)[0])
+                for gi in range(g)]
+        # even chunks, then odd: chunks that run at once never add into the same cells of gx (groups
+        # never share cells: every group's chunks of a phase go in one dispatch)
+        phases = (range(0, len(chunks), 2), range(1, len(chunks), 2)) if need_x else (range(len(chunks)),)
+        for ks in phases:
+            tasks = [(gi, k) for gi in range(g) for k in ks]
 
-            def chunk(k, work, args=args, gi=gi):
-                backward_tiles(*args, sums[gi, k], need_x, need_W, work, chunks[k][0], chunks[k][1])
+            def chunk(i, work, tasks=tasks):
+                gi, k = tasks[i]
+                backward_tiles(*args[gi], sums[gi, k], need_x, need_W, work, chunks[k][0], chunks[k][1])
 
-            # even chunks, then odd: chunks that run at once never add into the same cells of gx
-            phases = (range(0, len(chunks), 2), range(1, len(chunks), 2)) if need_x else (range(len(chunks)),)
-            for ks in phases:
-                _run(_threads(madds // len(phases), len(ks)), len(ks), lambda i, work, ks=ks: chunk(ks[i], work),
-                     lambda: winograd_kernel.work_arrays(True, t.P, C, O, dt), self._pin_blas)
+            _run(_threads(madds // len(phases), len(tasks)), len(tasks), chunk,
+                 lambda: winograd_kernel.work_arrays(True, t.P, C, O, dt), self._pin_blas)
         gx = np.ascontiguousarray(_interior(gxpad, geom)) if need_x else None
         gW = None
         if need_W:
