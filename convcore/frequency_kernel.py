@@ -4,10 +4,12 @@ Each of the FFT engine's three products is, per group p and frequency f, a small
 product: out[p, i, j, f] = sum_k a[p, i, k, f] * b[p, k, j, f] (either operand conjugated). NumPy
 runs it either as one BLAS call per frequency (~150 ns a call: a 2x8x8 product runs at 3-5
 GFLOP/s) or as broadcast products of whole spectra (frequency_last.py: a pass over memory per
-term). This loop keeps a block of frequencies of one output in two accumulators and sums every
-term into them, vectorised over the contiguous frequencies: 20-30 GFLOP/s per core at any size
-(BLAS's per-frequency products reach more only from ~16k multiply-adds a frequency:
-``costs.FREQUENCY_LAST_MAX_MADDS_COMPILED``).
+term). This loop keeps a block of frequencies of four outputs (two rows by two columns) in
+accumulators and sums every term into them, vectorised over the contiguous frequencies: each
+operand block it reads serves two outputs (one output at a time: 16-18 GFLOP/s on one core here;
+two by two: 22-27, and 0.92-0.94x the time of the FFT engine's 1-D k129, 2-D 13x13 and 3-D 9^3
+layers). BLAS's per-frequency products reach more only from ~16k multiply-adds a frequency
+(``costs.FREQUENCY_LAST_MAX_MADDS_COMPILED``).
 
 Operands are C-contiguous complex arrays, read through real views with element strides, so one
 compiled function (per real dtype) serves every product, layout and conjugation.
@@ -26,7 +28,7 @@ from . import backend, resources
 
 _log = logging.getLogger(__name__)
 
-BLOCK = 128          # frequencies per accumulator: two float arrays that stay in L1
+BLOCK = 128          # frequencies per accumulator: eight float arrays that stay in L1
 SPLIT_MADDS = 1 << 21   # complex multiply-adds below which a second thread costs more than it saves
 
 
@@ -35,34 +37,55 @@ def _sum_products(a, a_s, sa, b, b_s, sb, out, o_s, counts, f0, f1):   # pragma:
 
     a, b, out: 1-D real views (re, im interleaved). a_s (p, i, k), b_s (p, k, j), o_s (p, i, j):
     strides in complex elements; sa, sb: +1, or -1 to conjugate. counts: (p, i, j, k)."""
-    accr = np.empty(BLOCK, dtype=out.dtype)
-    acci = np.empty(BLOCK, dtype=out.dtype)
+    acc = np.empty((8, BLOCK), dtype=out.dtype)
+    I, J, K = counts[1], counts[2], counts[3]
     for p in range(counts[0]):
         for fb in range(f0, f1, BLOCK):
             n = min(BLOCK, f1 - fb)
-            for i in range(counts[1]):
-                for j in range(counts[2]):
-                    accr[:n] = 0
-                    acci[:n] = 0
-                    for k in range(counts[3]):
+            for i0 in range(0, I, 2):
+                i1 = min(i0 + 1, I - 1)   # an odd count computes its last row twice (same values)
+                for j0 in range(0, J, 2):
+                    j1 = min(j0 + 1, J - 1)
+                    acc[:, :n] = 0
+                    r00, m00, r01, m01 = acc[0], acc[1], acc[2], acc[3]
+                    r10, m10, r11, m11 = acc[4], acc[5], acc[6], acc[7]
+                    for k in range(K):
                         # Slices first: indices from 0 let LLVM drop the negative-index check and
                         # vectorise the loop over f (indexing at an offset ran ~4x slower).
-                        ao = 2 * (p * a_s[0] + i * a_s[1] + k * a_s[2] + fb)
-                        bo = 2 * (p * b_s[0] + k * b_s[1] + j * b_s[2] + fb)
-                        av = a[ao:ao + 2 * n]
-                        bv = b[bo:bo + 2 * n]
+                        ao0 = 2 * (p * a_s[0] + i0 * a_s[1] + k * a_s[2] + fb)
+                        ao1 = 2 * (p * a_s[0] + i1 * a_s[1] + k * a_s[2] + fb)
+                        bo0 = 2 * (p * b_s[0] + k * b_s[1] + j0 * b_s[2] + fb)
+                        bo1 = 2 * (p * b_s[0] + k * b_s[1] + j1 * b_s[2] + fb)
+                        x0 = a[ao0:ao0 + 2 * n]
+                        x1 = a[ao1:ao1 + 2 * n]
+                        y0 = b[bo0:bo0 + 2 * n]
+                        y1 = b[bo1:bo1 + 2 * n]
                         for f in range(n):
-                            ar = av[2 * f]
-                            ai = sa * av[2 * f + 1]
-                            br = bv[2 * f]
-                            bi = sb * bv[2 * f + 1]
-                            accr[f] += ar * br - ai * bi
-                            acci[f] += ar * bi + ai * br
-                    oo = 2 * (p * o_s[0] + i * o_s[1] + j * o_s[2] + fb)
-                    ov = out[oo:oo + 2 * n]
-                    for f in range(n):
-                        ov[2 * f] = accr[f]
-                        ov[2 * f + 1] = acci[f]
+                            xr0 = x0[2 * f]
+                            xi0 = sa * x0[2 * f + 1]
+                            xr1 = x1[2 * f]
+                            xi1 = sa * x1[2 * f + 1]
+                            yr0 = y0[2 * f]
+                            yi0 = sb * y0[2 * f + 1]
+                            yr1 = y1[2 * f]
+                            yi1 = sb * y1[2 * f + 1]
+                            r00[f] += xr0 * yr0 - xi0 * yi0
+                            m00[f] += xr0 * yi0 + xi0 * yr0
+                            r01[f] += xr0 * yr1 - xi0 * yi1
+                            m01[f] += xr0 * yi1 + xi0 * yr1
+                            r10[f] += xr1 * yr0 - xi1 * yi0
+                            m10[f] += xr1 * yi0 + xi1 * yr0
+                            r11[f] += xr1 * yr1 - xi1 * yi1
+                            m11[f] += xr1 * yi1 + xi1 * yr1
+                    for di in range(2):
+                        for dj in range(2):
+                            oo = 2 * (p * o_s[0] + (i1 if di else i0) * o_s[1] + (j1 if dj else j0) * o_s[2] + fb)
+                            ov = out[oo:oo + 2 * n]
+                            re = acc[4 * di + 2 * dj]
+                            im = acc[4 * di + 2 * dj + 1]
+                            for f in range(n):
+                                ov[2 * f] = re[f]
+                                ov[2 * f + 1] = im[f]
 
 
 # Compiled ahead for both real dtypes, so that a first call never compiles (or fails to write the
