@@ -6,7 +6,7 @@
 The old module's source is read with ``git show REV:convcore/MODULE.py`` and loaded inside
 the current ``convcore`` package (its relative imports resolve to today's modules). For an
 engine module the old engine class (``--engine``'s class) runs; for a helper module of an
-engine (``tiling`` for ``fft``) today's engine runs with the old helper swapped in. Old
+engine (``tiling`` for ``fft``) today's engine runs with the old helper swapped in wherever a convcore module imported it. Old
 and new are timed in turns in one process (forward + all gradients, ``--samples`` each,
 median), their outputs compared, and PyTorch on the same threads is timed alongside as
 the yardstick. Wall time and this process's CPU time are both printed: on a machine that
@@ -70,6 +70,17 @@ def main(argv=None):
     new_module_name, class_name = ENGINE_CLASSES[args.engine]
     new_mod = importlib.import_module(f"convcore.{new_module_name}")
     old = old_module(args.rev, args.module)
+    holders = []
+    if args.module != new_module_name:
+        # Every module-level name bound to today's helper, not only the engine module's: the FFT
+        # engine reaches frequency_kernel's sums through frequency_last, and swapping fft_conv's
+        # name alone once timed the new loop on both sides.
+        current = importlib.import_module(f"convcore.{args.module}")
+        holders = [(mod, attr) for name, mod in list(sys.modules.items())
+                   if name.startswith("convcore") and mod is not None and mod is not current
+                   for attr, value in list(vars(mod).items()) if value is current]
+        if not holders:
+            raise SystemExit(f"no convcore module imports convcore.{args.module}: nothing to swap")
     print(f"before: {args.rev}:convcore/{args.module}.py  after: working tree;  engine {args.engine}, "
           f"threads {threads}, {args.samples} samples, load {os.getloadavg()[0]:.1f}")
     print(f"{'config':<14} {'before s':>9} {'after s':>9} {'torch s':>9} {'after/before':>12} "
@@ -83,16 +94,17 @@ def main(argv=None):
                 if args.module == new_module_name:
                     cls = getattr(old, class_name) if swap else getattr(new_mod, class_name)
                     engine = cls(np, geom, x, W, 2**31)
-                else:   # a helper module: swap it inside today's engine module
-                    saved = getattr(new_mod, args.module)
+                else:   # a helper module: swap it in every convcore module that imported it
                     if swap:
-                        setattr(new_mod, args.module, old)
+                        for holder, attr in holders:
+                            setattr(holder, attr, old)
                     try:
                         engine = engines.make_engine(args.engine, np, geom, x, W, 2**31)
                         y = engine.forward()
                         return (y,) + tuple(engine.backward(gy, True, True))
                     finally:
-                        setattr(new_mod, args.module, saved)
+                        for holder, attr in holders:
+                            setattr(holder, attr, current)
                 y = engine.forward()
                 return (y,) + tuple(engine.backward(gy, True, True))
             return run

@@ -430,10 +430,13 @@ def fft_bytes(geom: ConvGeometry, itemsize: int, tile, rows: int) -> int:
 # (F, rows, C) @ (F, C, O) complex64 matmul 110-160 ns per frequency whatever the size up to 8x8;
 # the broadcast multiply-adds ~1 ns per multiply-add. 2x4x4: 5.5x faster, 1x2x2: 12x, 2x8x8: 0.85x.
 FREQUENCY_LAST_MAX_MADDS = 64
-# With the compiled sums (frequency_kernel.py: 20-30 GFLOP/s a core at any size) up to this many:
-# whole forward + backward, alternated with channels-last on the 2-core host, frequency-last was
-# 1.1-2.3x faster up to 16384 (2x8x8 3-D: 2.3x; 4x64x64 2-D: 1.26x; 16x32x32 1-D: 1.12x) and
-# 0.7-0.8x at 32768-73728 (rows of 32-72 overlap-save tiles, where BLAS runs near its peak).
+# With the compiled sums (frequency_kernel.py: 16-18 GFLOP/s a core one output at a time, 22-37 two
+# by two) up to this many: whole forward + backward, alternated with channels-last on the 2-core
+# host, frequency-last was 1.1-2.3x faster up to 16384 (2x8x8 3-D: 2.3x; 4x64x64 2-D: 1.26x;
+# 16x32x32 1-D: 1.12x) and 0.7-0.8x at 32768-73728 (rows of 32-72 overlap-save tiles, where BLAS
+# runs near its peak). With the loop computing 2 x 2 outputs at a time (fifteenth round), 131072
+# against 16384 on every row, FFT engine forced: the four rows it changed took 1.02-1.37x as long
+# (2d-3x3-c32 1.37x), the others no change beyond noise.
 #
 # The model below (fft_seconds, the tile choice, the FFT estimate) keeps the NumPy sums' figures
 # whether or not the compiled loop runs: the loop makes the plan it chose faster than modelled.

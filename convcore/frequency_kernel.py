@@ -6,9 +6,10 @@ runs it either as one BLAS call per frequency (~150 ns a call: a 2x8x8 product r
 GFLOP/s) or as broadcast products of whole spectra (frequency_last.py: a pass over memory per
 term). This loop keeps a block of frequencies of four outputs (two rows by two columns) in
 accumulators and sums every term into them, vectorised over the contiguous frequencies: each
-operand block it reads serves two outputs (one output at a time: 16-18 GFLOP/s on one core here;
-two by two: 22-27, and 0.92-0.94x the time of the FFT engine's 1-D k129, 2-D 13x13 and 3-D 9^3
-layers). BLAS's per-frequency products reach more only from ~16k multiply-adds a frequency
+operand block it reads serves two outputs (one output at a time, as an odd last row or column
+still runs: 16-18 GFLOP/s on one core here; two by two: 22-37). The FFT engine's layers took
+0.80-0.95x the time they took with the one-output loop (docs/benchmarks.md, "Fifteenth round").
+BLAS's per-frequency products reach more only from ~16k multiply-adds a frequency
 (``costs.FREQUENCY_LAST_MAX_MADDS_COMPILED``).
 
 Operands are C-contiguous complex arrays, read through real views with element strides, so one
@@ -39,13 +40,15 @@ def _sum_products(a, a_s, sa, b, b_s, sb, out, o_s, counts, f0, f1):   # pragma:
     strides in complex elements; sa, sb: +1, or -1 to conjugate. counts: (p, i, j, k)."""
     acc = np.empty((8, BLOCK), dtype=out.dtype)
     I, J, K = counts[1], counts[2], counts[3]
+    I2, J2 = I - I % 2, J - J % 2   # rows and columns in pairs; an odd last one on its own below
+    single = (I % 2) * J + (J % 2) * I2   # outputs outside the pairs: the last row, the last column
     for p in range(counts[0]):
         for fb in range(f0, f1, BLOCK):
             n = min(BLOCK, f1 - fb)
-            for i0 in range(0, I, 2):
-                i1 = min(i0 + 1, I - 1)   # an odd count computes its last row twice (same values)
-                for j0 in range(0, J, 2):
-                    j1 = min(j0 + 1, J - 1)
+            for i0 in range(0, I2, 2):
+                i1 = i0 + 1
+                for j0 in range(0, J2, 2):
+                    j1 = j0 + 1
                     acc[:, :n] = 0
                     r00, m00, r01, m01 = acc[0], acc[1], acc[2], acc[3]
                     r10, m10, r11, m11 = acc[4], acc[5], acc[6], acc[7]
@@ -79,13 +82,35 @@ def _sum_products(a, a_s, sa, b, b_s, sb, out, o_s, counts, f0, f1):   # pragma:
                             m11[f] += xr1 * yi1 + xi1 * yr1
                     for di in range(2):
                         for dj in range(2):
-                            oo = 2 * (p * o_s[0] + (i1 if di else i0) * o_s[1] + (j1 if dj else j0) * o_s[2] + fb)
+                            oo = 2 * (p * o_s[0] + (i0 + di) * o_s[1] + (j0 + dj) * o_s[2] + fb)
                             ov = out[oo:oo + 2 * n]
                             re = acc[4 * di + 2 * dj]
                             im = acc[4 * di + 2 * dj + 1]
                             for f in range(n):
                                 ov[2 * f] = re[f]
                                 ov[2 * f + 1] = im[f]
+            for s in range(single):   # one output at a time (2 x 2 with a row repeated: 4/3-4x the work)
+                i, j = (I - 1, s) if s < (I % 2) * J else (s - (I % 2) * J, J - 1)
+                accr, acci = acc[0], acc[1]
+                accr[:n] = 0
+                acci[:n] = 0
+                for k in range(K):
+                    ao = 2 * (p * a_s[0] + i * a_s[1] + k * a_s[2] + fb)
+                    bo = 2 * (p * b_s[0] + k * b_s[1] + j * b_s[2] + fb)
+                    av = a[ao:ao + 2 * n]
+                    bv = b[bo:bo + 2 * n]
+                    for f in range(n):
+                        ar = av[2 * f]
+                        ai = sa * av[2 * f + 1]
+                        br = bv[2 * f]
+                        bi = sb * bv[2 * f + 1]
+                        accr[f] += ar * br - ai * bi
+                        acci[f] += ar * bi + ai * br
+                oo = 2 * (p * o_s[0] + i * o_s[1] + j * o_s[2] + fb)
+                ov = out[oo:oo + 2 * n]
+                for f in range(n):
+                    ov[2 * f] = accr[f]
+                    ov[2 * f + 1] = acci[f]
 
 
 # Compiled ahead for both real dtypes, so that a first call never compiles (or fails to write the
