@@ -6,10 +6,10 @@
 The old module's source is read with ``git show REV:convcore/MODULE.py`` and loaded inside
 the current ``convcore`` package (its relative imports resolve to today's modules). For an
 engine module the old engine class (``--engine``'s class) runs; for a helper module of an
-engine (``tiling`` for ``fft``) today's engine runs with the old helper swapped in wherever a convcore module imported it. Old
-and new are timed in turns in one process (forward + all gradients, ``--samples`` each,
-median), their outputs compared, and PyTorch on the same threads is timed alongside as
-the yardstick. Wall time and this process's CPU time are both printed: on a machine that
+engine (``tiling`` for ``fft``) today's engine runs with the old helper swapped in wherever a
+convcore module imported it. Old and new are timed in turns in one process (forward + all
+gradients, ``--samples`` each, median), their outputs compared, and PyTorch on the same threads
+is timed alongside as the yardstick. Wall time and this process's CPU time are both printed: on a machine that
 other work loads, CPU time is the steadier figure of the work itself. The peak memory of one
 untimed call per side (tracemalloc, as conv_bench measures it) closes each row.
 
