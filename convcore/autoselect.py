@@ -13,7 +13,7 @@ import math
 import time
 
 from . import backend, costs, frequency_kernel, resources
-from .engines import engine_names, get_engine, make_engine
+from .engines import engine_names, get_engine, make_engine, no_engine_runs
 
 AMBIGUOUS = 3.0
 MAX_TIMED_SECONDS = 2.0  # don't time configurations estimated to take longer than this
@@ -43,6 +43,9 @@ def choose(xp, geom, x, W, budget: int, autotune: bool | None = None):
     if key in _decisions:
         _decisions.move_to_end(key)
         return _decisions[key], None
+    why = no_engine_runs(geom, "cpu" if backend.is_host_module(xp) else "gpu")
+    if why:
+        raise ValueError(why)
     est = estimate_seconds(geom, x.dtype.itemsize, budget, costs.rates_for(xp))
     best, engine = _ready_best(xp, est), None
     close = [name for name in names if name != best and est[name] < AMBIGUOUS * est[best]

@@ -294,6 +294,29 @@ def native_stride_pays(geom: ConvGeometry) -> bool:
     return polyphase >= NATIVE_STRIDE_MIN_SAVING * taps
 
 
+# NumPy and CuPy arrays have at most 64 axes. The direct engine's column views carry two per spatial
+# dim (the block's positions and the taps) and four more, the FFT engine's spectra three more: layers
+# past these run on the other engine (31-61 dims: FFT) or nowhere (62). Found by probing the service:
+# a 31-D layer was queued and failed in the worker with NumPy's own message.
+MAX_ARRAY_AXES = 64
+
+
+def direct_unsupported(geom: ConvGeometry, device_kind: str = "cpu") -> str | None:
+    """Why the direct engine cannot run ``geom`` (too many dims for its column views), or None."""
+    if pointwise.applies(geom) or 2 * geom.ndim + 4 <= MAX_ARRAY_AXES:   # pointwise: x as it lies
+        return None
+    return (f"algorithm='direct' runs up to {(MAX_ARRAY_AXES - 4) // 2} spatial dims (its column views "
+            f"carry two axes per dim, arrays at most {MAX_ARRAY_AXES}); got {geom.ndim}: use 'fft' or 'auto'")
+
+
+def fft_unsupported(geom: ConvGeometry, device_kind: str = "cpu") -> str | None:
+    """Why the FFT engine cannot run ``geom`` (too many dims for its spectra), or None."""
+    if geom.ndim + 3 <= MAX_ARRAY_AXES:
+        return None
+    return (f"algorithm='fft' runs up to {MAX_ARRAY_AXES - 3} spatial dims (its spectra carry three more "
+            f"axes, arrays at most {MAX_ARRAY_AXES}); got {geom.ndim}")
+
+
 def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
     """On the CPU, blocked im2col: each position of a pass costs C * taps * c_O/g multiply-adds, and
     each pass copies its column blocks. The input gradient runs over every position of the polyphase
@@ -301,6 +324,8 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     padded input (stride native: prod(k) taps of c_I/g channels; direct_conv's output space, with
     the last axis's ring when that axis is unstrided). On a device every pass runs the whole
     polyphase grid as gathered columns and tap products (``device_pass_seconds``)."""
+    if direct_unsupported(geom, rates.kind):
+        return Estimate(math.inf, {}, {}, {})
     if pointwise.applies(geom):   # 1x1 kernels: products of x as it lies (pointwise.py), on any device
         return Estimate(pointwise.seconds(geom, itemsize, rates), *pointwise.estimate_bytes(geom, itemsize))
     if rates.kind != "cpu":
@@ -483,6 +508,8 @@ def fft_seconds(geom: ConvGeometry, itemsize: int, tile, rates: Rates = CPU_RATE
 
 
 def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:
+    if fft_unsupported(geom, rates.kind):
+        return Estimate(math.inf, {}, {}, {})
     tile = choose_tile(geom, itemsize, budget, rates)
     seconds = fft_seconds(geom, itemsize, tile, rates, budget) + rates.overhead("fft")
     if fft_bytes(geom, itemsize, tile, 1) > budget:

@@ -106,6 +106,9 @@ class DirectConv:
     """
 
     def __init__(self, xp, geom: ConvGeometry, x, W, budget: int):
+        why = costs.direct_unsupported(geom)
+        if why:
+            raise ValueError(why)
         self.xp, self.geom = xp, geom
         self.x, self.W = x, W
         self.budget = budget
@@ -116,6 +119,7 @@ class DirectConv:
         self.pointwise = pointwise.applies(geom)   # 1x1 kernels: products of x as it lies, no grid
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
+    unsupported = staticmethod(costs.direct_unsupported)
 
     # ---- the blocked im2col primitive ---------------------------------------------
     def _block(self, K: int, count: int, taps: int) -> int:

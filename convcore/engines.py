@@ -94,6 +94,15 @@ def unsupported_reason(name: str, geom: ConvGeometry, device_kind: str) -> str |
     return check(geom, device_kind) if check is not None else None
 
 
+def no_engine_runs(geom: ConvGeometry, device_kind: str) -> str | None:
+    """Each engine's reason when none of them can run ``geom`` there (``auto`` has nothing to pick
+    from: a 62-D layer, or winograd alone registered and a 5x5 kernel), else None."""
+    reasons = {name: unsupported_reason(name, geom, device_kind) for name in engine_names()}
+    if all(reasons.values()):
+        return "no engine runs this layer: " + "; ".join(f"{name}: {why}" for name, why in reasons.items())
+    return None
+
+
 def warm_up(xp=None) -> None:
     """Build (or load from Numba's disk cache) every engine's compiled loops for ``xp`` (default
     NumPy) now, so that no convolution pays for it later: a service worker calls this at start."""

@@ -41,6 +41,9 @@ class FFTConv:
     """
 
     def __init__(self, xp, geom: ConvGeometry, x, W, budget: int):
+        why = costs.fft_unsupported(geom)
+        if why:
+            raise ValueError(why)
         self.xp, self.geom = xp, geom
         self.x, self.W = x, W
         red = self.red = Reduction(xp, geom, keep_dilation=False)
@@ -61,6 +64,7 @@ class FFTConv:
         self._W_spectrum = None
 
     estimate = staticmethod(costs.fft_estimate)   # the Engine protocol's cost hook
+    unsupported = staticmethod(costs.fft_unsupported)
 
     # ---- transforms ------------------------------------------------------
     def _spectrum(self, a):

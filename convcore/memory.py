@@ -15,7 +15,7 @@ import numpy as np
 
 from . import autoselect, costs, resources
 from .conv import GRADIENTS, check_algorithm
-from .engines import engine_names, get_engine, unsupported_reason
+from .engines import engine_names, get_engine, no_engine_runs, unsupported_reason
 from .geometry import SUPPORTED_DTYPES, make_geometry
 
 NEEDS = ("y",) + GRADIENTS
@@ -56,10 +56,9 @@ def estimate_memory(x_shape, W_shape, dtype="float32", *, stride=1, padding=0, d
     budget = memory_budget or resources.memory_budget(device)
     rates = costs.rates_for(device) if device is not None else costs.CPU_RATES
     autotune = resources.autotune_enabled() if autotune is None else autotune
-    if algorithm != "auto":
-        why = unsupported_reason(algorithm, geom, rates.kind)
-        if why:
-            raise ValueError(why)
+    why = unsupported_reason(algorithm, geom, rates.kind) if algorithm != "auto" else no_engine_runs(geom, rates.kind)
+    if why:
+        raise ValueError(why)
     forward, backward = "y" in need, bool({"x", "W"} & set(need))
     result = copy.deepcopy(_estimate(geom, dtype.itemsize, algorithm, budget, rates, autotune, forward, backward,
                                      need, tuple((n, get_engine(n)) for n in engine_names())))

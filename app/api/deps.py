@@ -8,6 +8,7 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import ClientDisconnect
 
 from app.api.errors import ApiError
 from app.core.config import Settings, hash_key
@@ -92,11 +93,16 @@ async def read_limited(request: Request, limit: int, what: str = "request body",
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # the declared length is not trusted: count what arrives
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # the declared length is not trusted: count what arrives
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:   # closed, or cut off by the server's body timeout: nobody reads a reply,
+        # but it is the client's doing, not a server error (it was logged and counted as a 500)
+        raise ApiError(400, f"the connection closed after {size} bytes of the {what}, before its end",
+                       "body") from None
     return b"".join(chunks)
 
 

@@ -83,6 +83,8 @@ def _conv_params(raw: dict, model_cls, **extra):
                 v = json.loads(v)
             except ValueError:
                 pass  # 'same', 'valid', 'full' for padding; anything else is refused by the schema
+            except RecursionError:   # JSON text nested past the parser's depth: no parameter is
+                raise ApiError(400, f"parameters.{k}: JSON text nested too deeply", "parameters") from None
         values[k] = v
     try:
         return model_cls.model_validate({**values, **extra})

@@ -71,7 +71,7 @@ class GradcheckParams(ConvParams):
     W_shape: list[int] | None = Field(None, description="Without arrays: shape of W drawn from `seed`.")
     bias: bool = Field(True, description="Without arrays: draw a bias too.")
     datatype: Literal["FP32", "FP64"] = "FP64"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Without arrays: the generator's seed.")
     eps: float = Field(1e-6, gt=0)
     atol: float = Field(1e-8, ge=0)
     rtol: float = Field(1e-5, ge=0)

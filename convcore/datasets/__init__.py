@@ -56,6 +56,8 @@ def _options(spec: dict):
             raise DatasetError(f"dataset {name!r}: {key} must be an int, got {options[key]!r}")
     if "n" in options and not 4 <= options["n"] <= MAX_SAMPLES:
         raise DatasetError(f"dataset {name!r}: n must be in [4, {MAX_SAMPLES}], got {options['n']}")
+    if "seed" in options and not 0 <= options["seed"] < 2**63:   # NumPy's generators take no negative seed
+        raise DatasetError(f"dataset {name!r}: seed must be in [0, 2**63 - 1], got {options['seed']}")
     if "size" in options and not 8 <= options["size"] <= 64:
         raise DatasetError(f"dataset {name!r}: size must be in [8, 64], got {options['size']}")
     if "noise" in options and not (isinstance(options["noise"], (int, float)) and 0 <= options["noise"] <= 10):

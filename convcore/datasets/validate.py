@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -37,6 +38,9 @@ def load_npz_bytes(data: bytes, max_bytes: int = MAX_BYTES):
             x, y = npz["x"], npz["y"]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # object arrays need pickle: refused
         raise DatasetError(f"cannot read x and y without pickle: {e}") from None
+    except (NotImplementedError, RuntimeError, zlib.error) as e:
+        # a compression method zipfile lacks, an encrypted member, a corrupt deflate stream
+        raise DatasetError(f"cannot read x and y from the archive: {e}") from None
     except MemoryError:  # an .npy header can declare a shape far larger than its data
         raise DatasetError("an array header in the .npz declares more data than can be allocated") from None
     for name, a in (("x", x), ("y", y)):

@@ -101,6 +101,31 @@ def test_body_over_the_limit_is_413_with_and_without_content_length(client):
     assert r.status_code == 413 and "exceeds the limit of 2097152 bytes" in r.json()["detail"]
 
 
+def test_many_dims_run_where_an_engine_can_and_are_422_where_none_can(client):
+    """Found by probing from outside: a 31-D layer was queued and failed in the worker (the direct
+    engine's arrays pass NumPy's 64 axes); it now runs on the FFT engine, and 62-D is refused first."""
+    def body(N):
+        return {"x": {"shape": [1, 1] + [1] * (N - 1) + [4], "datatype": "FP32", "data": [1, 2, 3, 4]},
+                "W": {"shape": [1, 1] + [1] * (N - 1) + [2], "datatype": "FP32", "data": [1, -1]}}
+
+    r = client.post("/v1/conv/forward", json=body(31))
+    assert r.status_code == 200 and r.json()["algorithm"] == "fft", r.text
+    np.testing.assert_allclose(r.json()["y"]["data"], [-1, -1, -1], atol=1e-6)
+    before = len(client.get("/v1/jobs").json()["jobs"])
+    r = client.post("/v1/conv/forward", json=body(62))
+    assert r.status_code == 422 and "no engine runs this layer" in r.json()["detail"], r.text
+    assert len(client.get("/v1/jobs").json()["jobs"]) == before   # nothing was queued
+
+
+@pytest.mark.parametrize("seed", [2**64, -1])
+def test_gradcheck_seed_outside_numpys_range_is_422(client, seed):
+    """Found by probing from outside: 2**64 ran, then its answer could not be written (a 500 on every
+    read of the result); -1 failed in the worker."""
+    r = client.post("/v1/conv/gradcheck", json={"x_shape": [1, 1, 4], "W_shape": [1, 1, 2], "seed": seed})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "seed", r.json()
+
+
 def test_gradcheck_needs_arrays_or_shapes(client):
     r = client.post("/v1/conv/gradcheck", json={"seed": 1})
     assert r.status_code == 422 and "x_shape and W_shape" in r.json()["detail"]

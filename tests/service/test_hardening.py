@@ -237,3 +237,37 @@ def test_openapi_says_what_the_service_answers(alone):
     # What the 422 answers look like is what the schema says
     r = alone.post("/v1/conv/forward", json={"x": X, "W": W, "padding_mode": "mirror"})
     assert r.status_code == 422 and set(r.json()) == set(spec["components"]["schemas"]["ErrorBody"]["properties"])
+
+
+def test_a_client_that_disconnects_mid_body_is_a_4xx_not_a_500():
+    """Found by probing from outside: a body cut short (the client closed, or the server's body timeout
+    closed it) raised starlette's ClientDisconnect out of the body reader, logged as an unhandled error
+    and counted as a 500. The reader is driven here by the ASGI messages a server sends for that."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from app.api.deps import read_limited
+    from app.api.errors import ApiError
+
+    messages = [{"type": "http.request", "body": b'{"x": ', "more_body": True}, {"type": "http.disconnect"}]
+
+    async def receive():
+        return messages.pop(0)
+
+    request = Request({"type": "http", "method": "POST", "path": "/v1/conv/forward",
+                       "headers": [(b"content-length", b"1000")]}, receive)
+    with pytest.raises(ApiError) as err:
+        asyncio.run(read_limited(request, 10_000))
+    assert err.value.status == 400 and "closed after 6 bytes" in err.value.detail
+
+
+def test_a_refused_value_is_not_echoed_whole(alone):
+    """Found by probing from outside: a 5 MB string sent as padding_mode came back whole in the 422,
+    and 200k unknown keys were each listed. Quoted values are cut, errors past 20 counted."""
+    r = alone.post("/v1/conv/forward", json={"x": X, "W": W, "padding_mode": "z" * 100_000})
+    assert r.status_code == 422 and r.json()["field"] == "padding_mode", r.text[:300]
+    assert len(r.text) < 2_000 and "(100002 characters)" in r.json()["detail"]
+    r = alone.post("/v1/conv/forward", json={"x": X, "W": W, **{f"k{i}": 1 for i in range(1000)}})
+    assert r.status_code == 422 and len(r.text) < 10_000, r.text[:300]
+    assert "and 980 more errors" in r.json()["detail"]

@@ -212,11 +212,12 @@ W = {"name": "W", "shape": [2, 3, 2], "datatype": "FP32", "data": [1.0] * 12}
     ({"inputs": [X, W], "parameters": {"strides": 2}}, "strides"),
     ({"inputs": [X, W], "parameters": {"stride": "two"}}, "parameters.stride"),
     ({"inputs": [X, W], "parameters": {"padding": "[[1, 2]"}}, "parameters.padding"),
+    ({"inputs": [X, W], "parameters": {"stride": "[" * 1100 + "]" * 1100}}, "parameters.stride"),
     ({"inputs": [X, W], "outputs": [{"name": "gx"}]}, "'gx'"),
     ({"inputs": [{**X, "shape": "3"}, W]}, "x"),
     ({"inputs": "x"}, "inputs"),
 ], ids=["unknown-input", "datatype", "channels", "data-size", "missing-W", "unknown-parameter", "bad-stride",
-        "bad-padding-text", "unknown-output", "bad-shape", "inputs-not-a-list"])
+        "bad-padding-text", "nested-parameter-text", "unknown-output", "bad-shape", "inputs-not-a-list"])
 def test_bad_input_is_400_in_the_protocol_form(client, body, named):
     r = client.post("/v2/models/conv_forward/infer", json=body)
     assert r.status_code == 400, r.text
