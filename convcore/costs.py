@@ -294,27 +294,37 @@ def native_stride_pays(geom: ConvGeometry) -> bool:
     return polyphase >= NATIVE_STRIDE_MIN_SAVING * taps
 
 
-# NumPy and CuPy arrays have at most 64 axes. The direct engine's column views carry two per spatial
-# dim (the block's positions and the taps) and four more, the FFT engine's spectra three more: layers
-# past these run on the other engine (31-61 dims: FFT) or nowhere (62). Found by probing the service:
-# a 31-D layer was queued and failed in the worker with NumPy's own message.
+# NumPy and CuPy arrays have at most 64 axes. Per spatial dim N, the engines' largest arrays carry:
+# the direct engine's column views on the host 2N + 4 (the block's positions and the taps), on a
+# device N + 3; the FFT engine's spectra N + 3; a polyphase split (a stride, on a device or in the FFT
+# engine) 2N + 2. Layers past one engine run on another (31-61 dims unstrided: FFT) or nowhere (62).
+# Found by probing the service: a 31-D layer was queued and failed in the worker with NumPy's own
+# message (and strided 32-D ones, a review found, after the first fix).
 MAX_ARRAY_AXES = 64
 
 
-def direct_unsupported(geom: ConvGeometry, device_kind: str = "cpu") -> str | None:
-    """Why the direct engine cannot run ``geom`` (too many dims for its column views), or None."""
-    if pointwise.applies(geom) or 2 * geom.ndim + 4 <= MAX_ARRAY_AXES:   # pointwise: x as it lies
+def _too_many_axes(name: str, geom: ConvGeometry, per_dim: int, extra: int) -> str | None:
+    """The refusal when the engine's arrays need more than MAX_ARRAY_AXES axes: ``per_dim`` N +
+    ``extra`` unstrided, at least 2N + 2 with a stride (the polyphase split)."""
+    rules = [(per_dim, extra)] + ([(2, 2)] if any(s > 1 for s in geom.stride) else [])
+    limit = min((MAX_ARRAY_AXES - e) // d for d, e in rules)
+    if geom.ndim <= limit:
         return None
-    return (f"algorithm='direct' runs up to {(MAX_ARRAY_AXES - 4) // 2} spatial dims (its column views "
-            f"carry two axes per dim, arrays at most {MAX_ARRAY_AXES}); got {geom.ndim}: use 'fft' or 'auto'")
+    return (f"algorithm='{name}' runs layers like this one up to {limit} spatial dims (its arrays carry more "
+            f"axes than dims, arrays at most {MAX_ARRAY_AXES}); got {geom.ndim}")
+
+
+def direct_unsupported(geom: ConvGeometry, device_kind: str = "cpu") -> str | None:
+    """Why the direct engine cannot run ``geom`` there (too many dims for its arrays), or None."""
+    if pointwise.applies(geom):   # x as it lies: any dims
+        return None
+    why = _too_many_axes("direct", geom, 2, 4) if device_kind == "cpu" else _too_many_axes("direct", geom, 1, 3)
+    return why and why + ": use 'fft' or 'auto'"
 
 
 def fft_unsupported(geom: ConvGeometry, device_kind: str = "cpu") -> str | None:
     """Why the FFT engine cannot run ``geom`` (too many dims for its spectra), or None."""
-    if geom.ndim + 3 <= MAX_ARRAY_AXES:
-        return None
-    return (f"algorithm='fft' runs up to {MAX_ARRAY_AXES - 3} spatial dims (its spectra carry three more "
-            f"axes, arrays at most {MAX_ARRAY_AXES}); got {geom.ndim}")
+    return _too_many_axes("fft", geom, 1, 3)
 
 
 def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -> Estimate:

@@ -106,7 +106,7 @@ class DirectConv:
     """
 
     def __init__(self, xp, geom: ConvGeometry, x, W, budget: int):
-        why = costs.direct_unsupported(geom)
+        why = costs.direct_unsupported(geom, "cpu" if backend.is_host_module(xp) else "gpu")
         if why:
             raise ValueError(why)
         self.xp, self.geom = xp, geom

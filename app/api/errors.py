@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import reprlib
 
 import redis
 from fastapi import FastAPI, Request
@@ -31,12 +32,21 @@ def _json(status: int, detail: str, field: str | None = None, headers=None, **ex
     return JSONResponse({"detail": detail, "field": field, **extra}, status_code=status, headers=headers)
 
 
-ECHO_CHARS = 200       # of a refused value, quoted back in its error
+ECHO_CHARS = 200       # of a refused value or a field's name, quoted back in its error
 ECHO_ERRORS = 20       # errors listed in one answer; the rest counted
+# reprlib cuts while it writes: no 5 MB repr built to be cut, and no recursion past a few levels
+# (plain repr of a value nested ~980 deep, just inside the JSON parser's limit, raised RecursionError)
+_ECHO = reprlib.Repr()   # (keyword arguments only from Python 3.12)
+_ECHO.maxlevel, _ECHO.maxstring, _ECHO.maxother, _ECHO.maxlong = 4, ECHO_CHARS, ECHO_CHARS, ECHO_CHARS
 
 
-def _echo(value) -> str:
-    text = repr(value)
+def echo(value) -> str:
+    """``value`` as quoted back in an error: a repr of at most about ECHO_CHARS characters."""
+    text = _ECHO.repr(value)
+    return text if len(text) <= ECHO_CHARS + 10 else text[:ECHO_CHARS] + "..."
+
+
+def _cut(text: str) -> str:
     return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}... ({len(text)} characters)"
 
 
@@ -45,9 +55,9 @@ def validation_detail(errors) -> tuple[str, str | None]:
     sent as padding_mode, or 200k unknown keys, came back whole in the 422 (found by probing)."""
     parts, first = [], None
     for e in errors[:ECHO_ERRORS]:
-        loc = ".".join(str(p) for p in e["loc"] if p != "body")
+        loc = _cut(".".join(str(p) for p in e["loc"] if p != "body"))   # an unknown key may be 300k long
         first = first or loc
-        parts.append(f"{loc}: {e['msg']}" + (f" (got {_echo(e['input'])})" if "input" in e and loc else ""))
+        parts.append(f"{loc}: {e['msg']}" + (f" (got {echo(e['input'])})" if "input" in e and loc else ""))
     if len(errors) > ECHO_ERRORS:
         parts.append(f"and {len(errors) - ECHO_ERRORS} more errors")
     return "; ".join(parts), first

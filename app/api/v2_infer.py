@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from app.api.conv_limits import FORWARD_NEEDS, check_conv
-from app.api.errors import ApiError, validation_detail
+from app.api.errors import ApiError, echo, validation_detail
 from app.api.routes.models import check_model_input
 from app.api.v2_models import Model
 from app.core.v2_tensors import decode_inputs, require
@@ -54,7 +54,7 @@ def _requested_outputs(req: InferRequest, model: Model) -> list[tuple[str, bool]
     """[(output name, binary)]: the requested outputs, or every output of the model."""
     default = (req.parameters or {}).get("binary_data_output", False)
     if not isinstance(default, bool):
-        raise ApiError(400, f"parameters.binary_data_output must be true or false, got {default!r}",
+        raise ApiError(400, f"parameters.binary_data_output must be true or false, got {echo(default)}",
                        "binary_data_output")
     names = model.output_names
     if not req.outputs:
@@ -62,14 +62,14 @@ def _requested_outputs(req: InferRequest, model: Model) -> list[tuple[str, bool]
     chosen = []
     for out in req.outputs:
         if out.name not in names:
-            raise ApiError(400, f"model {model.name} has no output {out.name!r}; its outputs are {', '.join(names)}",
-                           "outputs")
+            raise ApiError(400, f"model {model.name} has no output {echo(out.name)}; its outputs are "
+                                f"{', '.join(names)}", "outputs")
         if out.name in (n for n, _ in chosen):
-            raise ApiError(400, f"output {out.name!r} is requested twice", "outputs")
+            raise ApiError(400, f"output {echo(out.name)} is requested twice", "outputs")
         binary = (out.parameters or {}).get("binary_data", default)
         if not isinstance(binary, bool):
-            raise ApiError(400, f"output {out.name!r}: parameters.binary_data must be true or false, got {binary!r}",
-                           "outputs")
+            raise ApiError(400, f"output {echo(out.name)}: parameters.binary_data must be true or false, "
+                                f"got {echo(binary)}", "outputs")
         chosen.append((out.name, binary))
     return chosen
 

@@ -74,6 +74,20 @@ def _patched_headers(data: bytes, method: int | None = None, flags: int | None =
     return bytes(out)
 
 
+def _corrupt_lzma() -> bytes:
+    """An .npz written with LZMA compression whose first member's stream is garbage from its 20th byte."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_LZMA) as z:
+        for name, a in (("x.npy", X), ("y.npy", Y)):
+            member = io.BytesIO()
+            np.save(member, a)
+            z.writestr(name, member.getvalue())
+    data = bytearray(buf.getvalue())
+    start = 30 + int.from_bytes(data[26:28], "little") + int.from_bytes(data[28:30], "little")
+    data[start + 20:start + 180] = bytes(range(160))
+    return bytes(data)
+
+
 def _corrupt_deflate() -> bytes:
     """A compressed .npz whose first member's deflate stream is garbage from its 40th byte."""
     buf = io.BytesIO()
@@ -97,12 +111,13 @@ def _corrupt_deflate() -> bytes:
     (_zip_with("x.npy", b"not an array"), 422, ["'x' and 'y'"]),
     (_zip_with("x.npy", _npy_header_only((10**12,)), "y.npy", _npy_header_only((3,))), 422, ["declares more data"]),
     # found by probing the service from outside: each was a 500 (zipfile's NotImplementedError,
-    # RuntimeError and zlib.error were not caught)
+    # RuntimeError, zlib.error and LZMAError were not caught)
     (_patched_headers(npz(x=X, y=Y), method=99), 422, ["cannot read x and y"]),
     (_patched_headers(npz(x=X, y=Y), flags=1), 422, ["cannot read x and y"]),
     (_corrupt_deflate(), 422, ["cannot read x and y"]),
+    (_corrupt_lzma(), 422, ["cannot read x and y"]),
 ], ids=["empty", "csv", "no-y", "y-length", "nan", "negative-label", "fractional-label", "strings", "objects",
-        "not-npy", "huge-header", "unknown-compression", "encrypted", "corrupt-deflate"])
+        "not-npy", "huge-header", "unknown-compression", "encrypted", "corrupt-deflate", "corrupt-lzma"])
 def test_bad_uploads_are_refused_with_the_reason(train_api, body, status, words):
     r = train_api.client.post("/v1/datasets", content=body)
     assert r.status_code == status, r.text
