@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -28,6 +29,14 @@ class ClientError(Exception):
     def __init__(self, status: int, detail: str, field: str | None = None):
         super().__init__(f"{status}: {detail}" + (f" (field {field})" if field else ""))
         self.status, self.detail, self.field = status, detail, field
+
+
+def _id(value: str) -> str:
+    """A job or model id as one path segment: '?', '#' and '/' escaped (unescaped, 'model ?x' asked
+    for another path and saved an empty answer as the model). An empty id is refused here."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"a job id must be a non-empty string, got {value!r}")
+    return quote(value, safe="")
 
 
 def _tensor(a: np.ndarray) -> dict:
@@ -82,12 +91,8 @@ class Client:
 
     def _call(self, method: str, path: str, **kw) -> httpx.Response:
         r = self.http.request(method, path, **kw)
-        if r.status_code >= 400:
-            try:
-                body = r.json()
-                raise ClientError(r.status_code, body.get("detail", r.text), body.get("field"))
-            except ValueError:
-                raise ClientError(r.status_code, r.text) from None
+        if not 200 <= r.status_code < 300:   # a redirect is not an answer of this service either
+            self._raise_for(r)
         return r
 
     # jobs
@@ -96,17 +101,17 @@ class Client:
         return self._call("POST", "/v1/train", json=job).json()
 
     def job(self, job_id: str) -> dict:
-        return self._call("GET", f"/v1/jobs/{job_id}").json()
+        return self._call("GET", f"/v1/jobs/{_id(job_id)}").json()
 
     def jobs(self, limit: int = 100) -> list[dict]:
         return self._call("GET", "/v1/jobs", params={"limit": limit}).json()["jobs"]
 
     def cancel(self, job_id: str) -> dict:
-        return self._call("DELETE", f"/v1/jobs/{job_id}").json()
+        return self._call("DELETE", f"/v1/jobs/{_id(job_id)}").json()
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
         """(event, job view) from the server-sent event stream, until the job ends."""
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=httpx.Timeout(60, read=None)) as r:
+        with self.http.stream("GET", f"/v1/jobs/{_id(job_id)}/events", timeout=httpx.Timeout(60, read=None)) as r:
             if r.status_code >= 400:
                 r.read()
                 self._raise_for(r)
@@ -121,13 +126,20 @@ class Client:
                     kind, data = "message", []
 
     def _raise_for(self, r: httpx.Response) -> None:
-        body = r.json()
-        raise ClientError(r.status_code, body.get("detail", r.text), body.get("field"))
+        """ClientError from an error answer; its detail from the JSON body when it has one (a proxy or
+        another server answers in its own form: the text, cut)."""
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            raise ClientError(r.status_code, str(body.get("detail", r.text[:500])), body.get("field"))
+        raise ClientError(r.status_code, r.text[:500] or r.reason_phrase)
 
     # models and data
     def model_bytes(self, job_id: str) -> bytes:
         """The .npz of the job's latest model (parameters + spec; ``convcore.nn.io.load`` reads it)."""
-        return self._call("GET", f"/v1/jobs/{job_id}/model").content
+        return self._call("GET", f"/v1/jobs/{_id(job_id)}/model").content
 
     def save_model(self, job_id: str, path) -> int:
         data = self.model_bytes(job_id)
@@ -148,7 +160,7 @@ class Client:
         targets), "probabilities": ndarray (cross_entropy / dice), "predictions": [...] (classifiers), ...}.
 
         ``binary``: x goes and the arrays come back as raw bytes (no JSON number lists: large volumes)."""
-        path = f"/v1/models/{model_id}/predict"
+        path = f"/v1/models/{_id(model_id)}/predict"
         if binary:
             content, n = _binary_body({"binary_data_output": True}, {"x": x})
             r = self._call("POST", path, content=content, headers={"Content-Type": "application/octet-stream",

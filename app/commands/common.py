@@ -26,8 +26,12 @@ def reporting(command: str, url: str):
         yield
     except ClientError as exc:
         _fail(f"convnd {command}: {exc}")
+    except httpx.InvalidURL as exc:   # not an HTTPError: raised while the client is made
+        _fail(f"convnd {command}: --url {url!r} is not a usable URL: {exc}")
     except httpx.HTTPError as exc:  # connection refused, timeout
         _fail(f"convnd {command}: cannot reach {url}: {exc}")
+    except RecursionError:   # a job file nested past the JSON parser's depth
+        _fail(f"convnd {command}: the job file is nested too deeply to read")
     except (OSError, ValueError) as exc:  # a job file or output path that cannot be read or written
         _fail(f"convnd {command}: {exc}")
 

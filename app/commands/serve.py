@@ -7,6 +7,7 @@ import sys
 import tempfile
 import warnings
 
+from app.core import processes
 from app.core.config import get_settings
 from worker.settings import get_runtime_settings
 
@@ -15,25 +16,39 @@ def register(sub) -> None:
     s = get_settings()
     api = sub.add_parser("api", help="run the HTTP API (uvicorn)")
     api.add_argument("--host", default=s.host, help=f"bind address (default {s.host})")
-    api.add_argument("--port", type=int, default=s.port, help=f"port (default {s.port})")
+    api.add_argument("--port", type=processes.port_number, default=s.port, help=f"port (default {s.port})")
     api.add_argument("--workers", type=int, default=s.api_processes,
                      help="API processes sharing the port (default $CONVND_API_PROCESSES, else 2 where two "
                           "CPUs are usable, else 1)")
     api.set_defaults(func=run_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker that executes convolution and training jobs")
-    worker.add_argument("--concurrency", type=int, default=s.worker_concurrency,
+    worker.add_argument("--concurrency", type=_positive, default=s.worker_concurrency,
                         help=f"jobs run at once, one process each (default $CONVND_WORKER_CONCURRENCY "
                              f"or {s.worker_concurrency})")
     worker.add_argument("--pool", default=s.worker_pool, choices=["prefork", "solo", "threads"],
                         help=f"Celery pool: prefork isolates each job in a child process that a hard time "
                              f"limit can kill; solo runs jobs in the worker itself (default {s.worker_pool})")
-    worker.add_argument("--loglevel", default=s.log_level,
+    worker.add_argument("--loglevel", default=s.log_level, type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                         help=f"DEBUG, INFO, WARNING or ERROR (default $CONVND_LOG_LEVEL or {s.log_level})")
     worker.add_argument("--no-root-warning", action="store_true",
                         help="don't print Celery's warning about running as root (convnd up passes it and "
                              "says so once); the worker accepts only JSON messages, never pickle")
     worker.set_defaults(func=run_worker)
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a count of at least 1 (Celery's own refusal of -1 was a traceback)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1")
+    return value
 
 
 def run_api(args) -> int:

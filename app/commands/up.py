@@ -16,8 +16,9 @@ def register(sub) -> None:
     up = sub.add_parser("up", help="run everything on this machine: Redis (embedded unless REDIS_URL), "
                                    "one worker, the API")
     up.add_argument("--host", default=s.host, help=f"API bind address (default {s.host})")
-    up.add_argument("--port", type=int, default=s.port, help=f"API port (default {s.port})")
-    up.add_argument("--redis-port", type=int, default=0, help="embedded server port (default: a free one)")
+    up.add_argument("--port", type=processes.port_number, default=s.port, help=f"API port (default {s.port})")
+    up.add_argument("--redis-port", type=processes.port_number, default=0,
+                    help="embedded server port (default: a free one)")
     up.add_argument("--data-dir", type=Path, default=None,
                     help="where the embedded server keeps jobs, models and datasets between runs "
                          f"(default $CONVND_DATA_DIR, else {processes.default_data_dir()})")
@@ -40,7 +41,7 @@ def run(args) -> int:
             print(f"convnd up: using Redis at {settings.redis_url}", flush=True)
         else:
             if args.redis_port:
-                processes.check_port_free("127.0.0.1", args.redis_port)
+                processes.check_port_free("127.0.0.1", args.redis_port, "--redis-port")
             data_dir = (args.data_dir or Path(settings.data_dir or processes.default_data_dir())).expanduser()
             lock = processes.lock_data_dir(data_dir)
             maxmemory = settings.redis_maxmemory or processes.default_maxmemory()

@@ -64,8 +64,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise RuntimeError naming ``host:port`` if a server could not listen there now.
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535 (a port out of range was an OverflowError traceback)."""
+    import argparse
+
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
+def check_port_free(host: str, port: int, option: str = "--port") -> None:
+    """Raise RuntimeError naming ``host:port`` (and the ``option`` that sets it) if a server could not
+    listen there now.
 
     Binds the way uvicorn does (SO_REUSEADDR), so a port held only by TIME_WAIT sockets counts as free.
     """
@@ -76,7 +90,7 @@ def check_port_free(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as exc:
             why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise RuntimeError(f"cannot listen on {host}:{port} ({why}); choose another with --port, "
+            raise RuntimeError(f"cannot listen on {host}:{port} ({why}); choose another with {option}, "
                                f"or stop what runs there") from None
 
 
@@ -103,8 +117,12 @@ def lock_data_dir(data_dir: Path):
     """
     import fcntl
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(data_dir / "convnd-up.lock", "a+")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(data_dir / "convnd-up.lock", "a+")
+    except OSError as exc:   # a file where the folder should be, no permission, a read-only disk
+        raise RuntimeError(f"cannot use {data_dir} as the data folder ({exc.strerror}); "
+                           f"give another with --data-dir") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -8,6 +8,7 @@ import sys
 from importlib.metadata import version
 
 from app.cli import build_parser
+from app.core.processes import free_port
 from app.commands.jobs import HEADER, row, table
 
 CONVND = [sys.executable, "-m", "app.cli"]
@@ -50,3 +51,39 @@ def test_jobs_into_a_pipe_closed_early_is_not_an_error(api):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+def test_bad_options_are_one_line_errors_not_tracebacks(tmp_path):
+    """Found by probing the command from outside: each of these was a Python traceback."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    cases = [(["up", "--port", "70000"], 2, "--port: 70000 is not a port number"),
+             (["up", "--redis-port", "-5"], 2, "--redis-port: -5 is not a port number"),
+             (["api", "--port", "abc"], 2, "'abc' is not a port number"),
+             (["worker", "--concurrency", "-1"], 2, "--concurrency: -1: at least 1"),
+             (["worker", "--loglevel", "bogus"], 2, "invalid choice: 'BOGUS'"),
+             (["jobs", "--url", "http://127.0.0.1:abc"], 1, "is not a usable URL"),
+             (["up", "--port", str(free_port()), "--data-dir", str(afile)], 1, "cannot use"),]
+    for args, status, words in cases:
+        run = subprocess.run(CONVND + args, capture_output=True, text=True, timeout=60, check=False)
+        assert run.returncode == status and words in run.stderr, (args, run.returncode, run.stderr[-500:])
+        assert "Traceback" not in run.stderr, (args, run.stderr[-500:])
+
+
+def test_ids_are_one_path_segment_and_odd_answers_are_client_errors(api):
+    """Found by probing: `convnd model '?x=1'` asked for another path, got a redirect, and saved its
+    empty body as the model (exit 0); a JSON list as an error body was an AttributeError."""
+    import pytest
+
+    from app.client import Client, ClientError
+
+    with Client(api.url) as client:
+        for odd in ("?x=1", "#", "a/b", "..", "%2e%2e"):
+            with pytest.raises(ClientError) as err:
+                client.model_bytes(odd)
+            assert err.value.status == 404, (odd, err.value)
+        with pytest.raises(ValueError, match="non-empty string"):
+            client.job("")
+        with pytest.raises(ClientError) as err:   # a path the service redirects: not an answer
+            client._call("GET", "/v1/jobs/")
+        assert err.value.status in (307, 308, 404), err.value
