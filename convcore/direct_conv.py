@@ -106,9 +106,6 @@ class DirectConv:
     """
 
     def __init__(self, xp, geom: ConvGeometry, x, W, budget: int):
-        why = costs.direct_unsupported(geom, "cpu" if backend.is_host_module(xp) else "gpu")
-        if why:
-            raise ValueError(why)
         self.xp, self.geom = xp, geom
         self.x, self.W = x, W
         self.budget = budget

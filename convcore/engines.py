@@ -115,8 +115,13 @@ def warm_up(xp=None) -> None:
 
 
 def make_engine(name: str, xp, geom: ConvGeometry, x, W, budget: int):
-    """The engine ``name`` for these arrays; it splits its work to stay under ``budget`` bytes."""
-    if backend.is_host_module(xp):
+    """The engine ``name`` for these arrays; it splits its work to stay under ``budget`` bytes.
+    ValueError with the engine's own reason where it cannot run this layer on this device."""
+    host = backend.is_host_module(xp)
+    why = unsupported_reason(name, geom, "cpu" if host else "gpu")
+    if why:
+        raise ValueError(why)
+    if host:
         allocator.keep_freed_memory()   # once per process: see allocator.py
     return get_engine(name)(xp, geom, x, W, budget)
 

@@ -56,7 +56,10 @@ def estimate_memory(x_shape, W_shape, dtype="float32", *, stride=1, padding=0, d
     budget = memory_budget or resources.memory_budget(device)
     rates = costs.rates_for(device) if device is not None else costs.CPU_RATES
     autotune = resources.autotune_enabled() if autotune is None else autotune
-    why = unsupported_reason(algorithm, geom, rates.kind) if algorithm != "auto" else no_engine_runs(geom, rates.kind)
+    if algorithm == "auto":
+        why = no_engine_runs(geom, rates.kind)
+    else:
+        why = unsupported_reason(algorithm, geom, rates.kind)
     if why:
         raise ValueError(why)
     forward, backward = "y" in need, bool({"x", "W"} & set(need))
