@@ -5,6 +5,7 @@ import ast
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,9 +133,16 @@ def test_autotune_does_not_repeat_a_clearly_losing_engine(monkeypatch):
     real = autoselect.make_engine
     monkeypatch.setattr(autoselect, "make_engine", lambda name, *a: runs.append(name) or real(name, *a))
     monkeypatch.setattr(autoselect, "AMBIGUOUS", math.inf)
-    # the timing loop's bookkeeping, on the two engines whose order here is known: the cheapest
-    # estimate (direct) is also the fastest, so it stays the best it is compared with
-    monkeypatch.setattr(engines, "_ENGINES", {name: engines.get_engine(name) for name in ("fft", "direct")})
+    # the timing loop's bookkeeping, on two engines whose order here is known: the cheapest estimate
+    # (direct) is also the fastest, so it stays the best it is compared with. The FFT engine is held
+    # back 20 ms a run so that this stays true under load (on the 9x9 layer the two are ~1 ms apart,
+    # and one slow direct run in a busy CI made FFT the best and the counts below wrong).
+    class SlowFFT(engines.get_engine("fft")):
+        def forward(self):
+            time.sleep(0.02)
+            return super().forward()
+
+    monkeypatch.setattr(engines, "_ENGINES", {"fft": SlowFFT, "direct": engines.get_engine("direct")})
     x, W = np.ones((1, 2, 9, 9)), np.ones((2, 2, 3, 3))
     for losing, losing_min_s, timed_runs in ((math.inf, 0.0, 3), (0.0, 0.0, 1)):
         monkeypatch.setattr(autoselect, "LOSING", losing)            # 0: every run counts as losing
