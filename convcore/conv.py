@@ -5,6 +5,7 @@ Shapes (cross-correlation, as PyTorch/JAX):
 """
 from __future__ import annotations
 
+from numbers import Integral
 from typing import NamedTuple
 
 from . import autoselect, backend, resources
@@ -54,9 +55,10 @@ class Convolution:
         check_algorithm(algorithm)
         self.params = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                            padding_mode=padding_mode)
-        if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+        if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, Integral)
                                           or memory_budget <= 0):
-            raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
+            raise ValueError(f"memory_budget must be a positive int (bytes) or None, got {memory_budget!r}")
+        memory_budget = None if memory_budget is None else int(memory_budget)
         self.algorithm = algorithm
         self.memory_budget = memory_budget   # None: CONVCORE_MEMORY_BUDGET_MB or the device's free memory
         # With "auto": time close calls (True), decide by the cost model alone (False: the choice
@@ -120,7 +122,11 @@ class Convolution:
 def check_need(need) -> tuple:
     if isinstance(need, str):
         need = (need,)
-    need = tuple(need)
+    try:
+        need = tuple(need)
+    except TypeError:
+        raise TypeError(f"need must name gradients among {GRADIENTS} (a name or a sequence of names), "
+                        f"got {need!r}") from None
     unknown = [v for v in need if v not in GRADIENTS]
     if unknown:
         raise ValueError(f"need must name gradients among {GRADIENTS}, got unknown {unknown}")

@@ -7,11 +7,12 @@ algorithm is one new module with a class that follows ``Engine`` plus one line:
 """
 from __future__ import annotations
 
+import math
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from . import allocator, backend, frequency_kernel
+from . import allocator, backend, frequency_kernel, resources
 from .costs import Estimate, Rates
 from .direct_conv import DirectConv
 from .fft_conv import FFTConv
@@ -121,9 +122,21 @@ def make_engine(name: str, xp, geom: ConvGeometry, x, W, budget: int):
     why = unsupported_reason(name, geom, "cpu" if host else "gpu")
     if why:
         raise ValueError(why)
+    _check_output_fits(xp, geom, x.dtype.itemsize)
     if host:
         allocator.keep_freed_memory()   # once per process: see allocator.py
     return get_engine(name)(xp, geom, x, W, budget)
+
+
+def _check_output_fits(xp, geom: ConvGeometry, itemsize: int) -> None:
+    """MemoryError, before any work, when the output alone is larger than the device's memory (a
+    26-D layer of ones with padding 1: 3^26 outputs). NumPy would refuse the array too, but the FFT
+    engine would first list its chunks of rows, one per pair of rows: a hang, not an error."""
+    out_bytes = math.prod(geom.out_shape) * itemsize
+    total = resources.device_total_bytes(xp)
+    if total is not None and out_bytes > total:
+        raise MemoryError(f"the output {geom.out_shape} needs {out_bytes / 2**30:.3g} GiB, more than this "
+                          f"device's {total / 2**30:.3g} GiB of memory ({geom.describe()})")
 
 
 register_engine("fft", FFTConv)

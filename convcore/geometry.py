@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import cached_property
 from numbers import Integral
 
 import numpy as np
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
+_NOT_SEQUENCES = (str, bytes, bytearray, Mapping)   # iterables whose items are not one size per dim
 PADDING_WORDS = ("valid", "same", "full")
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # No array has a dim this long (2**48 cells ~ 256 TiB of bytes): a larger stride, padding,
@@ -91,6 +93,8 @@ def per_dim(value, ndim: int, name: str) -> tuple:
     """An int, or a sequence of one int per spatial dim, as a tuple of ints."""
     if isinstance(value, Integral) and not isinstance(value, bool):
         return (int(value),) * ndim
+    if isinstance(value, _NOT_SEQUENCES):   # iterable, but not a list of sizes: b"ab" is (97, 98)
+        raise TypeError(f"{name} must be an int or a sequence of {ndim} ints, got {value!r}")
     try:
         values = tuple(value)
     except TypeError:
@@ -121,6 +125,8 @@ def resolve_pads(padding, ndim: int, kernel: tuple, dilation: tuple, stride: tup
         pads = ((int(padding), int(padding)),) * ndim
     else:
         try:
+            if isinstance(padding, _NOT_SEQUENCES):
+                raise TypeError
             items = tuple(padding)
         except TypeError:
             raise TypeError(f"padding must be an int, a sequence or a string, got {padding!r}") from None
@@ -131,7 +137,10 @@ def resolve_pads(padding, ndim: int, kernel: tuple, dilation: tuple, stride: tup
             if isinstance(item, Integral) and not isinstance(item, bool):
                 pads.append((int(item), int(item)))
             else:
-                pair = tuple(item) if not isinstance(item, (str, bytes)) else ()
+                try:
+                    pair = () if isinstance(item, _NOT_SEQUENCES) else tuple(item)
+                except TypeError:   # 1.5, None, a 0-d array: not a pair either
+                    pair = ()
                 if len(pair) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) for v in pair):
                     raise ValueError(f"padding entries must be ints or (low, high) int pairs, got {item!r} "
                                      f"in padding={padding!r}")
@@ -144,6 +153,10 @@ def resolve_pads(padding, ndim: int, kernel: tuple, dilation: tuple, stride: tup
 
 def check_dtype(name: str, a) -> None:
     if a.dtype not in SUPPORTED_DTYPES:
+        if a.dtype.kind == "f" and a.dtype.newbyteorder("=") in SUPPORTED_DTYPES:   # '>f4' on a little-endian host
+            raise TypeError(f"{name} has dtype {a.dtype.str} (float{8 * a.dtype.itemsize} in the other byte order); "
+                            f"convcore supports native-order float32 and float64: convert with "
+                            f"{name}.astype(np.float{8 * a.dtype.itemsize})")
         raise TypeError(f"{name} has dtype {a.dtype}; convcore supports float32 and float64")
 
 

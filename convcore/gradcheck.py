@@ -263,6 +263,8 @@ def _check_settings(eps, rtol, atol, seed, max_checks):
             raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value!r}")
     if not isinstance(seed, Integral) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    if seed < 0:   # NumPy's own message ("expected non-negative integer") names no argument
+        raise ValueError(f"seed must be >= 0, got {seed}")
     if max_checks is not None:
         if not isinstance(max_checks, Integral) or isinstance(max_checks, bool):
             raise TypeError(f"max_checks must be a positive int or None, got {max_checks!r}")

@@ -168,6 +168,16 @@ def memory_budget(xp=None) -> int:
     return max(MIN_BUDGET_BYTES, int(free * (1 - DEVICE_HEADROOM_FRACTION)) - DEVICE_HEADROOM_BYTES)
 
 
+def device_total_bytes(xp=None) -> int | None:
+    """Bytes of memory on ``xp``'s device (None or NumPy: the host's RAM); None where unknown."""
+    if xp is None or xp is np:
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):   # no sysconf (Windows) or no such name
+            return None
+    return int(xp.cuda.runtime.memGetInfo()[1])
+
+
 def device_free_bytes(xp) -> int:
     """Free bytes on the current device, counting blocks CuPy's pool holds but does not use."""
     free, _total = xp.cuda.runtime.memGetInfo()

@@ -34,6 +34,18 @@ GEOMETRY_ERRORS = [
      r"padding needs one entry per spatial dim \(2\), got 1"),
     ("padding pair of three", (1, 1, 6, 6), (1, 1, 3, 3), {"padding": [(1, 2, 3), 0]}, ValueError,
      r"padding entries must be ints or \(low, high\) int pairs, got \(1, 2, 3\)"),
+    ("padding entry a float", (1, 1, 6, 6), (1, 1, 3, 3), {"padding": [1.5, 1]}, ValueError,
+     r"padding entries must be ints or \(low, high\) int pairs, got 1\.5 in padding=\[1\.5, 1\]"),
+    ("padding entry None", (1, 1, 6, 6), (1, 1, 3, 3), {"padding": [None, 1]}, ValueError,
+     r"padding entries must be ints or \(low, high\) int pairs, got None"),
+    ("padding entry a 0-d array", (1, 1, 6, 6), (1, 1, 3, 3), {"padding": [np.array(1), 1]}, ValueError,
+     r"padding entries must be ints or \(low, high\) int pairs, got array\(1\)"),
+    ("padding a dict", (1, 1, 6, 6), (1, 1, 3, 3), {"padding": {1: 2, 3: 4}}, TypeError,
+     r"padding must be an int, a sequence or a string, got \{1: 2, 3: 4\}"),
+    ("stride as bytes", (1, 1, 6, 6), (1, 1, 3, 3), {"stride": b"\x01\x01"}, TypeError,
+     r"stride must be an int or a sequence of 2 ints, got b'"),
+    ("dilation a dict", (1, 1, 6), (1, 1, 3), {"dilation": {1: 1}}, TypeError,
+     r"dilation must be an int or a sequence of 1 ints, got \{1: 1\}"),
     ("negative padding", (1, 1, 6, 6), (1, 1, 3, 3), {"padding": (1, -1)}, ValueError,
      r"padding must be >= 0, got \(1, -1\)"),
     ("unknown padding word", (1, 1, 6), (1, 1, 3), {"padding": "half"}, ValueError,
@@ -82,6 +94,15 @@ def test_unsupported_dtype(which, dtype):
     args[which] = args[which].astype(dtype)
     with pytest.raises(TypeError, match=rf"{which} has dtype {np.dtype(dtype)}; convcore supports float32 and float64"):
         convcore.conv_forward(args["x"], args["W"], args["b"])
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_other_byte_order_is_named(bits):
+    other = np.dtype(f"float{bits}").newbyteorder()   # the byte order this host does not use
+    with pytest.raises(TypeError, match=rf"x has dtype {re.escape(other.str)} \(float{bits} in the other byte order\); "
+                                        rf"convcore supports native-order float32 and float64: "
+                                        rf"convert with x.astype\(np.float{bits}\)"):
+        convcore.conv_forward(np.ones((2, 3, 8), other), np.ones((4, 3, 3), other))
 
 
 @pytest.mark.parametrize("x_dtype, W_dtype, b_dtype, message", [
@@ -133,6 +154,38 @@ def test_unknown_gradient_in_need(need, unknown):
     x, W = arr((2, 3, 8)), arr((4, 3, 3))
     with pytest.raises(ValueError, match=rf"need must name gradients among \('x', 'W', 'b'\), got unknown \[{unknown}\]"):
         convcore.conv_backward(arr((2, 4, 6)), x, W, need=need)
+
+
+@pytest.mark.parametrize("need", [None, 1, 2.5])
+def test_need_that_is_not_names(need):
+    x, W = arr((2, 3, 8)), arr((4, 3, 3))
+    with pytest.raises(TypeError, match=rf"need must name gradients among \('x', 'W', 'b'\) "
+                                        rf"\(a name or a sequence of names\), got {re.escape(repr(need))}"):
+        convcore.conv_backward(arr((2, 4, 6)), x, W, need=need)
+
+
+def test_memory_budget_takes_numpy_ints_and_refuses_others():
+    op = convcore.Convolution(memory_budget=np.int64(2**20))
+    assert op.memory_budget == 2**20 and type(op.memory_budget) is int
+    op.forward(arr((2, 3, 8)), arr((4, 3, 3)))
+    assert op.budget_used == 2**20
+    for bad in (1.5e6, True, 0, -5, "1000"):
+        with pytest.raises(ValueError, match=r"memory_budget must be a positive int \(bytes\) or None"):
+            convcore.Convolution(memory_budget=bad)
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "fft", "direct"])
+def test_an_output_larger_than_memory_is_refused_at_once(algorithm):
+    """3^26 outputs (padding 1 around a 26-D layer of size 1): MemoryError naming the output, in well
+    under a second (the FFT engine listed its chunks of rows first: a hang that ate memory)."""
+    import time
+
+    x = np.ones((1, 1) + (1,) * 26, np.float32)
+    start = time.perf_counter()
+    with pytest.raises(MemoryError, match=r"the output \(1, 1, 3, 3, .*\) needs [\d.e+]+ GiB, more than this "
+                                          r"device's [\d.e+]+ GiB of memory"):
+        convcore.conv_forward(x, x, padding=1, algorithm=algorithm)
+    assert time.perf_counter() - start < 5
 
 
 def test_non_array_inputs_are_named():

@@ -367,6 +367,7 @@ def test_same_mode_after_valid_forward_is_a_shape_error(valid_layer):
     (dict(rtol=-1e-3), ValueError, "rtol must be >= 0"),
     (dict(max_checks=0), ValueError, "max_checks must be >= 1"),
     (dict(seed=1.5), TypeError, "seed must be an int"),
+    (dict(seed=-1), ValueError, "seed must be >= 0, got -1"),
     (dict(W=np.ones((1, 2, 2))), ValueError, "channels do not match"),
     (dict(algorithm="magic"), ValueError, "algorithm must be one of"),
 ])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...backend import get_array_module
+from ...geometry import MAX_EXTENT
 from .base import Layer, as_json, check_sizes, per_dim_option
 
 MODES = ("nearest", "linear")
@@ -44,7 +45,11 @@ class Upsample(Layer):
         if len(in_shape) < 2:
             raise ValueError(f"upsample needs an input (c, d_1, ..., d_N) with N >= 1, got {tuple(in_shape)}")
         s = per_dim_option("scale", self.scale, len(in_shape) - 1)
-        return (in_shape[0],) + tuple(d * f for d, f in zip(in_shape[1:], s))
+        out = (in_shape[0],) + tuple(d * f for d, f in zip(in_shape[1:], s))
+        if max(out) > MAX_EXTENT:   # the arrays' sizes could not even be passed to NumPy (OverflowError)
+            raise ValueError(f"upsample scale {as_json(self.scale)} turns the input {tuple(in_shape)} into "
+                             f"{out}: each size must be at most 2**48")
+        return out
 
     def init_params(self, rng, dtype, xp):
         self.s = per_dim_option("scale", self.scale, len(self.in_shape) - 1)
