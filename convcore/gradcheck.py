@@ -107,7 +107,8 @@ def gradcheck(x, W, b=None, gy=None, *, stride=1, padding=0, dilation=1, groups=
 
     x (n, c_I, d...), W (c_O, c_I // groups, k...), b (c_O,) or None, gy (n, c_O, o...)
     or None (then drawn from ``seed``). All are converted to float64 NumPy arrays.
-    A gradient passes when max|error| <= atol + rtol * max|reference|.
+    A gradient passes when max|error| <= atol + rtol * max|reference|. ``eps``: the central
+    differences' step, eps * max(1, |entry|) (relative for entries larger than 1).
     ``max_checks``: finite-difference entries per gradient, chosen at random
     (``seed``) when the array is larger; None means DEFAULT_MAX_CHECKS. The
     report says how many entries were checked. gb is checked when b or gb is given.
@@ -168,14 +169,18 @@ def _check_fd(name, fd_fn, x, W, b, gy, params, analytic, rng, limit, eps, rtol,
 
 
 def _perturb(rows, base, local, eps):
-    """2P copies of ``base`` (flattened rows): row 2p has +eps at local[p], row 2p+1 has -eps.
+    """2P copies of ``base`` (flattened rows): row 2p has +step at local[p], row 2p+1 has -step,
+    step = eps * max(1, |value|): relative for large entries, whose outputs are large too (with
+    x and W near 1e8, a step of 1e-6 moved outputs near 1e16 by 1e2, and their rounding, ~1 each,
+    made the exact gradients read 1.5e-2 wrong).
 
     Returns (stack, h) with h the exact float64 distance between the two values.
     """
     P = len(local)
     stack = np.repeat(base.reshape(1, -1), 2 * P, axis=0)
     values = base.reshape(-1)[local]
-    plus, minus = values + eps, values - eps
+    step = eps * np.maximum(1.0, np.abs(values))
+    plus, minus = values + step, values - step
     stack[2 * np.arange(P), local] = plus
     stack[2 * np.arange(P) + 1, local] = minus
     return stack.reshape((2 * P,) + rows), plus - minus

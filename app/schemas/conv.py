@@ -72,7 +72,7 @@ class GradcheckParams(ConvParams):
     bias: bool = Field(True, description="Without arrays: draw a bias too.")
     datatype: Literal["FP32", "FP64"] = "FP64"
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Without arrays: the generator's seed.")
-    eps: float = Field(1e-6, gt=0)
+    eps: float = Field(1e-6, gt=0, description="Finite-difference step: eps * max(1, |entry|).")
     atol: float = Field(1e-8, ge=0)
     rtol: float = Field(1e-5, ge=0)
     samples: int = Field(16, ge=1, le=1000, description="At most this many entries of each gradient are checked by finite differences.")

@@ -393,3 +393,21 @@ def test_cupy_arrays_are_checked_on_the_host(gpu_backend, valid_layer):
     on_gpu = [gpu_backend.asarray(a) for a in (x, flip_spatial(K).copy(), gy, gx)]
     report = gradcheck(*on_gpu[:2], None, on_gpu[2], gx=on_gpu[3], algorithm="fft")
     assert report.user["gx"].cause_codes == ["scaled"], str(report)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e8])
+def test_finite_differences_hold_at_any_scale(valid_layer, scale):
+    """The step is eps * max(1, |entry|): with x and W near 1e8 an absolute step of 1e-6 moved
+    outputs near 1e16 by 1e2, and their rounding made the exact gradients read 1.5e-2 wrong. A user's
+    gradient 1 % off is still caught at every scale (PyTorch's autograd gives the reference)."""
+    torch = pytest.importorskip("torch")
+    x, K, gy = valid_layer
+    x, W = scale * x, scale * flip_spatial(K).copy()
+    report = gradcheck(x, W, None, gy)
+    assert all(c.passed for c in report.finite_differences.values()), str(report)
+    tx, tW = torch.from_numpy(x).requires_grad_(), torch.from_numpy(W).requires_grad_()
+    torch.nn.functional.conv2d(tx, tW).backward(torch.from_numpy(gy))
+    good = gradcheck(x, W, None, gy, gx=tx.grad.numpy(), gW=tW.grad.numpy())
+    assert good.passed, str(good)
+    off = gradcheck(x, W, None, gy, gx=1.01 * tx.grad.numpy(), gW=tW.grad.numpy())
+    assert not off.passed and off.wrong == ["gx"], str(off)
