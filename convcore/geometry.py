@@ -9,16 +9,16 @@ with, per spatial dim j,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from numbers import Integral
 
 import numpy as np
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
-_NOT_SEQUENCES = (str, bytes, bytearray, Mapping)   # iterables whose items are not one size per dim
 PADDING_WORDS = ("valid", "same", "full")
+_NOT_SEQUENCES = (str, bytes, bytearray, Mapping)   # iterables whose items are not one size per dim
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # No array has a dim this long (2**48 cells ~ 256 TiB of bytes): a larger stride, padding,
 # dilation or padded extent describes nothing that can be computed, so it is refused by name.
