@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from . import backend, tiled
 from .conv import GRADIENTS, ConvGrads, Convolution, check_need, check_algorithm
-from .geometry import check_dtype, check_shapes, per_dim
+from .geometry import ConvGeometry, check_dtype, check_shapes, make_geometry, per_dim
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,13 @@ def make_transpose_geometry(x_shape, W_shape, *, stride=1, padding=0, output_pad
                      for o, (lo, hi), dl, k, s in zip(out, pads, dilation, kernel, stride))
     return TransposeGeometry(x_shape, W_shape, stride, padding, output_padding, dilation, groups,
                              (x_shape[0], W_shape[1] * groups) + out, pads, conv_out)
+
+
+def adjoint_geometry(geom: TransposeGeometry) -> ConvGeometry:
+    """The convolution a transposed convolution runs (its adjoint): on y-sized inputs (n, c_O, o...)
+    with W read as (c_I, c_O // groups, k...) filters. An engine asked for by name must run this one."""
+    return make_geometry(geom.out_shape, geom.kernel_shape, stride=geom.stride, padding=geom.conv_pads,
+                         dilation=geom.dilation, groups=geom.groups)
 
 
 class ConvTranspose:

@@ -70,6 +70,8 @@ class TrainRequest(BaseModel):
         to the CPU, and makes ``device: gpu`` a 422 (it would fail at the first step there)."""
         model = info.data.get("model")
         layers = model.get("graph", []) if isinstance(model, dict) else model or []
+        if not isinstance(layers, list):   # "graph": null or 5: check_job names it (422)
+            return device
         names = {layer.get("algorithm") for layer in layers if isinstance(layer, dict)}
         host_only = sorted(n for n in names if isinstance(n, str) and n in engine_names()
                            and "gpu" not in engine_devices(n))

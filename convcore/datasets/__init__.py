@@ -17,7 +17,7 @@ from .digits import load_digits
 from .field import make_field
 from .segmentation3d import make_segmentation3d
 from .shapes3d import make_shapes3d
-from .split import train_val_split
+from .split import train_val_split, validation_count
 from .synthetic import DEFAULT_SIZE, make_synthetic
 from .validate import MAX_BYTES, DatasetError, load_npz_bytes, target_kind, validate_arrays
 
@@ -117,5 +117,5 @@ def load(spec: dict):
 
 
 __all__ = ["load", "describe", "info", "info_of_arrays", "DatasetInfo", "BUILTIN", "load_digits", "make_shapes3d",
-           "make_synthetic", "make_segmentation3d", "make_field", "train_val_split", "validate_arrays",
+           "make_synthetic", "make_segmentation3d", "make_field", "train_val_split", "validation_count", "validate_arrays",
            "load_npz_bytes", "target_kind", "DatasetError", "MAX_BYTES", "sample_count"]

@@ -59,8 +59,9 @@ def check_job(job: dict, info=None, has_validation: bool | None = None) -> dict:
             info = datasets.info(job.get("dataset"))
         except datasets.DatasetError as exc:
             raise JobError("dataset", f"dataset: {exc}") from None
-    if has_validation is None:
-        has_validation = job.get("validation_split", 0.2) > 0
+    split = job.get("validation_split", 0.2)
+    if has_validation is None:   # the samples train_val_split will hold out: round(split * n)
+        has_validation = isinstance(split, (int, float)) and datasets.validation_count(info.n, split) > 0
     try:
         topo = parse_model(job.get("model"))
         shapes = infer_shapes(topo, info.input_shape)
@@ -97,8 +98,10 @@ def check_job(job: dict, info=None, has_validation: bool | None = None) -> dict:
             raise JobError("monitor", f"monitor: {options.monitor!r} is not measured for "
                                       f"{_describe_targets(info)}; choose one of {list(allowed)}")
         if options.monitor.startswith("val_") and not has_validation:
+            why = (f"validation_split={split} holds out round({split} * {info.n}) = 0 of the {info.n} samples"
+                   if split else "set validation_split > 0")
             raise JobError("monitor", f"monitor: {options.monitor!r} (early_stopping / keep_best) needs validation "
-                                      "data: set validation_split > 0")
+                                      f"data: {why}")
     return {"task": info.task, "layer_shapes": [list(s) for s in shapes], "output_shape": list(out),
             "options": options}
 

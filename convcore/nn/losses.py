@@ -9,6 +9,7 @@ A job names a loss by a string, or by {"type": "cross_entropy", "class_weights":
 from __future__ import annotations
 
 import functools
+import math
 
 from ..backend import get_array_module
 
@@ -121,9 +122,10 @@ def get_loss(spec, n_classes: int | None = None):
     if weights is None:
         return LOSSES[name]
     if (not isinstance(weights, (list, tuple)) or not weights
-            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < math.inf for w in weights)
             or not any(weights)):
-        raise ValueError(f"loss {name!r}: class_weights must be a list of numbers >= 0, not all 0, got {weights!r}")
+        raise ValueError(f"loss {name!r}: class_weights must be a list of finite numbers >= 0, not all 0, "
+                         f"got {weights!r}")
     if n_classes is not None and len(weights) != n_classes:
         raise ValueError(f"loss {name!r}: class_weights needs one weight per class ({n_classes}), got {len(weights)}")
     return functools.partial(softmax_cross_entropy, class_weights=[float(w) for w in weights])

@@ -33,7 +33,7 @@ def make_layer(where: str, item):
     if not isinstance(item, dict):
         raise ValueError(f"{where}: a layer spec must be an object with a 'type', got {item!r}")
     kind = item.get("type")
-    if kind not in LAYER_TYPES:
+    if not isinstance(kind, str) or kind not in LAYER_TYPES:   # a list or dict is not even a dict key
         raise ValueError(f"{where.split(' (')[0]}: unknown layer type {kind!r}; known types: {sorted(LAYER_TYPES)}")
     options = {k: v for k, v in item.items() if k != "type"}
     return construct(LAYER_TYPES[kind], options, where)

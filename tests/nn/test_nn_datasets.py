@@ -76,6 +76,28 @@ def test_split_is_stratified_seeded_and_disjoint():
         datasets.train_val_split(x, y, 1.5)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_split_holds_out_round_fraction_n_in_proportion_to_the_classes(seed):
+    """The service checks a split from the dataset's size alone (``validation_count``): the split must
+    hold out exactly that many, or jobs it queues fail in the worker (0.998 of the digits: every
+    class's round(0.998 * ~180) held out all of it). Each class gets its proportional share, +-1."""
+    rng = np.random.default_rng(seed)
+    n_classes = int(rng.integers(1, 12))
+    y = rng.integers(0, n_classes, int(rng.integers(2, 400)))
+    fraction = float(rng.choice([rng.uniform(0, 1), 0.998, 0.999, 0.002, 0.5, 0.25]))
+    x = np.arange(len(y))[:, None]
+    held = datasets.validation_count(len(y), fraction)
+    if held >= len(y):
+        with pytest.raises(ValueError, match="leaves no training samples"):
+            datasets.train_val_split(x, y, fraction, seed=seed)
+        return
+    xt, yt, xv, yv = datasets.train_val_split(x, y, fraction, seed=seed)
+    assert len(xv) == held == round(fraction * len(y)) and len(xt) == len(y) - held
+    assert sorted(np.concatenate([xt, xv])[:, 0].tolist()) == list(range(len(y)))
+    counts, val_counts = np.bincount(y, minlength=n_classes), np.bincount(yv, minlength=n_classes)
+    assert np.all(np.abs(val_counts - held * counts / len(y)) < 1)
+
+
 def test_valid_upload_is_converted():
     x = np.random.default_rng(0).integers(0, 255, (10, 3, 4, 4)).astype(np.uint8)
     y = np.arange(10) % 4

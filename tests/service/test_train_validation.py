@@ -2,6 +2,8 @@
 (The API in this process, FastAPI's TestClient: nothing here needs an HTTP server or a worker.)"""
 from __future__ import annotations
 
+import json
+
 import pytest
 from support.stack import tiny_job
 
@@ -43,6 +45,20 @@ def client(app_client):
     # an engine named for a layer it cannot run: said when the model is built, not at the first step
     ({"model": [{**CONV, "kernel_size": 5, "algorithm": "winograd"}, {"type": "flatten"}, DENSE10]}, "model",
      ["layer 0 (conv)", "algorithm='winograd' runs kernels of size 3"]),
+    # found by probing from outside: 500s (a layer type used as a dict key, a graph that is not a list) ...
+    ({"model": [{"type": ["conv"]}]}, "model", ["layer 0", "unknown layer type ['conv']"]),
+    ({"model": {"graph": [{"name": "a", "type": {"a": 1}, "input": "x"}], "output": "a"}}, "model",
+     ["unknown layer type {'a': 1}"]),
+    ({"model": {"graph": None, "output": "a"}}, "model", ["model.graph must be a non-empty list"]),
+    ({"model": {"graph": 5, "output": "a"}}, "model", ["model.graph must be a non-empty list"]),
+    # ... and jobs queued that then failed in the worker: conv_transpose naming an engine that cannot
+    # run its adjoint convolution, a split that holds out no sample with keep_best
+    ({"model": [{"type": "conv_transpose", "out_channels": 4, "kernel_size": 3, "stride": 2, "algorithm": "winograd"},
+                {"type": "flatten"}, DENSE10]}, "model",
+     ["layer 0 (conv_transpose)", "algorithm='winograd' runs kernels of size 3", "stride=(2, 2)",
+      "the convolution conv_transpose runs"]),
+    ({"validation_split": 0.0002, "keep_best": True}, "monitor",
+     ["needs validation data", "validation_split=0.0002 holds out round(0.0002 * 1797) = 0 of the 1797 samples"]),
     # fits the shapes, not the memory: ~100 GB of activations for one batch
     ({"model": [{**CONV, "out_channels": 200000, "padding": "same"}, {"type": "flatten"}, DENSE10],
       "batch_size": 1000}, "model", ["over the limit", "layer 0 (conv)", "batch_size=1000"]),
@@ -56,6 +72,19 @@ def test_impossible_jobs_are_422_before_queueing(client, changes, field, words):
     for word in words:
         assert word in body["detail"], (word, body["detail"])
     assert len(client.get("/v1/jobs").json()["jobs"]) == before  # nothing was queued
+
+
+def test_an_infinite_class_weight_is_422(client):
+    """1e999 parses as inf: it passed the class-weight check, then the job record could not be
+    written as JSON (a 500). Now a 422 naming the loss, and nothing queued."""
+    before = len(client.get("/v1/jobs").json()["jobs"])
+    body = json.dumps(tiny_job(loss={"type": "cross_entropy", "class_weights": [1] * 10})).replace(
+        '"class_weights": [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]', '"class_weights": [1, 1, 1, 1, 1, 1, 1, 1, 1, 1e999]')
+    assert "1e999" in body
+    r = client.post("/v1/train", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "loss" and "class_weights must be a list of finite numbers >= 0" in r.json()["detail"]
+    assert len(client.get("/v1/jobs").json()["jobs"]) == before
 
 
 def test_a_cpu_only_engine_on_a_gpu_is_422(client):

@@ -58,12 +58,13 @@ def check_job(store, req: TrainRequest, owner: str, max_bytes: int, max_dataset_
             raise ApiError(422, f"dataset: {req.dataset} would generate {n} samples of shape {list(shape)}, "
                                 f"{size} bytes with their targets, over the limit of {max_dataset_bytes} "
                                 "bytes: ask for a smaller n or size", "dataset")
-    if n - round(req.validation_split * n) < 1:
+    held_out = datasets.validation_count(n, req.validation_split)   # exactly what the worker's split holds out
+    if n - held_out < 1:
         raise ApiError(422, f"validation_split={req.validation_split} leaves no training samples out of {n}",
                        "validation_split")
     job = req.model_dump()
     try:
-        plan = nn.check_job(job, info, has_validation=round(req.validation_split * n) > 0)
+        plan = nn.check_job(job, info, has_validation=held_out > 0)
     except nn.JobError as exc:  # names the key, the node, its type and the shapes
         raise ApiError(422, str(exc), exc.field) from None
     need = nn.footprint(req.model, shape, req.batch_size)

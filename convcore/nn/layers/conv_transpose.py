@@ -7,7 +7,8 @@ transforms for gW.
 """
 from __future__ import annotations
 
-from ...transpose import ConvTranspose, make_transpose_geometry
+from ...engines import unsupported_reason
+from ...transpose import ConvTranspose, adjoint_geometry, make_transpose_geometry
 from ..init import check_init
 from .base import as_json, check_int, check_sizes, per_dim_option
 from .conv import FilterLayer, _as_tuple
@@ -44,6 +45,10 @@ class ConvTransposeND(FilterLayer):
 
     def output_shape(self, in_shape):
         geom = make_transpose_geometry((1,) + tuple(in_shape), self.weight_shape(in_shape), **self.op.params)
+        if self.algorithm != "auto":   # as ConvND: named here, before a job is queued, not at its first step
+            why = unsupported_reason(self.algorithm, adjoint_geometry(geom), "cpu")
+            if why:
+                raise ValueError(f"{why} (the convolution conv_transpose runs: its adjoint)")
         return geom.out_shape[1:]
 
     def config(self):
