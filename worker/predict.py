@@ -30,7 +30,10 @@ def predict_op(xp, arrays: dict, params: dict):
     start = time.perf_counter()
     model = nn.io.model_from_arrays(nn.final_model_arrays(ckpt[0]), xp=xp)
     # Jobs queued before dense targets existed carry no task: nn.predict_outputs goes by the loss.
-    result = nn.predict_outputs(model, arrays["x"], loss=job_params["loss"], task=job_params.get("task"))
+    # batches no larger in memory than the training step the API checked before it queued that job
+    batch = min(64, nn.evaluation_batch(model, job_params.get("batch_size", 32)))
+    result = nn.predict_outputs(model, arrays["x"], loss=job_params["loss"], task=job_params.get("task"),
+                                batch_size=batch)
     host = {k: backend.to_host(v) for k, v in result.items()}
     task = job_params.get("task") or ("regress" if "classes" not in host else
                                       "classify" if host["classes"].ndim == 1 else "segment")

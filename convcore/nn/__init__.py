@@ -20,8 +20,8 @@ from .optim import SGD, Adam, Optimizer, make_optimizer, optimizer_spec
 from .options import OptionError, Schedule, TrainOptions
 from .sequential import Sequential, build_model
 from .spec import build_layers, footprint, parse_model, validate_spec
-from .train import (FitState, TrainingDiverged, evaluate, final_model_arrays, fit, get_training_state,
-                    set_training_state, train_epoch)
+from .train import (FitState, TrainingDiverged, evaluate, evaluation_batch, final_model_arrays, fit,
+                    get_training_state, set_training_state, train_epoch)
 
 __all__ = ["Layer", "ConvND", "ConvTransposeND", "Dense", "ReLU", "LeakyReLU", "Tanh", "Sigmoid", "Softmax",
            "MaxPool", "AvgPool", "GlobalAvgPool", "Upsample", "Flatten", "Dropout", "BatchNorm", "GroupNorm", "Add",
@@ -29,5 +29,5 @@ __all__ = ["Layer", "ConvND", "ConvTransposeND", "Dense", "ReLU", "LeakyReLU", "
            "dice_iou", "SGD", "Adam", "Optimizer", "make_optimizer", "optimizer_spec", "Schedule", "TrainOptions",
            "OptionError", "Sequential", "Graph", "build_model", "build_layers", "parse_model", "validate_spec",
            "footprint", "check_job", "JobError", "expected_output", "predict_outputs", "fit", "train_epoch",
-           "evaluate", "FitState", "get_training_state", "set_training_state", "final_model_arrays",
+           "evaluate", "evaluation_batch", "FitState", "get_training_state", "set_training_state", "final_model_arrays",
            "TrainingDiverged", "io"]

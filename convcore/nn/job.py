@@ -107,7 +107,8 @@ def check_job(job: dict, info=None, has_validation: bool | None = None) -> dict:
 
 
 def predict_outputs(model, x, loss="cross_entropy", task: str | None = None, batch_size: int = 64) -> dict:
-    """The model's dense outputs for x (n, *input_shape), in evaluation mode, on the model's device.
+    """The model's dense outputs for x (n, *input_shape), in evaluation mode, on the model's device,
+    ``batch_size`` samples at a time (a service passes ``evaluation_batch`` of its training job's).
 
     {"outputs": (n, *output_shape)}, plus for class targets ("classify" / "segment", or any
     label loss) "classes" (n,) or (n, d...) int64 (argmax over channels) and, for losses that

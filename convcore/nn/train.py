@@ -148,7 +148,22 @@ def train_epoch(model, x, y, optimizer: Optimizer, loss="cross_entropy", batch_s
             "stopped": stopped, "lr": optimizer.lr, **{k: v for k, v in metrics.items() if k != "accuracy"}}
 
 
-def evaluate(model, x, y, loss="cross_entropy", batch_size=256) -> dict:
+EVAL_BATCH = 256                 # samples per evaluation batch, at most
+EVAL_FLOOR_BYTES = 64 * 2**20    # activations an evaluation batch may always hold (the service allows 8 GiB)
+
+
+def evaluation_batch(model, batch_size: int) -> int:
+    """The batch ``fit`` evaluates (and a service predicts) in: up to EVAL_BATCH samples, but no
+    more activations than a training step of ``batch_size`` holds (its activations and their
+    gradients: what ``footprint`` counts and a service checks before it queues the job) or
+    EVAL_FLOOR_BYTES. A fixed 256 let a job checked at batch_size 1 need 256 times that (a probe:
+    8 MiB estimated, 1 GiB measured in the validation pass)."""
+    per_sample = model.dtype.itemsize * (math.prod(model.input_shape) + sum(math.prod(s) for s in model.shapes))
+    allowance = max(2 * batch_size * per_sample, EVAL_FLOOR_BYTES)
+    return int(max(1, min(EVAL_BATCH, allowance // max(1, per_sample))))
+
+
+def evaluate(model, x, y, loss="cross_entropy", batch_size=EVAL_BATCH) -> dict:
     """Mean loss and the task's metrics in evaluation mode: {"loss", "accuracy"} for labels
     (+ "dice", "iou", "dice_per_class", "iou_per_class" for per-voxel labels), {"loss", "mae"} for fields."""
     xp, loss_fn = model.xp, _loss_fn(loss)
@@ -202,7 +217,7 @@ def fit(model, x, y, optimizer: Optimizer, loss="cross_entropy", epochs=10, batc
             lr_at = lambda step, steps_, e=epoch: options.schedule.lr(base_lr, e, step, steps_, epochs)  # noqa: E731
         tr = train_epoch(model, x, y, optimizer, loss, batch_size, seed, epoch, callback, lr_at=lr_at,
                          clip_norm=options.clip_norm, health=health)
-        val = evaluate(model, x_val, y_val, loss) if has_val else {}
+        val = evaluate(model, x_val, y_val, loss, evaluation_batch(model, batch_size)) if has_val else {}
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                "val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
         row.update({"train_" + k: v for k, v in tr.items() if k == "mae"})

@@ -107,3 +107,30 @@ def test_divergence_names_the_layer(digits):
     with pytest.raises(nn.TrainingDiverged, match=r"epoch 0, step 0: non-finite parameter W in layer 6 \(dense\)") as e:
         nn.train_epoch(model, xt, yt, opt, batch_size=32)
     assert (e.value.epoch, e.value.layer, e.value.layer_type) == (0, 6, "dense")
+
+
+def test_evaluation_batches_hold_no_more_than_a_training_step():
+    """fit evaluates, and a service predicts, in batches whose activations stay within a training
+    step's (activations and their gradients, which the service checks before queueing) or 64 MiB: a
+    fixed 256 needed 128x the checked footprint for a batch_size 1 job (a probe measured 1 GiB)."""
+    big = nn.build_model([{"type": "upsample", "scale": 128}, {"type": "global_avgpool"},
+                          {"type": "dense", "out_features": 2}], (1, 8, 8))
+    per_sample = 4 * (64 + 128 * 128 * 64 + 1 + 2)   # input, upsampled map, pooled, logits (float32)
+    for batch_size in (1, 4, 16):
+        b = nn.evaluation_batch(big, batch_size)
+        assert b * per_sample <= max(2 * batch_size * per_sample, nn.train.EVAL_FLOOR_BYTES)
+        assert (b + 1) * per_sample > max(2 * batch_size * per_sample, nn.train.EVAL_FLOOR_BYTES) or b == 256
+    small = nn.build_model([{"type": "flatten"}, {"type": "dense", "out_features": 10}], (1, 8, 8))
+    assert nn.evaluation_batch(small, 1) == 256
+
+
+def test_fit_validates_in_bounded_batches(digits, monkeypatch):
+    xt, yt, xv, yv = digits
+    model = nn.build_model([{"type": "flatten"}, {"type": "dense", "out_features": 10}], (1, 8, 8))
+    seen = []
+    real = nn.train.evaluate
+    monkeypatch.setattr(nn.train, "evaluate", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    monkeypatch.setattr(nn.train, "EVAL_FLOOR_BYTES", 0)   # so the training batch alone sets the bound
+    nn.fit(model, xt, yt, nn.make_optimizer({"type": "sgd", "lr": 0.1}), epochs=1, batch_size=8,
+           x_val=xv, y_val=yv)
+    assert seen == [16]   # twice the training batch: a step's activations and their gradients
