@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from support.stack import tiny_job, wait_job
 
+OCTET = {"Content-Type": "application/octet-stream"}   # uploads are raw .npz bytes (or multipart)
+
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((60, 1, 6, 6)).astype(np.float32)
 Y = np.arange(60) % 3
@@ -23,7 +25,7 @@ def npz(**arrays) -> bytes:
 
 def test_raw_upload_then_train_and_predict(train_api):
     c = train_api.client
-    r = c.post("/v1/datasets", content=npz(x=X, y=Y), headers={"Content-Type": "application/octet-stream"})
+    r = c.post("/v1/datasets", content=npz(x=X, y=Y), headers=OCTET)
     assert r.status_code == 201, r.text
     info = r.json()
     assert info["n"] == 60 and info["input_shape"] == [1, 6, 6] and info["n_classes"] == 3
@@ -41,6 +43,32 @@ def test_multipart_upload(train_api):
     r = train_api.client.post("/v1/datasets", files={"file": ("d.npz", npz(x=X[:, 0, 0], y=Y), "application/zip")})
     assert r.status_code == 201, r.text
     assert r.json()["input_shape"] == [6] and r.json()["n_classes"] == 3
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "image/png", None])
+def test_upload_of_another_content_type_is_415(train_api, content_type):
+    """What a page on another site can POST without asking first (text/plain, a url-encoded form, no
+    type at all) is refused as on the other body routes; nothing is stored."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = train_api.client.post("/v1/datasets", content=npz(x=X, y=Y), headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["field"] == "Content-Type" and "application/octet-stream" in r.json()["detail"]
+    assert f"got {content_type or 'none'!r}" in r.json()["detail"]
+
+
+def test_cross_site_multipart_upload_is_403(train_api):
+    """A multipart form can also come from another site's page: refused by its Origin, while the API's
+    own pages (same host) and clients that send no Origin (curl -F, the Python client) upload."""
+    file = {"file": ("d.npz", npz(x=X[:, 0, 0], y=Y), "application/zip")}
+    r = train_api.client.post("/v1/datasets", files=file, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403, r.text
+    assert r.json()["field"] == "Origin" and "'http://evil.example'" in r.json()["detail"]
+    own = str(train_api.client.base_url).rstrip("/")   # the API's own origin, as its pages send it
+    same = train_api.client.post("/v1/datasets", files=file, headers={"Origin": own})
+    assert same.status_code == 201, same.text
+    raw = train_api.client.post("/v1/datasets", content=npz(x=X, y=Y),
+                                headers={**OCTET, "Origin": "http://evil.example"})
+    assert raw.status_code == 201, raw.text   # raw bytes need a type no cross-site page sends unasked
 
 
 def _zip_with(*names_and_payloads) -> bytes:
@@ -119,7 +147,7 @@ def _corrupt_deflate() -> bytes:
 ], ids=["empty", "csv", "no-y", "y-length", "nan", "negative-label", "fractional-label", "strings", "objects",
         "not-npy", "huge-header", "unknown-compression", "encrypted", "corrupt-deflate", "corrupt-lzma"])
 def test_bad_uploads_are_refused_with_the_reason(train_api, body, status, words):
-    r = train_api.client.post("/v1/datasets", content=body)
+    r = train_api.client.post("/v1/datasets", content=body, headers=OCTET)
     assert r.status_code == status, r.text
     for word in words:
         assert word in r.json()["detail"], (word, r.json()["detail"])
@@ -127,19 +155,19 @@ def test_bad_uploads_are_refused_with_the_reason(train_api, body, status, words)
 
 def test_size_limit_on_the_body_and_on_the_uncompressed_size(train_api):
     big = npz(x=np.zeros((800, 1, 8, 8), np.float32), y=np.zeros(800, np.int64))  # ~210 kB > 200 kB
-    r = train_api.client.post("/v1/datasets", content=big)
+    r = train_api.client.post("/v1/datasets", content=big, headers=OCTET)
     assert r.status_code == 413 and "200000" in r.json()["detail"]
 
     def chunks():  # no Content-Length: the limit is counted while reading
         yield big[:100_000]
         yield big[100_000:]
 
-    r = train_api.client.post("/v1/datasets", content=chunks())
+    r = train_api.client.post("/v1/datasets", content=chunks(), headers=OCTET)
     assert r.status_code == 413
     buf = io.BytesIO()
     np.savez_compressed(buf, x=np.zeros((4000, 1, 8, 8), np.float32), y=np.zeros(4000, np.int64))
     assert len(buf.getvalue()) < 200_000  # small upload, 1 MB once inflated
-    r = train_api.client.post("/v1/datasets", content=buf.getvalue())
+    r = train_api.client.post("/v1/datasets", content=buf.getvalue(), headers=OCTET)
     assert r.status_code == 413 and "uncompressed" in r.json()["detail"]
 
 
@@ -150,8 +178,8 @@ def keyed(api_factory, worker):
 
 def test_datasets_jobs_and_models_are_isolated_per_key(keyed):
     c, alpha, beta = keyed.client, {"X-API-Key": "alpha-key"}, {"Authorization": "Bearer beta-key"}
-    assert c.post("/v1/datasets", content=npz(x=X, y=Y)).status_code == 401
-    ds = c.post("/v1/datasets", content=npz(x=X, y=Y), headers=alpha).json()["id"]
+    assert c.post("/v1/datasets", content=npz(x=X, y=Y), headers=OCTET).status_code == 401
+    ds = c.post("/v1/datasets", content=npz(x=X, y=Y), headers={**alpha, **OCTET}).json()["id"]
     assert c.get(f"/v1/datasets/{ds}", headers=beta).status_code == 404
     r = c.post("/v1/train", json=tiny_job(model=NET, dataset={"id": ds}, epochs=1), headers=beta)
     assert r.status_code == 422 and "not yours" in r.json()["detail"]

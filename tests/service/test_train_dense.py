@@ -18,6 +18,8 @@ from app.client import Client
 from convcore import datasets, nn
 from worker import checkpoints, tasks
 
+OCTET = {"Content-Type": "application/octet-stream"}   # uploads are raw .npz bytes (or multipart)
+
 # A two-level U-Net in miniature: pooled branch, transposed convolution back up, concatenated skip.
 UNET = {"graph": [
     {"name": "skip", "type": "conv", "out_channels": 4, "kernel_size": 3, "padding": "same"},
@@ -149,7 +151,7 @@ def test_uploads_with_dense_targets(train_api):
     c, rng = train_api.client, np.random.default_rng(0)
     x = rng.standard_normal((12, 1, 6, 6)).astype(np.float32)
     labels = (x[:, 0] > 0).astype(np.int64) + (x[:, 0] > 1)  # a class per voxel, 3 classes
-    r = c.post("/v1/datasets", content=_npz(x=x, y=labels))
+    r = c.post("/v1/datasets", content=_npz(x=x, y=labels), headers=OCTET)
     assert r.status_code == 201, r.text
     info = r.json()
     assert (info["target_shape"], info["task"], info["n_classes"]) == ([6, 6], "segment", 3)
@@ -162,13 +164,13 @@ def test_uploads_with_dense_targets(train_api):
     assert done["state"] == "succeeded", done
     assert 0 <= done["result"]["history"][0]["val_dice"] <= 1 and done["result"]["val_samples"] == 3
 
-    fields = c.post("/v1/datasets", content=_npz(x=x, y=np.stack([x[:, 0], -x[:, 0]], axis=1)))
+    fields = c.post("/v1/datasets", content=_npz(x=x, y=np.stack([x[:, 0], -x[:, 0]], axis=1)), headers=OCTET)
     assert fields.status_code == 201, fields.text
     assert (fields.json()["target_shape"], fields.json()["task"], fields.json()["n_classes"]) == ([2, 6, 6],
                                                                                                  "regress", 0)
     r = c.post("/v1/train", json=tiny_job(model=net, dataset={"id": fields.json()["id"]}, loss="mse"))
     assert r.status_code == 422 and r.json()["field"] == "model" and "(2, 6, 6)" in r.json()["detail"]
-    r = c.post("/v1/datasets", content=_npz(x=x, y=labels[:, :5, :5]))
+    r = c.post("/v1/datasets", content=_npz(x=x, y=labels[:, :5, :5]), headers=OCTET)
     assert r.status_code == 422 and "(12, 5, 5)" in r.json()["detail"], r.text
 
 

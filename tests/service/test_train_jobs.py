@@ -14,6 +14,8 @@ from support.stack import tiny_job, wait_job
 
 from convcore import datasets, nn
 
+OCTET = {"Content-Type": "application/octet-stream"}   # uploads are raw .npz bytes (or multipart)
+
 
 @pytest.fixture(scope="module")
 def trained(client):
@@ -142,7 +144,7 @@ def test_divergence_fails_the_job_with_epoch_and_layer(client):
     sum to 3.1 and -2.1): its output is +-inf at the first step."""
     buf = io.BytesIO()
     np.savez(buf, x=np.full((40, 1, 6, 6), 3e38, np.float32), y=np.arange(40) % 2)
-    ds = client.post("/v1/datasets", content=buf.getvalue()).json()["id"]
+    ds = client.post("/v1/datasets", content=buf.getvalue(), headers=OCTET).json()["id"]
     model = [{"type": "conv", "out_channels": 8, "kernel_size": 3, "algorithm": "direct"}, {"type": "flatten"},
              {"type": "dense", "out_features": 2}]
     job_id = client.post("/v1/train", json=tiny_job(model=model, dataset={"id": ds}, epochs=1)).json()["id"]

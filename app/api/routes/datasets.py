@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -18,14 +19,16 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.api.deps import OwnerDep, SettingsDep, StoreDep, read_limited
 from app.api.errors import ApiError
+from app.core.tensors import BINARY_CONTENT_TYPE
 from app.schemas.jobs import ErrorBody
 from app.schemas.train import DatasetInfo
 from convcore import datasets
 from worker import dataset_store
 
 router = APIRouter(prefix="/datasets", tags=["training"])
-ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 503)}
+ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 503)}
 MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
+MULTIPART = "multipart/form-data"
 
 
 async def _file_part(request: Request, raw: bytes) -> bytes:
@@ -59,6 +62,23 @@ def _check_archive(data: bytes, limit: int) -> None:
         raise ApiError(413, f"the dataset is {declared} bytes uncompressed; the limit is {limit} bytes", "file")
 
 
+def _upload_kind(request: Request, cors_origins: list) -> str:
+    """The upload's Content-Type: raw bytes or a multipart form; 415 for anything else (text/plain, a
+    url-encoded form: what a page on another site can POST without asking first, as the other body
+    routes refuse). A multipart form can come from such a page too, so one whose Origin is another
+    site (not the API's own, nor a configured CORS origin) is 403; curl and the client send none."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in (BINARY_CONTENT_TYPE, MULTIPART):
+        raise ApiError(415, f"Content-Type must be {BINARY_CONTENT_TYPE} (the .npz's bytes) or {MULTIPART} "
+                            f"(a file field named 'file'), got {kind or 'none'!r}", "Content-Type")
+    origin = request.headers.get("origin")
+    if kind == MULTIPART and origin is not None and origin not in cors_origins \
+            and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+        raise ApiError(403, f"a multipart upload from a page of another site ({origin!r}) is refused: upload "
+                            f"from that site's server, or list it in CONVND_CORS_ORIGINS", "Origin")
+    return kind
+
+
 @router.post("", status_code=201, response_model=DatasetInfo, responses=ERRORS,
              summary="upload an .npz with x (n, c, d_1..d_N) and y: (n,) class labels, (n, d_1..d_N) "
                      "per-voxel labels or (n, c, d_1..d_N) a field",
@@ -68,7 +88,7 @@ def _check_archive(data: bytes, limit: int) -> None:
                      "file": {"type": "string", "format": "binary"}}, "required": ["file"]}}}}})
 async def upload(request: Request, owner: OwnerDep, store: StoreDep, settings: SettingsDep) -> dict:
     limit = settings.max_dataset_bytes
-    multipart = request.headers.get("content-type", "").startswith("multipart/form-data")
+    multipart = _upload_kind(request, settings.cors_origins) == MULTIPART
     raw = await read_limited(request, limit + (MULTIPART_SLACK if multipart else 0))
     data = await _file_part(request, raw) if multipart else raw
     if len(data) > limit:
