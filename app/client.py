@@ -33,9 +33,10 @@ class ClientError(Exception):
 
 def _id(value: str) -> str:
     """A job or model id as one path segment: '?', '#' and '/' escaped (unescaped, 'model ?x' asked
-    for another path and saved an empty answer as the model). An empty id is refused here."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"a job id must be a non-empty string, got {value!r}")
+    for another path and saved an empty answer as the model). An empty id is refused here, and so are
+    '.' and '..', which no escaping keeps a segment: URLs resolve them (job('.') listed every job)."""
+    if not isinstance(value, str) or not value or value in (".", ".."):
+        raise ValueError(f"a job id must be a non-empty string other than '.' and '..', got {value!r}")
     return quote(value, safe="")
 
 

@@ -35,10 +35,12 @@ class TrainRequest(BaseModel):
                                         '{"type": "adam", "lr", "betas", "eps", "weight_decay"}.')
     loss: str | dict = Field("cross_entropy", description='"cross_entropy" (per voxel for per-voxel labels), '
                              '"dice", "mse", "l1", or {"type": "cross_entropy", "class_weights": [...]}.')
-    epochs: int = Field(10, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=65536)
-    seed: int = Field(0, ge=0, le=2**63 - 1)
-    validation_split: float = Field(0.2, ge=0.0, lt=1.0, description="Held-out fraction, stratified by class.")
+    # strict: true is not 1 epoch, nor "3" three (a JSON number, as every client sends)
+    epochs: int = Field(10, ge=1, le=1000, strict=True)
+    batch_size: int = Field(32, ge=1, le=65536, strict=True)
+    seed: int = Field(0, ge=0, le=2**63 - 1, strict=True)
+    validation_split: float = Field(0.2, ge=0.0, lt=1.0, strict=True,
+                                    description="Held-out fraction: round(fraction * n) samples, stratified by class.")
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", validate_default=True,
         description="Where the job trains: a GPU worker, a CPU worker, or auto (a GPU worker when one is up, else "
@@ -47,7 +49,7 @@ class TrainRequest(BaseModel):
     # Training options (convcore.nn.options): checked by convcore.nn.check_job, errors name the key.
     schedule: dict | None = Field(None, description='{"type": "constant"|"step"|"cosine", "warmup_epochs", '
                                                     '"step_size", "gamma" (step), "min_lr" (cosine)}.')
-    clip_norm: float | None = Field(None, description="Clip the gradients' global L2 norm to this (> 0).")
+    clip_norm: float | None = Field(None, strict=True, description="Clip the gradients' global L2 norm to this (> 0).")
     monitor: str = Field("val_loss", description="Metric for early_stopping / keep_best: val_loss, train_loss, "
                                                  "val_accuracy, val_dice, val_iou or val_mae.")
     early_stopping: dict | None = Field(None, description='{"patience": 5, "min_delta": 0.0}.')

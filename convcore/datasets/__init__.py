@@ -43,7 +43,7 @@ MAX_SAMPLES = 20000
 
 
 def _options(spec: dict):
-    if not isinstance(spec, dict) or spec.get("name") not in BUILTIN:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or spec["name"] not in BUILTIN:
         raise DatasetError(f"dataset must be an object with a 'name' among {sorted(BUILTIN)}, got {spec!r}")
     name = spec["name"]
     options = {k: v for k, v in spec.items() if k != "name"}
@@ -60,8 +60,11 @@ def _options(spec: dict):
         raise DatasetError(f"dataset {name!r}: seed must be in [0, 2**63 - 1], got {options['seed']}")
     if "size" in options and not 8 <= options["size"] <= 64:
         raise DatasetError(f"dataset {name!r}: size must be in [8, 64], got {options['size']}")
-    if "noise" in options and not (isinstance(options["noise"], (int, float)) and 0 <= options["noise"] <= 10):
-        raise DatasetError(f"dataset {name!r}: noise must be a number in [0, 10], got {options['noise']!r}")
+    if "noise" in options:
+        noise = options["noise"]
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 10:
+            raise DatasetError(f"dataset {name!r}: noise must be a number in [0, 10], got {noise!r}")
+        options["noise"] = noise + 0.0   # -0.0 is 0 here, but NumPy's generators refuse its sign ("scale < 0")
     return name, options
 
 

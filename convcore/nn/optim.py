@@ -86,6 +86,8 @@ class Adam(Optimizer):
         self.betas = (check_float("betas[0]", betas[0], 0.0, 1.0, high_open=True),
                       check_float("betas[1]", betas[1], 0.0, 1.0, high_open=True))
         self.eps = check_float("eps", eps, 0.0, 1.0)
+        if self.eps == 0:   # a parameter whose gradients are all 0 would step by 0/0: "diverged" at once
+            raise ValueError(f"eps must be in (0, 1], got {eps!r}")
 
     def _direction(self, name, p, g):
         xp = get_array_module(p)

@@ -76,6 +76,16 @@ def test_split_is_stratified_seeded_and_disjoint():
         datasets.train_val_split(x, y, 1.5)
 
 
+def test_negative_zero_noise_is_no_noise():
+    """-0.0 passes "noise in [0, 10]" (and json.dumps writes it), but NumPy's generators refuse its
+    sign: a job the service had checked failed in the worker with "scale < 0"."""
+    x, _, _ = datasets.load({"name": "shapes3d", "n": 4, "noise": -0.0, "seed": 1})
+    same, _, _ = datasets.load({"name": "shapes3d", "n": 4, "noise": 0.0, "seed": 1})
+    np.testing.assert_array_equal(x, same)
+    with pytest.raises(datasets.DatasetError, match=r"noise must be a number in \[0, 10\], got True"):
+        datasets.info({"name": "shapes3d", "noise": True})
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_split_holds_out_round_fraction_n_in_proportion_to_the_classes(seed):
     """The service checks a split from the dataset's size alone (``validation_count``): the split must

@@ -78,12 +78,13 @@ def test_ids_are_one_path_segment_and_odd_answers_are_client_errors(api):
     from app.client import Client, ClientError
 
     with Client(api.url) as client:
-        for odd in ("?x=1", "#", "a/b", "..", "%2e%2e"):
+        for odd in ("?x=1", "#", "a/b", "%2e%2e", "..."):
             with pytest.raises(ClientError) as err:
                 client.model_bytes(odd)
             assert err.value.status == 404, (odd, err.value)
-        with pytest.raises(ValueError, match="non-empty string"):
-            client.job("")
+        for no_segment in ("", ".", ".."):   # URLs resolve '.' and '..': job('.') listed every job
+            with pytest.raises(ValueError, match="non-empty string other than '.' and '..'"):
+                client.job(no_segment)
         with pytest.raises(ClientError) as err:   # a path the service redirects: not an answer
             client._call("GET", "/v1/jobs/")
         assert err.value.status in (307, 308, 404), err.value

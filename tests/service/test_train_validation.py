@@ -51,6 +51,11 @@ def client(app_client):
      ["unknown layer type {'a': 1}"]),
     ({"model": {"graph": None, "output": "a"}}, "model", ["model.graph must be a non-empty list"]),
     ({"model": {"graph": 5, "output": "a"}}, "model", ["model.graph must be a non-empty list"]),
+    ({"dataset": {"name": ["digits"]}}, "dataset", ["'name' among", "['digits']"]),
+    ({"epochs": True}, "epochs", ["valid integer"]),      # not one epoch
+    ({"batch_size": "32"}, "batch_size", ["valid integer"]),
+    ({"validation_split": True}, "validation_split", ["valid number"]),
+    ({"optimizer": {"type": "adam", "lr": 0.01, "eps": 0}}, "optimizer", ["eps must be in (0, 1], got 0"]),
     # ... and jobs queued that then failed in the worker: conv_transpose naming an engine that cannot
     # run its adjoint convolution, a split that holds out no sample with keep_best
     ({"model": [{"type": "conv_transpose", "out_channels": 4, "kernel_size": 3, "stride": 2, "algorithm": "winograd"},
