@@ -132,7 +132,12 @@ def _train(store, job_id: str, job: dict, attempt: int, renewer) -> str:
                xv, yv, callback=reporter, start_epoch=start_epoch, options=options, state=state,
                layer_health=True)  # per-layer norms in each epoch's row, for the dashboard
     except nn.TrainingDiverged as exc:
-        raise Stop(422, "TrainingDiverged", f"{exc}; the checkpoint of epoch {len(reporter.history)} is kept",
+        done = len(reporter.history)   # finished epochs: the last one's checkpoint is the job's model
+        kept = (f"the model of epoch {done}, the last finished, is kept at /model" if done
+                else "no epoch finished, so there is no model")
+        # epochs and steps counted from 1, as in the job's fields and its progress
+        raise Stop(422, "TrainingDiverged", f"training diverged at epoch {exc.epoch + 1}, step {exc.step + 1}: "
+                                            f"{exc.detail}; {kept}",
                    epoch=exc.epoch + 1, step=exc.step + 1, layer=exc.layer, layer_type=exc.layer_type) from None
     if reporter.stopped:
         return "stopped"  # cancelled (the API already set the state) or the lease was lost

@@ -32,8 +32,9 @@ class TrainingDiverged(RuntimeError):
 
     def __init__(self, epoch, step, layer, layer_type, what):
         self.epoch, self.step, self.layer, self.layer_type = epoch, step, layer, layer_type
-        where = f"layer {layer} ({layer_type})" if layer is not None else "the loss"
-        super().__init__(f"training diverged at epoch {epoch}, step {step}: non-finite {what} in {where}")
+        # what went non-finite, where: "non-finite output in layer 3 (conv)", "a non-finite loss"
+        self.detail = f"non-finite {what} in layer {layer} ({layer_type})" if layer is not None else f"a non-finite {what}"
+        super().__init__(f"training diverged at epoch {epoch}, step {step} (counting from 0): {self.detail}")
 
 
 @dataclass

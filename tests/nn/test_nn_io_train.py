@@ -104,7 +104,8 @@ def test_divergence_names_the_layer(digits):
     xt, yt, _, _ = digits
     model, opt = fresh()
     model.layers[6].params["W"][0, 0] = np.nan
-    with pytest.raises(nn.TrainingDiverged, match=r"epoch 0, step 0: non-finite parameter W in layer 6 \(dense\)") as e:
+    with pytest.raises(nn.TrainingDiverged, match=r"epoch 0, step 0 \(counting from 0\): non-finite parameter W in layer 6 "
+                                               r"\(dense\)") as e:
         nn.train_epoch(model, xt, yt, opt, batch_size=32)
     assert (e.value.epoch, e.value.layer, e.value.layer_type) == (0, 6, "dense")
 

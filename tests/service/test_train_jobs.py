@@ -153,3 +153,6 @@ def test_divergence_fails_the_job_with_epoch_and_layer(client):
     err = job["error"]
     assert err["type"] == "TrainingDiverged" and err["epoch"] == 1 and err["layer"] == 0
     assert err["layer_type"] == "conv" and "layer 0 (conv)" in err["message"]
+    # counted from 1 like the fields (the message said epoch 0, and kept a checkpoint that did not exist)
+    assert err["message"].startswith("training diverged at epoch 1, step 1: non-finite output in layer 0 (conv)"), err
+    assert err["message"].endswith("no epoch finished, so there is no model"), err
