@@ -93,12 +93,11 @@ def validate_arrays(x, y, max_bytes: int = MAX_BYTES, n_classes: int | None = No
     x32 = _finite_float32("x", x)
     if kind == "field":
         return x32, _finite_float32("y", y), 0
-    y64 = y.astype(np.int64)
-    lo, hi = int(y64.min()), int(y64.max())
+    lo, hi = int(y.min()), int(y.max())   # in y's own dtype: a uint64 2**64 - 1 cast to int64 read -1
     limit = MAX_CLASSES if n_classes is None else n_classes
     if lo < 0 or hi >= limit:
         raise DatasetError(f"labels y must be in [0, {limit}), got min {lo} and max {hi}")
-    return x32, y64, (hi + 1 if n_classes is None else n_classes)
+    return x32, y.astype(np.int64), (hi + 1 if n_classes is None else n_classes)
 
 
 def _finite_float32(name: str, a):

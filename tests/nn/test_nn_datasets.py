@@ -122,6 +122,8 @@ def test_valid_upload_is_converted():
     (dict(x=np.zeros(4), y=np.zeros(4, int)), r"x must have shape \(n, c, d_1, ..., d_N\) or \(n, features\), got \(4,\)"),
     (dict(x=np.array([[0.0, np.nan]] * 3), y=np.zeros(3, int)), r"x must be finite; x\(0, 1\) = nan"),
     (dict(x=np.zeros((3, 2)), y=np.array([0, 1, -1])), r"labels y must be in \[0, 1000\), got min -1 and max 1"),
+    (dict(x=np.zeros((3, 2)), y=np.array([0, 1, 2**64 - 1], np.uint64)),   # read as -1 once cast to int64
+     r"labels y must be in \[0, 1000\), got min 0 and max 18446744073709551615"),
     (dict(x=np.zeros((3, 2)), y=np.array([0.5, 1, 0])), r"y must hold integer class labels, got dtype float64"),
     (dict(x=np.array([["a", "b"]] * 3), y=np.zeros(3, int)), r"x must hold real numbers \(float or int\), got dtype <U1"),
     (dict(x=np.zeros((3, 2), complex), y=np.zeros(3, int)), r"x must hold real numbers"),
