@@ -18,10 +18,15 @@ from .topology import Topology, chain, parse_graph
 
 def construct(cls, options: dict, where: str):
     """``cls(**options)``, turning unknown options into a ValueError that lists the accepted ones."""
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    params = {name: p for name, p in inspect.signature(cls.__init__).parameters.items() if name != "self"}
+    accepted = list(params)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown}; accepted: {accepted}")
+    missing = [name for name, p in params.items() if p.default is inspect.Parameter.empty and name not in options
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if missing:   # named as the job's options, not as Python's "__init__() missing 1 required positional argument"
+        raise ValueError(f"{where}: missing required option(s) {missing}")
     try:
         return cls(**options)
     except (TypeError, ValueError) as e:

@@ -61,6 +61,8 @@ def test_4d_spec_validates():
      r"layer 1 \(dense\) outputs shape \(5,\) but the dataset has 10 classes"),
     ([{"type": "dropout", "rate": 1.0}], (4,), None, r"layer 0 \(dropout\): rate must be in \[0.0, 1.0\)"),
     ([{"type": "relu"}], (1, 0, 8), None, r"input_shape must be a non-empty list of positive ints"),
+    ([{"type": "flatten"}, {"type": "dense"}], (1, 8, 8), None,   # was Python's "__init__() missing 1 ..."
+     r"layer 1 \(dense\): missing required option\(s\) \['out_features'\]"),
     ([{"type": "upsample", "scale": 10**30}], (2, 6, 6), None,   # forward raised OverflowError
      r"layer 0 \(upsample\) cannot take input shape \(2, 6, 6\): upsample scale 10{30} turns the input "
      r"\(2, 6, 6\) into \(2, 60{30}, 60{30}\): each size must be at most 2\*\*48"),
