@@ -122,15 +122,19 @@ def body_kind(request: Request) -> str:
                         f"{HEADER_LENGTH} header for binary tensors), got {content_type or 'none'!r}", "Content-Type")
 
 
-async def read_body_within(request: Request, settings: Settings, json_limit: int) -> Body:
+BINARY_HINT = (f"; send large arrays in the binary form (Content-Type: {BINARY_CONTENT_TYPE} with the "
+               f"{HEADER_LENGTH} header, see the README)")
+
+
+async def read_body_within(request: Request, settings: Settings, json_limit: int, hint: str = BINARY_HINT) -> Body:
     """The body, refused (413) as soon as it passes its limit: ``json_limit`` for JSON (parsing takes
-    several times the text's size in memory), ``max_body_bytes`` for the binary form."""
+    several times the text's size in memory), ``max_body_bytes`` for the binary form. ``hint`` ends a
+    413's message (what to do instead)."""
     kind = body_kind(request)
     header_length = request.headers.get(HEADER_LENGTH)
     if kind == "json":
         limit = min(json_limit, settings.max_body_bytes)
-        raw = await read_limited(request, limit, hint="; send large arrays in the binary form (Content-Type: "
-                                 f"{BINARY_CONTENT_TYPE} with the {HEADER_LENGTH} header, see the README)")
+        raw = await read_limited(request, limit, hint=hint)
         return Body(raw, JSON_CONTENT_TYPE, None)
     if header_length is not None and header_length.strip().isdigit() and int(header_length) > json_limit:
         raise ApiError(413, f"the JSON header of {header_length} bytes exceeds the limit of {json_limit} bytes",
@@ -150,7 +154,9 @@ BodyDep = Annotated[Body, Depends(read_body)]
 async def read_train_body(request: Request, settings: SettingsDep) -> Body:
     """A training spec's body: JSON up to ``max_train_spec_bytes`` (a spec is small; a huge one is refused
     before any parsing)."""
-    return await read_body_within(request, settings, min(settings.max_train_spec_bytes, settings.max_json_bytes))
+    return await read_body_within(request, settings, min(settings.max_train_spec_bytes, settings.max_json_bytes),
+                                  hint="; a job spec holds no arrays (upload data with POST /v1/datasets); the "
+                                       "limit is CONVND_MAX_TRAIN_SPEC_BYTES")
 
 
 TrainBodyDep = Annotated[Body, Depends(read_train_body)]

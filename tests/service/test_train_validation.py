@@ -103,3 +103,13 @@ def test_a_cpu_only_engine_on_a_gpu_is_422(client):
 def test_malformed_body_is_400(client):
     r = client.post("/v1/train", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["field"] == "body"
+
+
+def test_an_oversized_job_spec_is_413_with_the_spec_limit(client):
+    """A job spec over CONVND_MAX_TRAIN_SPEC_BYTES (1 MiB) is 413 naming that limit; the hint about
+    the binary form for arrays, which a job spec cannot use, was misleading there."""
+    body = json.dumps(tiny_job(name="x" * (2 * 2**20))).encode()
+    r = client.post("/v1/train", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text
+    detail = r.json()["detail"]
+    assert "CONVND_MAX_TRAIN_SPEC_BYTES" in detail and "POST /v1/datasets" in detail and "binary form" not in detail
