@@ -6,6 +6,7 @@ Ctrl-C detaches (the job goes on), ``--cancel`` stops it.
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 from app.client import Client
@@ -32,10 +33,31 @@ def run(args) -> int:
             view = client.cancel(args.cancel)
             print(f"job {view['id']} {view['state']}")
             return 0
-        with open(args.job) as f:
-            view = client.train(json.load(f))
+        view = client.train(read_job_file(args.job))
         print(f"job {view['id']} {view['state']}  ({args.url}{view['links']['self']})", flush=True)
         return follow(client, view["id"]) if args.follow else 0
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (the service reads standard JSON only)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):   # 1e999: a valid JSON number that no float holds
+        raise ValueError(f"{text} is out of the range of a float (the service would read it as infinite)")
+    return value
+
+
+def read_job_file(path: str) -> dict:
+    """The job file's JSON. Python's parser takes NaN and Infinity, which standard JSON (and so the
+    service) does not: they are refused here by name, with the file (the client's encoder said only
+    "Out of range float values are not JSON compliant"); a byte-order mark is skipped."""
+    with open(path, encoding="utf-8-sig") as f:
+        try:
+            return json.load(f, parse_constant=_refuse_constant, parse_float=_finite_float)
+        except ValueError as exc:
+            raise ValueError(f"job file {path}: {exc}") from None
 
 
 def follow(client: Client, job_id: str, out=sys.stdout) -> int:

@@ -88,3 +88,20 @@ def test_ids_are_one_path_segment_and_odd_answers_are_client_errors(api):
         with pytest.raises(ClientError) as err:   # a path the service redirects: not an answer
             client._call("GET", "/v1/jobs/")
         assert err.value.status in (307, 308, 404), err.value
+
+
+def test_job_files_outside_standard_json_are_named(tmp_path):
+    """Python's parser reads NaN and 1e999 (as inf), which the service's JSON cannot carry: the client
+    said only "Out of range float values are not JSON compliant". A byte-order mark is skipped."""
+    cases = {'{"epochs": NaN}': "NaN is not a JSON number", '{"lr": -Infinity}': "-Infinity is not a JSON number",
+             '{"a": [1, 1e999]}': "1e999 is out of the range of a float"}
+    for text, words in cases.items():
+        job = tmp_path / "job.json"
+        job.write_text(text)
+        run = subprocess.run(CONVND + ["train", str(job), "--url", "http://127.0.0.1:9"], capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert run.returncode == 1 and f"job file {job}: {words}" in run.stderr, (text, run.stderr[-500:])
+    job.write_bytes(b"\xef\xbb\xbf" + b'{"epochs": 1}')   # read, then sent: nothing listens at this URL
+    run = subprocess.run(CONVND + ["train", str(job), "--url", "http://127.0.0.1:9"], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert run.returncode == 1 and "cannot reach http://127.0.0.1:9" in run.stderr, run.stderr[-500:]
