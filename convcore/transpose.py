@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import backend, tiled
-from .conv import GRADIENTS, ConvGrads, Convolution, check_need, check_algorithm
+from .conv import GRADIENTS, ConvGrads, Convolution, check_algorithm, check_need
 from .geometry import ConvGeometry, check_dtype, check_shapes, make_geometry, per_dim
 
 
