@@ -18,7 +18,7 @@ import numpy as np
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
 PADDING_WORDS = ("valid", "same", "full")
-_NOT_SEQUENCES = (str, bytes, bytearray, Mapping)   # iterables whose items are not one size per dim
+_NOT_SEQUENCES = (str, bytes, bytearray, memoryview, Mapping)   # iterables whose items are not one size per dim
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # No array has a dim this long (2**48 cells ~ 256 TiB of bytes): a larger stride, padding,
 # dilation or padded extent describes nothing that can be computed, so it is refused by name.

@@ -172,9 +172,10 @@ def device_total_bytes(xp=None) -> int | None:
     """Bytes of memory on ``xp``'s device (None or NumPy: the host's RAM); None where unknown."""
     if xp is None or xp is np:
         try:
-            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         except (AttributeError, ValueError, OSError):   # no sysconf (Windows) or no such name
             return None
+        return pages * size if pages > 0 and size > 0 else None   # -1: the system does not say
     return int(xp.cuda.runtime.memGetInfo()[1])
 
 

@@ -133,8 +133,9 @@ def _train(store, job_id: str, job: dict, attempt: int, renewer) -> str:
                layer_health=True)  # per-layer norms in each epoch's row, for the dashboard
     except nn.TrainingDiverged as exc:
         done = len(reporter.history)   # finished epochs: the last one's checkpoint is the job's model
-        kept = (f"the model of epoch {done}, the last finished, is kept at /model" if done
-                else "no epoch finished, so there is no model")
+        kept = ("no epoch finished, so there is no model" if not done
+                else "the best epoch's model (keep_best) is kept at /model" if options.keep_best
+                else f"the model of epoch {done}, the last finished, is kept at /model")
         # epochs and steps counted from 1, as in the job's fields and its progress
         raise Stop(422, "TrainingDiverged", f"training diverged at epoch {exc.epoch + 1}, step {exc.step + 1}: "
                                             f"{exc.detail}; {kept}",

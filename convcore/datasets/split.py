@@ -12,18 +12,30 @@ def validation_count(n: int, validation_split: float) -> int:
     return int(round(validation_split * n))
 
 
-def class_quotas(counts, total: int) -> np.ndarray:
-    """Per-class validation counts summing to ``total``, in proportion to ``counts`` (largest
-    remainder: each class floor(share), then one more for the largest fractional parts, ties to
-    the lower class). Rounding each class on its own made the sum drift from round(f * n): 0.998 of
-    the digits' ~180 samples per class held every sample out of training, though round(0.998 * 1797)
-    leaves 4 to train on, and a service that checks round(f * n) queued jobs that then failed."""
+def class_quotas(counts, total: int, tiebreak=None) -> np.ndarray:
+    """Per-class validation counts summing to ``total`` (< the sum of ``counts``), in proportion to
+    ``counts`` by largest remainder: each class floor(share), then one more for the largest
+    fractional parts. The extra ones go first to classes that still keep a training sample, in
+    rounds (else a one-sample class went wholly to validation whenever it had the largest
+    remainder), then to the others only if the total needs them; equal remainders in the order of ``tiebreak`` (a
+    permutation of the classes; default: by class). Rounding each class on its own made the sum
+    drift from round(f * n): 0.998 of the digits' ~180 samples per class held every sample out of
+    training, though round(0.998 * 1797) leaves 4, and a service that checks round(f * n) queued
+    jobs that then failed."""
     counts = np.asarray(counts, dtype=np.int64)
-    share = total * counts / max(1, int(counts.sum()))
-    quota = np.floor(share).astype(np.int64)
+    share = counts * (total / max(1, int(counts.sum())))   # float: no int64 product to overflow
+    quota = np.minimum(np.floor(share).astype(np.int64), np.maximum(counts - 1, 0))
+    rank = np.argsort(np.arange(len(counts)) if tiebreak is None else np.asarray(tiebreak), kind="stable")
     extra = total - int(quota.sum())
-    order = sorted(range(len(counts)), key=lambda c: (-(share[c] - quota[c]), c))
-    quota[order[:extra]] += 1
+    for keeps_one in (True, False):
+        while extra > 0:   # in rounds: a big class may take more than one while small ones keep theirs
+            order = sorted((c for c in range(len(counts)) if quota[c] < counts[c] - (1 if keeps_one else 0)),
+                           key=lambda c: (-(share[c] - quota[c]), rank[c]))
+            if not order:
+                break
+            for c in order[:extra]:
+                quota[c] += 1
+            extra -= min(extra, len(order))
     return quota
 
 
@@ -42,7 +54,9 @@ def train_val_split(x, y, validation_split=0.2, seed=0):
     rng = np.random.default_rng(seed)
     # Dense targets (per-voxel labels, fields) have no per-sample class: one group of all samples.
     groups = [np.flatnonzero(y == label) for label in np.unique(y)] if y.ndim == 1 else [np.arange(len(y))]
-    quotas = class_quotas([len(g) for g in groups], validation_count(len(y), validation_split))
+    # ties between equal remainders in a seeded order of their own (the main stream stays as it was)
+    quotas = class_quotas([len(g) for g in groups], validation_count(len(y), validation_split),
+                          np.random.default_rng([int(seed), 1]).permutation(len(groups)))
     val = [rng.permutation(group)[:quota] for group, quota in zip(groups, quotas)]
     val_idx = rng.permutation(np.concatenate(val)) if val else np.zeros(0, dtype=np.int64)
     is_val = np.zeros(len(y), dtype=bool)

@@ -205,3 +205,26 @@ def test_device_rates_are_the_gpu_table_until_calibrated():
     finally:
         costs.set_rates(cs, None)
     assert costs.rates_for(cs) is costs.GPU_RATES
+
+
+@pytest.mark.parametrize("algorithm", ["auto", "fft", "direct"])
+def test_an_output_larger_than_the_device_is_refused_before_any_work(monkeypatch, algorithm):
+    """On a device the bound is its total memory (memGetInfo): an output of 4 MiB on a 1 MiB device."""
+    monkeypatch.setattr(cs.runtime, "total_bytes", 2**20)
+    with pytest.raises(MemoryError, match=r"the output \(1, 1, 1048576\) needs 0.00391 GiB, more than this "
+                                          r"device's 0.000977 GiB of memory"):
+        convcore.conv_forward(cs.ones((1, 1, 1048578), dtype=cs.float32), cs.ones((1, 1, 3), dtype=cs.float32),
+                              algorithm=algorithm)
+    monkeypatch.setattr(cs.runtime, "total_bytes", 2**30)
+    y = convcore.conv_forward(cs.ones((1, 1, 1048578), dtype=cs.float32), cs.ones((1, 1, 3), dtype=cs.float32),
+                              algorithm=algorithm)
+    assert y.shape == (1, 1, 1048576)
+
+
+def test_host_memory_unknown_to_the_system_refuses_nothing(monkeypatch):
+    """sysconf answers -1 where the system does not say: no bound then (every call was refused)."""
+    import os
+
+    monkeypatch.setattr(os, "sysconf", lambda name: -1 if name == "SC_PHYS_PAGES" else 4096)
+    assert resources.device_total_bytes(np) is None
+    assert convcore.conv_forward(np.ones((1, 1, 8)), np.ones((1, 1, 3))).shape == (1, 1, 6)

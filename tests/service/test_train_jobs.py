@@ -156,3 +156,14 @@ def test_divergence_fails_the_job_with_epoch_and_layer(client):
     # counted from 1 like the fields (the message said epoch 0, and kept a checkpoint that did not exist)
     assert err["message"].startswith("training diverged at epoch 1, step 1: non-finite output in layer 0 (conv)"), err
     assert err["message"].endswith("no epoch finished, so there is no model"), err
+
+
+def test_a_split_the_api_accepts_is_the_split_the_worker_makes(client):
+    """0.998 of the 1797 digits leaves round(0.002 * 1797) = 4 to train on: the API accepted it, and the
+    worker's per-class rounding then held out every sample ("leaves no training samples"). Now both
+    count round(f * n): the job trains on 4 samples and validates on 1793."""
+    r = client.post("/v1/train", json=tiny_job(validation_split=0.998, epochs=1))
+    assert r.status_code == 202, r.text
+    done = wait_job(client, r.json()["id"])
+    assert done["state"] == "succeeded", done
+    assert (done["result"]["train_samples"], done["result"]["val_samples"]) == (4, 1793), done["result"]

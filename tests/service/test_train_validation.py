@@ -54,6 +54,8 @@ def client(app_client):
     ({"dataset": {"name": ["digits"]}}, "dataset", ["'name' among", "['digits']"]),
     ({"epochs": True}, "epochs", ["valid integer"]),      # not one epoch
     ({"batch_size": "32"}, "batch_size", ["valid integer"]),
+    ({"seed": True}, "seed", ["valid integer"]),
+    ({"clip_norm": "1.0"}, "clip_norm", ["valid number"]),
     ({"validation_split": True}, "validation_split", ["valid number"]),
     ({"optimizer": {"type": "adam", "lr": 0.01, "eps": 0}}, "optimizer", ["eps must be in (0, 1], got 0"]),
     # ... and jobs queued that then failed in the worker: conv_transpose naming an engine that cannot

@@ -72,11 +72,35 @@ def _upload_kind(request: Request, cors_origins: list) -> str:
         raise ApiError(415, f"Content-Type must be {BINARY_CONTENT_TYPE} (the .npz's bytes) or {MULTIPART} "
                             f"(a file field named 'file'), got {kind or 'none'!r}", "Content-Type")
     origin = request.headers.get("origin")
-    if kind == MULTIPART and origin is not None and origin not in cors_origins \
-            and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
+    if kind == MULTIPART and origin is not None and _cross_site(request, origin, cors_origins):
         raise ApiError(403, f"a multipart upload from a page of another site ({origin!r}) is refused: upload "
                             f"from that site's server, or list it in CONVND_CORS_ORIGINS", "Origin")
     return kind
+
+
+def _cross_site(request: Request, origin: str, cors_origins: list) -> bool:
+    """Whether a browser sent this request from another site's page. The browser's own word first
+    (Sec-Fetch-Site, which no proxy rewrites: a page of the API behind nginx is "same-origin" though
+    nginx sends its upstream as Host); else the Origin's host against Host or X-Forwarded-Host, with
+    the scheme's default port made explicit on both sides. Origins listed for CORS (or "*") may."""
+    if "*" in cors_origins or origin in cors_origins:
+        return False
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site not in ("same-origin", "none")
+    parts = urlsplit(origin)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+
+    def host_port(netloc: str) -> tuple:
+        split = urlsplit(f"//{netloc}")
+        try:
+            port = split.port
+        except ValueError:   # a malformed port: matches nothing
+            return (netloc, None)
+        return ((split.hostname or "").lower(), port or default)
+
+    ours = [request.headers.get("host", "")] + request.headers.get("x-forwarded-host", "").split(",")[:1]
+    return host_port(parts.netloc) not in [host_port(h.strip()) for h in ours if h.strip()]
 
 
 @router.post("", status_code=201, response_model=DatasetInfo, responses=ERRORS,
