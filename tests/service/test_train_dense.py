@@ -249,3 +249,25 @@ def test_follow_lines_show_dice_for_segmentation_and_mae_for_fields(segmented):
     field_row = {"epoch": 1, "train_loss": 0.5, "train_accuracy": None, "train_mae": 0.25, "val_loss": 0.125,
                  "val_accuracy": None, "val_mae": 0.0625, "seconds": 1.0}
     assert "train loss 0.5000 mae 0.2500  val loss 0.1250 mae 0.0625" in epoch_line(field_row, 3)
+
+
+def test_predictions_run_in_batches_a_training_step_could_hold(worker_runtime, monkeypatch):
+    """A job checked at batch_size 1 predicted in batches of 64 whatever its activations (a probe: 250 MB
+    for one batch of a model whose training step was estimated at 8 MiB). The worker now asks
+    nn.evaluation_batch of the job's batch_size: here 4 MiB a sample, so 16 a batch, not 64."""
+    from worker import predict
+
+    store = worker_runtime
+    spec = [{"type": "upsample", "scale": 128}, {"type": "global_avgpool"}, {"type": "dense", "out_features": 2}]
+    model = nn.build_model(spec, (1, 8, 8), seed=0)
+    optimizer = nn.make_optimizer({"type": "sgd", "lr": 0.1})
+    job = store.create("train", "test", {"model": spec, "loss": "cross_entropy", "batch_size": 1, "task": "classify"})
+    assert checkpoints.save_checkpoint(store, job["id"], nn.get_training_state(model, optimizer, 1, nn.FitState()),
+                                       [{"epoch": 1, "train_loss": 0.5}])
+    seen = []
+    real = nn.predict_outputs
+    monkeypatch.setattr(nn, "predict_outputs", lambda *a, **k: seen.append(k["batch_size"]) or real(*a, **k))
+    x = np.random.default_rng(0).standard_normal((20, 1, 8, 8)).astype(np.float32)
+    meta, host = predict.predict_op(np, {"x": x}, {"model_id": job["id"]})
+    assert seen == [nn.evaluation_batch(model, 1)] and seen[0] < 64, seen
+    assert host["outputs"].shape == (20, 2) and len(meta["predictions"]) == 20
