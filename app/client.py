@@ -96,19 +96,36 @@ class Client:
             self._raise_for(r)
         return r
 
+    def _doc(self, method: str, path: str, *keys: str, **kw) -> dict:
+        """A 2xx answer's JSON object, holding ``keys``; ClientError when it is not one (another server
+        at --url answering 200: its page or its own JSON was a JSONDecodeError or a KeyError here)."""
+        r = self._call(method, path, **kw)
+        try:
+            doc = r.json()
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict):
+            why = "not a JSON object"
+        elif any(key not in doc for key in keys):
+            why = "no " + ", ".join(key for key in keys if key not in doc)
+        else:
+            return doc
+        raise ClientError(r.status_code, f"the answer of {r.request.method} {r.request.url} is not this service's "
+                                         f"({why}): {r.text[:200]!r}; is the URL a convnd API?")
+
     # jobs
     def train(self, job: dict) -> dict:
         """Queue a training job (the content of a job file); returns its view (id, state, links)."""
-        return self._call("POST", "/v1/train", json=job).json()
+        return self._doc("POST", "/v1/train", "id", json=job)
 
     def job(self, job_id: str) -> dict:
-        return self._call("GET", f"/v1/jobs/{_id(job_id)}").json()
+        return self._doc("GET", f"/v1/jobs/{_id(job_id)}", "id")
 
     def jobs(self, limit: int = 100) -> list[dict]:
-        return self._call("GET", "/v1/jobs", params={"limit": limit}).json()["jobs"]
+        return self._doc("GET", "/v1/jobs", "jobs", params={"limit": limit})["jobs"]
 
     def cancel(self, job_id: str) -> dict:
-        return self._call("DELETE", f"/v1/jobs/{_id(job_id)}").json()
+        return self._doc("DELETE", f"/v1/jobs/{_id(job_id)}", "id")
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
         """(event, job view) from the server-sent event stream, until the job ends."""
@@ -153,8 +170,8 @@ class Client:
         (n, c, d_1..d_N) a field (floats); returns the dataset's info with its ``id`` and ``task``."""
         buf = io.BytesIO()
         np.savez(buf, x=x, y=y)
-        return self._call("POST", "/v1/datasets", content=buf.getvalue(),
-                          headers={"Content-Type": "application/octet-stream"}).json()
+        return self._doc("POST", "/v1/datasets", "id", content=buf.getvalue(),
+                         headers={"Content-Type": "application/octet-stream"})
 
     def predict(self, model_id: str, x: np.ndarray, binary: bool = False) -> dict:
         """{"task", "outputs": ndarray (n, *output_shape), "classes": int64 ndarray (n,) or (n, d...) (class
@@ -169,7 +186,7 @@ class Client:
             if HEADER_LENGTH in r.headers:
                 return _binary_answer(r.content, r.headers[HEADER_LENGTH])
             return r.json()  # 202: the job is still running
-        doc = self._call("POST", path, json={"x": _tensor(x)}).json()
+        doc = self._doc("POST", path, json={"x": _tensor(x)})
         for key in ("outputs", "classes", "probabilities"):
             if isinstance(doc.get(key), dict):
                 doc[key] = _array(doc[key])

@@ -105,3 +105,40 @@ def test_job_files_outside_standard_json_are_named(tmp_path):
     run = subprocess.run(CONVND + ["train", str(job), "--url", "http://127.0.0.1:9"], capture_output=True,
                          text=True, timeout=60, check=False)
     assert run.returncode == 1 and "cannot reach http://127.0.0.1:9" in run.stderr, run.stderr[-500:]
+
+
+def test_another_server_answering_200_is_a_client_error():
+    """--url at some other web server: its 200 page (or its own JSON) was a JSONDecodeError or a KeyError
+    in the client, and a traceback in `convnd jobs`. Now a ClientError that says the answer is not ours."""
+    import http.server
+    import threading
+
+    import pytest
+
+    from app.client import Client, ClientError
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):   # noqa: N802 - the stdlib's name
+            body = b"<html>hello</html>" if self.path.startswith("/v1/jobs?") else b'{"something": "else"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with Client(url) as client:
+            with pytest.raises(ClientError, match=r"is not this service's \(not a JSON object\): '<html>hello"):
+                client.jobs()
+            with pytest.raises(ClientError, match=r"is not this service's \(no id\)"):
+                client.job("abc")
+        run = subprocess.run(CONVND + ["jobs", "--url", url], capture_output=True, text=True, timeout=60, check=False)
+        assert run.returncode == 1 and "is not this service's" in run.stderr, run.stderr[-500:]
+        assert "Traceback" not in run.stderr
+    finally:
+        server.shutdown()
