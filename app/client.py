@@ -78,6 +78,9 @@ def _binary_answer(content: bytes, header_length: str) -> dict:
 
 class Client:
     def __init__(self, url: str = "http://127.0.0.1:8000", api_key: str | None = None, timeout: float = 60.0):
+        if api_key and not (api_key.isascii() and api_key.isprintable()):   # HTTP headers carry ASCII text only
+            raise ValueError("the API key must be printable ASCII: it goes in an HTTP header, which carries "
+                             "no other text")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 

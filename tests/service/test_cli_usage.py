@@ -63,6 +63,7 @@ def test_bad_options_are_one_line_errors_not_tracebacks(tmp_path):
              (["worker", "--concurrency", "-1"], 2, "--concurrency: -1: at least 1"),
              (["worker", "--loglevel", "bogus"], 2, "invalid choice: 'BOGUS'"),
              (["jobs", "--url", "http://127.0.0.1:abc"], 1, "is not a usable URL"),
+             (["jobs", "--api-key", "clé", "--url", "http://127.0.0.1:9"], 1, "the API key must be printable ASCII"),
              (["up", "--port", str(free_port()), "--data-dir", str(afile)], 1, "cannot use"),]
     for args, status, words in cases:
         run = subprocess.run(CONVND + args, capture_output=True, text=True, timeout=60, check=False)
