@@ -19,6 +19,7 @@ from .lease import recover_orphan
 
 log = logging.getLogger("convnd.worker")
 _requested = threading.Event()
+_left_behind = None   # (our handler, the one it replaced) while a prefork child keeps ours after training
 
 
 def requested() -> bool:
@@ -39,17 +40,35 @@ def sigterm_stops_training():
         log.warning("SIGTERM: a running training job stops after its current step and is queued again")
         _requested.set()
 
+    global _left_behind
     signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         # A prefork child's own handler (billiard's) exits at once: ours stays, so a SIGTERM that
-        # arrives while the result goes back to the parent cannot lose the task; the pool ends the
-        # child when it shuts down. A solo worker's (Celery's warm shutdown) is put back, and told.
+        # arrives while the result goes back to the parent cannot lose the task; the next task puts
+        # billiard's back (``before_next_task``). A solo worker's (Celery's warm shutdown) is put back
+        # now, and told.
         if current_process().name == "MainProcess":
             signal.signal(signal.SIGTERM, previous)
             if _requested.is_set() and callable(previous):
                 previous(signal.SIGTERM, None)
+        else:
+            _left_behind = (handler, previous)
+
+
+def before_next_task() -> None:
+    """At the start of every task: the handler a finished training task left in this prefork child
+    goes back to the one it replaced. Left in place, it made SIGTERM (``convnd up`` stopping) only
+    set a flag under a later convolution: the child was killed 15 s later and the job was lost,
+    its message unacknowledged for the broker's visibility timeout (found by a probe)."""
+    global _left_behind
+    if _left_behind is None or threading.current_thread() is not threading.main_thread():
+        return
+    ours, previous = _left_behind
+    _left_behind = None
+    if signal.getsignal(signal.SIGTERM) is ours:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def requeue(store, job_id: str) -> bool:

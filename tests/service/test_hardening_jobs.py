@@ -4,6 +4,8 @@ convolution within about a second and the worker lives on; SIGTERM during traini
 queues the job again and the next worker resumes it (no WorkerLostError)."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 
@@ -111,5 +113,93 @@ def test_sigterm_during_training_requeues_and_the_next_worker_resumes(base_env, 
         for proc in (first, second):
             if proc is not None:
                 processes.stop(proc)
+        for key in rdb.scan_iter(f"{env['CONVND_KEY_PREFIX']}:*"):
+            rdb.delete(key)
+
+
+def test_sigterm_after_a_training_job_still_requeues_a_running_convolution(base_env, redis_url, tmp_path):
+    """The training job's SIGTERM handler stayed in its prefork child: SIGTERM (`convnd up` stopping)
+    under a later convolution only set a flag, the child was SIGKILLed 15 s later and the job was lost
+    (its message unacknowledged for the visibility timeout; found by a probe). Now the next task puts
+    the child's own handler back: the child exits at once, the job is queued again, the next worker
+    runs it."""
+    tag = uuid.uuid4().hex[:8]
+    env = {**base_env, "CONVND_KEY_PREFIX": f"convnd-term2-{tag}", "CONVND_QUEUE": f"convnd-term2-{tag}"}
+    rdb, log = redis.Redis.from_url(redis_url), tmp_path / "workers.log"
+    first = start_worker(env, log)
+    second = None
+    try:
+        wait_for_worker(rdb, env["CONVND_KEY_PREFIX"], first, log)
+        with in_process_api(redis_url, env["CONVND_KEY_PREFIX"], env["CONVND_QUEUE"],
+                            max_array_bytes=8 * 2**20) as client:
+            trained = wait_job(client, client.post("/v1/train", json=tiny_job(epochs=1)).json()["id"], timeout_s=120)
+            assert trained["state"] == "succeeded", trained
+            # ~25 s on Celery's path (a 16-channel 20^3 one took 6 s: done before the 15 s kill)
+            r = client.post("/v1/conv/gradcheck", json={"x_shape": [1, 16, 32, 32, 32], "W_shape": [16, 16, 3, 3, 3],
+                                                        "samples": 1000, "async": True})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            wait_job(client, job_id, ("running",), timeout_s=60)
+            time.sleep(0.5)
+            start = time.monotonic()
+            processes.stop(first)
+            assert time.monotonic() - start < 12, "the worker's child ignored SIGTERM until it was killed"
+            assert "SIGTERM: a running training job" not in log.read_text()   # none was running
+            second = start_worker(env, log)
+            job = wait_job(client, job_id, timeout_s=180)
+            assert job["state"] == "succeeded", job
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                processes.stop(proc)
+        for key in rdb.scan_iter(f"{env['CONVND_KEY_PREFIX']}:*"):
+            rdb.delete(key)
+
+
+def _pool_children(parent_pid: int) -> list:
+    """The pids whose parent is ``parent_pid`` (the worker's pool processes), from /proc."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent_pid:
+                children.append(int(entry))
+    return children
+
+
+def test_a_job_whose_process_dies_after_a_cancel_there_is_delivered_again(base_env, redis_url, tmp_path):
+    """A cancel interrupts a running convolution with SIGUSR1 and the pool process lives on, but billiard
+    marked it as terminated by us: when it later died (kill -9, the OOM killer) under another job, that
+    job counted as terminated, its message was acked and it never ran again ('running' for 12 minutes,
+    then Lost; found by a probe). Now the marks come off with the cancel: the job is delivered again."""
+    tag = uuid.uuid4().hex[:8]
+    env = {**base_env, "CONVND_KEY_PREFIX": f"convnd-kill-{tag}", "CONVND_QUEUE": f"convnd-kill-{tag}"}
+    rdb, log = redis.Redis.from_url(redis_url), tmp_path / "workers.log"
+    worker = start_worker(env, log)
+    long_gradcheck = {"x_shape": [1, 16, 32, 32, 32], "W_shape": [16, 16, 3, 3, 3], "samples": 1000, "async": True}
+    try:
+        wait_for_worker(rdb, env["CONVND_KEY_PREFIX"], worker, log)
+        with in_process_api(redis_url, env["CONVND_KEY_PREFIX"], env["CONVND_QUEUE"],
+                            max_array_bytes=8 * 2**20) as client:
+            first = client.post("/v1/conv/gradcheck", json=long_gradcheck).json()["id"]
+            wait_job(client, first, ("running",), timeout_s=60)
+            time.sleep(0.5)
+            assert client.delete(f"/v1/jobs/{first}").json()["state"] == "cancelled"
+            second = client.post("/v1/conv/gradcheck", json=long_gradcheck).json()["id"]
+            wait_job(client, second, ("running",), timeout_s=60)
+            time.sleep(0.5)
+            (child,) = _pool_children(worker.pid)
+            os.kill(child, signal.SIGKILL)
+            job = wait_job(client, second, timeout_s=120)
+            assert job["state"] == "succeeded", job
+            store = client.app.state.store
+            assert int(store.r.hget(store.job_key(second), "attempts")) == 2   # delivered again
+            assert "WorkerLostError" in log.read_text()
+    finally:
+        processes.stop(worker)
         for key in rdb.scan_iter(f"{env['CONVND_KEY_PREFIX']}:*"):
             rdb.delete(key)
