@@ -86,74 +86,88 @@ def test_cancel_stops_a_running_gradcheck_and_the_worker_lives_on(app_client, wo
     assert worker.poll() is None
 
 
-def test_sigterm_during_training_requeues_and_the_next_worker_resumes(base_env, redis_url, tmp_path):
-    tag = uuid.uuid4().hex[:8]
-    env = {**base_env, "CONVND_KEY_PREFIX": f"convnd-term-{tag}", "CONVND_QUEUE": f"convnd-term-{tag}"}
-    rdb, log = redis.Redis.from_url(redis_url), tmp_path / "workers.log"
-    first = start_worker(env, log)
-    second = None
-    try:
-        wait_for_worker(rdb, env["CONVND_KEY_PREFIX"], first, log)
-        with in_process_api(redis_url, env["CONVND_KEY_PREFIX"], env["CONVND_QUEUE"]) as client:
-            job_id = client.post("/v1/train", json=tiny_job(epochs=15)).json()["id"]
-            wait_job(client, job_id, ("running",), until=lambda j: len(j["progress"].get("history") or []) >= 1)
-            processes.stop(first)  # SIGTERM to the worker and its child, as `convnd up` does on Ctrl-C
-            assert first.returncode is not None
-            text = log.read_text()
-            assert "WorkerLostError" not in text and "queued again after SIGTERM" in text, text[-3000:]
-            job = client.get(f"/v1/jobs/{job_id}").json()
-            assert job["state"] == "queued", job
-            kept = len(job["progress"]["history"])
-            second = start_worker(env, log)
-            job = wait_job(client, job_id, timeout_s=120)
-            assert job["state"] == "succeeded", job
-            assert job["progress"]["resumed_from_epoch"] >= kept >= 1
-            assert [h["epoch"] for h in job["result"]["history"]] == list(range(1, 16))
-    finally:
-        for proc in (first, second):
-            if proc is not None:
-                processes.stop(proc)
-        for key in rdb.scan_iter(f"{env['CONVND_KEY_PREFIX']}:*"):
-            rdb.delete(key)
+class _OwnQueue:
+    """Workers of a test's own key prefix and queue (so it can stop and kill them), its log, its API."""
+
+    def __init__(self, base_env, redis_url, tmp_path, name: str):
+        tag = f"convnd-{name}-{uuid.uuid4().hex[:8]}"
+        self.env = {**base_env, "CONVND_KEY_PREFIX": tag, "CONVND_QUEUE": tag}
+        self.redis_url, self.rdb, self.log = redis_url, redis.Redis.from_url(redis_url), tmp_path / "workers.log"
+        self.workers = []
+
+    def start_worker(self):
+        proc = start_worker(self.env, self.log)
+        self.workers.append(proc)
+        wait_for_worker(self.rdb, self.env["CONVND_KEY_PREFIX"], proc, self.log)
+        return proc
+
+    def api(self, **changes):
+        return in_process_api(self.redis_url, self.env["CONVND_KEY_PREFIX"], self.env["CONVND_QUEUE"], **changes)
+
+    def close(self) -> None:
+        for proc in self.workers:
+            processes.stop(proc)
+        for key in self.rdb.scan_iter(f"{self.env['CONVND_KEY_PREFIX']}:*"):
+            self.rdb.delete(key)
 
 
-def test_sigterm_after_a_training_job_still_requeues_a_running_convolution(base_env, redis_url, tmp_path):
+@pytest.fixture
+def own_queue(base_env, redis_url, tmp_path, request):
+    queue = _OwnQueue(base_env, redis_url, tmp_path, request.node.name[5:25].replace("_", "-"))
+    yield queue
+    queue.close()
+
+
+# ~15-25 s on Celery's path: a SIGTERM or SIGKILL lands while it runs (a 16-channel 20^3 one took 6 s,
+# over before the 15 s SIGKILL of a stop)
+LONG_GRADCHECK = {"x_shape": [1, 16, 32, 32, 32], "W_shape": [16, 16, 3, 3, 3], "samples": 1000, "async": True}
+
+
+def test_sigterm_during_training_requeues_and_the_next_worker_resumes(own_queue):
+    first = own_queue.start_worker()
+    with own_queue.api() as client:
+        job_id = client.post("/v1/train", json=tiny_job(epochs=15)).json()["id"]
+        wait_job(client, job_id, ("running",), until=lambda j: len(j["progress"].get("history") or []) >= 1)
+        processes.stop(first)  # SIGTERM to the worker and its child, as `convnd up` does on Ctrl-C
+        assert first.returncode is not None
+        text = own_queue.log.read_text()
+        assert "WorkerLostError" not in text and "queued again after SIGTERM" in text, text[-3000:]
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["state"] == "queued", job
+        kept = len(job["progress"]["history"])
+        own_queue.start_worker()
+        job = wait_job(client, job_id, timeout_s=120)
+        assert job["state"] == "succeeded", job
+        assert job["progress"]["resumed_from_epoch"] >= kept >= 1
+        assert [h["epoch"] for h in job["result"]["history"]] == list(range(1, 16))
+
+
+def _start_long_gradcheck(client) -> str:
+    r = client.post("/v1/conv/gradcheck", json=LONG_GRADCHECK)
+    assert r.status_code == 202, r.text
+    wait_job(client, r.json()["id"], ("running",), timeout_s=60)
+    time.sleep(0.5)
+    return r.json()["id"]
+
+
+def test_sigterm_after_a_training_job_still_requeues_a_running_convolution(own_queue):
     """The training job's SIGTERM handler stayed in its prefork child: SIGTERM (`convnd up` stopping)
     under a later convolution only set a flag, the child was SIGKILLed 15 s later and the job was lost
     (its message unacknowledged for the visibility timeout; found by a probe). Now the next task puts
     the child's own handler back: the child exits at once, the job is queued again, the next worker
     runs it."""
-    tag = uuid.uuid4().hex[:8]
-    env = {**base_env, "CONVND_KEY_PREFIX": f"convnd-term2-{tag}", "CONVND_QUEUE": f"convnd-term2-{tag}"}
-    rdb, log = redis.Redis.from_url(redis_url), tmp_path / "workers.log"
-    first = start_worker(env, log)
-    second = None
-    try:
-        wait_for_worker(rdb, env["CONVND_KEY_PREFIX"], first, log)
-        with in_process_api(redis_url, env["CONVND_KEY_PREFIX"], env["CONVND_QUEUE"],
-                            max_array_bytes=8 * 2**20) as client:
-            trained = wait_job(client, client.post("/v1/train", json=tiny_job(epochs=1)).json()["id"], timeout_s=120)
-            assert trained["state"] == "succeeded", trained
-            # ~25 s on Celery's path (a 16-channel 20^3 one took 6 s: done before the 15 s kill)
-            r = client.post("/v1/conv/gradcheck", json={"x_shape": [1, 16, 32, 32, 32], "W_shape": [16, 16, 3, 3, 3],
-                                                        "samples": 1000, "async": True})
-            assert r.status_code == 202, r.text
-            job_id = r.json()["id"]
-            wait_job(client, job_id, ("running",), timeout_s=60)
-            time.sleep(0.5)
-            start = time.monotonic()
-            processes.stop(first)
-            assert time.monotonic() - start < 12, "the worker's child ignored SIGTERM until it was killed"
-            assert "SIGTERM: a running training job" not in log.read_text()   # none was running
-            second = start_worker(env, log)
-            job = wait_job(client, job_id, timeout_s=180)
-            assert job["state"] == "succeeded", job
-    finally:
-        for proc in (first, second):
-            if proc is not None:
-                processes.stop(proc)
-        for key in rdb.scan_iter(f"{env['CONVND_KEY_PREFIX']}:*"):
-            rdb.delete(key)
+    first = own_queue.start_worker()
+    with own_queue.api(max_array_bytes=8 * 2**20) as client:
+        trained = wait_job(client, client.post("/v1/train", json=tiny_job(epochs=1)).json()["id"], timeout_s=120)
+        assert trained["state"] == "succeeded", trained
+        job_id = _start_long_gradcheck(client)
+        start = time.monotonic()
+        processes.stop(first)
+        assert time.monotonic() - start < 12, "the worker's child ignored SIGTERM until it was killed"
+        assert "SIGTERM: a running training job" not in own_queue.log.read_text()   # none was running
+        own_queue.start_worker()
+        job = wait_job(client, job_id, timeout_s=180)
+        assert job["state"] == "succeeded", job
 
 
 def _pool_children(parent_pid: int) -> list:
@@ -171,35 +185,20 @@ def _pool_children(parent_pid: int) -> list:
     return children
 
 
-def test_a_job_whose_process_dies_after_a_cancel_there_is_delivered_again(base_env, redis_url, tmp_path):
+def test_a_job_whose_process_dies_after_a_cancel_there_is_delivered_again(own_queue):
     """A cancel interrupts a running convolution with SIGUSR1 and the pool process lives on, but billiard
     marked it as terminated by us: when it later died (kill -9, the OOM killer) under another job, that
     job counted as terminated, its message was acked and it never ran again ('running' for 12 minutes,
     then Lost; found by a probe). Now the marks come off with the cancel: the job is delivered again."""
-    tag = uuid.uuid4().hex[:8]
-    env = {**base_env, "CONVND_KEY_PREFIX": f"convnd-kill-{tag}", "CONVND_QUEUE": f"convnd-kill-{tag}"}
-    rdb, log = redis.Redis.from_url(redis_url), tmp_path / "workers.log"
-    worker = start_worker(env, log)
-    long_gradcheck = {"x_shape": [1, 16, 32, 32, 32], "W_shape": [16, 16, 3, 3, 3], "samples": 1000, "async": True}
-    try:
-        wait_for_worker(rdb, env["CONVND_KEY_PREFIX"], worker, log)
-        with in_process_api(redis_url, env["CONVND_KEY_PREFIX"], env["CONVND_QUEUE"],
-                            max_array_bytes=8 * 2**20) as client:
-            first = client.post("/v1/conv/gradcheck", json=long_gradcheck).json()["id"]
-            wait_job(client, first, ("running",), timeout_s=60)
-            time.sleep(0.5)
-            assert client.delete(f"/v1/jobs/{first}").json()["state"] == "cancelled"
-            second = client.post("/v1/conv/gradcheck", json=long_gradcheck).json()["id"]
-            wait_job(client, second, ("running",), timeout_s=60)
-            time.sleep(0.5)
-            (child,) = _pool_children(worker.pid)
-            os.kill(child, signal.SIGKILL)
-            job = wait_job(client, second, timeout_s=120)
-            assert job["state"] == "succeeded", job
-            store = client.app.state.store
-            assert int(store.r.hget(store.job_key(second), "attempts")) == 2   # delivered again
-            assert "WorkerLostError" in log.read_text()
-    finally:
-        processes.stop(worker)
-        for key in rdb.scan_iter(f"{env['CONVND_KEY_PREFIX']}:*"):
-            rdb.delete(key)
+    worker = own_queue.start_worker()
+    with own_queue.api(max_array_bytes=8 * 2**20) as client:
+        first = _start_long_gradcheck(client)
+        assert client.delete(f"/v1/jobs/{first}").json()["state"] == "cancelled"
+        second = _start_long_gradcheck(client)
+        (child,) = _pool_children(worker.pid)
+        os.kill(child, signal.SIGKILL)
+        job = wait_job(client, second, timeout_s=120)
+        assert job["state"] == "succeeded", job
+        store = client.app.state.store
+        assert int(store.r.hget(store.job_key(second), "attempts")) == 2   # delivered again
+        assert "WorkerLostError" in own_queue.log.read_text()
