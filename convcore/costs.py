@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import backend, pointwise, tiling
+from . import backend, direct_kernel, pointwise, tiling
 from .geometry import ConvGeometry
 from .reduction import Reduction
 
@@ -34,6 +34,8 @@ class Rates:
     cmatmul: float         # FLOP/s of the batched complex matmul over frequencies
     copy: float            # bytes/s streamed through memory by the direct GEMMs
     matrix_call_s: float   # fixed cost of each small per-frequency product (one BLAS call each on the CPU)
+    direct_kernel: float = 250e9   # FLOP/s of the direct engine's compiled passes (CPU; full-width vectors)
+    layout_copy: float = 15e9      # bytes/s of the compiled direct passes' layout copies (fresh arrays, strided)
     # Fixed seconds of one forward + backward beyond the arithmetic (Python, transform set-up,
     # transposes, kernel launches): what decides tiny layers, such as 8x8 images.
     call_overhead: dict = field(default_factory=dict, hash=False)
@@ -58,7 +60,8 @@ class Rates:
 DEFAULT_OVERHEAD_S = 1e-3
 # A 2-core CPU (the figures the model was fitted on; see docs/benchmarks.md).
 # gemm and copy: the direct engine's blocked GEMMs and column copies, fitted on 28 layers (H5).
-CPU_RATES = Rates("cpu", gemm=80e9, fft=3e9, cmatmul=8e9, copy=70e9, matrix_call_s=1.5e-6,
+CPU_RATES = Rates("cpu", gemm=80e9, fft=12e9, cmatmul=32e9, copy=70e9, matrix_call_s=0.375e-6,
+                  direct_kernel=300e9, layout_copy=7.5e9,
                   call_overhead={"direct": 4e-4, "fft": 1.5e-3, "winograd": 4e-4}, tile_gain_nd=0.4)
 # A data-centre GPU (A100/H100 class) through CuPy: batched products are one cuBLAS call,
 # so no per-frequency cost; Python and kernel launches make the fixed cost. ``calibrate``
@@ -348,8 +351,26 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     fw_positions = geom.batch * math.prod(fw.qx)
     last = fw.qx[-1] if fw.out_stride[-1] == 1 else geom.out_spatial[-1]
     outputs = geom.batch * math.prod(geom.out_spatial[:-1]) * last
-    flops = 2.0 * g * O * (2 * outputs * fw_taps * fw_C + positions * taps * C)
     passes = ((fw_C, outputs, fw_taps), (fw_C, outputs, fw_taps), (O, positions, taps))   # y, gW, gx
+    # The compiled passes (direct_kernel.py) where they run: no column copies, their own rate, rows
+    # padded to whole vectors and runs to whole micro-blocks; gW also copies gy channels-last.
+    # An unstrided pass's runs are rows of the grid, merged over the axis before the last.
+    compiled = [direct_kernel.compiled_for(itemsize) and rows >= direct_kernel.MIN_ROWS for rows in (O, O, C)]
+    merged = geom.out_spatial[-2] if len(geom.out_spatial) > 1 else 1
+    fw_run = last * (merged if fw.out_stride[-1] == 1 else 1)
+    gx_run = red.qx[-1] * (red.qx[-2] if len(red.qx) > 1 else 1)
+    kernel_flops = 0.0
+    if compiled[0]:
+        per_term, computed = direct_kernel.output_pass(O, outputs, fw_run, itemsize)
+        kernel_flops += 2.0 * g * computed * fw_C * fw_taps * per_term
+    if compiled[1]:
+        per_position, _ = direct_kernel.weight_pass(O, fw_C * fw_taps, itemsize)
+        kernel_flops += 2.0 * g * outputs * per_position
+    if compiled[2]:
+        per_term, computed = direct_kernel.output_pass(C, positions, gx_run, itemsize)
+        kernel_flops += 2.0 * g * computed * O * taps * per_term
+    flops = sum(2.0 * g * count * K * k * rows for (K, count, k), rows, done in zip(passes, (O, O, C), compiled)
+                if not done)
     # columns written and read by each pass, at the cache rate while a block of MIN_BLOCK positions
     # fits in BLOCK_BYTES, else from memory (a 7^4 kernel's columns: 7x slower than estimated
     # with the cache rate); plus the grid copies of x, y, gy and gx and their crops/transposes
@@ -361,8 +382,17 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     runs = (last, last, red.qx[-1])
     layouts = (direct_pass_layout(fw.qk, fw_C, O, fw.out_stride[-1], fw_steps),) * 2 + (
         direct_pass_layout(red.qk, O, C, 1, steps),)
+    if any(compiled):
+        # x onto its grid, y back, gy onto its grid (zeros first), gx back, and gy channels-last for
+        # gW: each a pass over fresh memory, slower than the column copies' cache-resident rate
+        layout = itemsize * g * (3 * positions * C + 2 * outputs * O + 3 * positions * O + 3 * positions * C)
+        if compiled[1]:
+            layout += 2 * itemsize * g * outputs * direct_kernel.padded_rows(O, itemsize)
+        copy_seconds = layout / rates.layout_copy
     blocks = 0
-    for (K, count, k), (col_rows, F, ext), rows, run in zip(passes, layouts, (O, O, C), runs):
+    for (K, count, k), (col_rows, F, ext), rows, run, done in zip(passes, layouts, (O, O, C), runs, compiled):
+        if done:
+            continue
         # a folded pass copies fewer columns, widened by ext per run of at least a grid row, and
         # writes and reads F * rows partial outputs per position
         widen = 1 + ext / run
@@ -371,7 +401,7 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
         copy_seconds += 2 * per_position * count / rate
         blocks += -(-count // max(MIN_BLOCK, BLOCK_BYTES // max(1, int(per_position))))
     calls = blocks * DIRECT_BLOCK_CALL_S
-    seconds = (rates.precision(itemsize) * (flops / rates.gemm + copy_seconds)
+    seconds = (rates.precision(itemsize) * (flops / rates.gemm + kernel_flops / rates.direct_kernel + copy_seconds)
                + calls + rates.overhead("direct"))
 
     grid = itemsize * g * positions      # one value per polyphase grid position
@@ -396,15 +426,35 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
         return threads * widened * per_position
 
     strided = fw is not red and any(s != 1 for s in fw.out_stride)
-    fw_columns = columns(fw_C, fw_taps, outputs, O, layouts[0], last)
-    gW_columns = columns(fw_C, fw_taps, outputs, O, layouts[1], last, gathered_rows=0 if strided else O)
     filters = itemsize * g * O * fw_C * fw_taps    # a folded pass's filters, tap by tap as rows: one copy of W
-    forward = {"y_grid": itemsize * g * outputs * O, "y": output_bytes(geom, itemsize), "columns": fw_columns,
-               "folded_filters": filters if layouts[0][1] > 1 else 0}
+    y_grid = itemsize * g * outputs * O
+    fw_columns = gW_columns = gx_columns = 0
+    packed = [0, 0, 0]   # the compiled passes' filters padded and packed, gw's per-thread rows
+    if compiled[0]:
+        rows_pad = direct_kernel.padded_rows(O, itemsize)
+        y_grid = itemsize * g * direct_kernel.output_pass(O, outputs, fw_run, itemsize)[1] * rows_pad
+        packed[0] = 2 * itemsize * g * rows_pad * fw_C * fw_taps
+    else:
+        fw_columns = columns(fw_C, fw_taps, outputs, O, layouts[0], last)
+    if compiled[1]:   # gy channels-last, and each thread's sums
+        rows_pad = direct_kernel.padded_rows(O, itemsize)
+        inner = direct_kernel.weight_pass(O, fw_C * fw_taps, itemsize)[1]
+        gW_columns = itemsize * g * rows_pad * (outputs + inner * (pass_threads(g * outputs * fw_C * fw_taps * O) + 1))
+    else:
+        gW_columns = columns(fw_C, fw_taps, outputs, O, layouts[1], last, gathered_rows=0 if strided else O)
+    gx_grid = 2 * grid * C
+    if compiled[2]:   # its channels-last result, then the caller's layout
+        rows_pad = direct_kernel.padded_rows(C, itemsize)
+        gx_grid = grid * C + itemsize * g * direct_kernel.output_pass(C, positions, gx_run, itemsize)[1] * rows_pad
+        packed[2] = 2 * itemsize * g * rows_pad * O * taps
+    else:
+        gx_columns = columns(O, taps, positions, C, layouts[2], red.qx[-1])
+    forward = {"y_grid": y_grid, "y": output_bytes(geom, itemsize), "columns": fw_columns,
+               "folded_filters": filters if layouts[0][1] > 1 and not compiled[0] else packed[0]}
     backward = {"gy_grid": grid * O, "gy_outputs": itemsize * g * outputs * O if strided else 0,
-                "gx_grid": 2 * grid * C, "columns": max(gW_columns, columns(O, taps, positions, C, layouts[2], red.qx[-1])),
+                "gx_grid": gx_grid, "columns": max(gW_columns, gx_columns),
                 "gW_partials": 2 * itemsize * g * O * fw_C * fw_taps,
-                "folded_filters": itemsize * g * O * C * taps if layouts[2][1] > 1 else 0,
+                "folded_filters": itemsize * g * O * C * taps if layouts[2][1] > 1 and not compiled[2] else packed[2],
                 **input_grad_bytes(geom, itemsize, True), **weight_grad_bytes(geom, itemsize, True)}
     return Estimate(seconds, shared, forward, backward)
 

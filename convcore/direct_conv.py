@@ -58,7 +58,9 @@ import functools
 import itertools
 import math
 
-from . import backend, costs, layout, pointwise
+import numpy as np
+
+from . import backend, costs, direct_kernel, layout, pointwise
 from .costs import block_positions, native_stride_pays, pass_threads
 from .geometry import ConvGeometry
 from .positions import Space, run_parallel, strided_view
@@ -113,10 +115,21 @@ class DirectConv:
         # native_stride_pays is decided on every call (its threshold is a setting), not cached
         self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host and native_stride_pays(geom))
         self._A = None
+        # cells past the grid that the compiled output passes may read: a run padded to whole
+        # micro-blocks (under 28 positions, each a stride apart along the last axis)
+        self._tail = 28 * self.fw.out_stride[-1] if self.host else 0
         self.pointwise = pointwise.applies(geom)   # 1x1 kernels: products of x as it lies, no grid
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
     unsupported = staticmethod(costs.direct_unsupported)
+
+    @staticmethod
+    def ready(xp) -> bool:
+        """The engines' warm-up hook: load the compiled passes' commonest loops (from Numba's disk
+        cache, or compiled once per machine). The engine runs either way (BLAS without them)."""
+        if direct_kernel.available(xp, np.float32):
+            direct_kernel.warm()
+        return True
 
     # ---- the blocked im2col primitive ---------------------------------------------
     def _block(self, K: int, count: int, taps: int) -> int:
@@ -130,10 +143,13 @@ class DirectConv:
         indexed by the space's own row-major positions), or sum ``acc_rhs[block] @ cols^T`` over
         blocks and return it (g, rows, K * taps), ``acc_rhs`` being (g, rows, rhs_front + grid
         positions) read at the block's grid positions (``rhs_on_grid``) or (g, rows, space.count)
-        at its own."""
+        at its own. A weight pass with enough rows runs compiled (``_compiled_weights``); output
+        passes choose in ``_out_pass``."""
         if not self.host:
             return self._run_taps(grid, src, mats, K, out, acc_rhs, rhs_front)
         rows = (mats if out is not None else acc_rhs).shape[1]
+        if out is None and self._compiled(rows, src):
+            return self._compiled_weights(grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front)
         m = costs.folded_tap_axes(grid.red.qk, K, rows, space.strides[-1])
         if m:
             return self._run_folded(grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m)
@@ -178,6 +194,105 @@ class DirectConv:
                 total += r
             return total
         return out
+
+    def _out_pass(self, grid, src, mats, space, K):
+        """An output pass (forward, input gradient): (g, rows) + space.dims, compiled where it can
+        run so (a view of its channels-last result), else the BLAS blocks into a new array."""
+        g, rows = mats.shape[0], mats.shape[1]
+        if self.host and self._compiled(rows, src):
+            return self._compiled_outputs(grid, src, mats, space, K)
+        out = self.xp.empty((g, rows, space.count), src.dtype)
+        return self._run_blocks(grid, src, mats, space, K, out=out).reshape((g, rows) + space.dims)
+
+    # ---- the compiled passes (direct_kernel.py) -------------------------------------------
+    def _compiled(self, rows: int, src) -> bool:
+        """Whether a CPU pass with ``rows`` output rows runs the compiled micro-kernels."""
+        return rows >= direct_kernel.MIN_ROWS and direct_kernel.available(self.xp, src.dtype) and src.flags.c_contiguous
+
+    def _tap_offsets(self, grid, plane: int, K: int):
+        """koff (K * taps,) int64: the src cell of (channel c, tap t) relative to a position, c-major
+        like the filters' (C, k_1..k_N) columns."""
+        qk = grid.red.qk
+        offs = np.array([sum(t * st for t, st in zip(tap, grid.steps))
+                         for tap in itertools.product(*(range(k) for k in qk))], np.int64)
+        return (np.arange(K, dtype=np.int64)[:, None] * plane + offs).reshape(-1)
+
+    def _compiled_outputs(self, grid, src, mats, space, K):
+        """The output pass (forward, input gradient) on the micro-kernels: (g, rows) + space.dims,
+        a view of their channels-last result (one copy later makes it the caller's layout)."""
+        g, rows, itemsize = mats.shape[0], mats.shape[1], src.dtype.itemsize
+        sp = space.coalesced()
+        L, ps = sp.dims[-1], sp.strides[-1]
+        blocking = direct_kernel.Blocking(rows, itemsize)
+        P = direct_kernel.micro_blocks(L, blocking.P)
+        per_run = -(-L // P)
+        bases = (direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)[:, None]
+                 + np.arange(per_run, dtype=np.int64) * (P * ps)).reshape(-1)
+        plane = src.shape[-1]
+        if int(bases[-1]) + (P - 1) * ps + grid.max_off >= plane:   # no room for the padded blocks
+            raise AssertionError("direct engine: the grid lacks the compiled passes' tail")
+        koff = self._tap_offsets(grid, plane, K)
+        w = np.zeros((g, blocking.padded, K * grid.taps), src.dtype)
+        w[:, :rows] = mats
+        w = np.ascontiguousarray(w.reshape(g, blocking.nob, blocking.V * blocking.VW, -1).swapaxes(2, 3))
+        blocks = len(bases)
+        out = np.empty((g, blocks * P, blocking.padded), src.dtype)
+        loop = direct_kernel.output_loop(P, blocking.V, blocking.VW, ps, itemsize)
+        flat = src.reshape(g, -1)
+        threads = min(pass_threads(g * space.count * K * grid.taps * rows), g * blocks)
+        cuts = [g * blocks * t // threads for t in range(threads + 1)]
+
+        def work(part):
+            lo, hi = part
+            for gi in range(lo // blocks, -(-hi // blocks)):
+                first, last = max(lo - gi * blocks, 0), min(hi - gi * blocks, blocks)
+                loop(flat[gi], w[gi], koff, out[gi], bases, first, last)
+
+        run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])
+        runs = len(bases) // per_run
+        shaped = out.reshape(g, runs, per_run * P, blocking.padded)[:, :, :L, :rows]
+        return np.moveaxis(shaped.reshape((g,) + space.dims + (rows,)), -1, 1)
+
+    def _compiled_weights(self, grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front):
+        """The weight-gradient pass on the micro-kernels: (g, rows, K * taps)."""
+        g, rows, itemsize = acc_rhs.shape[0], acc_rhs.shape[1], src.dtype.itemsize
+        sp = space.coalesced()
+        L, ps = sp.dims[-1], sp.strides[-1]
+        blocking = direct_kernel.Blocking(rows, itemsize)
+        R = blocking.R
+        run_bases = direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)
+        # rhs channels-last over the space's positions (run r, position i at row r * L + i)
+        rhs = np.zeros((g, sp.count, blocking.padded), src.dtype)
+        if rhs_on_grid:
+            view = strided_view(acc_rhs, rhs_front + sp.origin, (g, rows) + sp.dims, (None, None) + sp.strides)
+        else:
+            view = acc_rhs.reshape((g, rows) + sp.dims)
+        rhs.reshape((g,) + sp.dims + (blocking.padded,))[..., :rows] = np.moveaxis(view, 1, -1)
+        starts = np.arange(0, L, direct_kernel.SEGMENT, dtype=np.int64)
+        seg_base = (run_bases[:, None] + starts * ps).reshape(-1)
+        seg_row = (np.arange(len(run_bases), dtype=np.int64)[:, None] * L + starts).reshape(-1)
+        seg_len = np.tile(np.minimum(L - starts, direct_kernel.SEGMENT), len(run_bases))
+        taps = K * grid.taps
+        padded_k = -(-taps // R) * R
+        koff = np.zeros(padded_k, np.int64)
+        koff[:taps] = self._tap_offsets(grid, src.shape[-1], K)
+        loop = direct_kernel.weight_loop(R, blocking.V, blocking.VW, itemsize)
+        flat = src.reshape(g, -1)
+        segments = len(seg_base)
+        threads = min(pass_threads(g * space.count * taps * rows), segments)
+        cuts = [segments * t // threads for t in range(threads + 1)]
+
+        def work(part):
+            acc = np.zeros((g, padded_k, blocking.padded), src.dtype)
+            for gi in range(g):
+                loop(flat[gi], koff, ps, rhs[gi], acc[gi], seg_base, seg_row, seg_len, part[0], part[1])
+            return acc
+
+        results = run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])
+        total = results[0]
+        for r in results[1:]:
+            total += r
+        return total[:, :taps, :rows].swapaxes(1, 2)
 
     def _run_folded(self, grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m):
         """``_run_blocks`` with the taps of the last ``m`` kernel axes folded into the GEMM's rows: the
@@ -391,7 +506,7 @@ class DirectConv:
             g, C, b = geom.groups, red.channels, geom.batch
             if geom.padding_mode == "zeros" and all(s == 1 for s in red.stride):
                 # x straight into its place on the zero grid: one copy, no padded intermediate
-                A = xp.zeros((g, C, grid.positions + grid.max_off), self.x.dtype)
+                A = xp.zeros((g, C, grid.positions + grid.max_off + self._tail), self.x.dtype)
                 rows = _x_rows(geom, red)
                 place = tuple(slice(lo, lo + r) for r, (lo, _) in zip(rows, geom.pads))
                 A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[(slice(None),) * 3 + place] = self.x.reshape(
@@ -400,7 +515,7 @@ class DirectConv:
             elif geom.padding_mode == "zeros" and layout.phase_copies_pay(red.stride):
                 # polyphase: each phase of x straight into its channels of the zero grid, one pass
                 # over x (the padded, split copies of red.inputs were two more)
-                A = xp.zeros((g, C, grid.positions + grid.max_off), self.x.dtype)
+                A = xp.zeros((g, C, grid.positions + grid.max_off + self._tail), self.x.dtype)
                 c = C // math.prod(red.stride)                               # x's channels per group
                 phases = A[:, :, :grid.positions].reshape((g, c) + red.stride + (b,) + red.qx)
                 xv = self.x.reshape((b, g, c) + geom.spatial).transpose((1, 2, 0) + tuple(range(3, 3 + N)))
@@ -409,7 +524,7 @@ class DirectConv:
                     phases[(slice(None),) * 2 + r + (slice(None),) + cells] = xv[(slice(None),) * 3 + places]
             else:
                 a = red.inputs(self.x, 0, b)                                  # (b, g, C, q...)
-                A = xp.empty((g, C, grid.positions + grid.max_off), a.dtype)
+                A = xp.empty((g, C, grid.positions + grid.max_off + self._tail), a.dtype)
                 A[:, :, grid.positions:] = 0
                 A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[...] = a.transpose(
                     (1, 2, 0) + tuple(range(3, 3 + N)))
@@ -426,17 +541,12 @@ class DirectConv:
         Wmat = xp.ascontiguousarray(red.filters(self.W)).reshape(g, O, C * grid.taps)
         if self.host:
             space = self._output_space()
-            Y = xp.empty((g, O, space.count), A.dtype)
-            self._run_blocks(grid, A, Wmat, space, C, out=Y)
-            Y = Y.reshape((g, O) + space.dims)[..., :geom.out_spatial[-1]]
+            Y = self._out_pass(grid, A, Wmat, space, C)[..., :geom.out_spatial[-1]]
         else:
-            Y = xp.empty((g, O, grid.positions), A.dtype)
-            self._run_blocks(grid, A, Wmat, self._grid_space(grid), C, out=Y)
-            Y = Y.reshape((g, O, geom.batch) + red.qx)
+            Y = self._out_pass(grid, A, Wmat, self._grid_space(grid), C).reshape((g, O, geom.batch) + red.qx)
             Y = Y[(slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)]
         y = xp.empty(geom.out_shape, A.dtype)
-        y.reshape((geom.batch, g, O) + geom.out_spatial)[...] = Y.transpose(
-            (2, 0, 1) + tuple(range(3, 3 + N)))
+        y.reshape((geom.batch, g, O) + geom.out_spatial)[...] = Y.transpose((2, 0, 1) + tuple(range(3, 3 + N)))
         return y
 
     def backward(self, gy, need_x: bool, need_W: bool):
@@ -456,8 +566,8 @@ class DirectConv:
         G = None
         if need_x or same_grid:
             # G (g, O, max_off + b * prod(q)): gy at its (polyphase) grid positions, zeros elsewhere and in front
-            G = xp.zeros((g, O, self.gx_grid.max_off + self.gx_grid.positions), gy.dtype)
-            G[:, :, self.gx_grid.max_off:].reshape((g, O, b) + red.qx)[
+            G = xp.zeros((g, O, self.gx_grid.max_off + self.gx_grid.positions + self._tail), gy.dtype)
+            G[:, :, self.gx_grid.max_off:self.gx_grid.max_off + self.gx_grid.positions].reshape((g, O, b) + red.qx)[
                 (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
         gx = gW = None
         if need_W:
@@ -481,8 +591,7 @@ class DirectConv:
                 g, C, O * grid.taps)
             inner = self._input_space()
             space = inner or self._grid_space(grid)
-            gA = xp.empty((g, C, space.count), gy.dtype)
-            self._run_blocks(grid, G, Wadj, space, O, out=gA)
+            gA = self._out_pass(grid, G, Wadj, space, O)
             if inner is not None:
                 gx = self._input_from_space(gA, inner)
             else:   # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)

@@ -93,8 +93,12 @@ def _estimate(geom, itemsize, algorithm, budget, rates, autotune, forward, backw
     totals, allocations = {}, {}
     for name in candidates:
         e = estimates[name]
-        # timing runs forward and backward whatever the call needs
-        parts = e.bytes(forward or timed, backward or timed) if (forward or backward) else 0
+        # timing runs forward and backward whatever the call needs. Forward's working arrays are
+        # gone when it returns: backward runs beside the shared arrays and y (the caller's) only
+        if (forward or timed) and (backward or timed):
+            parts = sum(e.shared.values()) + max(sum(e.forward.values()), out_bytes + sum(e.backward.values()))
+        else:
+            parts = e.bytes(forward, backward) if (forward or backward) else 0
         totals[name] = parts
         groups = [e.shared] * (forward or backward) + [e.forward] * (forward or timed) + [e.backward] * (backward or timed)
         for group in groups:

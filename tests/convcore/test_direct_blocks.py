@@ -36,6 +36,13 @@ def reference(index):
     return jax_reference(CASES[index])
 
 
+@pytest.fixture(autouse=True)
+def blas_passes(monkeypatch):
+    """These tests pin the BLAS passes, which run where Numba does not and for passes of fewer than
+    ``direct_kernel.MIN_ROWS`` rows; the compiled passes have their own (test_direct_kernel.py)."""
+    monkeypatch.setattr(direct_conv.DirectConv, "_compiled", lambda self, rows, src: False)
+
+
 @pytest.fixture
 def tiny_blocks(monkeypatch):
     """Blocks of 5 positions, and every pass handed to 3 threads however small."""

@@ -33,6 +33,13 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def blas_passes(monkeypatch):
+    """These tests pin the BLAS passes, which run where Numba does not and for passes of fewer than
+    ``direct_kernel.MIN_ROWS`` rows; the compiled passes have their own (test_direct_kernel.py)."""
+    monkeypatch.setattr(direct_conv.DirectConv, "_compiled", lambda self, rows, src: False)
+
+
 @pytest.fixture
 def folds(monkeypatch):
     """(folded axes, last-axis grid stride) of each folded pass run (an observation: the real method

@@ -1,0 +1,427 @@
+"""The direct engine's CPU passes as register-blocked micro-kernels: vectors of output channels
+times broadcast inputs, written in LLVM vector IR through Numba (oneDNN's arrangement of the work).
+
+A pass of the direct engine (direct_conv.py) is, per group, with k = (c, tap) over K = C * taps,
+
+    out[p, o] = sum_k src[koff[k] + base(p)] * w[k, o]        (outputs: y, and gx on gy's grid)
+    gw[k, o]  = sum_p src[koff[k] + base(p)] * rhs[p, o]       (the weight gradient)
+
+with koff[k] = c * plane + off(tap). The output-pass micro-kernel keeps a P x V block of vector
+accumulators (P positions at cells base, base + ps, ..., by V vectors of VW output channels) in
+registers for the whole sum over k: per k it loads V vectors of w's row k and broadcasts P scalars
+of src, P * V fused multiply-adds, and writes each accumulator once at the end. The weight-gradient
+micro-kernel is the same arrangement with the roles turned: R rows k of gw by V vectors, summed
+over a run of positions, each step loading V vectors of rhs's row p and broadcasting R scalars.
+
+Why not NumPy and BLAS: im2col + GEMM copies prod(k) columns per position and runs BLAS on
+matrices with 8-64 rows, about half its peak; a loop that Numba vectorises by itself keeps its
+accumulators in memory (one load and store per multiply-add: 61-73 GFLOP/s on one thread here,
+docs/benchmarks.md). These kernels are written as LLVM vectors (``numba.extending.intrinsic``):
+3x3 32 -> 32 channels on 64^2, one thread, ran at 164 GFLOP/s, PyTorch's oneDNN at 150-165.
+
+Layouts the kernels read: src flat per group (channels-first planes, the engine's grid), w packed
+(output blocks, K, V * VW), out and rhs channels-last (positions, O padded to whole vectors).
+Outputs are computed for whole micro-blocks of P positions: a run of the pass's positions is
+padded to a multiple of P (its extra outputs are dropped; rhs holds zeros there), so src needs
+``tail`` readable cells past the grid. Kernels compile on first use per shape of block (about
+0.1 s each, in memory: closures over the block's sizes, which Numba's disk cache cannot keep).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+
+import numpy as np
+
+from . import resources
+
+log = logging.getLogger(__name__)
+
+MIN_ROWS = 4          # fewer output rows than this (e.g. the input gradient of a 1-3 channel layer): BLAS
+MAX_K_BLOCK = 12      # rows of gw per weight-gradient call (their pointers live in general registers)
+SEGMENT = 256         # positions per weight-gradient call: a segment of rhs stays in L1 across the k blocks
+
+_build_lock = threading.Lock()
+
+
+@functools.cache
+def machine() -> tuple:
+    """(vector bytes, vector registers) of this CPU, from LLVM's view of its features."""
+    try:
+        import llvmlite.binding as llvm
+        features = llvm.get_host_cpu_features()
+        name = llvm.get_host_cpu_name()
+    except Exception:  # noqa: BLE001 - llvmlite missing or not answering: the narrowest vectors
+        return 16, 16
+    if features.get("avx512f"):
+        return 64, 32
+    if features.get("avx2") or features.get("avx"):
+        return 32, 16
+    if "aarch64" in name or features.get("neon"):
+        return 16, 32
+    return 16, 16
+
+
+def available(xp, dtype) -> bool:
+    """Whether the compiled passes run: NumPy arrays of float32/64, Numba importable, not switched
+    off (``CONVCORE_COMPILED=0``)."""
+    return (xp is np and np.dtype(dtype) in (np.float32, np.float64) and resources.compiled_enabled()
+            and _build() is not None)
+
+
+@functools.cache
+def _numba():
+    try:
+        import numba
+        from numba.extending import intrinsic  # noqa: F401 - the kernels need it
+        return numba
+    except ImportError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a Numba build that does not load with this NumPy
+        log.warning("Numba does not load (%s): the direct engine runs on BLAS", exc)
+        return None
+
+
+class Blocking:
+    """How a pass with ``rows`` output channels is blocked: VW lanes per vector (narrower vectors
+    where rows would leave most lanes empty), V vectors per block of channels, ``nob`` such blocks
+    (rows padded to ``padded`` = nob * V * VW), P positions per output micro-block and R rows of gw
+    per weight-gradient call."""
+
+    def __init__(self, rows: int, itemsize: int):
+        vector_bytes, registers = machine()
+        lanes = vector_bytes // itemsize
+        while lanes > 4 and rows <= lanes // 2:
+            lanes //= 2
+        wide = registers   # (narrower vectors on AVX-512 still have 32 registers: AVX-512VL)
+        vectors = -(-rows // lanes)
+        most = 4 if wide >= 32 else 2
+        self.VW = lanes
+        self.V = next(v for v in range(min(most, vectors), 0, -1) if vectors % v == 0)
+        self.nob = vectors // self.V
+        self.padded = self.nob * self.V * lanes
+        self.P = min(28, (wide - self.V - 2) // self.V)             # accumulators + V rows of w + a broadcast
+        self.R = min(MAX_K_BLOCK, (wide - self.V - 2) // self.V)
+
+
+def micro_blocks(run_len: int, most: int) -> int:
+    """Positions per output micro-block for runs of ``run_len``: at most ``most`` (the registers'
+    limit) and at least 3/4 of it, as few padded positions per run as possible, then the largest
+    blocks (a run of 32 in blocks of 14 pads 10 positions; in blocks of 11, 1)."""
+    if run_len <= most:
+        return max(1, run_len)
+    # a block of P reads each row of filters once for P positions: under 3/4 of the registers' blocks
+    # the loads start to tell, so only those sizes are weighed against the padding they save
+    return min(range(max(1, -(-3 * most // 4)), most + 1), key=lambda p: (-(-run_len // p) * p, -p))
+
+
+# ---- the micro-kernels (LLVM IR) ----------------------------------------------------------------------
+# Intrinsics whose block sizes are literal arguments (Numba compiles one loop per combination and
+# keeps each in its disk cache); ``_build`` turns the typing functions below into intrinsics.
+
+def _splat(builder, ir, value, vt):
+    lanes = vt.count
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def _literals(*args):
+    """The values of literal integer types, or None if any is not one (Numba then asks again)."""
+    from numba import types
+    if not all(isinstance(a, types.IntegerLiteral) for a in args):
+        return None
+    return tuple(a.literal_value for a in args)
+
+
+def _vector_ops(builder, ir, itemsize, lanes):
+    """(vector type, fma function, scalar pointer type, vector pointer type)."""
+    scalar = ir.FloatType() if itemsize == 4 else ir.DoubleType()
+    vt = ir.VectorType(scalar, lanes)
+    fma = builder.module.declare_intrinsic(f"llvm.fma.v{lanes}f{8 * itemsize}", (), ir.FunctionType(vt, [vt, vt, vt]))
+    return vt, fma, scalar.as_pointer(), vt.as_pointer()
+
+
+def _output_block_typer(typingctx, P, V, VW, ps, isz, src, w, koff, K, out, out_stride):
+    """out[j * out_stride + v * VW + lane] = sum_{k < K} src[koff[k] + j * ps] * w[k * V * VW + v * VW + lane]
+    for the P x V block (addresses as integers, P .. isz literal)."""
+    from llvmlite import ir
+    from numba import types
+    sizes = _literals(P, V, VW, ps, isz)
+    if sizes is None:
+        return None
+    P_, V_, VW_, ps_, itemsize = sizes
+    i64 = ir.IntType(64)
+    sig = types.void(P, V, VW, ps, isz, *([types.intp] * 6))
+
+    def codegen(context, builder, signature, args):
+        src_a, w_a, koff_a, count, out_a, stride = args[5:]
+        vt, fma, sp, vp = _vector_ops(builder, ir, itemsize, VW_)
+        src_p, w_p = builder.inttoptr(src_a, sp), builder.inttoptr(w_a, sp)
+        koff_p, out_p = builder.inttoptr(koff_a, i64.as_pointer()), builder.inttoptr(out_a, sp)
+        zero = ir.Constant(vt, [0.0] * VW_)
+        entry = builder.block
+        loop, done = builder.append_basic_block("k_loop"), builder.append_basic_block("k_done")
+        builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        acc = [builder.phi(vt) for _ in range(P_ * V_)]
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        for a in acc:
+            a.add_incoming(zero, entry)
+        cell = builder.gep(src_p, [builder.load(builder.gep(koff_p, [k]))])
+        row = builder.gep(w_p, [builder.mul(k, ir.Constant(i64, V_ * VW_))])
+        w_vec = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, v * VW_)]), vp), align=itemsize)
+                 for v in range(V_)]
+        new = []
+        for j in range(P_):
+            s = _splat(builder, ir, builder.load(builder.gep(cell, [ir.Constant(i64, j * ps_)])), vt)
+            new += [builder.call(fma, [s, w_vec[v], acc[j * V_ + v]]) for v in range(V_)]
+        k_next = builder.add(k, ir.Constant(i64, 1))
+        k.add_incoming(k_next, loop)
+        for a, n in zip(acc, new):
+            a.add_incoming(n, loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, count), loop, done)
+        builder.position_at_end(done)
+        final = []
+        for n in new:   # every phi of a block first, then the stores
+            f = builder.phi(vt)
+            f.add_incoming(zero, entry)
+            f.add_incoming(n, loop)
+            final.append(f)
+        for j in range(P_):
+            for v in range(V_):
+                at = builder.add(builder.mul(ir.Constant(i64, j), stride), ir.Constant(i64, v * VW_))
+                builder.store(final[j * V_ + v], builder.bitcast(builder.gep(out_p, [at]), vp), align=itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _weight_block_typer(typingctx, R, V, VW, isz, src, koff, ps, n, rhs, rhs_stride, acc, acc_stride):
+    """acc[r * acc_stride + v * VW + lane] += sum_{i < n} src[koff[r] + i * ps] * rhs[i * rhs_stride + v * VW + lane]
+    for the R x V block (addresses as integers, R .. isz literal)."""
+    from llvmlite import ir
+    from numba import types
+    sizes = _literals(R, V, VW, isz)
+    if sizes is None:
+        return None
+    R_, V_, VW_, itemsize = sizes
+    i64 = ir.IntType(64)
+    sig = types.void(R, V, VW, isz, *([types.intp] * 8))
+
+    def codegen(context, builder, signature, args):
+        src_a, koff_a, step, count, rhs_a, rstride, acc_a, astride = args[4:]
+        vt, fma, sp, vp = _vector_ops(builder, ir, itemsize, VW_)
+        src_p, rhs_p, acc_p = builder.inttoptr(src_a, sp), builder.inttoptr(rhs_a, sp), builder.inttoptr(acc_a, sp)
+        koff_p = builder.inttoptr(koff_a, i64.as_pointer())
+        cells = [builder.gep(src_p, [builder.load(builder.gep(koff_p, [ir.Constant(i64, r)]))]) for r in range(R_)]
+        slots = [builder.bitcast(builder.gep(acc_p, [builder.add(builder.mul(ir.Constant(i64, r), astride),
+                                                                ir.Constant(i64, v * VW_))]), vp)
+                 for r in range(R_) for v in range(V_)]
+        start = [builder.load(s, align=itemsize) for s in slots]
+        entry = builder.block
+        loop, done = builder.append_basic_block("p_loop"), builder.append_basic_block("p_done")
+        builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), loop, done)
+        builder.position_at_end(loop)
+        i = builder.phi(i64)
+        acc = [builder.phi(vt) for _ in range(R_ * V_)]
+        i.add_incoming(ir.Constant(i64, 0), entry)
+        for a, s in zip(acc, start):
+            a.add_incoming(s, entry)
+        row = builder.gep(rhs_p, [builder.mul(i, rstride)])
+        r_vec = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, v * VW_)]), vp), align=itemsize)
+                 for v in range(V_)]
+        at = builder.mul(i, step)
+        new = []
+        for r in range(R_):
+            s = _splat(builder, ir, builder.load(builder.gep(cells[r], [at])), vt)
+            new += [builder.call(fma, [s, r_vec[v], acc[r * V_ + v]]) for v in range(V_)]
+        i_next = builder.add(i, ir.Constant(i64, 1))
+        i.add_incoming(i_next, loop)
+        for a, n in zip(acc, new):
+            a.add_incoming(n, loop)
+        builder.cbranch(builder.icmp_signed("<", i_next, count), loop, done)
+        builder.position_at_end(done)
+        final = []
+        for s, n in zip(start, new):
+            f = builder.phi(vt)
+            f.add_incoming(s, entry)
+            f.add_incoming(n, loop)
+            final.append(f)
+        for f, s in zip(final, slots):
+            builder.store(f, s, align=itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ---- the loops over blocks (Numba) --------------------------------------------------------------------
+# Names the loops call, bound by ``_build`` (Numba resolves a compiled function's globals when it
+# compiles it): numba.literally and the two intrinsics.
+literally = _output_block = _weight_block = None
+
+def _output_loop(src, w, koff, out, bases, first, last, P, V, VW, ps, isz):   # pragma: no cover - compiled
+    """The output micro-blocks first..last-1: block m at src cell bases[m], written to out rows
+    m * P .. m * P + P - 1, every block of channels. src 1-D, w (nob, K, V * VW), koff (K,) int64,
+    out (blocks * P, nob * V * VW), all C-contiguous."""
+    literally(P)
+    literally(V)
+    literally(VW)
+    literally(ps)
+    literally(isz)
+    nob, K = w.shape[0], w.shape[1]
+    width = out.shape[1]
+    block = V * VW
+    src_a, w_a, koff_a, out_a = src.ctypes.data, w.ctypes.data, koff.ctypes.data, out.ctypes.data
+    for m in range(first, last):
+        for ob in range(nob):
+            _output_block(P, V, VW, ps, isz, src_a + bases[m] * isz, w_a + ob * K * block * isz, koff_a, K,
+                          out_a + (m * P * width + ob * block) * isz, width)
+
+
+def _weight_loop(src, koff, ps, rhs, acc, seg_base, seg_row, seg_len, first, last, R, V, VW, isz):   # pragma: no cover - compiled
+    """acc (K, width) += the segments first..last-1, segment s reading src from cell seg_base[s] on
+    (step ps) against rhs rows seg_row[s] .. seg_row[s] + seg_len[s] - 1. K is a multiple of R: the
+    caller pads koff (with offset 0, a readable cell) and acc, and drops the padded rows' sums."""
+    literally(R)
+    literally(V)
+    literally(VW)
+    literally(isz)
+    K, width = acc.shape[0], acc.shape[1]
+    block = V * VW
+    nob = width // block
+    src_a, koff_a, rhs_a, acc_a = src.ctypes.data, koff.ctypes.data, rhs.ctypes.data, acc.ctypes.data
+    for s in range(first, last):
+        base, row, n = seg_base[s], seg_row[s], seg_len[s]
+        for k0 in range(0, K, R):
+            for ob in range(nob):
+                _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, ps, n,
+                              rhs_a + (row * width + ob * block) * isz, width,
+                              acc_a + (k0 * width + ob * block) * isz, width)
+
+
+@functools.cache
+def _build():
+    """The two loops as Numba dispatchers (cached on disk where Numba can), or None."""
+    numba = _numba()
+    if numba is None:
+        return None
+    from numba.extending import intrinsic
+    glob = globals()
+    glob["literally"] = numba.literally
+    glob["_output_block"] = intrinsic(_output_block_typer)
+    glob["_weight_block"] = intrinsic(_weight_block_typer)
+    for cache in (True, False):
+        try:
+            jit = functools.partial(numba.njit, cache=cache, nogil=True)
+            return jit(_output_loop), jit(_weight_loop)
+        except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
+            log.info("Numba cannot cache the direct engine's loops (cache=%s): %s", cache, exc)
+    return None
+
+
+def _specialised(dispatcher, args: tuple, literals: tuple):
+    """The compiled loop for these literal sizes as a plain callable: calling the dispatcher with
+    them would take its literal-forcing path on every call (milliseconds); one call compiles (or
+    loads) it, then the overload's own entry point is called directly."""
+    numba = _numba()
+    dispatcher(*args, *literals)
+    want = tuple(numba.typeof(a) for a in args) + tuple(numba.types.literal(v) for v in literals)
+    kinds = [(i, a.dtype, a.ndim) for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+    for sig, result in dispatcher.overloads.items():
+        if tuple(sig) == want:
+            entry = result.entry_point
+
+            def call(*a):
+                # the entry point reads its arrays as the types it was compiled for, unchecked
+                for i, dtype, ndim in kinds:
+                    if not (a[i].flags.c_contiguous and a[i].dtype == dtype and a[i].ndim == ndim):
+                        raise TypeError(f"argument {i} must be a C-contiguous {ndim}-D {dtype} array")
+                return entry(*a, *literals)
+            return call
+    raise RuntimeError(f"no compiled loop for {want}")   # pragma: no cover - Numba changed how it keys overloads
+
+
+@functools.lru_cache(maxsize=None)
+def output_loop(P: int, V: int, VW: int, ps: int, itemsize: int):
+    """loop(src, w, koff, out, bases, first, last) for these block sizes (``_output_loop``)."""
+    with _build_lock:
+        dtype = np.float32 if itemsize == 4 else np.float64
+        args = (np.zeros(1, dtype), np.zeros((1, 1, V * VW), dtype), np.zeros(1, np.int64),
+                np.zeros((P, V * VW), dtype), np.zeros(1, np.int64), 0, 0)
+        return _specialised(_build()[0], args, (P, V, VW, ps, itemsize))
+
+
+@functools.lru_cache(maxsize=None)
+def weight_loop(R: int, V: int, VW: int, itemsize: int):
+    """loop(src, koff, ps, rhs, acc, seg_base, seg_row, seg_len, first, last) for these block sizes
+    (``_weight_loop``)."""
+    with _build_lock:
+        dtype = np.float32 if itemsize == 4 else np.float64
+        args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros((1, V * VW), dtype),
+                np.zeros((R, V * VW), dtype), np.zeros(1, np.int64), np.zeros(1, np.int64),
+                np.zeros(1, np.int64), 0, 0)
+        return _specialised(_build()[1], args, (R, V, VW, itemsize))
+
+
+def warm(dtype=np.float32) -> None:
+    """Compile the commonest block shapes now (a service worker's warm-up)."""
+    itemsize = np.dtype(dtype).itemsize
+    for rows in (16, 32):
+        b = Blocking(rows, itemsize)
+        output_loop(b.P, b.V, b.VW, 1, itemsize)
+        weight_loop(b.R, b.V, b.VW, itemsize)
+
+
+def runs_of(dims: tuple, strides: tuple, origin: int) -> np.ndarray:
+    """The grid cell where each run (row of the last axis) of a coalesced space starts, row-major."""
+    bases = np.full((), origin, np.int64)
+    for d, st in zip(dims[:-1], strides[:-1]):
+        bases = (bases[..., None] + np.arange(d, dtype=np.int64) * st)
+    return bases.reshape(-1)
+
+
+def tail_cells(run_len: int, P: int, ps: int) -> int:
+    """Cells an output pass may read past the last position of a run (its padding to whole blocks)."""
+    return (-(-run_len // P) * P - run_len) * ps
+
+
+
+# ---- what the cost model needs (costs.direct_estimate) -------------------------------------------------
+
+def compiled_for(itemsize: int) -> bool:
+    """Whether host arrays of this itemsize run the compiled passes (``available`` without arrays)."""
+    return itemsize in (4, 8) and resources.compiled_enabled() and _build() is not None
+
+
+def output_pass(rows: int, count: int, run: int, itemsize: int) -> tuple:
+    """(multiply-adds per inner term, positions computed) of a compiled output pass over ``count``
+    positions in runs of ``run``: rows padded to whole vectors, runs to whole micro-blocks; the
+    multiply-adds are counted in full-width vector lanes (half-width vectors do half the work per
+    instruction)."""
+    b = Blocking(rows, itemsize)
+    P = micro_blocks(run, b.P)
+    positions = -(-count // run) * (-(-run // P) * P)
+    return b.padded * _width_cost(b, itemsize), positions
+
+
+def weight_pass(rows: int, inner: int, itemsize: int) -> tuple:
+    """(multiply-adds per position, per-thread accumulator rows) of a compiled weight pass with
+    ``inner`` = C * taps rows of gw (padded to whole blocks of R)."""
+    b = Blocking(rows, itemsize)
+    padded_inner = -(-inner // b.R) * b.R
+    return padded_inner * b.padded * _width_cost(b, itemsize), padded_inner
+
+
+def padded_rows(rows: int, itemsize: int) -> int:
+    return Blocking(rows, itemsize).padded
+
+
+def _width_cost(b: Blocking, itemsize: int) -> float:
+    """Cost per multiply-add of a half-width (quarter-width) vector against a full one: measured 1.4x
+    (3x3 32 -> 32: 154-172 G multiply-adds/s in 16 lanes, 103-122 in 8), not 2x: narrow vectors
+    issue on more ports."""
+    return math.sqrt((machine()[0] // itemsize) / b.VW)

@@ -1,0 +1,113 @@
+"""The direct engine's compiled passes (direct_kernel.py: register-blocked micro-kernels in LLVM vector
+IR) against JAX, on the shapes their blocking has branches for.
+
+Every case asserts that the compiled passes ran (and how many of them), so a change of the rule that
+sends a pass to BLAS cannot leave these branches untested. The vector width is the CPU's; the
+``narrow_machine`` cases recompile the kernels for 256- and 128-bit vectors with 16 registers (what
+an AVX2 or SSE machine gets), which this machine runs too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conv_checks import NUMPY, check_case
+from conv_oracles import ConvCase, jax_reference
+
+from convcore import backend as convcore_backend
+from convcore import direct_conv, direct_kernel
+
+if not direct_kernel.available(np, np.float32):   # pragma: no cover - CI installs Numba
+    pytest.skip("Numba does not import here: the compiled passes cannot run", allow_module_level=True)
+
+CASES = [
+    # (case, compiled output passes, compiled weight passes) per forward + backward
+    (ConvCase((2, 16, 12, 11), (32, 16, 3, 3), padding=1, seed=70), 2, 1),             # two vectors of channels (V = 2)
+    (ConvCase((2, 8, 9, 10, 7), (8, 8, 3, 3, 3), padding=1, seed=71), 2, 1),            # narrow vectors (8 rows)
+    (ConvCase((3, 6, 40), (5, 6, 5), padding=2, seed=72), 2, 1),                        # 5 and 6 rows: padded lanes
+    (ConvCase((2, 20, 13, 13), (48, 20, 3, 3), padding=1, seed=73), 2, 1),              # 3 vectors (V = 3), 20 rows padded
+    (ConvCase((2, 8, 17, 19), (16, 8, 3, 3), stride=2, padding=1, seed=74), 2, 1),      # stride read in place (ps = 2)
+    (ConvCase((1, 8, 23, 25), (8, 8, 5, 5), stride=3, padding=2, seed=75), 2, 1),       # ps = 3, rows shorter than a block
+    (ConvCase((2, 16, 14, 15), (16, 4, 3, 3), groups=4, padding=2, dilation=2, seed=76), 2, 1),   # groups, dilation
+    (ConvCase((1, 8, 6, 5, 6, 5), (8, 8, 3, 3, 3, 3), padding=1, seed=77), 2, 1),       # N = 4
+    (ConvCase((2, 12, 300), (12, 12, 7), padding=3, seed=78), 2, 1),                    # runs cut into segments (> 256)
+    (ConvCase((2, 8, 9, 9), (8, 8, 3, 3), padding=1, padding_mode="reflect", seed=79), 2, 1),   # gx over the whole grid
+    (ConvCase((2, 3, 12, 12), (16, 3, 3, 3), padding=1, seed=80), 1, 1),                # gx has 3 rows: BLAS
+    (ConvCase((2, 16, 10, 10), (2, 16, 3, 3), padding=1, seed=81), 1, 0),               # y and gW have 2 rows: BLAS
+]
+
+
+@pytest.fixture
+def passes(monkeypatch):
+    """Counts of compiled (output, weight) passes run (an observation: the real methods run)."""
+    seen = {"out": 0, "w": 0}
+    real_out, real_w = direct_conv.DirectConv._compiled_outputs, direct_conv.DirectConv._compiled_weights
+
+    def outputs(self, *args):
+        seen["out"] += 1
+        return real_out(self, *args)
+
+    def weights(self, *args):
+        seen["w"] += 1
+        return real_w(self, *args)
+
+    monkeypatch.setattr(direct_conv.DirectConv, "_compiled_outputs", outputs)
+    monkeypatch.setattr(direct_conv.DirectConv, "_compiled_weights", weights)
+    return seen
+
+
+@pytest.fixture(params=["cpu", "avx2", "sse"])
+def machine(request, monkeypatch):
+    """This CPU's vectors, or (bytes, registers) of narrower machines: kernels compiled anew."""
+    if request.param == "avx2":
+        monkeypatch.setattr(direct_kernel, "machine", lambda: (32, 16))
+    elif request.param == "sse":
+        monkeypatch.setattr(direct_kernel, "machine", lambda: (16, 16))
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case,outputs,weights", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_compiled_direct_matches_jax(case, outputs, weights, dtype, passes, machine):
+    check_case(NUMPY, case, jax_reference(case), dtype, "direct", layer=True)
+    assert (passes["out"], passes["w"]) == (outputs, weights)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_compiled_passes_split_between_threads_match_jax(threads, passes, monkeypatch):
+    """Every pass handed to the pool however small: the output blocks cut across groups, the weight
+    gradient's per-thread sums added."""
+    monkeypatch.setattr(convcore_backend, "SPLIT_WORK", 0)
+    monkeypatch.setenv("CONVCORE_NUM_THREADS", str(threads))
+    for case in (ConvCase((2, 16, 9, 11), (16, 4, 3, 3), groups=4, padding=1, seed=82),
+                 ConvCase((3, 8, 7, 6, 5), (24, 8, 3, 3, 3), padding=1, seed=83)):
+        check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert passes["out"] == 4 and passes["w"] == 2
+
+
+def test_switched_off_runs_blas(passes, monkeypatch):
+    """``CONVCORE_COMPILED=0``: the BLAS passes, same results."""
+    monkeypatch.setenv("CONVCORE_COMPILED", "0")
+    case = CASES[0][0]
+    check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert passes == {"out": 0, "w": 0}
+
+
+def test_blocking_rules(monkeypatch):
+    """Lanes halve while rows would leave most of them empty; V divides the vectors; P fills the
+    registers; micro-blocks pad a run as little as they can."""
+    monkeypatch.setattr(direct_kernel, "machine", lambda: (64, 32))
+    b = direct_kernel.Blocking(32, 4)
+    assert (b.VW, b.V, b.nob, b.padded, b.P) == (16, 2, 1, 32, 14)
+    b = direct_kernel.Blocking(8, 4)
+    assert (b.VW, b.V, b.padded) == (8, 1, 8)
+    b = direct_kernel.Blocking(5, 8)
+    assert (b.VW, b.V, b.padded) == (8, 1, 8)
+    b = direct_kernel.Blocking(80, 4)             # 5 vectors: V = 1, five blocks
+    assert (b.VW, b.V, b.nob, b.P) == (16, 1, 5, 28)
+    monkeypatch.setattr(direct_kernel, "machine", lambda: (32, 16))
+    b = direct_kernel.Blocking(32, 4)
+    assert (b.VW, b.V, b.nob, b.P) == (8, 2, 2, 6)
+    assert direct_kernel.micro_blocks(32, 14) == 11          # 3 blocks of 11 pad 1 cell (of 14: 10; 8 is too few)
+    assert direct_kernel.micro_blocks(1088, 6) == 5          # 218 blocks of 5 pad 2 cells (of 6: 4)
+    assert direct_kernel.micro_blocks(5, 14) == 5
+    assert direct_kernel.micro_blocks(28, 14) == 14
