@@ -57,6 +57,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -209,35 +210,17 @@ class DirectConv:
         """Whether a CPU pass with ``rows`` output rows runs the compiled micro-kernels."""
         return rows >= direct_kernel.MIN_ROWS and direct_kernel.available(self.xp, src.dtype) and src.flags.c_contiguous
 
-    def _tap_offsets(self, grid, plane: int, K: int):
-        """koff (K * taps,) int64: the src cell of (channel c, tap t) relative to a position, c-major
-        like the filters' (C, k_1..k_N) columns."""
-        qk = grid.red.qk
-        offs = np.array([sum(t * st for t, st in zip(tap, grid.steps))
-                         for tap in itertools.product(*(range(k) for k in qk))], np.int64)
-        return (np.arange(K, dtype=np.int64)[:, None] * plane + offs).reshape(-1)
-
     def _compiled_outputs(self, grid, src, mats, space, K):
         """The output pass (forward, input gradient) on the micro-kernels: (g, rows) + space.dims,
         a view of their channels-last result (one copy later makes it the caller's layout)."""
         g, rows, itemsize = mats.shape[0], mats.shape[1], src.dtype.itemsize
-        sp = space.coalesced()
-        L, ps = sp.dims[-1], sp.strides[-1]
-        blocking = direct_kernel.Blocking(rows, itemsize)
-        P = direct_kernel.micro_blocks(L, blocking.P)
-        per_run = -(-L // P)
-        bases = (direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)[:, None]
-                 + np.arange(per_run, dtype=np.int64) * (P * ps)).reshape(-1)
-        plane = src.shape[-1]
-        if int(bases[-1]) + (P - 1) * ps + grid.max_off >= plane:   # no room for the padded blocks
-            raise AssertionError("direct engine: the grid lacks the compiled passes' tail")
-        koff = self._tap_offsets(grid, plane, K)
-        w = np.zeros((g, blocking.padded, K * grid.taps), src.dtype)
+        plan = _output_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off)
+        b = plan.blocking
+        w = np.zeros((g, b.padded, K * grid.taps), src.dtype)
         w[:, :rows] = mats
-        w = np.ascontiguousarray(w.reshape(g, blocking.nob, blocking.V * blocking.VW, -1).swapaxes(2, 3))
-        blocks = len(bases)
-        out = np.empty((g, blocks * P, blocking.padded), src.dtype)
-        loop = direct_kernel.output_loop(P, blocking.V, blocking.VW, ps, itemsize)
+        w = np.ascontiguousarray(w.reshape(g, b.nob, b.V * b.VW, -1).swapaxes(2, 3))
+        blocks = len(plan.bases)
+        out = np.empty((g, blocks * plan.P, b.padded), src.dtype)
         flat = src.reshape(g, -1)
         threads = min(pass_threads(g * space.count * K * grid.taps * rows), g * blocks)
         cuts = [g * blocks * t // threads for t in range(threads + 1)]
@@ -246,53 +229,42 @@ class DirectConv:
             lo, hi = part
             for gi in range(lo // blocks, -(-hi // blocks)):
                 first, last = max(lo - gi * blocks, 0), min(hi - gi * blocks, blocks)
-                loop(flat[gi], w[gi], koff, out[gi], bases, first, last)
+                plan.loop(flat[gi], w[gi], plan.koff, out[gi], plan.bases, first, last)
 
         run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])
-        runs = len(bases) // per_run
-        shaped = out.reshape(g, runs, per_run * P, blocking.padded)[:, :, :L, :rows]
+        runs = blocks // plan.per_run
+        shaped = out.reshape(g, runs, plan.per_run * plan.P, b.padded)[:, :, :plan.L, :rows]
         return np.moveaxis(shaped.reshape((g,) + space.dims + (rows,)), -1, 1)
 
     def _compiled_weights(self, grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front):
         """The weight-gradient pass on the micro-kernels: (g, rows, K * taps)."""
         g, rows, itemsize = acc_rhs.shape[0], acc_rhs.shape[1], src.dtype.itemsize
-        sp = space.coalesced()
-        L, ps = sp.dims[-1], sp.strides[-1]
-        blocking = direct_kernel.Blocking(rows, itemsize)
-        R = blocking.R
-        run_bases = direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)
+        plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize)
+        b, sp = plan.blocking, plan.space
         # rhs channels-last over the space's positions (run r, position i at row r * L + i)
-        rhs = np.zeros((g, sp.count, blocking.padded), src.dtype)
+        rhs = np.zeros((g, sp.count, b.padded), src.dtype)
         if rhs_on_grid:
             view = strided_view(acc_rhs, rhs_front + sp.origin, (g, rows) + sp.dims, (None, None) + sp.strides)
         else:
             view = acc_rhs.reshape((g, rows) + sp.dims)
-        rhs.reshape((g,) + sp.dims + (blocking.padded,))[..., :rows] = np.moveaxis(view, 1, -1)
-        starts = np.arange(0, L, direct_kernel.SEGMENT, dtype=np.int64)
-        seg_base = (run_bases[:, None] + starts * ps).reshape(-1)
-        seg_row = (np.arange(len(run_bases), dtype=np.int64)[:, None] * L + starts).reshape(-1)
-        seg_len = np.tile(np.minimum(L - starts, direct_kernel.SEGMENT), len(run_bases))
-        taps = K * grid.taps
-        padded_k = -(-taps // R) * R
-        koff = np.zeros(padded_k, np.int64)
-        koff[:taps] = self._tap_offsets(grid, src.shape[-1], K)
-        loop = direct_kernel.weight_loop(R, blocking.V, blocking.VW, itemsize)
+        rhs.reshape((g,) + sp.dims + (b.padded,))[..., :rows] = np.moveaxis(view, 1, -1)
         flat = src.reshape(g, -1)
-        segments = len(seg_base)
-        threads = min(pass_threads(g * space.count * taps * rows), segments)
+        segments = len(plan.seg_base)
+        threads = min(pass_threads(g * space.count * K * grid.taps * rows), segments)
         cuts = [segments * t // threads for t in range(threads + 1)]
 
         def work(part):
-            acc = np.zeros((g, padded_k, blocking.padded), src.dtype)
+            acc = np.zeros((g, len(plan.koff), b.padded), src.dtype)
             for gi in range(g):
-                loop(flat[gi], koff, ps, rhs[gi], acc[gi], seg_base, seg_row, seg_len, part[0], part[1])
+                plan.loop(flat[gi], plan.koff, sp.strides[-1], rhs[gi], acc[gi], plan.seg_base, plan.seg_row,
+                          plan.seg_len, part[0], part[1])
             return acc
 
         results = run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])
         total = results[0]
         for r in results[1:]:
             total += r
-        return total[:, :taps, :rows].swapaxes(1, 2)
+        return total[:, :K * grid.taps, :rows].swapaxes(1, 2)
 
     def _run_folded(self, grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m):
         """``_run_blocks`` with the taps of the last ``m`` kernel axes folded into the GEMM's rows: the
@@ -597,3 +569,71 @@ class DirectConv:
             else:   # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
                 gx = red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
         return gx, gW
+
+
+# ---- the compiled passes' plans: arrays of offsets, built once per layer shape -------------------------
+
+def _tap_offsets(steps: tuple, qk: tuple, plane: int, K: int) -> np.ndarray:
+    """koff (K * taps,) int64: the src cell of (channel c, tap t) relative to a position, c-major
+    like the filters' (C, k_1..k_N) columns."""
+    offs = np.array([sum(t * st for t, st in zip(tap, steps)) for tap in itertools.product(*(range(k) for k in qk))],
+                    np.int64)
+    return (np.arange(K, dtype=np.int64)[:, None] * plane + offs).reshape(-1)
+
+
+class _OutputPlan(NamedTuple):
+    blocking: direct_kernel.Blocking
+    P: int
+    L: int            # positions per run (the coalesced space's last axis)
+    per_run: int      # micro-blocks per run
+    bases: np.ndarray  # (blocks,) the src cell of each micro-block's first position
+    koff: np.ndarray
+    loop: object
+
+
+@functools.lru_cache(maxsize=256)
+def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
+                 max_off: int) -> _OutputPlan:
+    """How an output pass runs on the micro-kernels (a training step makes a new engine per call;
+    these arrays are the same every step)."""
+    sp = space.coalesced()
+    L, ps = sp.dims[-1], sp.strides[-1]
+    blocking = direct_kernel.Blocking(rows, itemsize)
+    P = direct_kernel.micro_blocks(L, blocking.P)
+    per_run = -(-L // P)
+    bases = (direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)[:, None]
+             + np.arange(per_run, dtype=np.int64) * (P * ps)).reshape(-1)
+    if int(bases[-1]) + (P - 1) * ps + max_off >= plane:   # no room for the padded blocks
+        raise AssertionError("direct engine: the grid lacks the compiled passes' tail")
+    loop = direct_kernel.output_loop(P, blocking.V, blocking.VW, ps, itemsize)
+    return _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K), loop)
+
+
+class _WeightPlan(NamedTuple):
+    blocking: direct_kernel.Blocking
+    space: Space       # coalesced
+    koff: np.ndarray   # padded to whole blocks of R with offset 0
+    seg_base: np.ndarray
+    seg_row: np.ndarray
+    seg_len: np.ndarray
+    loop: object
+
+
+@functools.lru_cache(maxsize=256)
+def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int) -> _WeightPlan:
+    """How a weight-gradient pass runs on the micro-kernels: runs cut into segments of at most
+    SEGMENT positions, rhs row r * L + i for position i of run r."""
+    sp = space.coalesced()
+    L, ps = sp.dims[-1], sp.strides[-1]
+    blocking = direct_kernel.Blocking(rows, itemsize)
+    run_bases = direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)
+    starts = np.arange(0, L, direct_kernel.SEGMENT, dtype=np.int64)
+    seg_base = (run_bases[:, None] + starts * ps).reshape(-1)
+    seg_row = (np.arange(len(run_bases), dtype=np.int64)[:, None] * L + starts).reshape(-1)
+    seg_len = np.tile(np.minimum(L - starts, direct_kernel.SEGMENT), len(run_bases))
+    offsets = _tap_offsets(steps, qk, plane, K)
+    koff = np.zeros(-(-len(offsets) // blocking.R) * blocking.R, np.int64)
+    koff[:len(offsets)] = offsets
+    loop = direct_kernel.weight_loop(blocking.R, blocking.V, blocking.VW, itemsize)
+    return _WeightPlan(blocking, sp, koff, seg_base, seg_row, seg_len, loop)
+

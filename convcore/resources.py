@@ -8,7 +8,8 @@ can set them after ``import convcore``:
   2048 on the CPU; on a GPU the device's free memory less headroom).
 - ``CONVCORE_AUTOTUNE``: ``0`` decides ``auto`` by the cost model alone.
 - ``CONVCORE_COMPILED``: ``0`` keeps the FFT engine's channel sums in NumPy where the compiled
-  loop (frequency_kernel.py, Numba) would run them.
+  loop (frequency_kernel.py, Numba) would run them, runs the direct engine's CPU passes on BLAS
+  instead of its compiled kernels (direct_kernel.py), and switches the Winograd engine off.
 - ``CONVCORE_MALLOC``: ``0`` (or false / no / off) leaves glibc's allocator as it is (allocator.py; read once, at the
   first convolution on the host).
 """
@@ -143,7 +144,8 @@ def autotune_enabled() -> bool:
 
 
 def compiled_enabled() -> bool:
-    """``CONVCORE_COMPILED`` (default on): the compiled channel sums where Numba imports."""
+    """``CONVCORE_COMPILED`` (default on): the compiled loops (FFT channel sums, direct passes,
+    Winograd tiles) where Numba imports."""
     return _switch("CONVCORE_COMPILED")
 
 
