@@ -210,11 +210,17 @@ class DirectConv:
         """Whether a CPU pass with ``rows`` output rows runs the compiled micro-kernels."""
         return rows >= direct_kernel.MIN_ROWS and direct_kernel.available(self.xp, src.dtype) and src.flags.c_contiguous
 
-    def _compiled_outputs(self, grid, src, mats, space, K):
+    def _compiled_outputs(self, grid, src, mats, space, K, dest=None):
         """The output pass (forward, input gradient) on the micro-kernels: (g, rows) + space.dims,
-        a view of their channels-last result (one copy later makes it the caller's layout)."""
+        a view of their channels-last result (one copy later makes it the caller's layout); or,
+        with ``dest`` = (flat array, strides, limits, shifts, channel stride, group stride) as in
+        ``direct_kernel.destinations``, written there by each thread as its blocks are done
+        (returns None)."""
         g, rows, itemsize = mats.shape[0], mats.shape[1], src.dtype.itemsize
         plan = _output_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off)
+        if dest is not None:
+            dst, ch_stride, group_stride = dest[0], dest[4], dest[5]
+            dest_run, dest_pos = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run)
         b = plan.blocking
         w = np.zeros((g, b.padded, K * grid.taps), src.dtype)
         w[:, :rows] = mats
@@ -230,8 +236,13 @@ class DirectConv:
             for gi in range(lo // blocks, -(-hi // blocks)):
                 first, last = max(lo - gi * blocks, 0), min(hi - gi * blocks, blocks)
                 plan.loop(flat[gi], w[gi], plan.koff, out[gi], plan.bases, first, last)
+                if dest is not None:
+                    direct_kernel.scatter(out[gi], dst, dest_run, dest_pos, rows, ch_stride, gi * group_stride,
+                                          plan.per_run, plan.P, first, last)
 
         run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])
+        if dest is not None:
+            return None
         runs = blocks // plan.per_run
         shaped = out.reshape(g, runs, plan.per_run * plan.P, b.padded)[:, :, :plan.L, :rows]
         return np.moveaxis(shaped.reshape((g,) + space.dims + (rows,)), -1, 1)
@@ -470,6 +481,19 @@ class DirectConv:
             (slice(None),) * 3 + tuple(slice(0, r) for r in rows)] = a.transpose((2, 0, 1) + tuple(range(3, 3 + N)))
         return gx
 
+    def _compiled_input_grad(self, grid, G, Wadj, space, O):
+        """gx (b, c_I, d...) from the compiled input-gradient pass over the input space, each
+        thread writing its blocks' cells of x (the last axis cropped to x, zeros where the grid
+        never reads x), as ``_input_from_space`` lays them out."""
+        geom, N, C = self.geom, self.geom.ndim, self.red.channels
+        rows, lo = _x_rows(geom, self.red), geom.pads[-1][0]
+        gx = (np.empty if rows == geom.spatial else np.zeros)(geom.in_shape, G.dtype)
+        plane = math.prod(geom.spatial)
+        strides = (geom.groups * C * plane,) + tuple(math.prod(geom.spatial[d:]) for d in range(1, N + 1))
+        self._compiled_outputs(grid, G, Wadj, space, O, dest=(
+            gx.reshape(-1), strides, (geom.batch,) + rows, (0,) * N + (lo,), plane, C * plane))
+        return gx
+
     # ---- forward and backward ---------------------------------------------------------
     def grid_input(self):
         """A (g, C, b * prod(q) + max_off): the forward reduction's input, batch inside the channels."""
@@ -511,6 +535,14 @@ class DirectConv:
         A = self.grid_input()
         g, C, O = geom.groups, red.channels, red.out_channels
         Wmat = xp.ascontiguousarray(red.filters(self.W)).reshape(g, O, C * grid.taps)
+        if self.host and self._compiled(O, A):
+            # y written in place by the threads that compute it
+            y = xp.empty(geom.out_shape, A.dtype)
+            plane = math.prod(geom.out_spatial)
+            strides = (g * O * plane,) + tuple(math.prod(geom.out_spatial[d:]) for d in range(1, N + 1))
+            self._compiled_outputs(grid, A, Wmat, self._output_space(), C, dest=(
+                y.reshape(-1), strides, (geom.batch,) + geom.out_spatial, (0,) * (N + 1), plane, O * plane))
+            return y
         if self.host:
             space = self._output_space()
             Y = self._out_pass(grid, A, Wmat, space, C)[..., :geom.out_spatial[-1]]
@@ -563,6 +595,8 @@ class DirectConv:
                 g, C, O * grid.taps)
             inner = self._input_space()
             space = inner or self._grid_space(grid)
+            if inner is not None and self._compiled(C, G):   # gx written in place by the threads
+                return self._compiled_input_grad(grid, G, Wadj, inner, O), gW
             gA = self._out_pass(grid, G, Wadj, space, O)
             if inner is not None:
                 gx = self._input_from_space(gA, inner)
@@ -636,4 +670,11 @@ def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     koff[:len(offsets)] = offsets
     loop = direct_kernel.weight_loop(blocking.R, blocking.V, blocking.VW, itemsize)
     return _WeightPlan(blocking, sp, koff, seg_base, seg_row, seg_len, loop)
+
+
+@functools.lru_cache(maxsize=256)
+def _destinations(space: Space, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int) -> tuple:
+    """``direct_kernel.destinations`` for a pass over ``space``, once per layer shape."""
+    merged = len(space.dims) - len(space.coalesced().dims) + 1
+    return direct_kernel.destinations(space.dims, merged, strides, limits, shifts, P, per_run)
 

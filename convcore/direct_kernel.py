@@ -303,9 +303,28 @@ def _weight_loop(src, koff, ps, rhs, acc, seg_base, seg_row, seg_len, first, las
                               acc_a + (k0 * width + ob * block) * isz, width)
 
 
+def _scatter_loop(out, dst, dest_run, dest_pos, rows, ch_stride, offset, per_run, P, first, last):   # pragma: no cover - compiled
+    """Micro-blocks first..last-1 of an output pass's channels-last result ``out`` (blocks * P,
+    padded) into the caller's layout ``dst`` (flat): position j of block m (run r = m // per_run,
+    i = (m % per_run) * P + j) and channel o go to offset + dest_run[r] + dest_pos[i] + o * ch_stride,
+    or nowhere where dest_pos[i] < 0 (the ring of a last axis, a block's padding). Run by the thread
+    that computed those blocks, while they are in its cache: one pass instead of NumPy's transposed
+    copy after the whole pass (1 ms a copy on a 4 MB output, on one thread)."""
+    for m in range(first, last):
+        r = m // per_run
+        i0 = (m - r * per_run) * P
+        base = offset + dest_run[r]
+        for o in range(rows):
+            d0 = base + o * ch_stride
+            for j in range(P):
+                pos = dest_pos[i0 + j]
+                if pos >= 0:
+                    dst[d0 + pos] = out[m * P + j, o]
+
+
 @functools.cache
 def _build():
-    """The two loops as Numba dispatchers (cached on disk where Numba can), or None."""
+    """The loops as Numba dispatchers (cached on disk where Numba can), or None."""
     numba = _numba()
     if numba is None:
         return None
@@ -317,7 +336,7 @@ def _build():
     for cache in (True, False):
         try:
             jit = functools.partial(numba.njit, cache=cache, nogil=True)
-            return jit(_output_loop), jit(_weight_loop)
+            return jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop)
         except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
             log.info("Numba cannot cache the direct engine's loops (cache=%s): %s", cache, exc)
     return None
@@ -365,6 +384,30 @@ def weight_loop(R: int, V: int, VW: int, itemsize: int):
                 np.zeros((R, V * VW), dtype), np.zeros(1, np.int64), np.zeros(1, np.int64),
                 np.zeros(1, np.int64), 0, 0)
         return _specialised(_build()[1], args, (R, V, VW, itemsize))
+
+
+def scatter(*args) -> None:
+    """``_scatter_loop`` compiled (one dispatcher: its arguments' types are the same for every layer)."""
+    _build()[2](*args)
+
+
+def destinations(dims: tuple, merged: int, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int):
+    """(dest_run, dest_pos) for ``scatter``: a pass over space ``dims`` (row-major) whose last
+    ``merged`` axes are one run; coordinate c of axis d goes to offset (c - shifts[d]) * strides[d]
+    where 0 <= c - shifts[d] < limits[d], else nowhere (only the merged axes may be cut)."""
+    outer, inner = dims[:len(dims) - merged], dims[len(dims) - merged:]
+    dest_run = np.zeros((), np.int64)
+    for d, st in zip(outer, strides[:len(outer)]):
+        dest_run = dest_run[..., None] + np.arange(d, dtype=np.int64) * st
+    pos = np.zeros((), np.int64)
+    valid = np.ones((), bool)
+    for d, st, lim, sh in zip(inner, strides[len(outer):], limits[len(outer):], shifts[len(outer):]):
+        c = np.arange(d, dtype=np.int64) - sh
+        pos = pos[..., None] + c * st
+        valid = valid[..., None] & (c >= 0) & (c < lim)
+    dest_pos = np.full(per_run * P, -1, np.int64)
+    dest_pos[:pos.size] = np.where(valid, pos, -1).reshape(-1)
+    return dest_run.reshape(-1), dest_pos
 
 
 def warm(dtype=np.float32) -> None:
