@@ -386,8 +386,8 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
         # x onto its grid, y back, gy onto its grid (zeros first), gx back, and gy channels-last for
         # gW: each a pass over fresh memory, slower than the column copies' cache-resident rate
         layout = itemsize * g * (3 * positions * C + 2 * outputs * O + 3 * positions * O + 3 * positions * C)
-        if compiled[1]:
-            layout += 2 * itemsize * g * outputs * direct_kernel.padded_rows(O, itemsize)
+        if compiled[1]:   # (done by the pass's threads, segment by segment, in cache)
+            layout += itemsize * g * outputs * direct_kernel.padded_rows(O, itemsize)
         copy_seconds = layout / rates.layout_copy
     blocks = 0
     for (K, count, k), (col_rows, F, ext), rows, run, done in zip(passes, layouts, (O, O, C), runs, compiled):
@@ -436,10 +436,11 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
         packed[0] = 2 * itemsize * g * rows_pad * fw_C * fw_taps
     else:
         fw_columns = columns(fw_C, fw_taps, outputs, O, layouts[0], last)
-    if compiled[1]:   # gy channels-last, and each thread's sums
+    if compiled[1]:   # each thread's segment of gy channels-last and its sums, then their total
         rows_pad = direct_kernel.padded_rows(O, itemsize)
         inner = direct_kernel.weight_pass(O, fw_C * fw_taps, itemsize)[1]
-        gW_columns = itemsize * g * rows_pad * (outputs + inner * (pass_threads(g * outputs * fw_C * fw_taps * O) + 1))
+        threads = pass_threads(g * outputs * fw_C * fw_taps * O)
+        gW_columns = itemsize * rows_pad * (threads * (direct_kernel.SEGMENT + g * inner) + g * inner)
     else:
         gW_columns = columns(fw_C, fw_taps, outputs, O, layouts[1], last, gathered_rows=0 if strided else O)
     gx_grid = 2 * grid * C

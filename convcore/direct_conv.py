@@ -248,17 +248,17 @@ class DirectConv:
         return np.moveaxis(shaped.reshape((g,) + space.dims + (rows,)), -1, 1)
 
     def _compiled_weights(self, grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front):
-        """The weight-gradient pass on the micro-kernels: (g, rows, K * taps)."""
+        """The weight-gradient pass on the micro-kernels: (g, rows, K * taps). Each segment of
+        positions reads its rows of gy channels-first where they lie (on the grid, or in the
+        space's own layout) and copies them channels-last in the thread that uses them."""
         g, rows, itemsize = acc_rhs.shape[0], acc_rhs.shape[1], src.dtype.itemsize
         plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize)
         b, sp = plan.blocking, plan.space
-        # rhs channels-last over the space's positions (run r, position i at row r * L + i)
-        rhs = np.zeros((g, sp.count, b.padded), src.dtype)
-        if rhs_on_grid:
-            view = strided_view(acc_rhs, rhs_front + sp.origin, (g, rows) + sp.dims, (None, None) + sp.strides)
+        rhs = acc_rhs.reshape(g, rows, -1)
+        if rhs_on_grid:   # the space's positions at their grid cells, behind rhs_front
+            rhs_start, rhs_step = plan.seg_base + rhs_front, sp.strides[-1]
         else:
-            view = acc_rhs.reshape((g, rows) + sp.dims)
-        rhs.reshape((g,) + sp.dims + (b.padded,))[..., :rows] = np.moveaxis(view, 1, -1)
+            rhs_start, rhs_step = plan.seg_row, 1
         flat = src.reshape(g, -1)
         segments = len(plan.seg_base)
         threads = min(pass_threads(g * space.count * K * grid.taps * rows), segments)
@@ -267,8 +267,8 @@ class DirectConv:
         def work(part):
             acc = np.zeros((g, len(plan.koff), b.padded), src.dtype)
             for gi in range(g):
-                plan.loop(flat[gi], plan.koff, sp.strides[-1], rhs[gi], acc[gi], plan.seg_base, plan.seg_row,
-                          plan.seg_len, part[0], part[1])
+                plan.loop(flat[gi], plan.koff, sp.strides[-1], rhs[gi], rhs_start, rhs_step, acc[gi],
+                          plan.seg_base, plan.seg_len, part[0], part[1])
             return acc
 
         results = run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])

@@ -282,24 +282,31 @@ def _output_loop(src, w, koff, out, bases, first, last, P, V, VW, ps, isz):   # 
                           out_a + (m * P * width + ob * block) * isz, width)
 
 
-def _weight_loop(src, koff, ps, rhs, acc, seg_base, seg_row, seg_len, first, last, R, V, VW, isz):   # pragma: no cover - compiled
-    """acc (K, width) += the segments first..last-1, segment s reading src from cell seg_base[s] on
-    (step ps) against rhs rows seg_row[s] .. seg_row[s] + seg_len[s] - 1. K is a multiple of R: the
+def _weight_loop(src, koff, ps, rhs, rhs_start, rhs_step, acc, seg_base, seg_len, first, last, R, V, VW, isz):   # pragma: no cover - compiled
+    """acc (K, width) += the segments first..last-1: segment s reads src from cell seg_base[s] on
+    (step ps) against the rows of rhs (rows, cells: channels-first, gy as the engine holds it) from
+    cell rhs_start[s] on (step rhs_step), which are first copied channels-last into a buffer of
+    SEGMENT positions that stays in L1 (the vectors the kernel loads). K is a multiple of R: the
     caller pads koff (with offset 0, a readable cell) and acc, and drops the padded rows' sums."""
     literally(R)
     literally(V)
     literally(VW)
     literally(isz)
     K, width = acc.shape[0], acc.shape[1]
+    rows = rhs.shape[0]
     block = V * VW
     nob = width // block
-    src_a, koff_a, rhs_a, acc_a = src.ctypes.data, koff.ctypes.data, rhs.ctypes.data, acc.ctypes.data
+    buf = np.zeros((SEGMENT, width), acc.dtype)   # padded channels stay zero
+    src_a, koff_a, buf_a, acc_a = src.ctypes.data, koff.ctypes.data, buf.ctypes.data, acc.ctypes.data
     for s in range(first, last):
-        base, row, n = seg_base[s], seg_row[s], seg_len[s]
+        base, n, start = seg_base[s], seg_len[s], rhs_start[s]
+        for o in range(rows):
+            for i in range(n):
+                buf[i, o] = rhs[o, start + i * rhs_step]
         for k0 in range(0, K, R):
             for ob in range(nob):
                 _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, ps, n,
-                              rhs_a + (row * width + ob * block) * isz, width,
+                              buf_a + ob * block * isz, width,
                               acc_a + (k0 * width + ob * block) * isz, width)
 
 
@@ -376,13 +383,12 @@ def output_loop(P: int, V: int, VW: int, ps: int, itemsize: int):
 
 @functools.lru_cache(maxsize=None)
 def weight_loop(R: int, V: int, VW: int, itemsize: int):
-    """loop(src, koff, ps, rhs, acc, seg_base, seg_row, seg_len, first, last) for these block sizes
-    (``_weight_loop``)."""
+    """loop(src, koff, ps, rhs, rhs_start, rhs_step, acc, seg_base, seg_len, first, last) for these
+    block sizes (``_weight_loop``)."""
     with _build_lock:
         dtype = np.float32 if itemsize == 4 else np.float64
-        args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros((1, V * VW), dtype),
-                np.zeros((R, V * VW), dtype), np.zeros(1, np.int64), np.zeros(1, np.int64),
-                np.zeros(1, np.int64), 0, 0)
+        args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros((1, 1), dtype), np.zeros(1, np.int64), 1,
+                np.zeros((R, V * VW), dtype), np.zeros(1, np.int64), np.zeros(1, np.int64), 0, 0)
         return _specialised(_build()[1], args, (R, V, VW, itemsize))
 
 
