@@ -433,7 +433,7 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     if compiled[0]:
         rows_pad = direct_kernel.padded_rows(O, itemsize)
         y_grid = itemsize * g * direct_kernel.output_pass(O, outputs, fw_run, itemsize)[1] * rows_pad
-        packed[0] = 2 * itemsize * g * rows_pad * fw_C * fw_taps
+        packed[0] = itemsize * g * rows_pad * fw_C * fw_taps
     else:
         fw_columns = columns(fw_C, fw_taps, outputs, O, layouts[0], last)
     if compiled[1]:   # each thread's segment of gy channels-last and its sums, then their total
@@ -447,7 +447,7 @@ def direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates
     if compiled[2]:   # its channels-last result, then the caller's layout
         rows_pad = direct_kernel.padded_rows(C, itemsize)
         gx_grid = grid * C + itemsize * g * direct_kernel.output_pass(C, positions, gx_run, itemsize)[1] * rows_pad
-        packed[2] = 2 * itemsize * g * rows_pad * O * taps
+        packed[2] = itemsize * g * rows_pad * O * taps
     else:
         gx_columns = columns(O, taps, positions, C, layouts[2], red.qx[-1])
     forward = {"y_grid": y_grid, "y": output_bytes(geom, itemsize), "columns": fw_columns,

@@ -116,9 +116,6 @@ class DirectConv:
         # native_stride_pays is decided on every call (its threshold is a setting), not cached
         self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host and native_stride_pays(geom))
         self._A = None
-        # cells past the grid that the compiled output passes may read: a run padded to whole
-        # micro-blocks (under 28 positions, each a stride apart along the last axis)
-        self._tail = 28 * self.fw.out_stride[-1] if self.host else 0
         self.pointwise = pointwise.applies(geom)   # 1x1 kernels: products of x as it lies, no grid
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
@@ -210,6 +207,23 @@ class DirectConv:
         """Whether a CPU pass with ``rows`` output rows runs the compiled micro-kernels."""
         return rows >= direct_kernel.MIN_ROWS and direct_kernel.available(self.xp, src.dtype) and src.flags.c_contiguous
 
+    def _tail(self, rows: int, space) -> int:
+        """Cells past the grid an output pass over ``space`` reads when it runs compiled: its runs
+        padded to whole micro-blocks (``direct_kernel.tail_cells``); 0 on BLAS."""
+        if not (self.host and rows >= direct_kernel.MIN_ROWS and direct_kernel.available(self.xp, self.x.dtype)):
+            return 0
+        sp = space.coalesced()
+        blocking = direct_kernel.Blocking(rows, self.x.dtype.itemsize)
+        return direct_kernel.tail_cells(sp.dims[-1], direct_kernel.micro_blocks(sp.dims[-1], blocking.P), sp.strides[-1])
+
+    def _forward_tail(self) -> int:
+        return self._tail(self.fw.out_channels, self._output_space()) if self.host else 0
+
+    def _input_grad_tail(self) -> int:
+        if not self.host:
+            return 0
+        return self._tail(self.red.channels, self._input_space() or self._grid_space(self.gx_grid))
+
     def _compiled_outputs(self, grid, src, mats, space, K, dest=None):
         """The output pass (forward, input gradient) on the micro-kernels: (g, rows) + space.dims,
         a view of their channels-last result (one copy later makes it the caller's layout); or,
@@ -222,9 +236,11 @@ class DirectConv:
             dst, ch_stride, group_stride = dest[0], dest[4], dest[5]
             dest_run, dest_pos = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run)
         b = plan.blocking
-        w = np.zeros((g, b.padded, K * grid.taps), src.dtype)
-        w[:, :rows] = mats
-        w = np.ascontiguousarray(w.reshape(g, b.nob, b.V * b.VW, -1).swapaxes(2, 3))
+        width = b.V * b.VW   # filters packed (g, blocks of channels, K * taps, width), zeros past rows
+        w = np.zeros((g, b.nob, K * grid.taps, width), src.dtype)
+        for ob in range(b.nob):
+            part = mats[:, ob * width:(ob + 1) * width]
+            w[:, ob, :, :part.shape[1]] = part.swapaxes(1, 2)
         blocks = len(plan.bases)
         out = np.empty((g, blocks * plan.P, b.padded), src.dtype)
         flat = src.reshape(g, -1)
@@ -502,7 +518,7 @@ class DirectConv:
             g, C, b = geom.groups, red.channels, geom.batch
             if geom.padding_mode == "zeros" and all(s == 1 for s in red.stride):
                 # x straight into its place on the zero grid: one copy, no padded intermediate
-                A = xp.zeros((g, C, grid.positions + grid.max_off + self._tail), self.x.dtype)
+                A = xp.zeros((g, C, grid.positions + grid.max_off + self._forward_tail()), self.x.dtype)
                 rows = _x_rows(geom, red)
                 place = tuple(slice(lo, lo + r) for r, (lo, _) in zip(rows, geom.pads))
                 A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[(slice(None),) * 3 + place] = self.x.reshape(
@@ -511,7 +527,7 @@ class DirectConv:
             elif geom.padding_mode == "zeros" and layout.phase_copies_pay(red.stride):
                 # polyphase: each phase of x straight into its channels of the zero grid, one pass
                 # over x (the padded, split copies of red.inputs were two more)
-                A = xp.zeros((g, C, grid.positions + grid.max_off + self._tail), self.x.dtype)
+                A = xp.zeros((g, C, grid.positions + grid.max_off + self._forward_tail()), self.x.dtype)
                 c = C // math.prod(red.stride)                               # x's channels per group
                 phases = A[:, :, :grid.positions].reshape((g, c) + red.stride + (b,) + red.qx)
                 xv = self.x.reshape((b, g, c) + geom.spatial).transpose((1, 2, 0) + tuple(range(3, 3 + N)))
@@ -520,7 +536,7 @@ class DirectConv:
                     phases[(slice(None),) * 2 + r + (slice(None),) + cells] = xv[(slice(None),) * 3 + places]
             else:
                 a = red.inputs(self.x, 0, b)                                  # (b, g, C, q...)
-                A = xp.empty((g, C, grid.positions + grid.max_off + self._tail), a.dtype)
+                A = xp.empty((g, C, grid.positions + grid.max_off + self._forward_tail()), a.dtype)
                 A[:, :, grid.positions:] = 0
                 A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[...] = a.transpose(
                     (1, 2, 0) + tuple(range(3, 3 + N)))
@@ -570,7 +586,7 @@ class DirectConv:
         G = None
         if need_x or same_grid:
             # G (g, O, max_off + b * prod(q)): gy at its (polyphase) grid positions, zeros elsewhere and in front
-            G = xp.zeros((g, O, self.gx_grid.max_off + self.gx_grid.positions + self._tail), gy.dtype)
+            G = xp.zeros((g, O, self.gx_grid.max_off + self.gx_grid.positions + self._input_grad_tail()), gy.dtype)
             G[:, :, self.gx_grid.max_off:self.gx_grid.max_off + self.gx_grid.positions].reshape((g, O, b) + red.qx)[
                 (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
         gx = gW = None
@@ -625,7 +641,7 @@ class _OutputPlan(NamedTuple):
     loop: object
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
                  max_off: int) -> _OutputPlan:
     """How an output pass runs on the micro-kernels (a training step makes a new engine per call;
@@ -653,7 +669,7 @@ class _WeightPlan(NamedTuple):
     loop: object
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int) -> _WeightPlan:
     """How a weight-gradient pass runs on the micro-kernels: runs cut into segments of at most
     SEGMENT positions, rhs row r * L + i for position i of run r."""
@@ -672,7 +688,7 @@ def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     return _WeightPlan(blocking, sp, koff, seg_base, seg_row, seg_len, loop)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _destinations(space: Space, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int) -> tuple:
     """``direct_kernel.destinations`` for a pass over ``space``, once per layer shape."""
     merged = len(space.dims) - len(space.coalesced().dims) + 1

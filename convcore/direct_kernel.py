@@ -23,8 +23,9 @@ Layouts the kernels read: src flat per group (channels-first planes, the engine'
 (output blocks, K, V * VW), out and rhs channels-last (positions, O padded to whole vectors).
 Outputs are computed for whole micro-blocks of P positions: a run of the pass's positions is
 padded to a multiple of P (its extra outputs are dropped; rhs holds zeros there), so src needs
-``tail`` readable cells past the grid. Kernels compile on first use per shape of block (about
-0.1 s each, in memory: closures over the block's sizes, which Numba's disk cache cannot keep).
+``tail_cells`` readable cells past the grid. Each shape of block compiles on first use (0.1-0.5 s:
+the sizes are literal arguments) and is kept in Numba's disk cache. ``llvm.fmuladd`` lets LLVM
+fuse each multiply-add where the CPU has FMA and keep a multiply and an add where it has not.
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def _vector_ops(builder, ir, itemsize, lanes):
     """(vector type, fma function, scalar pointer type, vector pointer type)."""
     scalar = ir.FloatType() if itemsize == 4 else ir.DoubleType()
     vt = ir.VectorType(scalar, lanes)
-    fma = builder.module.declare_intrinsic(f"llvm.fma.v{lanes}f{8 * itemsize}", (), ir.FunctionType(vt, [vt, vt, vt]))
+    fma = builder.module.declare_intrinsic(f"llvm.fmuladd.v{lanes}f{8 * itemsize}", (), ir.FunctionType(vt, [vt, vt, vt]))
     return vt, fma, scalar.as_pointer(), vt.as_pointer()
 
 
@@ -340,13 +341,18 @@ def _build():
     glob["literally"] = numba.literally
     glob["_output_block"] = intrinsic(_output_block_typer)
     glob["_weight_block"] = intrinsic(_weight_block_typer)
+    loops = None
     for cache in (True, False):
         try:
             jit = functools.partial(numba.njit, cache=cache, nogil=True)
-            return jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop)
+            loops = jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop)
+            break
         except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
             log.info("Numba cannot cache the direct engine's loops (cache=%s): %s", cache, exc)
-    return None
+    if loops is None or not all(hasattr(loop, "overloads") for loop in loops):   # NUMBA_DISABLE_JIT=1
+        log.info("Numba does not compile here: the direct engine runs on BLAS")
+        return None
+    return loops
 
 
 def _specialised(dispatcher, args: tuple, literals: tuple):

@@ -8,11 +8,18 @@ an AVX2 or SSE machine gets), which this machine runs too.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tracemalloc
+
 import numpy as np
 import pytest
+import torch
 from conv_checks import NUMPY, check_case
 from conv_oracles import ConvCase, jax_reference
 
+import convcore
 from convcore import backend as convcore_backend
 from convcore import direct_conv, direct_kernel
 
@@ -91,6 +98,49 @@ def test_switched_off_runs_blas(passes, monkeypatch):
     case = CASES[0][0]
     check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
     assert passes == {"out": 0, "w": 0}
+
+
+@pytest.mark.parametrize("length,stride", [(20003, 1000), (100003, 100000)])
+def test_huge_strides_stay_within_the_memory_estimate(length, stride):
+    """The grid arrays get only the cells the compiled passes read past them (a run padded to whole
+    micro-blocks), not a tail proportional to the stride, and the packed filters are one copy:
+    forward + backward hold no more than ``estimate_memory`` says (stride 100000 once held 3.7x it)."""
+    x, W = np.ones((1, 8, length), np.float32), np.ones((8, 8, 3), np.float32)
+
+    def peak() -> int:
+        tracemalloc.start()
+        try:
+            op = convcore.Convolution(stride=stride, algorithm="direct")
+            y = op.forward(x, W)
+            op.backward(np.ones_like(y))
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak()   # first-call caches (compiled loops) are not the call's
+    estimate = convcore.estimate_memory(x.shape, W.shape, np.float32, algorithm="direct", stride=stride)
+    assert peak() <= estimate["peak_bytes"]
+
+
+def test_without_a_jit_runs_blas():
+    """``NUMBA_DISABLE_JIT=1`` (coverage runs set it): Numba's decorators return plain functions, so
+    the compiled passes are unavailable and the direct engine runs on BLAS, with the same results."""
+    script = (
+        "import numpy as np, convcore\n"
+        "from convcore import direct_kernel\n"
+        "assert not direct_kernel.available(np, np.float32)\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.standard_normal((2, 8, 9, 9)); W = rng.standard_normal((8, 8, 3, 3))\n"
+        "op = convcore.Convolution(padding=1, algorithm='direct'); y = op.forward(x, W)\n"
+        "import sys; sys.stdout.buffer.write(y.astype('<f8').tobytes())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120,
+                          env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
+    assert done.returncode == 0, done.stderr.decode()
+    y = np.frombuffer(done.stdout, "<f8").reshape(2, 8, 9, 9)
+    rng = np.random.default_rng(0)
+    x, W = rng.standard_normal((2, 8, 9, 9)), rng.standard_normal((8, 8, 3, 3))
+    expected = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(W), padding=1).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_blocking_rules(monkeypatch):
