@@ -153,6 +153,8 @@ def test_blocking_rules(monkeypatch):
     assert (b.VW, b.V, b.padded) == (8, 1, 8)
     b = direct_kernel.Blocking(5, 8)
     assert (b.VW, b.V, b.padded) == (8, 1, 8)
+    b = direct_kernel.Blocking(64, 4)             # 4 vectors: two blocks of two (4 x 6 positions ran slower)
+    assert (b.VW, b.V, b.nob, b.P) == (16, 2, 2, 14)
     b = direct_kernel.Blocking(80, 4)             # 5 vectors: V = 1, five blocks
     assert (b.VW, b.V, b.nob, b.P) == (16, 1, 5, 28)
     monkeypatch.setattr(direct_kernel, "machine", lambda: (32, 16))
