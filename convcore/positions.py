@@ -11,6 +11,7 @@ import functools
 import itertools
 import math
 import threading
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -94,15 +95,22 @@ _pool_lock = threading.Lock()
 
 
 def run_parallel(work, parts):
-    """[work(part) for part in parts], on a thread pool when there are several parts, with
-    BLAS single-threaded meanwhile (the threads are the parallelism)."""
+    """[work(part) for part in parts], the first on the calling thread and the others on a thread
+    pool when there are several, with BLAS single-threaded meanwhile (the threads are the parallelism)."""
     global _pool
     if len(parts) == 1:
         with backend._single_threaded_blas():
             return [work(parts[0])]
     with _pool_lock:
-        if _pool is None or _pool[0] < len(parts):
-            _pool = (len(parts), ThreadPoolExecutor(len(parts), thread_name_prefix="convcore-direct"))
+        if _pool is None or _pool[0] < len(parts) - 1:
+            _pool = (len(parts) - 1, ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="convcore-direct"))
         pool = _pool[1]
     with backend._single_threaded_blas():
-        return list(pool.map(work, parts))
+        # the calling thread takes the first part itself: one thread fewer to wake (after an idle
+        # moment a parked thread took milliseconds to get going on this VM; the caller is running)
+        others = [pool.submit(work, part) for part in parts[1:]]
+        try:
+            first = work(parts[0])
+        finally:
+            futures.wait(others)   # never return (or raise) while a part still writes
+        return [first] + [f.result() for f in others]
