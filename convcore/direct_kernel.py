@@ -145,6 +145,37 @@ def _vector_ops(builder, ir, itemsize, lanes):
     return vt, fma, scalar.as_pointer(), vt.as_pointer()
 
 
+def _counted_loop(builder, ir, count, start: list, step) -> list:
+    """Emit ``for k in range(count): acc = step(k, acc)`` with the accumulators as SSA values (so LLVM
+    keeps them in registers): ``start`` their values before the loop, ``step(k, acc)`` builds one
+    iteration's new values; returns their values after it (``start`` when count <= 0)."""
+    i64 = ir.IntType(64)
+    entry = builder.block
+    loop, done = builder.append_basic_block("loop"), builder.append_basic_block("done")
+    builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), loop, done)
+    builder.position_at_end(loop)
+    k = builder.phi(i64)
+    acc = [builder.phi(value.type) for value in start]
+    k.add_incoming(ir.Constant(i64, 0), entry)
+    for a, value in zip(acc, start):
+        a.add_incoming(value, entry)
+    new = step(k, acc)
+    body_end = builder.block
+    k_next = builder.add(k, ir.Constant(i64, 1))
+    k.add_incoming(k_next, body_end)
+    for a, n in zip(acc, new):
+        a.add_incoming(n, body_end)
+    builder.cbranch(builder.icmp_signed("<", k_next, count), loop, done)
+    builder.position_at_end(done)
+    final = []
+    for value, n in zip(start, new):   # every phi of a block first
+        f = builder.phi(value.type)
+        f.add_incoming(value, entry)
+        f.add_incoming(n, body_end)
+        final.append(f)
+    return final
+
+
 def _output_block_typer(typingctx, P, V, VW, ps, isz, src, w, koff, K, out, out_stride):
     """out[j * out_stride + v * VW + lane] = sum_{k < K} src[koff[k] + j * ps] * w[k * V * VW + v * VW + lane]
     for the P x V block (addresses as integers, P .. isz literal)."""
@@ -163,35 +194,19 @@ def _output_block_typer(typingctx, P, V, VW, ps, isz, src, w, koff, K, out, out_
         src_p, w_p = builder.inttoptr(src_a, sp), builder.inttoptr(w_a, sp)
         koff_p, out_p = builder.inttoptr(koff_a, i64.as_pointer()), builder.inttoptr(out_a, sp)
         zero = ir.Constant(vt, [0.0] * VW_)
-        entry = builder.block
-        loop, done = builder.append_basic_block("k_loop"), builder.append_basic_block("k_done")
-        builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), loop, done)
-        builder.position_at_end(loop)
-        k = builder.phi(i64)
-        acc = [builder.phi(vt) for _ in range(P_ * V_)]
-        k.add_incoming(ir.Constant(i64, 0), entry)
-        for a in acc:
-            a.add_incoming(zero, entry)
-        cell = builder.gep(src_p, [builder.load(builder.gep(koff_p, [k]))])
-        row = builder.gep(w_p, [builder.mul(k, ir.Constant(i64, V_ * VW_))])
-        w_vec = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, v * VW_)]), vp), align=itemsize)
-                 for v in range(V_)]
-        new = []
-        for j in range(P_):
-            s = _splat(builder, ir, builder.load(builder.gep(cell, [ir.Constant(i64, j * ps_)])), vt)
-            new += [builder.call(fma, [s, w_vec[v], acc[j * V_ + v]]) for v in range(V_)]
-        k_next = builder.add(k, ir.Constant(i64, 1))
-        k.add_incoming(k_next, loop)
-        for a, n in zip(acc, new):
-            a.add_incoming(n, loop)
-        builder.cbranch(builder.icmp_signed("<", k_next, count), loop, done)
-        builder.position_at_end(done)
-        final = []
-        for n in new:   # every phi of a block first, then the stores
-            f = builder.phi(vt)
-            f.add_incoming(zero, entry)
-            f.add_incoming(n, loop)
-            final.append(f)
+
+        def step(k, acc):
+            cell = builder.gep(src_p, [builder.load(builder.gep(koff_p, [k]))])
+            row = builder.gep(w_p, [builder.mul(k, ir.Constant(i64, V_ * VW_))])
+            w_vec = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, v * VW_)]), vp), align=itemsize)
+                     for v in range(V_)]
+            new = []
+            for j in range(P_):
+                s = _splat(builder, ir, builder.load(builder.gep(cell, [ir.Constant(i64, j * ps_)])), vt)
+                new += [builder.call(fma, [s, w_vec[v], acc[j * V_ + v]]) for v in range(V_)]
+            return new
+
+        final = _counted_loop(builder, ir, count, [zero] * (P_ * V_), step)
         for j in range(P_):
             for v in range(V_):
                 at = builder.add(builder.mul(ir.Constant(i64, j), stride), ir.Constant(i64, v * VW_))
@@ -214,7 +229,7 @@ def _weight_block_typer(typingctx, R, V, VW, isz, src, koff, ps, n, rhs, rhs_str
     sig = types.void(R, V, VW, isz, *([types.intp] * 8))
 
     def codegen(context, builder, signature, args):
-        src_a, koff_a, step, count, rhs_a, rstride, acc_a, astride = args[4:]
+        src_a, koff_a, step_cells, count, rhs_a, rstride, acc_a, astride = args[4:]
         vt, fma, sp, vp = _vector_ops(builder, ir, itemsize, VW_)
         src_p, rhs_p, acc_p = builder.inttoptr(src_a, sp), builder.inttoptr(rhs_a, sp), builder.inttoptr(acc_a, sp)
         koff_p = builder.inttoptr(koff_a, i64.as_pointer())
@@ -223,35 +238,19 @@ def _weight_block_typer(typingctx, R, V, VW, isz, src, koff, ps, n, rhs, rhs_str
                                                                 ir.Constant(i64, v * VW_))]), vp)
                  for r in range(R_) for v in range(V_)]
         start = [builder.load(s, align=itemsize) for s in slots]
-        entry = builder.block
-        loop, done = builder.append_basic_block("p_loop"), builder.append_basic_block("p_done")
-        builder.cbranch(builder.icmp_signed(">", count, ir.Constant(i64, 0)), loop, done)
-        builder.position_at_end(loop)
-        i = builder.phi(i64)
-        acc = [builder.phi(vt) for _ in range(R_ * V_)]
-        i.add_incoming(ir.Constant(i64, 0), entry)
-        for a, s in zip(acc, start):
-            a.add_incoming(s, entry)
-        row = builder.gep(rhs_p, [builder.mul(i, rstride)])
-        r_vec = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, v * VW_)]), vp), align=itemsize)
-                 for v in range(V_)]
-        at = builder.mul(i, step)
-        new = []
-        for r in range(R_):
-            s = _splat(builder, ir, builder.load(builder.gep(cells[r], [at])), vt)
-            new += [builder.call(fma, [s, r_vec[v], acc[r * V_ + v]]) for v in range(V_)]
-        i_next = builder.add(i, ir.Constant(i64, 1))
-        i.add_incoming(i_next, loop)
-        for a, n in zip(acc, new):
-            a.add_incoming(n, loop)
-        builder.cbranch(builder.icmp_signed("<", i_next, count), loop, done)
-        builder.position_at_end(done)
-        final = []
-        for s, n in zip(start, new):
-            f = builder.phi(vt)
-            f.add_incoming(s, entry)
-            f.add_incoming(n, loop)
-            final.append(f)
+
+        def step(i, acc):
+            row = builder.gep(rhs_p, [builder.mul(i, rstride)])
+            r_vec = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, v * VW_)]), vp), align=itemsize)
+                     for v in range(V_)]
+            at = builder.mul(i, step_cells)
+            new = []
+            for r in range(R_):
+                s = _splat(builder, ir, builder.load(builder.gep(cells[r], [at])), vt)
+                new += [builder.call(fma, [s, r_vec[v], acc[r * V_ + v]]) for v in range(V_)]
+            return new
+
+        final = _counted_loop(builder, ir, count, start, step)
         for f, s in zip(final, slots):
             builder.store(f, s, align=itemsize)
         return context.get_dummy_value()
@@ -263,6 +262,7 @@ def _weight_block_typer(typingctx, R, V, VW, isz, src, koff, ps, n, rhs, rhs_str
 # Names the loops call, bound by ``_build`` (Numba resolves a compiled function's globals when it
 # compiles it): numba.literally and the two intrinsics.
 literally = _output_block = _weight_block = None
+
 
 def _output_loop(src, w, koff, out, bases, first, last, P, V, VW, ps, isz):   # pragma: no cover - compiled
     """The output micro-blocks first..last-1: block m at src cell bases[m], written to out rows
