@@ -19,11 +19,12 @@ accumulators in memory (one load and store per multiply-add: 61-73 GFLOP/s on on
 docs/benchmarks.md). These kernels are written as LLVM vectors (``numba.extending.intrinsic``):
 3x3 32 -> 32 channels on 64^2, one thread, ran at 164 GFLOP/s, PyTorch's oneDNN at 150-165.
 
-Layouts the kernels read: src flat per group (channels-first planes, the engine's grid), w packed
-(output blocks, K, V * VW), out and rhs channels-last (positions, O padded to whole vectors).
-Outputs are computed for whole micro-blocks of P positions: a run of the pass's positions is
-padded to a multiple of P (its extra outputs are dropped; rhs holds zeros there), so src needs
-``tail_cells`` readable cells past the grid. Each shape of block compiles on first use (0.1-0.5 s:
+Layouts: src flat per group (channels-first planes, the engine's grid), w packed (output blocks,
+K, V * VW), out channels-last (positions, O padded to whole vectors), which ``_scatter_loop``
+writes into y or gx block by block; rhs (gy) channels-first as the engine holds it, copied
+channels-last a segment at a time. Outputs are computed for whole micro-blocks of P positions: a
+run of the pass's positions is padded to a multiple of P (its extra outputs are dropped), so src
+needs ``tail_cells`` readable cells past the grid. Each shape of block compiles on first use (0.1-0.5 s:
 the sizes are literal arguments) and is kept in Numba's disk cache. ``llvm.fmuladd`` lets LLVM
 fuse each multiply-add where the CPU has FMA and keep a multiply and an add where it has not.
 """
