@@ -613,6 +613,14 @@ class DirectConv:
             space = inner or self._grid_space(grid)
             if inner is not None and self._compiled(C, G):   # gx written in place by the threads
                 return self._compiled_input_grad(grid, G, Wadj, inner, O), gW
+            if inner is None and self._compiled(C, G):
+                # the whole (polyphase) grid, written channels-first by the threads: input_grad's
+                # phase copies then read contiguous rows (2d-3x3-s2: they read the channels-last
+                # result across channels, a quarter of the call)
+                gA = np.empty((g, C, space.count), G.dtype)
+                self._compiled_outputs(grid, G, Wadj, space, O, dest=(
+                    gA.reshape(-1), (1,), (space.count,), (0,), space.count, C * space.count))
+                return red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1)), gW
             gA = self._out_pass(grid, G, Wadj, space, O)
             if inner is not None:
                 gx = self._input_from_space(gA, inner)
