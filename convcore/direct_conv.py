@@ -146,7 +146,7 @@ class DirectConv:
         if not self.host:
             return self._run_taps(grid, src, mats, K, out, acc_rhs, rhs_front)
         rows = (mats if out is not None else acc_rhs).shape[1]
-        if out is None and self._compiled(rows, src):
+        if out is None and self._compiled(rows):
             return self._compiled_weights(grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front)
         m = costs.folded_tap_axes(grid.red.qk, K, rows, space.strides[-1])
         if m:
@@ -197,20 +197,21 @@ class DirectConv:
         """An output pass (forward, input gradient): (g, rows) + space.dims, compiled where it can
         run so (a view of its channels-last result), else the BLAS blocks into a new array."""
         g, rows = mats.shape[0], mats.shape[1]
-        if self.host and self._compiled(rows, src):
+        if self._compiled(rows):
             return self._compiled_outputs(grid, src, mats, space, K)
         out = self.xp.empty((g, rows, space.count), src.dtype)
         return self._run_blocks(grid, src, mats, space, K, out=out).reshape((g, rows) + space.dims)
 
     # ---- the compiled passes (direct_kernel.py) -------------------------------------------
-    def _compiled(self, rows: int, src) -> bool:
-        """Whether a CPU pass with ``rows`` output rows runs the compiled micro-kernels."""
-        return rows >= direct_kernel.MIN_ROWS and direct_kernel.available(self.xp, src.dtype) and src.flags.c_contiguous
+    def _compiled(self, rows: int) -> bool:
+        """Whether a CPU pass with ``rows`` output rows runs the compiled micro-kernels (on NumPy
+        arrays; its grid arrays A and G are made here, C-contiguous)."""
+        return rows >= direct_kernel.MIN_ROWS and direct_kernel.available(self.xp, self.x.dtype)
 
     def _tail(self, rows: int, space) -> int:
         """Cells past the grid an output pass over ``space`` reads when it runs compiled: its runs
         padded to whole micro-blocks (``direct_kernel.tail_cells``); 0 on BLAS."""
-        if not (self.host and rows >= direct_kernel.MIN_ROWS and direct_kernel.available(self.xp, self.x.dtype)):
+        if not self._compiled(rows):
             return 0
         sp = space.coalesced()
         blocking = direct_kernel.Blocking(rows, self.x.dtype.itemsize)
@@ -551,7 +552,7 @@ class DirectConv:
         A = self.grid_input()
         g, C, O = geom.groups, red.channels, red.out_channels
         Wmat = xp.ascontiguousarray(red.filters(self.W)).reshape(g, O, C * grid.taps)
-        if self.host and self._compiled(O, A):
+        if self._compiled(O):
             # y written in place by the threads that compute it
             y = xp.empty(geom.out_shape, A.dtype)
             plane = math.prod(geom.out_spatial)
@@ -611,9 +612,9 @@ class DirectConv:
                 g, C, O * grid.taps)
             inner = self._input_space()
             space = inner or self._grid_space(grid)
-            if inner is not None and self._compiled(C, G):   # gx written in place by the threads
+            if inner is not None and self._compiled(C):   # gx written in place by the threads
                 return self._compiled_input_grad(grid, G, Wadj, inner, O), gW
-            if inner is None and self._compiled(C, G):
+            if inner is None and self._compiled(C):
                 # the whole (polyphase) grid, written channels-first by the threads: input_grad's
                 # phase copies then read contiguous rows (2d-3x3-s2: they read the channels-last
                 # result across channels, a quarter of the call)

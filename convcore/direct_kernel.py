@@ -69,8 +69,8 @@ def machine() -> tuple:
 def available(xp, dtype) -> bool:
     """Whether the compiled passes run: NumPy arrays of float32/64, Numba importable, not switched
     off (``CONVCORE_COMPILED=0``)."""
-    return (xp is np and np.dtype(dtype) in (np.float32, np.float64) and resources.compiled_enabled()
-            and _build() is not None)
+    dtype = np.dtype(dtype)
+    return xp is np and dtype.kind == "f" and compiled_for(dtype.itemsize)
 
 
 @functools.cache

@@ -37,7 +37,7 @@ CASES = [
 def blas_passes(monkeypatch):
     """These tests pin the BLAS passes, which run where Numba does not and for passes of fewer than
     ``direct_kernel.MIN_ROWS`` rows; the compiled passes have their own (test_direct_kernel.py)."""
-    monkeypatch.setattr(direct_conv.DirectConv, "_compiled", lambda self, rows, src: False)
+    monkeypatch.setattr(direct_conv.DirectConv, "_compiled", lambda self, rows: False)
 
 
 @pytest.fixture
