@@ -58,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--samples", type=int, default=5, help="timed runs per side after its warm-up")
     p.add_argument("--side-budget", type=float, default=30.0,
                    help="seconds of timed runs per side and config; a slower side gets fewer samples")
+    p.add_argument("--warm-ms", type=float, default=conv_timing.WARM_S * 1e3,
+                   help="untimed calls of a fast side (under 0.25 s) right before each timed run, for at least "
+                        "this long (0: one call)")
     p.add_argument("--max-run", type=float, default=anchors.MAX_SINGLE_RUN_S,
                    help="skip an anchor whose one run is predicted slower than this (seconds)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -127,7 +130,7 @@ def bench_config(cfg, args, xp, anchor_objs):
             row["skipped"][anchor.name] = reason
         else:
             runs[anchor.name] = anchor.prepare(cfg, geom, arrays)
-    timings = conv_timing.time_interleaved(runs, args.samples, args.side_budget)
+    timings = conv_timing.time_interleaved(runs, args.samples, args.side_budget, args.warm_ms / 1e3)
     reference = timings["auto"].outputs
     row["chosen"] = state["algorithm"]
     for name, t in timings.items():
@@ -292,7 +295,7 @@ def main(argv=None):
     if not configs:
         sys.exit(f"--filter {args.filter!r} matches no config")
     print(f"convcore benchmark: device={args.device} dtype={args.dtype} threads={args.threads} (every side; "
-          f"CPUs usable {convcore.cpu_count()}) samples={args.samples} side-budget={args.side_budget}s, "
+          f"CPUs usable {convcore.cpu_count()}) samples={args.samples} side-budget={args.side_budget}s warm-ms={args.warm_ms:g}, "
           f"{len(configs)} configs, engines {', '.join(columns()[1:])}")
     warm = time.perf_counter()
     convcore.warm_up(xp)   # Numba's compiling (~20 s the first time on a machine) out of every timing

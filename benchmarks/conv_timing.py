@@ -15,7 +15,8 @@ import numpy as np
 
 
 SETTLE_S = 0.02   # pause before each timed run (see time_interleaved)
-HOT_S = 0.25      # a side faster than this runs once, untimed, right before each timed run
+HOT_S = 0.25      # a side faster than this runs untimed right before each timed run...
+WARM_S = 0.03     # ...for at least this long (at least once; see time_interleaved)
 
 
 @dataclass
@@ -27,16 +28,20 @@ class Timing:
     outputs: tuple = field(repr=False, default=None)
 
 
-def time_interleaved(runs: dict, samples: int, side_budget_s: float) -> dict:
+def time_interleaved(runs: dict, samples: int, side_budget_s: float, warm_s: float = WARM_S) -> dict:
     """Time several callables (name -> run) in turns, so that load from other processes
     falls on every side alike: one warm-up each (its outputs kept for the check), then
     rounds in which every side still short of its sample count runs once (in a rotating
     order, each after a SETTLE_S pause). A side whose second call (after the warm-up, which may
-    compile or autotune) took under HOT_S runs once more, untimed, right before each timed run,
-    its budget counting both calls: the pause lets every library's threads sleep, and
-    waking them cost PyTorch up to 7 ms on a 1 ms layer here (0.96 ms back to back, 7.8 ms after
-    a 20 ms pause, 3-D 16 channels on 8^3), which a training loop, calling layer after layer,
-    never pays. The timed run then sees what it sees inside such a loop.
+    compile or autotune) took under HOT_S runs untimed right before each timed run, call after
+    call until ``warm_s`` (default WARM_S) have passed, at least once, its budget counting those
+    calls: the pause lets every library's threads sleep, and a training loop, calling layer after
+    layer, never pays for waking them. Waking cost PyTorch up to 7 ms on a 1 ms layer here (0.96 ms
+    back to back, 7.8 ms after a 20 ms pause, 3-D 16 channels on 8^3). One call was not enough for
+    threads that sleep between the parts of a call (convcore's pool; OpenMP's spin): on this VM a
+    halted CPU wakes slowly until it has had some 20 ms of steady work (2-D 7x7 16 channels, the
+    direct engine: 5.7 ms back to back, 9.1 ms after a 20 ms pause and one untimed call, 6.0 ms
+    after three). The timed run then sees what it sees inside such a loop.
 
     Each side gets ``samples`` timed runs, fewer only when they would exceed
     ``side_budget_s`` judged from its second call (then as many as fit, at least one); a
@@ -55,7 +60,7 @@ def time_interleaved(runs: dict, samples: int, side_budget_s: float) -> dict:
         run(fetch=False)
         second = time.perf_counter() - start
         hot[name] = second < HOT_S
-        per_sample = second * (2 if hot[name] else 1)
+        per_sample = second + (max(second, warm_s) if hot[name] else 0)
         want[name] = max(1, min(samples, int(side_budget_s // per_sample)))
     taken = {name: [] for name in runs}
     names = list(runs)
@@ -67,7 +72,10 @@ def time_interleaved(runs: dict, samples: int, side_budget_s: float) -> dict:
             if round_ < want[name]:
                 time.sleep(SETTLE_S)
                 if hot[name]:
+                    until = time.perf_counter() + warm_s
                     runs[name](fetch=False)
+                    while time.perf_counter() < until:
+                        runs[name](fetch=False)
                 start = time.perf_counter()
                 runs[name](fetch=False)
                 taken[name].append(time.perf_counter() - start)
