@@ -235,7 +235,7 @@ class DirectConv:
         plan = _output_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off)
         if dest is not None:
             dst, ch_stride, group_stride = dest[0], dest[4], dest[5]
-            dest_run, dest_pos = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run)
+            segments = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run)
         b = plan.blocking
         width = b.V * b.VW   # filters packed (g, blocks of channels, K * taps, width), zeros past rows
         w = np.zeros((g, b.nob, K * grid.taps, width), src.dtype)
@@ -254,7 +254,7 @@ class DirectConv:
                 first, last = max(lo - gi * blocks, 0), min(hi - gi * blocks, blocks)
                 plan.loop(flat[gi], w[gi], plan.koff, out[gi], plan.bases, first, last)
                 if dest is not None:
-                    direct_kernel.scatter(out[gi], dst, dest_run, dest_pos, rows, ch_stride, gi * group_stride,
+                    direct_kernel.scatter(out[gi], dst, *segments, rows, ch_stride, gi * group_stride,
                                           plan.per_run, plan.P, first, last)
 
         run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])

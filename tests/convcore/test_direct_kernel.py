@@ -164,3 +164,34 @@ def test_blocking_rules(monkeypatch):
     assert direct_kernel.micro_blocks(1088, 6) == 5          # 218 blocks of 5 pad 2 cells (of 6: 4)
     assert direct_kernel.micro_blocks(5, 14) == 5
     assert direct_kernel.micro_blocks(28, 14) == 14
+
+
+@pytest.mark.parametrize("dims, merged, limits, shifts, P", [
+    ((2, 5, 9), 2, (2, 4, 7), (0, 1, 1), 6),     # a ring on both merged axes, blocks across rows
+    ((3, 34), 1, (3, 32), (0, 0), 28),           # the last axis cropped at its end only
+    ((2, 3, 10), 2, (2, 3, 10), (0, 0, 0), 7),   # nothing cropped: a run is one segment per block
+    ((4, 6), 1, (4, 3), (0, 2), 4),              # cropped at both ends, blocks past the run's end
+])
+def test_scatter_segments_cover_exactly_the_cells_in_x(dims, merged, limits, shifts, P):
+    """Each position of a run that lands inside the destination is in exactly one segment, at the
+    cell its coordinates give; the others (ring, padding past the run) in none. Brute force per
+    position, not the helper's own arithmetic."""
+    strides = tuple(int(np.prod(limits[d + 1:])) for d in range(len(dims)))
+    run = dims[len(dims) - merged:]
+    per_run = -(-int(np.prod(run)) // P)
+    dest_run, seg_ptr, seg_j, seg_len, seg_dst = direct_kernel.destinations(dims, merged, strides, limits,
+                                                                             shifts, P, per_run)
+    want = {}
+    for i, coords in enumerate(np.ndindex(*run)):
+        cs = [c - sh for c, sh in zip(coords, shifts[len(dims) - merged:])]
+        if all(0 <= c < lim for c, lim in zip(cs, limits[len(dims) - merged:])):
+            want[divmod(i, P)] = sum(c * st for c, st in zip(cs, strides[len(dims) - merged:]))
+    got = {}
+    for k in range(per_run):
+        for s in range(seg_ptr[k], seg_ptr[k + 1]):
+            for j in range(seg_len[s]):
+                assert (k, seg_j[s] + j) not in got
+                got[(k, seg_j[s] + j)] = seg_dst[s] + j
+    assert got == want
+    outer = [int(np.dot(c, strides[:len(dims) - merged])) for c in np.ndindex(*dims[:len(dims) - merged])]
+    assert list(dest_run) == outer
