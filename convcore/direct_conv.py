@@ -225,12 +225,13 @@ class DirectConv:
             return 0
         return self._tail(self.red.channels, self._input_space() or self._grid_space(self.gx_grid))
 
-    def _compiled_outputs(self, grid, src, mats, space, K, dest=None):
+    def _compiled_outputs(self, grid, src, mats, space, K, dest=None, fold=None):
         """The output pass (forward, input gradient) on the micro-kernels: (g, rows) + space.dims,
         a view of their channels-last result (one copy later makes it the caller's layout); or,
         with ``dest`` = (flat array, strides, limits, shifts, channel stride, group stride) as in
         ``direct_kernel.destinations``, written there by each thread as its blocks are done
-        (returns None)."""
+        (returns None); or, with ``fold`` = (flat gx, ``direct_kernel.PhaseFold``, group stride),
+        an input gradient over the whole polyphase grid folded into gx likewise (returns None)."""
         g, rows, itemsize = mats.shape[0], mats.shape[1], src.dtype.itemsize
         plan = _output_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off)
         if dest is not None:
@@ -256,9 +257,12 @@ class DirectConv:
                 if dest is not None:
                     direct_kernel.scatter(out[gi], dst, *segments, rows, ch_stride, gi * group_stride,
                                           plan.per_run, plan.P, first, last)
+                elif fold is not None:
+                    direct_kernel.phase_scatter(out[gi], fold[0], *fold[1][:-1], rows, gi * fold[2], plan.P,
+                                                first, last, space.count)
 
         run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])
-        if dest is not None:
+        if dest is not None or fold is not None:
             return None
         runs = blocks // plan.per_run
         shaped = out.reshape(g, runs, plan.per_run * plan.P, b.padded)[:, :, :plan.L, :rows]
@@ -511,6 +515,20 @@ class DirectConv:
             gx.reshape(-1), strides, (geom.batch,) + rows, (0,) * N + (lo,), plane, C * plane))
         return gx
 
+    def _compiled_phase_grad(self, grid, G, Wadj, space, O):
+        """gx (b, c_I, d...) from the compiled input-gradient pass over the whole polyphase grid
+        (zero padding), each thread folding its blocks' phases straight into the cells of x they
+        belong to (``direct_kernel.phase_fold``): no channels-first copy of the grid's gradient and
+        no ``depth_to_space_window`` after it (a sixth of a strided small layer's forward + backward)."""
+        geom, red, C = self.geom, self.red, self.red.channels
+        plane = math.prod(geom.spatial)
+        fold = direct_kernel.phase_fold(red.stride, red.read, tuple(lo for lo, _ in geom.pads), geom.spatial,
+                                        red.qx, C, geom.in_shape[1] * plane)
+        gx = (np.empty if fold.covers else np.zeros)(geom.in_shape, G.dtype)
+        self._compiled_outputs(grid, G, Wadj, space, O, fold=(gx.reshape(-1), fold,
+                                                              C // math.prod(red.stride) * plane))
+        return gx
+
     # ---- forward and backward ---------------------------------------------------------
     def grid_input(self):
         """A (g, C, b * prod(q) + max_off): the forward reduction's input, batch inside the channels."""
@@ -614,6 +632,9 @@ class DirectConv:
             space = inner or self._grid_space(grid)
             if inner is not None and self._compiled(C):   # gx written in place by the threads
                 return self._compiled_input_grad(grid, G, Wadj, inner, O), gW
+            if inner is None and self._compiled(C) and geom.padding_mode == "zeros" and any(
+                    s != 1 for s in red.stride):
+                return self._compiled_phase_grad(grid, G, Wadj, space, O), gW
             if inner is None and self._compiled(C):
                 # the whole (polyphase) grid, written channels-first by the threads: input_grad's
                 # phase copies then read contiguous rows (2d-3x3-s2: they read the channels-last

@@ -34,6 +34,7 @@ import functools
 import logging
 import math
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -335,6 +336,53 @@ def _scatter_loop(out, dst, dest_run, seg_ptr, seg_j, seg_len, seg_dst, rows, ch
                     dst[d0 + j] = out[row + j, o]
 
 
+def _phase_scatter_loop(out, dst, qx, pos_step, first_q, stop_q, ch_off, batch_stride, last_step, rows, offset,
+                        P, first, last, count):   # pragma: no cover - compiled
+    """Micro-blocks first..last-1 of an input-gradient pass over the whole polyphase grid (one run of
+    ``count`` positions (b, q_1..q_N), row-major) from its channels-last result ``out`` straight into
+    gx (``dst``, flat), folding the phases back as ``layout.depth_to_space_window`` does: channel o is
+    phase o % nph of an input channel, position (b, q) of phase ph lands at offset + b * batch_stride
+    + sum_d q_d * pos_step[d] + ch_off[o] when first_q[ph, d] <= q_d < stop_q[ph, d] on every axis
+    (else that phase never reads x there), consecutive q_N last_step cells apart. Tables of a few
+    numbers per phase: the positions are decoded as the loop walks the rows of the grid."""
+    N = qx.shape[0]
+    nph = first_q.shape[0]
+    per_image = 1
+    for d in range(N):
+        per_image *= qx[d]
+    qn = qx[N - 1]
+    coords = np.empty(N, np.int64)
+    p = first * P
+    end = min(last * P, count)
+    while p < end:
+        b = p // per_image
+        rem = p - b * per_image
+        for d in range(N - 1, -1, -1):
+            coords[d] = rem % qx[d]
+            rem //= qx[d]
+        base = offset + b * batch_stride
+        for d in range(N - 1):
+            base += coords[d] * pos_step[d]
+        q0 = coords[N - 1]
+        n_here = min(qn - q0, end - p)
+        for ph in range(nph):
+            inside = True
+            for d in range(N - 1):
+                if coords[d] < first_q[ph, d] or coords[d] >= stop_q[ph, d]:
+                    inside = False
+            j0 = max(q0, first_q[ph, N - 1])
+            j1 = min(q0 + n_here, stop_q[ph, N - 1])
+            if not inside or j1 <= j0:
+                continue
+            row = p + j0 - q0
+            start = base + j0 * last_step
+            for o in range(ph, rows, nph):
+                d0 = start + ch_off[o]
+                for j in range(j1 - j0):
+                    dst[d0 + j * last_step] = out[row + j, o]
+        p += n_here
+
+
 @functools.cache
 def _build():
     """The loops as Numba dispatchers (cached on disk where Numba can), or None."""
@@ -350,7 +398,8 @@ def _build():
     for cache in (True, False):
         try:
             jit = functools.partial(numba.njit, cache=cache, nogil=True)
-            loops = jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop)
+            loops = (jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop),
+                     jit(boundscheck=False)(_phase_scatter_loop))
             break
         except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
             log.info("Numba cannot cache the direct engine's loops (cache=%s): %s", cache, exc)
@@ -406,6 +455,49 @@ def weight_loop(R: int, V: int, VW: int, itemsize: int):
 def scatter(*args) -> None:
     """``_scatter_loop`` compiled (one dispatcher: its arguments' types are the same for every layer)."""
     _build()[2](*args)
+
+
+def phase_scatter(*args) -> None:
+    """``_phase_scatter_loop`` compiled."""
+    _build()[3](*args)
+
+
+class PhaseFold(NamedTuple):
+    """``_phase_scatter_loop``'s tables for an input gradient over a polyphase grid (``phase_fold``)."""
+    qx: np.ndarray
+    pos_step: np.ndarray
+    first_q: np.ndarray
+    stop_q: np.ndarray
+    ch_off: np.ndarray
+    batch_stride: int
+    last_step: int
+    covers: bool   # every cell of x gets a value (else gx starts as zeros)
+
+
+@functools.lru_cache(maxsize=64)
+def phase_fold(s: tuple, read: tuple, lows: tuple, spatial: tuple, qx: tuple, channels: int,
+               batch_stride: int) -> PhaseFold:
+    """Where the input gradient over a polyphase grid (phases of stride ``s``, grid ``qx``, cells
+    below ``read`` of the padded input read) lands in gx (b, channels per group, spatial...): phase
+    r's cell m of axis d is x's cell m * s_d + r_d - lows[d] where ``layout.phase_windows`` puts it.
+    ``channels``: the grid's channels per group (x's times the phases)."""
+    from .layout import phase_windows
+    N, nph = len(s), math.prod(s)
+    xst = [math.prod(spatial[d + 1:]) for d in range(N)]
+    first_q = np.zeros((nph, N), np.int64)
+    stop_q = np.zeros((nph, N), np.int64)
+    covered = 0
+    for r, cells, _ in phase_windows(s, read, lows, spatial):
+        ph = int(np.ravel_multi_index(r, s))
+        first_q[ph] = [c.start for c in cells]
+        stop_q[ph] = [c.stop for c in cells]
+        covered += math.prod(c.stop - c.start for c in cells)
+    plane = math.prod(spatial)
+    ch_off = np.array([(o // nph) * plane + sum((r - lo) * st for r, lo, st in
+                                               zip(np.unravel_index(o % nph, s), lows, xst)) for o in range(channels)],
+                      np.int64)
+    return PhaseFold(np.array(qx, np.int64), np.array([sd * st for sd, st in zip(s, xst)], np.int64),
+                     first_q, stop_q, ch_off, batch_stride, int(s[-1]), covered == plane)
 
 
 def destinations(dims: tuple, merged: int, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int):

@@ -39,6 +39,11 @@ CASES = [
     (ConvCase((2, 12, 300), (12, 12, 7), padding=3, seed=78), 2, 1),                    # runs cut into segments (> 256)
     (ConvCase((2, 8, 9, 9), (8, 8, 3, 3), padding=1, padding_mode="reflect", seed=79), 2, 1),   # gx over the whole grid
     (ConvCase((2, 8, 6, 7), (8, 8, 3, 2), padding=((2, 0), (1, 3)), seed=84), 2, 1),   # gx cropped from an asymmetric ring
+    # gx over a polyphase grid, folded into x by the threads (direct_kernel.phase_fold):
+    (ConvCase((2, 8, 11, 10), (8, 4, 3, 3), stride=(2, 1), padding=1, groups=2, seed=85), 2, 1),   # groups x phases
+    (ConvCase((2, 4, 9, 8, 7), (8, 4, 3, 3, 3), stride=2, padding=((1, 0), (0, 2), (1, 1)), seed=86), 2, 1),   # 3-D
+    (ConvCase((2, 4, 30), (6, 4, 5), stride=4, seed=87), 2, 1),                          # x's last cell never read: 0
+    (ConvCase((1, 6, 13, 12), (8, 6, 3, 3), stride=2, padding=2, dilation=2, seed=88), 2, 1),   # dilation
     (ConvCase((2, 3, 12, 12), (16, 3, 3, 3), padding=1, seed=80), 1, 1),                # gx has 3 rows: BLAS
     (ConvCase((2, 16, 10, 10), (2, 16, 3, 3), padding=1, seed=81), 1, 0),               # y and gW have 2 rows: BLAS
 ]
