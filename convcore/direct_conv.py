@@ -62,7 +62,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backend, costs, direct_kernel, layout, pointwise
-from .costs import block_positions, native_stride_pays, pass_threads
+from .costs import block_positions, native_stride_pays, pass_split, pass_threads
 from .geometry import ConvGeometry
 from .positions import Space, run_parallel, strided_view
 from .reduction import Reduction
@@ -225,13 +225,15 @@ class DirectConv:
             return 0
         return self._tail(self.red.channels, self._input_space() or self._grid_space(self.gx_grid))
 
-    def _compiled_outputs(self, grid, src, mats, space, K, dest=None, fold=None):
+    def _compiled_outputs(self, grid, src, mats, space, K, dest=None, fold=None, threads=None, deferred=False):
         """The output pass (forward, input gradient) on the micro-kernels: (g, rows) + space.dims,
         a view of their channels-last result (one copy later makes it the caller's layout); or,
         with ``dest`` = (flat array, strides, limits, shifts, channel stride, group stride) as in
         ``direct_kernel.destinations``, written there by each thread as its blocks are done
         (returns None); or, with ``fold`` = (flat gx, ``direct_kernel.PhaseFold``, group stride),
-        an input gradient over the whole polyphase grid folded into gx likewise (returns None)."""
+        an input gradient over the whole polyphase grid folded into gx likewise (returns None).
+        ``threads``: how many parts (default: as the pass's size warrants); ``deferred``: return
+        (parts, finish) instead, to run the parts beside another pass's (``_backward``)."""
         g, rows, itemsize = mats.shape[0], mats.shape[1], src.dtype.itemsize
         plan = _output_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off)
         if dest is not None:
@@ -246,7 +248,7 @@ class DirectConv:
         blocks = len(plan.bases)
         out = np.empty((g, blocks * plan.P, b.padded), src.dtype)
         flat = src.reshape(g, -1)
-        threads = min(pass_threads(g * space.count * K * grid.taps * rows), g * blocks)
+        threads = min(threads or pass_threads(g * space.count * K * grid.taps * rows), g * blocks)
         cuts = [g * blocks * t // threads for t in range(threads + 1)]
 
         def work(part):
@@ -261,17 +263,20 @@ class DirectConv:
                     direct_kernel.phase_scatter(out[gi], fold[0], *fold[1][:-1], rows, gi * fold[2], plan.P,
                                                 first, last, space.count)
 
-        run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])
-        if dest is not None or fold is not None:
-            return None
-        runs = blocks // plan.per_run
-        shaped = out.reshape(g, runs, plan.per_run * plan.P, b.padded)[:, :, :plan.L, :rows]
-        return np.moveaxis(shaped.reshape((g,) + space.dims + (rows,)), -1, 1)
+        def finish(_results):
+            if dest is not None or fold is not None:
+                return None
+            runs = blocks // plan.per_run
+            shaped = out.reshape(g, runs, plan.per_run * plan.P, b.padded)[:, :, :plan.L, :rows]
+            return np.moveaxis(shaped.reshape((g,) + space.dims + (rows,)), -1, 1)
 
-    def _compiled_weights(self, grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front):
+        return _run_or_defer(work, [(cuts[t], cuts[t + 1]) for t in range(threads)], finish, deferred)
+
+    def _compiled_weights(self, grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front, threads=None, deferred=False):
         """The weight-gradient pass on the micro-kernels: (g, rows, K * taps). Each segment of
         positions reads its rows of gy channels-first where they lie (on the grid, or in the
-        space's own layout) and copies them channels-last in the thread that uses them."""
+        space's own layout) and copies them channels-last in the thread that uses them. ``threads``
+        and ``deferred`` as in ``_compiled_outputs``."""
         g, rows, itemsize = acc_rhs.shape[0], acc_rhs.shape[1], src.dtype.itemsize
         plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize)
         b, sp = plan.blocking, plan.space
@@ -282,7 +287,7 @@ class DirectConv:
             rhs_start, rhs_step = plan.seg_row, 1
         flat = src.reshape(g, -1)
         segments = len(plan.seg_base)
-        threads = min(pass_threads(g * space.count * K * grid.taps * rows), segments)
+        threads = min(threads or pass_threads(g * space.count * K * grid.taps * rows), segments)
         cuts = [segments * t // threads for t in range(threads + 1)]
 
         def work(part):
@@ -292,11 +297,13 @@ class DirectConv:
                           plan.seg_base, plan.seg_len, part[0], part[1])
             return acc
 
-        results = run_parallel(work, [(cuts[t], cuts[t + 1]) for t in range(threads)])
-        total = results[0]
-        for r in results[1:]:
-            total += r
-        return total[:, :K * grid.taps, :rows].swapaxes(1, 2)
+        def finish(results):
+            total = results[0]
+            for r in results[1:]:
+                total += r
+            return total[:, :K * grid.taps, :rows].swapaxes(1, 2)
+
+        return _run_or_defer(work, [(cuts[t], cuts[t + 1]) for t in range(threads)], finish, deferred)
 
     def _run_folded(self, grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m):
         """``_run_blocks`` with the taps of the last ``m`` kernel axes folded into the GEMM's rows: the
@@ -502,7 +509,27 @@ class DirectConv:
             (slice(None),) * 3 + tuple(slice(0, r) for r in rows)] = a.transpose((2, 0, 1) + tuple(range(3, 3 + N)))
         return gx
 
-    def _compiled_input_grad(self, grid, G, Wadj, space, O):
+    def _compiled_gx(self, grid, G, Wadj, inner, space, O, threads=None, deferred=False):
+        """gx by a compiled pass that writes it in place: over the input space (``inner``) or, for a
+        strided layer with zero padding, over the polyphase grid (``space``); with ``deferred``,
+        (gx, parts, finish) to run later."""
+        if inner is not None:
+            return self._compiled_input_grad(grid, G, Wadj, inner, O, threads, deferred)
+        return self._compiled_phase_grad(grid, G, Wadj, space, O, threads, deferred)
+
+    def _both_gradients(self, split, weights, gx_pass):
+        """(gx, gW) with the two passes side by side: ``split`` = (threads of the weight pass, of the
+        input-gradient pass), all the parts handed out at once (one hand-off instead of two, and on
+        two threads each pass on one, so no partial sums of gW to add)."""
+        geom, fw = self.geom, self.fw
+        w_parts, w_finish = self._compiled_weights(*weights, threads=split[0], deferred=True)
+        gx, x_parts, x_finish = self._compiled_gx(*gx_pass, threads=split[1], deferred=True)
+        results = run_parallel(lambda part: part(), w_parts + x_parts)
+        x_finish(results[len(w_parts):])
+        gWm = w_finish(results[:len(w_parts)])
+        return gx, fw.weight_grad(gWm.reshape((geom.groups * fw.out_channels, fw.channels) + fw.qk))
+
+    def _compiled_input_grad(self, grid, G, Wadj, space, O, threads=None, deferred=False):
         """gx (b, c_I, d...) from the compiled input-gradient pass over the input space, each
         thread writing its blocks' cells of x (the last axis cropped to x, zeros where the grid
         never reads x), as ``_input_from_space`` lays them out."""
@@ -511,11 +538,12 @@ class DirectConv:
         gx = (np.empty if rows == geom.spatial else np.zeros)(geom.in_shape, G.dtype)
         plane = math.prod(geom.spatial)
         strides = (geom.groups * C * plane,) + tuple(math.prod(geom.spatial[d:]) for d in range(1, N + 1))
-        self._compiled_outputs(grid, G, Wadj, space, O, dest=(
-            gx.reshape(-1), strides, (geom.batch,) + rows, (0,) * N + (lo,), plane, C * plane))
-        return gx
+        run = self._compiled_outputs(grid, G, Wadj, space, O, dest=(
+            gx.reshape(-1), strides, (geom.batch,) + rows, (0,) * N + (lo,), plane, C * plane),
+            threads=threads, deferred=deferred)
+        return (gx,) + run if deferred else gx
 
-    def _compiled_phase_grad(self, grid, G, Wadj, space, O):
+    def _compiled_phase_grad(self, grid, G, Wadj, space, O, threads=None, deferred=False):
         """gx (b, c_I, d...) from the compiled input-gradient pass over the whole polyphase grid
         (zero padding), each thread folding its blocks' phases straight into the cells of x they
         belong to (``direct_kernel.phase_fold``): no channels-first copy of the grid's gradient and
@@ -525,9 +553,10 @@ class DirectConv:
         fold = direct_kernel.phase_fold(red.stride, red.read, tuple(lo for lo, _ in geom.pads), geom.spatial,
                                         red.qx, C, geom.in_shape[1] * plane)
         gx = (np.empty if fold.covers else np.zeros)(geom.in_shape, G.dtype)
-        self._compiled_outputs(grid, G, Wadj, space, O, fold=(gx.reshape(-1), fold,
-                                                              C // math.prod(red.stride) * plane))
-        return gx
+        run = self._compiled_outputs(grid, G, Wadj, space, O, fold=(gx.reshape(-1), fold,
+                                                                    C // math.prod(red.stride) * plane),
+                                     threads=threads, deferred=deferred)
+        return (gx,) + run if deferred else gx
 
     # ---- forward and backward ---------------------------------------------------------
     def grid_input(self):
@@ -609,8 +638,8 @@ class DirectConv:
             G[:, :, self.gx_grid.max_off:self.gx_grid.max_off + self.gx_grid.positions].reshape((g, O, b) + red.qx)[
                 (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
         gx = gW = None
+        fw = self.fw
         if need_W:
-            fw = self.fw
             if not self.host:
                 space, rhs, on_grid = self._grid_space(self.fw_grid), G, True
             elif same_grid:
@@ -620,9 +649,7 @@ class DirectConv:
                 rhs = xp.zeros((g, O) + space.dims, gy.dtype)
                 rhs[..., :geom.out_spatial[-1]] = gy_grouped
                 rhs, on_grid = rhs.reshape(g, O, space.count), False
-            gWm = self._run_blocks(self.fw_grid, self.grid_input(), None, space, fw.channels, acc_rhs=rhs,
-                                   rhs_on_grid=on_grid, rhs_front=self.gx_grid.max_off)   # (g, O, C * taps)
-            gW = fw.weight_grad(gWm.reshape((g * O, fw.channels) + fw.qk))
+            weights = (self.fw_grid, self.grid_input(), space, fw.channels, rhs, on_grid, self.gx_grid.max_off)
         if need_x:
             grid = self.gx_grid
             flip = (slice(None),) * 3 + (slice(None, None, -1),) * N
@@ -630,11 +657,20 @@ class DirectConv:
                 g, C, O * grid.taps)
             inner = self._input_space()
             space = inner or self._grid_space(grid)
-            if inner is not None and self._compiled(C):   # gx written in place by the threads
-                return self._compiled_input_grad(grid, G, Wadj, inner, O), gW
-            if inner is None and self._compiled(C) and geom.padding_mode == "zeros" and any(
-                    s != 1 for s in red.stride):
-                return self._compiled_phase_grad(grid, G, Wadj, space, O), gW
+            in_place = self._compiled(C) and (inner is not None or (
+                geom.padding_mode == "zeros" and any(s != 1 for s in red.stride)))
+            if need_W and in_place and self._compiled(O):
+                split = pass_split(g * weights[2].count * fw.channels * self.fw_grid.taps * O,
+                                   g * space.count * O * grid.taps * C, backend.num_threads())
+                if split:
+                    return self._both_gradients(split, weights, (grid, G, Wadj, inner, space, O))
+        if need_W:
+            gWm = self._run_blocks(weights[0], weights[1], None, weights[2], weights[3], acc_rhs=weights[4],
+                                   rhs_on_grid=weights[5], rhs_front=weights[6])   # (g, O, C * taps)
+            gW = fw.weight_grad(gWm.reshape((g * O, fw.channels) + fw.qk))
+        if need_x:
+            if in_place:   # gx written in place by the threads
+                return self._compiled_gx(grid, G, Wadj, inner, space, O), gW
             if inner is None and self._compiled(C):
                 # the whole (polyphase) grid, written channels-first by the threads: input_grad's
                 # phase copies then read contiguous rows (2d-3x3-s2: they read the channels-last
@@ -649,6 +685,13 @@ class DirectConv:
             else:   # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
                 gx = red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
         return gx, gW
+
+
+def _run_or_defer(work, parts: list, finish, deferred: bool):
+    """finish([work(p) for p in parts]) run on the thread pool now, or (callables, finish) to run later."""
+    if deferred:
+        return [functools.partial(work, p) for p in parts], finish
+    return finish(run_parallel(work, parts))
 
 
 # ---- the compiled passes' plans: arrays of offsets, built once per layer shape -------------------------

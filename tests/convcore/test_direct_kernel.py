@@ -59,9 +59,9 @@ def passes(monkeypatch):
         seen["out"] += 1
         return real_out(self, *args, **kwargs)
 
-    def weights(self, *args):
+    def weights(self, *args, **kwargs):
         seen["w"] += 1
-        return real_w(self, *args)
+        return real_w(self, *args, **kwargs)
 
     monkeypatch.setattr(direct_conv.DirectConv, "_compiled_outputs", outputs)
     monkeypatch.setattr(direct_conv.DirectConv, "_compiled_weights", weights)
@@ -95,6 +95,40 @@ def test_compiled_passes_split_between_threads_match_jax(threads, passes, monkey
                  ConvCase((3, 8, 7, 6, 5), (24, 8, 3, 3, 3), padding=1, seed=83)):
         check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
     assert passes["out"] == 4 and passes["w"] == 2
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_weight_and_input_gradients_side_by_side_match_jax(threads, passes, monkeypatch):
+    """The two backward passes run side by side (``costs.pass_split``), each on its share of the
+    threads, their parts handed out at once: over the input space, over a polyphase grid (strided),
+    with groups."""
+    from convcore import costs
+    monkeypatch.setattr(costs, "SIDE_BY_SIDE_MIN", 0)
+    monkeypatch.setattr(costs, "SIDE_BY_SIDE_SLACK", 100.0)
+    monkeypatch.setenv("CONVCORE_NUM_THREADS", str(threads))
+    sides = []
+    real = direct_conv.DirectConv._both_gradients
+    monkeypatch.setattr(direct_conv.DirectConv, "_both_gradients",
+                        lambda self, split, *args: sides.append(split) or real(self, split, *args))
+    cases = (ConvCase((2, 16, 9, 11), (16, 4, 3, 3), groups=4, padding=1, seed=89),
+             ConvCase((2, 8, 13, 12), (12, 8, 3, 3), stride=2, padding=1, seed=90),
+             ConvCase((3, 8, 7, 6, 5), (24, 8, 3, 3, 3), padding=1, seed=91))
+    for case in cases:
+        check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert len(sides) == len(cases) and all(sum(split) == threads and min(split) >= 1 for split in sides)
+    assert passes["out"] == 2 * len(cases) and passes["w"] == len(cases)
+
+
+def test_pass_split_rules():
+    """Side by side only where both passes are large enough and the shares keep them balanced."""
+    from convcore import costs
+    big = costs.SIDE_BY_SIDE_MIN
+    assert costs.pass_split(big, big, 2) == (1, 1)
+    assert costs.pass_split(big, big, 1) is None
+    assert costs.pass_split(big - 1, 10 * big, 2) is None        # one pass too small to hand off
+    assert costs.pass_split(big, 2 * big, 2) is None             # 1:2 on two threads: 1.33x an even split
+    assert costs.pass_split(big, 3 * big, 4) == (1, 3)          # 1:3 on four threads: even
+    assert costs.pass_split(3 * big, 2 * big, 5) == (3, 2)
 
 
 def test_switched_off_runs_blas(passes, monkeypatch):
