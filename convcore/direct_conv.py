@@ -551,7 +551,7 @@ class DirectConv:
         geom, red, C = self.geom, self.red, self.red.channels
         plane = math.prod(geom.spatial)
         fold = direct_kernel.phase_fold(red.stride, red.read, tuple(lo for lo, _ in geom.pads), geom.spatial,
-                                        red.qx, C, geom.in_shape[1] * plane)
+                                        red.qx, geom.in_shape[1] * plane)
         gx = (np.empty if fold.covers else np.zeros)(geom.in_shape, G.dtype)
         run = self._compiled_outputs(grid, G, Wadj, space, O, fold=(gx.reshape(-1), fold,
                                                                     C // math.prod(red.stride) * plane),

@@ -336,13 +336,14 @@ def _scatter_loop(out, dst, dest_run, seg_ptr, seg_j, seg_len, seg_dst, rows, ch
                     dst[d0 + j] = out[row + j, o]
 
 
-def _phase_scatter_loop(out, dst, qx, pos_step, first_q, stop_q, ch_off, batch_stride, last_step, rows, offset,
-                        P, first, last, count):   # pragma: no cover - compiled
+def _phase_scatter_loop(out, dst, qx, pos_step, first_q, stop_q, phase_off, plane, batch_stride, last_step, rows,
+                        offset, P, first, last, count):   # pragma: no cover - compiled
     """Micro-blocks first..last-1 of an input-gradient pass over the whole polyphase grid (one run of
     ``count`` positions (b, q_1..q_N), row-major) from its channels-last result ``out`` straight into
     gx (``dst``, flat), folding the phases back as ``layout.depth_to_space_window`` does: channel o is
-    phase o % nph of an input channel, position (b, q) of phase ph lands at offset + b * batch_stride
-    + sum_d q_d * pos_step[d] + ch_off[o] when first_q[ph, d] <= q_d < stop_q[ph, d] on every axis
+    phase o % nph of input channel o // nph, position (b, q) of phase ph lands at offset + b *
+    batch_stride + sum_d q_d * pos_step[d] + (o // nph) * plane + phase_off[ph] when first_q[ph, d] <=
+    q_d < stop_q[ph, d] on every axis
     (else that phase never reads x there), consecutive q_N last_step cells apart. Tables of a few
     numbers per phase: the positions are decoded as the loop walks the rows of the grid."""
     N = qx.shape[0]
@@ -377,7 +378,7 @@ def _phase_scatter_loop(out, dst, qx, pos_step, first_q, stop_q, ch_off, batch_s
             row = p + j0 - q0
             start = base + j0 * last_step
             for o in range(ph, rows, nph):
-                d0 = start + ch_off[o]
+                d0 = start + (o // nph) * plane + phase_off[ph]
                 for j in range(j1 - j0):
                     dst[d0 + j * last_step] = out[row + j, o]
         p += n_here
@@ -468,36 +469,30 @@ class PhaseFold(NamedTuple):
     pos_step: np.ndarray
     first_q: np.ndarray
     stop_q: np.ndarray
-    ch_off: np.ndarray
+    phase_off: np.ndarray
+    plane: int
     batch_stride: int
     last_step: int
     covers: bool   # every cell of x gets a value (else gx starts as zeros)
 
 
 @functools.lru_cache(maxsize=64)
-def phase_fold(s: tuple, read: tuple, lows: tuple, spatial: tuple, qx: tuple, channels: int,
-               batch_stride: int) -> PhaseFold:
+def phase_fold(s: tuple, read: tuple, lows: tuple, spatial: tuple, qx: tuple, batch_stride: int) -> PhaseFold:
     """Where the input gradient over a polyphase grid (phases of stride ``s``, grid ``qx``, cells
-    below ``read`` of the padded input read) lands in gx (b, channels per group, spatial...): phase
-    r's cell m of axis d is x's cell m * s_d + r_d - lows[d] where ``layout.phase_windows`` puts it.
-    ``channels``: the grid's channels per group (x's times the phases)."""
-    from .layout import phase_windows
-    N, nph = len(s), math.prod(s)
-    xst = [math.prod(spatial[d + 1:]) for d in range(N)]
-    first_q = np.zeros((nph, N), np.int64)
-    stop_q = np.zeros((nph, N), np.int64)
-    covered = 0
-    for r, cells, _ in phase_windows(s, read, lows, spatial):
-        ph = int(np.ravel_multi_index(r, s))
-        first_q[ph] = [c.start for c in cells]
-        stop_q[ph] = [c.stop for c in cells]
-        covered += math.prod(c.stop - c.start for c in cells)
-    plane = math.prod(spatial)
-    ch_off = np.array([(o // nph) * plane + sum((r - lo) * st for r, lo, st in
-                                               zip(np.unravel_index(o % nph, s), lows, xst)) for o in range(channels)],
-                      np.int64)
-    return PhaseFold(np.array(qx, np.int64), np.array([sd * st for sd, st in zip(s, xst)], np.int64),
-                     first_q, stop_q, ch_off, batch_stride, int(s[-1]), covered == plane)
+    below ``read`` of the padded input read) lands in gx (b, channels, spatial...): phase r's cell m of
+    axis d is x's cell m * s_d + r_d - lows[d], for the m that ``layout.phase_windows`` gives it (those
+    inside x and below ``read``). Per phase, not per channel: a few numbers each, all phases at once."""
+    N = len(s)
+    r = np.stack(np.unravel_index(np.arange(math.prod(s)), s), axis=1).astype(np.int64)   # (nph, N)
+    s_, lo, read_, size = (np.array(v, np.int64) for v in (s, lows, read, spatial))
+    first_q = np.maximum(0, -((r - lo) // s_))                 # ceil((lo - r) / s), at least 0
+    stop_q = -((r - np.minimum(read_, lo + size)) // s_)      # ceil((min(read, lo + size) - r) / s)
+    empty = (stop_q <= first_q).any(axis=1)
+    first_q[empty], stop_q[empty] = 0, 0                        # a phase with no cell of x: written nowhere
+    covered = int(np.prod(stop_q - first_q, axis=1).sum())
+    xst = np.array([math.prod(spatial[d + 1:]) for d in range(N)], np.int64)
+    return PhaseFold(np.array(qx, np.int64), s_ * xst, first_q, stop_q, (r - lo) @ xst, math.prod(spatial),
+                     batch_stride, int(s[-1]), covered == math.prod(spatial))
 
 
 def destinations(dims: tuple, merged: int, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int):
@@ -536,12 +531,16 @@ def _segments(dest_pos: np.ndarray) -> tuple:
 
 
 def warm(dtype=np.float32) -> None:
-    """Compile the commonest block shapes now (a service worker's warm-up)."""
+    """Compile the commonest block shapes and the scatters now (a service worker's warm-up)."""
     itemsize = np.dtype(dtype).itemsize
     for rows in (16, 32):
         b = Blocking(rows, itemsize)
         output_loop(b.P, b.V, b.VW, 1, itemsize)
         weight_loop(b.R, b.V, b.VW, itemsize)
+    out, dst, i1 = np.zeros((1, 1), dtype), np.zeros(1, dtype), np.zeros(1, np.int64)
+    scatter(out, dst, i1, np.zeros(2, np.int64), i1, i1, i1, 1, 1, 0, 1, 1, 0, 0)
+    fold = phase_fold((2,), (2,), (0,), (2,), (1,), 2)
+    phase_scatter(out, dst, *fold[:-1], 1, 0, 1, 0, 0, 1)
 
 
 def runs_of(dims: tuple, strides: tuple, origin: int) -> np.ndarray:

@@ -51,9 +51,15 @@ CASES = [
 
 @pytest.fixture
 def passes(monkeypatch):
-    """Counts of compiled (output, weight) passes run (an observation: the real methods run)."""
-    seen = {"out": 0, "w": 0}
+    """Counts of compiled (output, weight) passes run, and of input gradients folded from a polyphase
+    grid into x (an observation: the real methods run)."""
+    seen = {"out": 0, "w": 0, "fold": 0}
     real_out, real_w = direct_conv.DirectConv._compiled_outputs, direct_conv.DirectConv._compiled_weights
+    real_fold = direct_conv.DirectConv._compiled_phase_grad
+
+    def fold(self, *args, **kwargs):
+        seen["fold"] += 1
+        return real_fold(self, *args, **kwargs)
 
     def outputs(self, *args, **kwargs):
         seen["out"] += 1
@@ -65,6 +71,7 @@ def passes(monkeypatch):
 
     monkeypatch.setattr(direct_conv.DirectConv, "_compiled_outputs", outputs)
     monkeypatch.setattr(direct_conv.DirectConv, "_compiled_weights", weights)
+    monkeypatch.setattr(direct_conv.DirectConv, "_compiled_phase_grad", fold)
     return seen
 
 
@@ -83,6 +90,9 @@ def machine(request, monkeypatch):
 def test_compiled_direct_matches_jax(case, outputs, weights, dtype, passes, machine):
     check_case(NUMPY, case, jax_reference(case), dtype, "direct", layer=True)
     assert (passes["out"], passes["w"]) == (outputs, weights)
+    # a strided layer with zero padding whose input gradient runs compiled folds it straight into x
+    strided = any(v > 1 for v in np.broadcast_to(case.stride, (case.ndim,)))
+    assert passes["fold"] == int(strided and case.padding_mode == "zeros" and outputs == 2)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -136,7 +146,7 @@ def test_switched_off_runs_blas(passes, monkeypatch):
     monkeypatch.setenv("CONVCORE_COMPILED", "0")
     case = CASES[0][0]
     check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
-    assert passes == {"out": 0, "w": 0}
+    assert passes == {"out": 0, "w": 0, "fold": 0}
 
 
 @pytest.mark.parametrize("length,stride", [(20003, 1000), (100003, 100000)])
