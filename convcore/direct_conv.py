@@ -641,15 +641,14 @@ class DirectConv:
         fw = self.fw
         if need_W:
             if not self.host:
-                space, rhs, on_grid = self._grid_space(self.fw_grid), G, True
+                w_space, rhs, on_grid = self._grid_space(self.fw_grid), G, True
             elif same_grid:
-                space, rhs, on_grid = self._output_space(), G, True
+                w_space, rhs, on_grid = self._output_space(), G, True
             else:   # strided: gy in the output space's own layout (zeros on a last-axis ring it includes)
-                space = self._output_space()
-                rhs = xp.zeros((g, O) + space.dims, gy.dtype)
+                w_space = self._output_space()
+                rhs = xp.zeros((g, O) + w_space.dims, gy.dtype)
                 rhs[..., :geom.out_spatial[-1]] = gy_grouped
-                rhs, on_grid = rhs.reshape(g, O, space.count), False
-            weights = (self.fw_grid, self.grid_input(), space, fw.channels, rhs, on_grid, self.gx_grid.max_off)
+                rhs, on_grid = rhs.reshape(g, O, w_space.count), False
         if need_x:
             grid = self.gx_grid
             flip = (slice(None),) * 3 + (slice(None, None, -1),) * N
@@ -660,13 +659,15 @@ class DirectConv:
             in_place = self._compiled(C) and (inner is not None or (
                 geom.padding_mode == "zeros" and any(s != 1 for s in red.stride)))
             if need_W and in_place and self._compiled(O):
-                split = pass_split(g * weights[2].count * fw.channels * self.fw_grid.taps * O,
+                split = pass_split(g * w_space.count * fw.channels * self.fw_grid.taps * O,
                                    g * space.count * O * grid.taps * C, backend.num_threads())
                 if split:
+                    weights = (self.fw_grid, self.grid_input(), w_space, fw.channels, rhs, on_grid,
+                               self.gx_grid.max_off)
                     return self._both_gradients(split, weights, (grid, G, Wadj, inner, space, O))
         if need_W:
-            gWm = self._run_blocks(weights[0], weights[1], None, weights[2], weights[3], acc_rhs=weights[4],
-                                   rhs_on_grid=weights[5], rhs_front=weights[6])   # (g, O, C * taps)
+            gWm = self._run_blocks(self.fw_grid, self.grid_input(), None, w_space, fw.channels, acc_rhs=rhs,
+                                   rhs_on_grid=on_grid, rhs_front=self.gx_grid.max_off)   # (g, O, C * taps)
             gW = fw.weight_grad(gWm.reshape((g * O, fw.channels) + fw.qk))
         if need_x:
             if in_place:   # gx written in place by the threads

@@ -343,9 +343,9 @@ def _phase_scatter_loop(out, dst, qx, pos_step, first_q, stop_q, phase_off, plan
     gx (``dst``, flat), folding the phases back as ``layout.depth_to_space_window`` does: channel o is
     phase o % nph of input channel o // nph, position (b, q) of phase ph lands at offset + b *
     batch_stride + sum_d q_d * pos_step[d] + (o // nph) * plane + phase_off[ph] when first_q[ph, d] <=
-    q_d < stop_q[ph, d] on every axis
-    (else that phase never reads x there), consecutive q_N last_step cells apart. Tables of a few
-    numbers per phase: the positions are decoded as the loop walks the rows of the grid."""
+    q_d < stop_q[ph, d] on every axis (else that phase never reads x there), consecutive q_N
+    last_step cells apart. Tables of a few numbers per phase: the positions are decoded as the loop
+    walks the rows of the grid."""
     N = qx.shape[0]
     nph = first_q.shape[0]
     per_image = 1
@@ -496,9 +496,10 @@ def phase_fold(s: tuple, read: tuple, lows: tuple, spatial: tuple, qx: tuple, ba
 
 
 def destinations(dims: tuple, merged: int, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int):
-    """(dest_run, seg_ptr, seg_j, seg_len, seg_dst) for ``scatter``: a pass over space ``dims`` (row-major) whose last
-    ``merged`` axes are one run; coordinate c of axis d goes to offset (c - shifts[d]) * strides[d]
-    where 0 <= c - shifts[d] < limits[d], else nowhere (only the merged axes may be cut)."""
+    """(dest_run, seg_ptr, seg_j, seg_len, seg_dst) for ``scatter``: a pass over space ``dims``
+    (row-major) whose last ``merged`` axes are one run; coordinate c of axis d goes to offset
+    (c - shifts[d]) * strides[d] where 0 <= c - shifts[d] < limits[d], else nowhere (only the merged
+    axes may be cut)."""
     outer, inner = dims[:len(dims) - merged], dims[len(dims) - merged:]
     dest_run = np.zeros((), np.int64)
     for d, st in zip(outer, strides[:len(outer)]):
