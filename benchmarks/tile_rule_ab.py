@@ -1,11 +1,12 @@
-"""Overlap-save tiles in three or more dims: which rule picks the faster tiling?
+"""Overlap-save tiles: which rule picks the faster tiling?
 
-    python benchmarks/tile_rule_ab.py [--device cpu|gpu] [--count 12] [--seed 0]
+    python benchmarks/tile_rule_ab.py [--device cpu|gpu] [--ndim nd|1] [--count 12] [--seed 0]
 
 The rules are settings of the device's ``costs.Rates``: ``tile_gain_nd`` (tile only when the
 model predicts the tiled time under that fraction of the whole's) and ``tile_windows_nd`` (the
-candidate windows, in kernel lengths). Draws N = 3, 4 layers (seeded) on which the rules in
-RULES choose different tilings, and times the FFT engine (forced; forward + backward, a fresh
+candidate windows, in kernel lengths) for N >= 3; ``tile_gain_1d`` in one dim (``--ndim 1``).
+Draws N = 3, 4 layers (or 1-D ones: long signals, kernels of 33-513 taps; seeded) on which the
+rules in RULES (RULES_1D) choose different tilings, and times the FFT engine (forced; forward + backward, a fresh
 layer per call) under each rule, interleaved, medians (``conv_timing.time_interleaved``: a fast
 side runs untimed for 30 ms before each timed call, as in conv_bench). Prints per layer each
 rule's tiling and time over the fastest rule's, then per rule the median of that ratio and how
@@ -31,6 +32,23 @@ RULES = {   # name -> Rates fields
     "50% windows >= 4k": {"tile_gain_nd": 0.5, "tile_windows_nd": (4, 8)},
     "60% windows >= 4k": {"tile_gain_nd": 0.4, "tile_windows_nd": (4, 8)},
 }
+RULES_1D = {   # the whole's modelled time a tiling must beat: 40 %, 65 %, 75 % saving; never for speed
+    "40%": {"tile_gain_1d": 0.6},
+    "65%": {"tile_gain_1d": 0.35},
+    "75%": {"tile_gain_1d": 0.25},
+    "never": {"tile_gain_1d": 0.0},
+}
+
+
+def draw_layer_1d(rng) -> tuple:
+    k = int(rng.choice([33, 65, 129, 257, 513]))
+    length = int(rng.choice([1024, 2048, 4096, 8192, 16384, 32768, 65536]))
+    cin, cout = (int(c) for c in rng.choice([4, 8, 16, 32], 2))
+    batch = int(rng.choice([1, 2, 4, 8, 16]))
+    if batch * max(cin, cout) * length > 2**22:   # at most 16 MiB an operand: seconds, not minutes, a layer
+        batch = max(1, 2**22 // (max(cin, cout) * length))
+    padding = int(rng.choice([0, k // 2]))
+    return (batch, cin, length), (cout, cin, k), padding
 
 
 def draw_layer(rng) -> tuple:
@@ -43,12 +61,12 @@ def draw_layer(rng) -> tuple:
     return (batch, cin) + (size,) * ndim, (cout, cin) + (k,) * ndim, padding
 
 
-def candidates(rates: dict, rng, count: int) -> list:
+def candidates(rates: dict, rng, count: int, draw=draw_layer) -> list:
     """Layers on which the rules disagree: (x shape, W shape, padding, {rule: tile})."""
     found, tries = [], 0
     while len(found) < count and tries < 20000:
         tries += 1
-        x_shape, W_shape, padding = draw_layer(rng)
+        x_shape, W_shape, padding = draw(rng)
         if min(x_shape[2:]) + 2 * padding < 2 * W_shape[-1]:
             continue
         geom = make_geometry(x_shape, W_shape, padding=padding)
@@ -61,6 +79,7 @@ def candidates(rates: dict, rng, count: int) -> list:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--ndim", choices=["nd", "1"], default="nd")
     parser.add_argument("--count", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=7)
@@ -70,14 +89,15 @@ def main(argv=None) -> None:
     else:
         xp = np
     base = costs.rates_for(xp)
-    rates = {name: dataclasses.replace(base, **fields) for name, fields in RULES.items()}
+    rules = RULES_1D if args.ndim == "1" else RULES
+    rates = {name: dataclasses.replace(base, **fields) for name, fields in rules.items()}
     rng = np.random.default_rng(args.seed)
-    layers = candidates(rates, rng, args.count)
+    layers = candidates(rates, rng, args.count, draw_layer_1d if args.ndim == "1" else draw_layer)
     print(f"device {backend.device_name(xp)}; rates {base.kind}; {len(layers)} layers; FFT engine forced, "
           f"forward + backward, medians of {args.samples}; per rule: tile, time / the fastest rule's time")
-    print("| x | W | pad | " + " | ".join(RULES) + " |")
-    print("|---|---|---|" + "---|" * len(RULES))
-    ratios = {name: [] for name in RULES}
+    print("| x | W | pad | " + " | ".join(rules) + " |")
+    print("|---|---|---|" + "---|" * len(rules))
+    ratios = {name: [] for name in rules}
     for x_shape, W_shape, padding, tiles in layers:
         x, W = (xp.asarray(rng.standard_normal(s).astype(np.float32)) for s in (x_shape, W_shape))
         b = xp.zeros(W_shape[0], np.float32)
@@ -99,10 +119,10 @@ def main(argv=None) -> None:
             distinct.setdefault(tile, name)
         times = time_interleaved({name: under(name) for name in distinct.values()}, args.samples, 20.0)
         costs.set_rates(xp, None)
-        seconds = {name: times[distinct[tiles[name]]].median for name in RULES}
+        seconds = {name: times[distinct[tiles[name]]].median for name in rules}
         fastest = min(seconds.values())
         cells = []
-        for name in RULES:
+        for name in rules:
             ratios[name].append(seconds[name] / fastest)
             cells.append(f"{'x'.join(map(str, tiles[name]))} {seconds[name] / fastest:.2f}")
         print(f"| {'x'.join(map(str, x_shape))} | {'x'.join(map(str, W_shape))} | {padding} | " + " | ".join(cells)

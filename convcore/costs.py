@@ -45,6 +45,8 @@ class Rates:
     # lengths (see the comment above TILE_GAIN for why they are a device's).
     tile_gain_nd: float = 0.6
     tile_windows_nd: tuple = (2, 4, 8)
+    # In one dim: tiles only under ``tile_gain_1d`` of the whole's modelled time (see TILE_GAIN).
+    tile_gain_1d: float = 0.6
 
     def __post_init__(self):
         # hashable (the tile choice is cached per rates), whatever sequence was given
@@ -67,7 +69,8 @@ DEFAULT_OVERHEAD_S = 1e-3
 # it is slower (model-only choices on 30 random 3^N layers: 2 misses at 4x, none at 3x).
 CPU_RATES = Rates("cpu", gemm=80e9, fft=9e9, cmatmul=24e9, copy=70e9, matrix_call_s=0.5e-6,
                   direct_kernel=300e9, layout_copy=7.5e9,
-                  call_overhead={"direct": 4e-4, "fft": 1.5e-3, "winograd": 4e-4}, tile_gain_nd=0.4)
+                  call_overhead={"direct": 4e-4, "fft": 1.5e-3, "winograd": 4e-4}, tile_gain_nd=0.4,
+                  tile_gain_1d=0.35)
 # A data-centre GPU (A100/H100 class) through CuPy: batched products are one cuBLAS call,
 # so no per-frequency cost; Python and kernel launches make the fixed cost. ``calibrate``
 # measures the real figures of the device at hand.
@@ -648,6 +651,13 @@ def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
 # transforms, which ran 1.1-3.4x slower than one whole transform; over 66 random layers this rule
 # was the fastest of five in 58, the CPU's in 43, and the 40% rule with any window in 11
 # (docs/benchmarks.md, "Tiles on a GPU").
+# One dim (CPU): a 65 % saving (``Rates.tile_gain_1d``). A 1-D transform's time per point hardly
+# grows with its length (pocketfft, 2 threads: 0.6 ns at 128 points, 0.78 at 4096, 0.94 at 32768,
+# against the model's log2 L), so windows save less than the model says, and their rows move the
+# products from frequency-last spectra onto BLAS. Over 26 layers (16 drawn by
+# ``tile_rule_ab.py --ndim 1``, 10 picked), the 40 % rule missed the fastest tiling in 7 (worst
+# 1.7x: 8 x 16 x 4096 with 65 taps, 206-point tiles 15.4 ms against 9.0 whole), the 65 % rule in 4
+# (worst 1.25x); very long signals are still tiled (2 x 8 x 65536, 129 taps: whole 1.7x slower).
 TILE_GAIN = 0.6
 
 
@@ -677,7 +687,7 @@ def _choose_tile(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
     if fitting:
         best = min(fitting, key=lambda t: (fft_seconds(geom, itemsize, t, rates, budget), -math.prod(t)))
         # Tiles cost copies the model leaves out: only take them for a clear saving.
-        gain = TILE_GAIN if geom.ndim < 3 else rates.tile_gain_nd
+        gain = rates.tile_gain_1d if geom.ndim == 1 else TILE_GAIN if geom.ndim == 2 else rates.tile_gain_nd
         if whole in fitting and fft_seconds(geom, itemsize, best, rates, budget) > gain * fft_seconds(
                 geom, itemsize, whole, rates, budget):
             return whole

@@ -1,6 +1,6 @@
 """The FFT engine's overlap-save tiles (costs.choose_tile): in three or more dims a layer is cut
-into tiles only when the model predicts at least a 60 % saving; in one and two dims 40 %. On a
-GPU, N-D windows are also at least 4 kernel lengths.
+into tiles only when the model predicts at least a 60 % saving; in two dims 40 %; in one dim on
+the CPU 65 % (on a GPU 40 %). On a GPU, N-D windows are also at least 4 kernel lengths.
 
 Why (measured, docs/benchmarks.md "Fifth round"): small multi-dimensional windows ran 1.2-1.7x
 slower than one transform of the whole when the 40 % rule tiled them (4-D k5, 3-D k7), while
@@ -72,6 +72,27 @@ def test_an_n_d_layer_with_a_large_predicted_saving_is_tiled():
 def test_two_d_layers_keep_the_40_percent_rule():
     geom = make_geometry((4, 16, 64, 64), (16, 16, 7, 7), padding=3)   # tiles measured 0.76x the whole's time
     assert costs.CPU_RATES.tile_gain_nd < _best_over_whole(geom) < costs.TILE_GAIN
+    assert costs.choose_tile(geom, 4, BUDGET) != _valid(geom)
+
+
+@pytest.mark.parametrize("x_shape, W_shape, padding", [
+    ((8, 16, 4096), (16, 16, 65), 0),     # 206-point tiles (the 40 % rule's): 15.4 ms, whole 9.0 ms
+    ((4, 16, 16384), (16, 16, 129), 0),   # 412-point tiles: 28-31.7 ms, whole 23.0 ms
+    ((8, 8, 8192), (8, 8, 257), 0),       # 824-point tiles: 9.9 ms, whole 7.6 ms
+])
+def test_one_d_layers_with_a_40_to_65_percent_predicted_saving_keep_one_transform(x_shape, W_shape, padding):
+    geom = make_geometry(x_shape, W_shape, padding=padding)
+    assert costs.CPU_RATES.tile_gain_1d < _best_over_whole(geom) < costs.TILE_GAIN   # the 40 % rule would tile
+    assert costs.choose_tile(geom, 4, BUDGET) == _valid(geom)
+
+
+@pytest.mark.parametrize("x_shape, W_shape, padding", [
+    ((2, 8, 65536), (32, 8, 129), 0),     # whole 1.70x the 952-point tiles' time
+    ((2, 32, 16384), (32, 32, 257), 0),   # whole 86.6 ms, 824-point tiles 35.9 ms
+])
+def test_one_d_layers_with_a_large_predicted_saving_are_tiled(x_shape, W_shape, padding):
+    geom = make_geometry(x_shape, W_shape, padding=padding)
+    assert _best_over_whole(geom) < costs.CPU_RATES.tile_gain_1d
     assert costs.choose_tile(geom, 4, BUDGET) != _valid(geom)
 
 
