@@ -108,7 +108,8 @@ def warm_up(xp=None) -> None:
     """Build (or load from Numba's disk cache) every engine's compiled loops for ``xp`` (default
     NumPy) now, so that no convolution pays for it later: a service worker calls this at start."""
     xp = np if xp is None else xp
-    frequency_kernel.available(xp)
+    if frequency_kernel.available(xp):
+        frequency_kernel.warm()
     for name in engine_names():
         hook = getattr(get_engine(name), "ready", None)
         if hook is not None:

@@ -9,6 +9,9 @@ accumulators and sums every term into them, vectorised over the contiguous frequ
 operand block it reads serves two outputs (one output at a time, as an odd last row or column
 still runs: 16-18 GFLOP/s on one core here; two by two: 22-37). The FFT engine's layers took
 0.80-0.95x the time they took with the one-output loop (docs/benchmarks.md, "Fifteenth round").
+Whole vectors of frequencies now go through frequency_vector.py's micro-kernel, which keeps its
+outputs in registers (the products 0.55-0.85x this loop's time); this loop sums the rest, and all
+of them where that kernel does not compile or both operands are conjugated.
 BLAS's per-frequency products reach more only from ~16k multiply-adds a frequency
 (``costs.FREQUENCY_LAST_MAX_MADDS_COMPILED``).
 
@@ -25,12 +28,13 @@ import logging
 
 import numpy as np
 
-from . import backend, resources
+from . import backend, frequency_vector, resources
 
 _log = logging.getLogger(__name__)
 
 BLOCK = 128          # frequencies per accumulator: eight float arrays that stay in L1
 SPLIT_MADDS = 1 << 21   # complex multiply-adds below which a second thread costs more than it saves
+VECTOR = True        # whole vectors of frequencies through frequency_vector's micro-kernel (this loop: the rest)
 
 
 def _sum_products(a, a_s, sa, b, b_s, sb, out, o_s, counts, f0, f1):   # pragma: no cover - compiled
@@ -146,6 +150,16 @@ def _kernel():
         return None
 
 
+def warm(itemsize: int | None = None) -> None:
+    """Compile (or load from Numba's disk cache) the loops for float32 and float64 (or the real
+    ``itemsize`` given) and every conjugation now (``convcore.warm_up``; ``auto`` before it times the
+    engines): where nothing is cached, each vector loop compiles for about a second on first use."""
+    _kernel()
+    for size in (4, 8) if itemsize is None else {itemsize} & {4, 8}:
+        for mode in (0, 1, 2):
+            frequency_vector.loop(size, mode)
+
+
 def available(xp) -> bool:
     """Whether the compiled sums run for ``xp``: NumPy arrays, Numba importable, not switched off."""
     return xp is np and resources.compiled_enabled() and _kernel() is not None
@@ -181,10 +195,20 @@ def sum_products(a, a_axes, b, b_axes, out, out_axes, counts, conj_a=False, conj
             b.reshape(-1).view(real), _strides(b, b_axes), real(-1 if conj_b else 1),
             out.reshape(-1).view(real), _strides(out, out_axes), (P, I, J, K))
     kernel = _kernel()
+    vector = frequency_vector.loop(out.itemsize // 2, 2 if conj_a else 1 if conj_b else 0) if (
+        VECTOR and not (conj_a and conj_b)) else None
+    vector_args = args[:2] + args[3:5] + args[6:] + (frequency_vector.chunk_of((P, I, J, K), out.itemsize // 2),)
+
+    def frequencies(lo, hi):
+        if vector is not None:
+            lo = vector(*vector_args, lo, hi)   # whole vectors of frequencies; the rest below (signs: its mode)
+        if lo < hi:
+            kernel(*args, lo, hi)
+
     threads = resources.num_threads()   # the pool's size: convcore's one pool is kept per thread count
     if threads == 1 or P * I * J * K * F < SPLIT_MADDS or F < threads * BLOCK:
-        kernel(*args, 0, F)
+        frequencies(0, F)
         return out
     bounds = [F * t // threads // BLOCK * BLOCK for t in range(threads)] + [F]   # whole blocks each
-    backend.run_split(threads, threads, lambda s: kernel(*args, bounds[s.start], bounds[s.stop]))
+    backend.run_split(threads, threads, lambda s: frequencies(bounds[s.start], bounds[s.stop]))
     return out

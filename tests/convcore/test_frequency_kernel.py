@@ -1,6 +1,7 @@
-"""The compiled channel sums (convcore/frequency_kernel.py) against NumPy's einsum: every layout the
-engine's three products use, conjugation of either operand, frequencies in whole and partial
-blocks, the split over threads, both dtypes, NaN and inf, and arguments it must refuse.
+"""The compiled channel sums (convcore/frequency_kernel.py and its vector micro-kernel,
+frequency_vector.py) against NumPy's einsum: every layout the engine's three products use,
+conjugation of either operand, frequencies in whole and partial blocks and vectors, narrower
+machines' vectors, the split over threads, both dtypes, NaN and inf, and arguments it must refuse.
 The engine end to end, with these sums, is checked against JAX in test_frequency_last.py."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convcore import frequency_kernel, frequency_last
+from convcore import direct_kernel, frequency_kernel, frequency_last, frequency_vector
 
 
 def _spectrum(rng, shape, dtype=np.complex128):
@@ -66,21 +67,71 @@ def test_sums_match_einsum(P, I, J, K, F, layout, conj_a, conj_b, double, seed):
 @pytest.mark.parametrize("F", [384, 400, 300], ids=["whole_blocks", "partial_last_block", "fewer_blocks_than_threads"])
 def test_the_split_over_threads_matches_einsum(monkeypatch, F):
     """Forced over 3 threads: each takes whole blocks of frequencies, the last the rest; with fewer
-    blocks than threads, one call takes them all."""
+    blocks than threads, one call takes them all. Each part runs its whole vectors of frequencies
+    through the vector loop and the rest (none here but a partial last block's) through the plain one."""
     monkeypatch.setattr(frequency_kernel, "SPLIT_MADDS", 0)
     monkeypatch.setenv("CONVCORE_NUM_THREADS", "3")
-    calls = []
+    calls, tails = [], []
     real_kernel = frequency_kernel._kernel()
-    monkeypatch.setattr(frequency_kernel, "_kernel", lambda: lambda *args: calls.append(args[-2:]) or real_kernel(*args))
+    monkeypatch.setattr(frequency_kernel, "_kernel", lambda: lambda *args: tails.append(args[-2:]) or real_kernel(*args))
+    real_vector = frequency_vector.loop(8, 1)   # complex128: float64 lanes, b conjugated
+    assert real_vector is not None, "Numba is a dependency: the vector loop must compile here"
+    monkeypatch.setattr(frequency_vector, "loop", lambda *key: lambda *args: calls.append(args[-2:]) or real_vector(*args))
     rng = np.random.default_rng(F)
     X, W = _spectrum(rng, (4, 2, 3, F)), _spectrum(rng, (5, 2, 3, F))
     got = frequency_last.correlate(np, X, W)
     np.testing.assert_allclose(got, np.einsum("rgcf,ogcf->rgof", X, W.conj()), rtol=1e-12, atol=1e-12)
+    lanes = frequency_vector.blocking(8)[2] // 2   # frequencies a vector
+    assert sorted(tails) == [(F // lanes * lanes, F)] * (F % lanes > 0), (tails, calls)
     bounds = sorted(calls)
     assert bounds[0][0] == 0 and bounds[-1][1] == F
     assert all(hi == lo for (_, hi), (lo, _) in itertools.pairwise(bounds)), bounds
     assert all(lo % frequency_kernel.BLOCK == 0 for lo, _ in bounds), bounds
     assert len(bounds) == (3 if F >= 3 * frequency_kernel.BLOCK else 1), bounds
+
+
+@pytest.mark.parametrize("vectors", [None, (32, 16), (16, 16)], ids=["this_cpu", "avx2", "sse"])
+@pytest.mark.parametrize("double", [False, True], ids=["float32", "float64"])
+@pytest.mark.parametrize("layout", ENGINE_LAYOUTS, ids=["correlate", "input_grad", "weight_grad"])
+@pytest.mark.parametrize("conj", [(False, False), (True, False), (False, True)], ids=["plain", "conj_a", "conj_b"])
+def test_the_vector_loop_matches_einsum(monkeypatch, vectors, double, layout, conj):
+    """frequency_vector's micro-kernel on this CPU's vectors and recompiled for AVX2's and SSE's
+    (narrower vectors, 16 registers: 2 x 2 blocks), every block shape at the edges (I = 5, J = 7
+    against blocks of 2 x 4 or 2 x 2), passes of a few frequencies (several passes, a partial last
+    one) and of all of them. With F a whole number of vectors the plain loop never runs."""
+    if vectors is not None:
+        monkeypatch.setattr(direct_kernel, "machine", lambda: vectors)
+    dtype = np.complex128 if double else np.complex64
+    itemsize = 8 if double else 4
+    lanes = frequency_vector.blocking(itemsize)[2] // 2
+    plain = []
+    real_kernel = frequency_kernel._kernel()
+    monkeypatch.setattr(frequency_kernel, "_kernel", lambda: lambda *args: plain.append(args[-2:]) or real_kernel(*args))
+    rng = np.random.default_rng(11)
+    (P, I, J, K), a_axes, b_axes, out_axes = (2, 5, 7, 3), *layout
+    for chunk_bytes in (1, frequency_vector.CHUNK_BYTES):   # one vector a pass; as many as fit
+        monkeypatch.setattr(frequency_vector, "CHUNK_BYTES", chunk_bytes)
+        for F in (5 * lanes, 5 * lanes + 1):
+            plain.clear()
+            a = _spectrum(rng, _shape(a_axes, (P, I, K), F), dtype)
+            b = _spectrum(rng, _shape(b_axes, (P, K, J), F), dtype)
+            out = np.full(_shape(out_axes, (P, I, J), F), np.nan, dtype)
+            frequency_kernel.sum_products(a, a_axes, b, b_axes, out, out_axes, (P, I, J, K), *conj)
+            want = _einsum_sums(a.astype(np.complex128), a_axes, b.astype(np.complex128), b_axes, out.shape,
+                                out_axes, *conj)
+            np.testing.assert_allclose(out, want, rtol=1e-12 if double else 2e-5, atol=1e-12 if double else 1e-4)
+            assert plain == ([(5 * lanes, F)] if F % lanes else []), plain
+
+
+def test_passes_hold_whole_vectors_within_their_bytes():
+    lanes = frequency_vector.blocking(4)[2] // 2
+    for counts in [(1, 8, 16, 16), (1, 8, 8, 2), (32, 8, 1, 1), (1, 64, 64, 64), (1, 1, 1, 1)]:
+        chunk = frequency_vector.chunk_of(counts, 4)
+        _, I, J, K = counts
+        assert chunk % lanes == 0 and lanes <= chunk <= frequency_vector.MAX_CHUNK
+        assert chunk == lanes or chunk * 8 * (I * K + K * J + I * J) <= frequency_vector.CHUNK_BYTES
+    with pytest.raises(ValueError):
+        frequency_vector.loop(16, 0)   # complex128's itemsize, not its lanes'
 
 
 def test_concurrent_callers_each_get_their_own_sums(monkeypatch):
