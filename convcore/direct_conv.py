@@ -225,7 +225,8 @@ class DirectConv:
             return 0
         return self._tail(self.red.channels, self._input_space() or self._grid_space(self.gx_grid))
 
-    def _compiled_outputs(self, grid, src, mats, space, K, dest=None, fold=None, threads=None, deferred=False):
+    def _compiled_outputs(self, grid, src, mats, space, K, dest=None, fold=None, threads=None, deferred=False,
+                          bias=None):
         """The output pass (forward, input gradient) on the micro-kernels: (g, rows) + space.dims,
         a view of their channels-last result (one copy later makes it the caller's layout); or,
         with ``dest`` = (flat array, strides, limits, shifts, channel stride, group stride) as in
@@ -233,12 +234,15 @@ class DirectConv:
         (returns None); or, with ``fold`` = (flat gx, ``direct_kernel.PhaseFold``, group stride),
         an input gradient over the whole polyphase grid folded into gx likewise (returns None).
         ``threads``: how many parts (default: as the pass's size warrants); ``deferred``: return
-        (parts, finish) instead, to run the parts beside another pass's (``_backward``)."""
+        (parts, finish) instead, to run the parts beside another pass's (``_backward``). ``bias``
+        (g * rows,): added to each output as ``dest`` is written (the forward's b: no pass over y after)."""
         g, rows, itemsize = mats.shape[0], mats.shape[1], src.dtype.itemsize
         plan = _output_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off)
         if dest is not None:
             dst, ch_stride, group_stride = dest[0], dest[4], dest[5]
             segments = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run)
+            shift = (np.zeros((g, rows), src.dtype) if bias is None
+                     else np.ascontiguousarray(bias, dtype=src.dtype).reshape(g, rows))
         b = plan.blocking
         width = b.V * b.VW   # filters packed (g, blocks of channels, K * taps, width), zeros past rows
         w = np.zeros((g, b.nob, K * grid.taps, width), src.dtype)
@@ -258,7 +262,7 @@ class DirectConv:
                 plan.loop(flat[gi], w[gi], plan.koff, out[gi], plan.bases, first, last)
                 if dest is not None:
                     direct_kernel.scatter(out[gi], dst, *segments, rows, ch_stride, gi * group_stride,
-                                          plan.per_run, plan.P, first, last)
+                                          plan.per_run, plan.P, first, last, shift[gi])
                 elif fold is not None:
                     direct_kernel.phase_scatter(out[gi], fold[0], *fold[1][:-1], rows, gi * fold[2], plan.P,
                                                 first, last, space.count)
@@ -591,10 +595,19 @@ class DirectConv:
             self._A = A
         return self._A
 
-    def forward(self):
-        """y: (n, c_O, o...) without bias."""
+    def forward(self, bias=None):
+        """y: (n, c_O, o...) + bias (c_O,) if given: the compiled pass adds it as it writes y."""
+        y, added = self._forward(bias)
+        if bias is not None and not added:
+            y += bias.reshape((1, -1) + (1,) * self.geom.ndim)
+        return y
+
+    forward.adds_bias = True   # the Engine protocol's optional hook (a subclass's own forward has not)
+
+    def _forward(self, bias):
+        """(y, whether bias is in it): the compiled pass adds it, the others leave it to ``forward``."""
         if self.pointwise:
-            return pointwise.forward(self.xp, self.geom, self.x, self.W)
+            return pointwise.forward(self.xp, self.geom, self.x, self.W), False
         xp, geom, red, grid, N = self.xp, self.geom, self.fw, self.fw_grid, self.geom.ndim
         A = self.grid_input()
         g, C, O = geom.groups, red.channels, red.out_channels
@@ -605,8 +618,9 @@ class DirectConv:
             plane = math.prod(geom.out_spatial)
             strides = (g * O * plane,) + tuple(math.prod(geom.out_spatial[d:]) for d in range(1, N + 1))
             self._compiled_outputs(grid, A, Wmat, self._output_space(), C, dest=(
-                y.reshape(-1), strides, (geom.batch,) + geom.out_spatial, (0,) * (N + 1), plane, O * plane))
-            return y
+                y.reshape(-1), strides, (geom.batch,) + geom.out_spatial, (0,) * (N + 1), plane, O * plane),
+                bias=bias)
+            return y, True
         if self.host:
             space = self._output_space()
             Y = self._out_pass(grid, A, Wmat, space, C)[..., :geom.out_spatial[-1]]
@@ -615,7 +629,7 @@ class DirectConv:
             Y = Y[(slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)]
         y = xp.empty(geom.out_shape, A.dtype)
         y.reshape((geom.batch, g, O) + geom.out_spatial)[...] = Y.transpose((2, 0, 1) + tuple(range(3, 3 + N)))
-        return y
+        return y, False
 
     def backward(self, gy, need_x: bool, need_W: bool):
         """(gx, gW) for gy (n, c_O, o...); an entry not asked for is None."""

@@ -50,6 +50,9 @@ class Engine(Protocol):
 #   (``unsupported_reason``, which the service checks before queueing); its estimate is math.inf;
 # - ``ready(xp) -> bool``: build what it compiles, and whether it runs after all. ``auto`` calls it
 #   before running or timing the engine (a build failing there makes auto pass the engine over).
+# - ``forward.adds_bias = True`` (an attribute of the method): ``forward(bias=b)`` returns y + b, b
+#   (c_O,) in x's dtype and on its device (direct_conv.py adds it as its threads write y); otherwise
+#   ``Convolution`` adds it after. A subclass that overrides ``forward`` does not inherit the mark.
 
 
 _ENGINES: dict = {}
