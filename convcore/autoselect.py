@@ -88,8 +88,10 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
     two engines' buffers.
     """
     gy = xp.ones(geom.out_shape, dtype=x.dtype)
-    if frequency_kernel.available(xp):   # the host's first load of the compiled sums (~0.3-1 s; 1-2 s a
-        frequency_kernel.warm(x.dtype.itemsize)   # vector loop to compile where nothing is cached): not timed
+    # the host's first load of the compiled sums (~0.3-1 s; about a second a vector loop to compile
+    # where nothing is cached), not timed
+    if frequency_kernel.available(xp) and "fft" in estimates:
+        frequency_kernel.warm(x.dtype.itemsize)
     if not backend.is_host_module(xp):
         for name in estimates:
             _run(make_engine(name, xp, geom, x, W, budget), gy)

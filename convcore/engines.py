@@ -52,7 +52,8 @@ class Engine(Protocol):
 #   before running or timing the engine (a build failing there makes auto pass the engine over).
 # - ``forward.adds_bias = True`` (an attribute of the method): ``forward(bias=b)`` returns y + b, b
 #   (c_O,) in x's dtype and on its device (direct_conv.py adds it as its threads write y); otherwise
-#   ``Convolution`` adds it after. A subclass that overrides ``forward`` does not inherit the mark.
+#   ``Convolution`` adds it after. A subclass that overrides ``forward`` does not inherit the mark
+#   (a wrapper made with ``functools.wraps`` copies it, but its ``__wrapped__`` is seen and passed over).
 
 
 _ENGINES: dict = {}

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import marshal
 import threading
+import zlib
 
 import numpy as np
 
@@ -97,17 +99,19 @@ def _cmac_block_typer(typingctx, IB, JB, VW, isz, mode, a, a_is, a_ks, b, b_ks, 
 literally = _cmac_block = None   # bound by _build (Numba resolves a compiled function's globals then)
 
 
-def _blocks_loop(a, a_s, b, b_s, out, o_s, counts, chunk, f0, f1, IB, JB, VW, isz, mode):   # pragma: no cover - compiled
+def _blocks_loop(a, a_s, b, b_s, out, o_s, counts, chunk, f0, f1, IB, JB, VW, isz, mode, stamp):   # pragma: no cover - compiled
     """The sums over frequencies f0 .. fv - 1, fv the end of the last whole vector of VW / 2 from
     f0 (returned: the caller sums fv .. f1 - 1 elsewhere). a, b, out: 1-D real views; a_s (p, i, k),
     b_s (p, k, j), o_s (p, i, j) strides in complex elements; counts (p, i, j, k). Blocks of IB x JB
     outputs, an odd last row or column in blocks of 1; ``chunk`` frequencies (whole vectors) at a
-    time through every block, so that the operands' lines are read again from cache (``chunk_of``)."""
+    time through every block, so that the operands' lines are read again from cache (``chunk_of``).
+    ``stamp``: unused, a literal that keys the compiled loop on direct_kernel's helpers."""
     literally(IB)
     literally(JB)
     literally(VW)
     literally(isz)
     literally(mode)
+    literally(stamp)   # only a key: see _helpers_stamp
     P, I, J, K = counts[0], counts[1], counts[2], counts[3]
     CW = VW // 2
     fv = f0 + (f1 - f0) // CW * CW
@@ -195,6 +199,19 @@ def loop(itemsize: int, mode: int):
     return _compiled(*blocking(itemsize), itemsize, mode)
 
 
+def code_stamp(functions) -> int:
+    """A number that changes when any of ``functions``' code does (their compiled code objects)."""
+    return zlib.crc32(b"".join(marshal.dumps(f.__code__) for f in functions))
+
+
+@functools.cache
+def _helpers_stamp() -> int:
+    """The stamp of direct_kernel's IR helpers that this kernel's code is built from. Numba's disk
+    cache only watches the file of the function it compiles (this one): the loop takes the stamp as
+    a literal argument, so a change to those helpers compiles a new loop instead of loading a stale one."""
+    return code_stamp((direct_kernel._vector_ops, direct_kernel._counted_loop, direct_kernel._literals))
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled(IB: int, JB: int, VW: int, itemsize: int, mode: int):
     dispatcher = _build()
@@ -205,7 +222,7 @@ def _compiled(IB: int, JB: int, VW: int, itemsize: int, mode: int):
     args = (one, (1, 1, 1), one, (1, 1, 1), one.copy(), (1, 1, 1), (1, 1, 1, 1), VW // 2, 0, 0)
     try:
         with _build_lock:
-            return direct_kernel._specialised(dispatcher, args, (IB, JB, VW, itemsize, mode))
+            return direct_kernel._specialised(dispatcher, args, (IB, JB, VW, itemsize, mode, _helpers_stamp()))
     except Exception as exc:  # noqa: BLE001 - LLVM or Numba failing on this CPU: the plain loop instead
         log.warning("the channel sums' vector loop does not compile (%s): frequency_kernel's loop runs", exc)
         return None

@@ -64,6 +64,55 @@ def test_auto_chooses_a_registered_engine_when_it_is_cheapest(toy):
     assert_close("y", y, ref.y, np.float64)
 
 
+BIAS_CASE = ConvCase((2, 8, 9, 8), (8, 4, 3, 3), padding=1, groups=2, seed=5)   # compiled passes: 4+ channels a group
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_direct_engine_adds_the_bias_as_it_writes_y(monkeypatch, dtype):
+    """forward.adds_bias: the compiled forward writes y + b itself (no pass over y after), the
+    same numbers as y + b afterwards, and Convolution hands it b instead of adding it again."""
+    ref = jax_reference(BIAS_CASE)
+    x, W, b = (a.astype(dtype) for a in (ref.x, ref.W, ref.b))
+    fused = []
+    real = DirectConv._forward
+
+    def spy(self, bias):
+        y, added = real(self, bias)
+        fused.append(bias is not None and added)
+        return y, added
+    monkeypatch.setattr(DirectConv, "_forward", spy)
+    y = convcore.Convolution(algorithm="direct", **BIAS_CASE.params).forward(x, W, b)
+    assert fused[0], "the compiled forward did not add the bias itself"
+    assert_close("y", y, ref.y, dtype)
+    geom = convcore.make_geometry(x.shape, W.shape, **BIAS_CASE.params)
+    plain = DirectConv(np, geom, x, W, 2**30).forward()
+    np.testing.assert_array_equal(y, plain + b.reshape(1, -1, 1, 1))
+
+
+def test_an_override_of_forward_gets_the_bias_added_once(monkeypatch):
+    """A subclass's own forward (plain, or a functools.wraps wrapper, which copies the mark) takes
+    no bias: Convolution adds b after it, once."""
+    import functools
+
+    class Plain(DirectConv):
+        def forward(self):
+            return super().forward()
+
+    class Wrapped(DirectConv):
+        @functools.wraps(DirectConv.forward)
+        def forward(self):
+            return DirectConv.forward(self)
+
+    ref = jax_reference(BIAS_CASE)
+    for cls in (Plain, Wrapped):
+        convcore.register_engine("override", cls)
+        try:
+            y = convcore.Convolution(algorithm="override", **BIAS_CASE.params).forward(ref.x, ref.W, ref.b)
+        finally:
+            convcore.unregister_engine("override")
+        assert_close("y", y, ref.y, np.float64)
+
+
 def test_auto_times_a_registered_engine_in_a_close_call(toy, monkeypatch):
     """A toy estimate equal to the best makes a close call: timing must run the toy engine too."""
     geom = convcore.make_geometry(CASE.x_shape, CASE.W_shape, **CASE.params)

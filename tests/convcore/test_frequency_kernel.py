@@ -123,6 +123,23 @@ def test_the_vector_loop_matches_einsum(monkeypatch, vectors, double, layout, co
             assert plain == ([(5 * lanes, F)] if F % lanes else []), plain
 
 
+def test_the_vector_loop_is_keyed_on_the_helpers_it_is_built_from():
+    """Numba's disk cache only watches frequency_vector.py, but the loop's IR comes partly from
+    direct_kernel.py's helpers: their stamp is a literal argument of the compiled loop, so a change
+    to them compiles another loop instead of loading a stale one."""
+    import numba
+
+    helpers = (direct_kernel._vector_ops, direct_kernel._counted_loop, direct_kernel._literals)
+    stamp = frequency_vector._helpers_stamp()
+    assert frequency_vector.code_stamp(helpers) == stamp
+
+    def changed(builder, ir, itemsize, lanes):
+        return None
+    assert frequency_vector.code_stamp((changed,) + helpers[1:]) != stamp
+    assert frequency_vector.loop(4, 0) is not None
+    assert any(numba.types.literal(stamp) in sig for sig in frequency_vector._build().overloads)
+
+
 def test_passes_hold_whole_vectors_within_their_bytes():
     lanes = frequency_vector.blocking(4)[2] // 2
     for counts in [(1, 8, 16, 16), (1, 8, 8, 2), (32, 8, 1, 1), (1, 64, 64, 64), (1, 1, 1, 1)]:

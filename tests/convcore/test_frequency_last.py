@@ -31,7 +31,7 @@ CASES = [
 ]
 # Overlap-save tiles: long inputs, short kernels (rows = batch x tiles).
 TILED = [
-    ConvCase((2, 2, 5000), (2, 2, 5), padding=2, seed=78),   # long enough for 1-D tiles (costs.TILE_GAIN)
+    ConvCase((2, 2, 5000), (2, 2, 5), padding=2, seed=78),   # long enough for 1-D tiles (Rates.tile_gain_1d)
     ConvCase((1, 2, 90, 70), (3, 2, 3, 4), padding=1, seed=79),
     ConvCase((1, 2, 90, 70), (2, 2, 3, 4), padding=1, padding_mode="reflect", seed=80),
     # one output along the strided axis: it runs at stride 1, reading 3 of its 11 padded cells
