@@ -6,11 +6,12 @@ The rules are settings of the device's ``costs.Rates``: ``tile_gain_nd`` (tile o
 model predicts the tiled time under that fraction of the whole's) and ``tile_windows_nd`` (the
 candidate windows, in kernel lengths) for N >= 3; ``tile_gain_1d`` in one dim (``--ndim 1``).
 Draws N = 3, 4 layers (or 1-D ones: long signals, kernels of 33-513 taps; seeded) on which the
-rules in RULES (RULES_1D) choose different tilings, and times the FFT engine (forced; forward + backward, a fresh
-layer per call) under each rule, interleaved, medians (``conv_timing.time_interleaved``: a fast
-side runs untimed for 30 ms before each timed call, as in conv_bench). Prints per layer each
-rule's tiling and time over the fastest rule's, then per rule the median of that ratio and how
-often it was the fastest. Sets the rules through ``costs.set_rates``, so nothing else about the engine changes.
+rules in RULES (RULES_1D) choose different tilings, and times the FFT engine (forced; forward +
+backward, a fresh layer per call) under each rule, interleaved, medians
+(``conv_timing.time_interleaved``: a fast side runs untimed for 30 ms before each timed call, as in
+conv_bench). Prints per layer each rule's tiling and time over the fastest rule's, then per rule
+the median of that ratio and how often it was the fastest. Sets the rules through
+``costs.set_rates``, so nothing else about the engine changes.
 """
 from __future__ import annotations
 

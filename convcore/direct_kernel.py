@@ -320,10 +320,11 @@ def _scatter_loop(out, dst, dest_run, seg_ptr, seg_j, seg_len, seg_dst, rows, ch
     per_run + k); its positions that land in dst are the segments seg_ptr[k]..seg_ptr[k + 1] - 1:
     seg_len[s] positions from seg_j[s] on, channel o of which go to consecutive cells from offset +
     dest_run[r] + seg_dst[s] + o * ch_stride (the ring of a last axis and a block's padding are in
-    no segment), plus bias[o] (a forward pass's bias, added as it is written; zeros otherwise). Run by the thread that computed those blocks, while they are in its cache: one
-    pass instead of NumPy's transposed copy after the whole pass (1 ms a copy on a 4 MB output, on
-    one thread). Segments rather than a lookup and a test per position: a 4-group 16-channel 3x3
-    layer's scatter took as long as its output kernel."""
+    no segment), plus bias[o] (a forward pass's bias, added as it is written; zeros otherwise). Run
+    by the thread that computed those blocks, while they are in its cache: one pass instead of
+    NumPy's transposed copy after the whole pass (1 ms a copy on a 4 MB output, on one thread).
+    Segments rather than a lookup and a test per position: a 4-group 16-channel 3x3 layer's scatter
+    took as long as its output kernel."""
     for m in range(first, last):
         r = m // per_run
         k = m - r * per_run
