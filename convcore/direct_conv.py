@@ -33,8 +33,10 @@ grid. On the CPU the forward and weight-gradient passes run over the outputs onl
 window runs past an edge is skipped on every axis but the last (over the whole grid it
 would be computed and cropped: (q/o)^N more work, 1.3-2.4x for a 3^N kernel on 8-24 points
 per axis), and the last axis is kept whole so that a block's copies stay long contiguous
-runs. A block is a range of one axis times the whole of the axes after it: a basic slice
-of one strided view of the pass. With a stride (when costs.native_stride_pays) these two
+runs (on the compiled micro-kernels, which copy nothing, the forward and the input gradient
+cut it to the cells they write where that computes under 0.9x the positions: ``_cut_last``).
+A block is a range of one axis times the whole of the axes after it: a basic slice of one
+strided view of the pass. With a stride (when costs.native_stride_pays) these two
 passes run on the padded input itself (the ``fw`` reduction, no polyphase split) over the
 outputs at their strided places, prod(k) taps each. The input gradient runs over the cells
 of x (the ring skipped the same way) when padding is zeros and there is no stride; with a
@@ -218,12 +220,17 @@ class DirectConv:
         return direct_kernel.tail_cells(sp.dims[-1], direct_kernel.micro_blocks(sp.dims[-1], blocking.P), sp.strides[-1])
 
     def _forward_tail(self) -> int:
-        return self._tail(self.fw.out_channels, self._output_space()) if self.host else 0
+        return self._tail(self.fw.out_channels, self._forward_space()) if self.host else 0
 
     def _input_grad_tail(self) -> int:
         if not self.host:
             return 0
-        return self._tail(self.red.channels, self._input_space() or self._grid_space(self.gx_grid))
+        inner = self._input_space()
+        if inner is None:
+            return self._tail(self.red.channels, self._grid_space(self.gx_grid))
+        # its runs end no later than the whole axis's: the larger tail covers either
+        cut = self._cut_last(inner, _x_rows(self.geom, self.red)[-1], self.geom.pads[-1][0], self.red.channels)[0]
+        return max(self._tail(self.red.channels, inner), self._tail(self.red.channels, cut))
 
     def _compiled_outputs(self, grid, src, mats, space, K, dest=None, fold=None, threads=None, deferred=False,
                           bias=None):
@@ -488,6 +495,29 @@ class DirectConv:
         strides = (math.prod(red.qx),) + tuple(s * st for s, st in zip(red.out_stride, grid.strides))
         return Space(dims, strides)
 
+    def _forward_space(self):
+        """The forward's output space: ``_output_space``, on the micro-kernels with its last axis cut
+        to the outputs when that pays (``_cut_last``). The weight pass keeps the whole axis: its
+        segments would be as short, and each segment's sums are loaded and stored once per block
+        of rows."""
+        whole = self._output_space()
+        if not self.host or self.fw.out_stride[-1] != 1:
+            return whole
+        return self._cut_last(whole, self.geom.out_spatial[-1], 0, self.fw.out_channels)[0]
+
+    def _cut_last(self, space, length: int, start: int, rows: int) -> tuple:
+        """(space, start): ``space`` with its last axis cut to the ``length`` positions from ``start`` on
+        (the cells an output pass writes) and 0, when the micro-kernels then compute under 0.9x the
+        positions; else ``space`` and ``start`` as they were. The whole axis makes runs of several
+        rows; cut, each row's run is padded to micro-blocks of its own, so a ring pays to skip only
+        where it is a large part of the axis (valid layers with large kernels: 3-D 7^3 on 10^3
+        computes 4 of every 10 positions; 3x3 on 64^2 keeps the whole axis)."""
+        if not self._compiled(rows):
+            return space, start
+        cut = Space(space.dims[:-1] + (length,), space.strides, space.origin + start * space.strides[-1])
+        most = direct_kernel.Blocking(rows, self.x.dtype.itemsize).P
+        return (cut, 0) if _computed(cut, most) < 0.9 * _computed(space, most) else (space, start)
+
     def _input_space(self):
         """The CPU's input-gradient pass when no padded cell's gradient is kept (zero padding) and
         there is no polyphase split: the grid cells of x itself, (b, r_1..r_{N-1}, q_N) with r_j the
@@ -538,7 +568,8 @@ class DirectConv:
         thread writing its blocks' cells of x (the last axis cropped to x, zeros where the grid
         never reads x), as ``_input_from_space`` lays them out."""
         geom, N, C = self.geom, self.geom.ndim, self.red.channels
-        rows, lo = _x_rows(geom, self.red), geom.pads[-1][0]
+        rows = _x_rows(geom, self.red)
+        space, lo = self._cut_last(space, rows[-1], geom.pads[-1][0], C)
         gx = (np.empty if rows == geom.spatial else np.zeros)(geom.in_shape, G.dtype)
         plane = math.prod(geom.spatial)
         strides = (geom.groups * C * plane,) + tuple(math.prod(geom.spatial[d:]) for d in range(1, N + 1))
@@ -617,7 +648,7 @@ class DirectConv:
             y = xp.empty(geom.out_shape, A.dtype)
             plane = math.prod(geom.out_spatial)
             strides = (g * O * plane,) + tuple(math.prod(geom.out_spatial[d:]) for d in range(1, N + 1))
-            self._compiled_outputs(grid, A, Wmat, self._output_space(), C, dest=(
+            self._compiled_outputs(grid, A, Wmat, self._forward_space(), C, dest=(
                 y.reshape(-1), strides, (geom.batch,) + geom.out_spatial, (0,) * (N + 1), plane, O * plane),
                 bias=bias)
             return y, True
@@ -774,6 +805,15 @@ def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     koff[:len(offsets)] = offsets
     loop = direct_kernel.weight_loop(blocking.R, blocking.V, blocking.VW, itemsize)
     return _WeightPlan(blocking, sp, koff, seg_base, seg_row, seg_len, loop)
+
+
+def _computed(space: Space, most: int) -> int:
+    """Positions an output pass over ``space`` computes on the micro-kernels: each run (the
+    coalesced last axis) padded to whole micro-blocks of at most ``most`` positions."""
+    sp = space.coalesced()
+    L = sp.dims[-1]
+    P = direct_kernel.micro_blocks(L, most)
+    return math.prod(sp.dims[:-1]) * -(-L // P) * P
 
 
 @functools.lru_cache(maxsize=64)

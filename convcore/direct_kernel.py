@@ -269,7 +269,9 @@ literally = _output_block = _weight_block = None
 def _output_loop(src, w, koff, out, bases, first, last, P, V, VW, ps, isz):   # pragma: no cover - compiled
     """The output micro-blocks first..last-1: block m at src cell bases[m], written to out rows
     m * P .. m * P + P - 1, every block of channels. src 1-D, w (nob, K, V * VW), koff (K,) int64,
-    out (blocks * P, nob * V * VW), all C-contiguous."""
+    out (blocks * P, nob * V * VW), all C-contiguous. Blocks of channels outermost: each block
+    streams its K rows of w once for all the micro-blocks (block by block, a layer with K * V * VW
+    past L2 read w from L3 for every P positions: 3-D 3^3 128 -> 128 channels on 8^3, 1.3x slower)."""
     literally(P)
     literally(V)
     literally(VW)
@@ -279,8 +281,8 @@ def _output_loop(src, w, koff, out, bases, first, last, P, V, VW, ps, isz):   # 
     width = out.shape[1]
     block = V * VW
     src_a, w_a, koff_a, out_a = src.ctypes.data, w.ctypes.data, koff.ctypes.data, out.ctypes.data
-    for m in range(first, last):
-        for ob in range(nob):
+    for ob in range(nob):
+        for m in range(first, last):
             _output_block(P, V, VW, ps, isz, src_a + bases[m] * isz, w_a + ob * K * block * isz, koff_a, K,
                           out_a + (m * P * width + ob * block) * isz, width)
 

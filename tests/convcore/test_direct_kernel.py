@@ -129,6 +129,39 @@ def test_weight_and_input_gradients_side_by_side_match_jax(threads, passes, monk
     assert passes["out"] == 2 * len(cases) and passes["w"] == len(cases)
 
 
+CUT_CASES = [
+    # (case, passes whose last axis is cut to the cells they write: forward, input gradient)
+    (ConvCase((2, 12, 9, 10, 8), (16, 12, 5, 5, 5), seed=92), (True, False)),           # valid: 4 of 8 outputs per row
+    (ConvCase((2, 8, 6, 7), (16, 8, 5, 5), padding=2, seed=93), (True, True)),          # "same" on a small input
+    (ConvCase((1, 8, 5, 6, 7), (8, 8, 5, 3, 5), padding=((2, 2), (1, 1), (4, 0)), seed=94), (True, True)),   # x starts 4 cells in
+    (ConvCase((2, 16, 7, 9), (16, 4, 3, 3), padding=3, dilation=3, groups=4, seed=95), (True, True)),
+    (ConvCase((2, 8, 9), (8, 8, 7), padding=3, seed=96), (True, True)),                # 1-D: one run per image
+    (ConvCase((1, 8, 3, 30), (8, 8, 3, 21), padding=((0, 0), (20, 0)), seed=98), (True, True)),   # runs padded past the grid
+    (ConvCase((2, 8, 12, 40), (8, 8, 3, 3), padding=1, seed=97), (False, False)),      # a thin ring: the whole axis
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case,cut", CUT_CASES, ids=[f"cut{i}" for i in range(len(CUT_CASES))])
+def test_passes_over_the_written_cells_alone_match_jax(case, cut, dtype, passes, monkeypatch):
+    """Where a ring of the last axis is a large part of it, the forward and the input gradient run
+    over the cells they write only (``DirectConv._cut_last``): every run its own micro-blocks, the
+    scatter's shift taken up by the space's origin, the grids' tails still long enough."""
+    taken = []
+    real = direct_conv.DirectConv._cut_last
+
+    def spy(self, space, length, start, rows):
+        out = real(self, space, length, start, rows)
+        taken.append(out[0] != space)
+        return out
+
+    monkeypatch.setattr(direct_conv.DirectConv, "_cut_last", spy)
+    check_case(NUMPY, case, jax_reference(case), dtype, "direct", layer=True)
+    assert passes["out"] == 2 and passes["w"] == 1
+    # _forward_tail and the forward ask once each, _input_grad_tail and the input gradient once each
+    assert taken[0] == taken[1] == cut[0] and taken[-1] == cut[1]
+
+
 def test_pass_split_rules():
     """Side by side only where both passes are large enough and the shares keep them balanced."""
     from convcore import costs
