@@ -201,6 +201,7 @@ class DirectConv:
         g, rows = mats.shape[0], mats.shape[1]
         if self._compiled(rows):
             return self._compiled_outputs(grid, src, mats, space, K)
+        mats = self.xp.ascontiguousarray(mats).reshape(g, rows, -1)
         out = self.xp.empty((g, rows, space.count), src.dtype)
         return self._run_blocks(grid, src, mats, space, K, out=out).reshape((g, rows) + space.dims)
 
@@ -252,10 +253,11 @@ class DirectConv:
                      else np.ascontiguousarray(bias, dtype=src.dtype).reshape(g, rows))
         b = plan.blocking
         width = b.V * b.VW   # filters packed (g, blocks of channels, K * taps, width), zeros past rows
-        w = np.zeros((g, b.nob, K * grid.taps, width), src.dtype)
-        for ob in range(b.nob):
+        w = (np.empty if b.padded == rows else np.zeros)((g, b.nob) + mats.shape[2:] + (width,), src.dtype)
+        for ob in range(b.nob):   # one strided copy from mats as it lies (a view: the flipped filters)
             part = mats[:, ob * width:(ob + 1) * width]
-            w[:, ob, :, :part.shape[1]] = part.swapaxes(1, 2)
+            w[:, ob, ..., :part.shape[1]] = np.moveaxis(part, 1, -1)
+        w = w.reshape(g, b.nob, K * grid.taps, width)
         blocks = len(plan.bases)
         out = np.empty((g, blocks * plan.P, b.padded), src.dtype)
         flat = src.reshape(g, -1)
@@ -289,9 +291,11 @@ class DirectConv:
         space's own layout) and copies them channels-last in the thread that uses them. ``threads``
         and ``deferred`` as in ``_compiled_outputs``."""
         g, rows, itemsize = acc_rhs.shape[0], acc_rhs.shape[1], src.dtype.itemsize
-        plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize)
-        b, sp = plan.blocking, plan.space
         rhs = acc_rhs.reshape(g, rows, -1)
+        columns = direct_kernel.columns_first(K * grid.taps, rows)
+        plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize,
+                            rhs.shape[-1] if columns else 0)
+        b, sp = plan.blocking, plan.space
         if rhs_on_grid:   # the space's positions at their grid cells, behind rhs_front
             rhs_start, rhs_step = plan.seg_base + rhs_front, sp.strides[-1]
         else:
@@ -304,14 +308,20 @@ class DirectConv:
         def work(part):
             acc = np.zeros((g, len(plan.koff), b.padded), src.dtype)
             for gi in range(g):
-                plan.loop(flat[gi], plan.koff, sp.strides[-1], rhs[gi], rhs_start, rhs_step, acc[gi],
-                          plan.seg_base, plan.seg_len, part[0], part[1])
+                if columns:   # gy's rows broadcast, the columns gathered: acc is (rows, columns)
+                    plan.loop(rhs[gi].reshape(-1), plan.koff, rhs_step, flat[gi], plan.coff, sp.strides[-1],
+                              acc[gi], rhs_start, plan.seg_base, plan.seg_len, part[0], part[1])
+                else:
+                    plan.loop(flat[gi], plan.koff, sp.strides[-1], rhs[gi], rhs_start, rhs_step, acc[gi],
+                              plan.seg_base, plan.seg_len, part[0], part[1])
             return acc
 
         def finish(results):
             total = results[0]
             for r in results[1:]:
                 total += r
+            if columns:
+                return total[:, :rows, :K * grid.taps]
             return total[:, :K * grid.taps, :rows].swapaxes(1, 2)
 
         return _run_or_defer(work, [(cuts[t], cuts[t + 1]) for t in range(threads)], finish, deferred)
@@ -697,8 +707,7 @@ class DirectConv:
         if need_x:
             grid = self.gx_grid
             flip = (slice(None),) * 3 + (slice(None, None, -1),) * N
-            Wadj = xp.ascontiguousarray(red.filters(self.W)[flip].swapaxes(1, 2)).reshape(
-                g, C, O * grid.taps)
+            Wadj = red.filters(self.W)[flip].swapaxes(1, 2)   # (g, C, O, k...): a view, packed once where it is used
             inner = self._input_space()
             space = inner or self._grid_space(grid)
             in_place = self._compiled(C) and (inner is not None or (
@@ -781,30 +790,40 @@ def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
 class _WeightPlan(NamedTuple):
     blocking: direct_kernel.Blocking
     space: Space       # coalesced
-    koff: np.ndarray   # padded to whole blocks of R with offset 0
+    koff: np.ndarray   # the broadcast rows' offsets, padded to whole blocks of R with offset 0
     seg_base: np.ndarray
     seg_row: np.ndarray
     seg_len: np.ndarray
     loop: object
+    coff: np.ndarray = None   # columns first: the gathered columns' offsets in the grid
 
 
 @functools.lru_cache(maxsize=64)
-def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int) -> _WeightPlan:
+def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
+                 rhs_cells: int = 0) -> _WeightPlan:
     """How a weight-gradient pass runs on the micro-kernels: runs cut into segments of at most
-    SEGMENT positions, rhs row r * L + i for position i of run r."""
+    SEGMENT positions, rhs row r * L + i for position i of run r. With ``rhs_cells`` (the length of
+    a row of rhs), columns first (``direct_kernel.columns_first``): the broadcast rows are rhs's,
+    r * rhs_cells apart, and the vectors run over the columns (c, tap)."""
     sp = space.coalesced()
     L, ps = sp.dims[-1], sp.strides[-1]
-    blocking = direct_kernel.Blocking(rows, itemsize)
     run_bases = direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)
     starts = np.arange(0, L, direct_kernel.SEGMENT, dtype=np.int64)
     seg_base = (run_bases[:, None] + starts * ps).reshape(-1)
     seg_row = (np.arange(len(run_bases), dtype=np.int64)[:, None] * L + starts).reshape(-1)
     seg_len = np.tile(np.minimum(L - starts, direct_kernel.SEGMENT), len(run_bases))
     offsets = _tap_offsets(steps, qk, plane, K)
-    koff = np.zeros(-(-len(offsets) // blocking.R) * blocking.R, np.int64)
-    koff[:len(offsets)] = offsets
-    loop = direct_kernel.weight_loop(blocking.R, blocking.V, blocking.VW, itemsize)
-    return _WeightPlan(blocking, sp, koff, seg_base, seg_row, seg_len, loop)
+    if rhs_cells:
+        blocking = direct_kernel.Blocking(len(offsets), itemsize)
+        broadcast = np.arange(rows, dtype=np.int64) * rhs_cells
+        loop = direct_kernel.columns_weight_loop(blocking.R, blocking.V, blocking.VW, itemsize)
+    else:
+        blocking = direct_kernel.Blocking(rows, itemsize)
+        broadcast = offsets
+        loop = direct_kernel.weight_loop(blocking.R, blocking.V, blocking.VW, itemsize)
+    koff = np.zeros(-(-len(broadcast) // blocking.R) * blocking.R, np.int64)
+    koff[:len(broadcast)] = broadcast
+    return _WeightPlan(blocking, sp, koff, seg_base, seg_row, seg_len, loop, offsets if rhs_cells else None)
 
 
 def _computed(space: Space, most: int) -> int:

@@ -315,6 +315,38 @@ def _weight_loop(src, koff, ps, rhs, rhs_start, rhs_step, acc, seg_base, seg_len
                               acc_a + (k0 * width + ob * block) * isz, width)
 
 
+def _columns_weight_loop(src, koff, step, cols, coff, col_step, acc, src_start, col_start, seg_len, first, last,
+                        R, V, VW, isz):   # pragma: no cover - compiled
+    """``_weight_loop`` with the roles turned, for a layer with fewer filter columns (c, tap) than
+    output channels (a first layer: 3 channels x 3^2 taps against 64 filters): acc (rows, width)
+    += the segments first..last-1, rows r of src (gy, channels-first) at coff-like offsets koff[r]
+    from cell src_start[s] on (step ``step``) against the columns, gathered from cols (the grid) at
+    coff[c] + col_start[s] + i * col_step into a buffer of SEGMENT positions: a position copies
+    its len(coff) columns instead of its rows of gy (27 values instead of 64). acc's rows past the
+    real ones read src row 0 (koff 0) and are dropped by the caller."""
+    literally(R)
+    literally(V)
+    literally(VW)
+    literally(isz)
+    K, width = acc.shape[0], acc.shape[1]
+    ncols = coff.shape[0]
+    block = V * VW
+    nob = width // block
+    buf = np.zeros((SEGMENT, width), acc.dtype)   # padded columns stay zero
+    src_a, koff_a, buf_a, acc_a = src.ctypes.data, koff.ctypes.data, buf.ctypes.data, acc.ctypes.data
+    for s in range(first, last):
+        base, n, start = src_start[s], seg_len[s], col_start[s]
+        for i in range(n):   # buf row by row (in L1 as it fills), the columns' cells reread from cache
+            at = start + i * col_step
+            for c in range(ncols):
+                buf[i, c] = cols[coff[c] + at]
+        for k0 in range(0, K, R):
+            for ob in range(nob):
+                _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, step, n,
+                              buf_a + ob * block * isz, width,
+                              acc_a + (k0 * width + ob * block) * isz, width)
+
+
 def _scatter_loop(out, dst, dest_run, seg_ptr, seg_j, seg_len, seg_dst, rows, ch_stride, offset, per_run, P,
                   first, last, bias):   # pragma: no cover - compiled
     """Micro-blocks first..last-1 of an output pass's channels-last result ``out`` (blocks * P,
@@ -404,7 +436,7 @@ def _build():
         try:
             jit = functools.partial(numba.njit, cache=cache, nogil=True)
             loops = (jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop),
-                     jit(boundscheck=False)(_phase_scatter_loop))
+                     jit(boundscheck=False)(_phase_scatter_loop), jit(_columns_weight_loop))
             break
         except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
             log.info("Numba cannot cache the direct engine's loops (cache=%s): %s", cache, exc)
@@ -455,6 +487,18 @@ def weight_loop(R: int, V: int, VW: int, itemsize: int):
         args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros((1, 1), dtype), np.zeros(1, np.int64), 1,
                 np.zeros((R, V * VW), dtype), np.zeros(1, np.int64), np.zeros(1, np.int64), 0, 0)
         return _specialised(_build()[1], args, (R, V, VW, itemsize))
+
+
+@functools.lru_cache(maxsize=None)
+def columns_weight_loop(R: int, V: int, VW: int, itemsize: int):
+    """loop(src, koff, step, cols, coff, col_step, acc, src_start, col_start, seg_len, first, last) for
+    these block sizes (``_columns_weight_loop``)."""
+    with _build_lock:
+        dtype = np.float32 if itemsize == 4 else np.float64
+        i1 = np.zeros(1, np.int64)
+        args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros(1, dtype), i1, 1,
+                np.zeros((R, V * VW), dtype), i1, i1, i1, 0, 0)
+        return _specialised(_build()[4], args, (R, V, VW, itemsize))
 
 
 def scatter(*args) -> None:
@@ -554,6 +598,16 @@ def runs_of(dims: tuple, strides: tuple, origin: int) -> np.ndarray:
     for d, st in zip(dims[:-1], strides[:-1]):
         bases = (bases[..., None] + np.arange(d, dtype=np.int64) * st)
     return bases.reshape(-1)
+
+
+def columns_first(columns: int, rows: int) -> bool:
+    """Whether a weight-gradient pass with ``columns`` filter columns (c, tap) and ``rows`` output
+    channels runs columns first (``_columns_weight_loop``): where the columns are at most half the
+    rows (a position's copy at least halved: 3 x 3^2 -> 64 channels 1.9x faster), or with 64 rows
+    and more where they are at most twice the rows (a copy of 64 rows of gy, channels-first, reads
+    64 streams at once: 8 x 3^2 -> 64 1.28x, 24 x 3^2 -> 128 1.11x; 32 x 3^2 -> 64 0.86x, 16 x 5^2 -> 48
+    0.97x). Measured in docs/benchmarks.md, "Twentieth round"."""
+    return 2 * columns <= rows or (rows >= 64 and columns <= 2 * rows)
 
 
 def tail_cells(run_len: int, P: int, ps: int) -> int:

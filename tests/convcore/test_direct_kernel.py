@@ -44,6 +44,12 @@ CASES = [
     (ConvCase((2, 4, 9, 8, 7), (8, 4, 3, 3, 3), stride=2, padding=((1, 0), (0, 2), (1, 1)), seed=86), 2, 1),   # 3-D
     (ConvCase((2, 4, 30), (6, 4, 5), stride=4, seed=87), 2, 1),                          # x's last cell never read: 0
     (ConvCase((1, 6, 13, 12), (8, 6, 3, 3), stride=2, padding=2, dilation=2, seed=88), 2, 1),   # dilation
+    # weight gradient columns first (direct_kernel.columns_first: few columns (c, tap), many filters):
+    (ConvCase((2, 3, 12, 13), (64, 3, 3, 3), padding=1, seed=99), 1, 1),                # 27 columns, 64 rows; gx: BLAS
+    (ConvCase((2, 2, 11, 10), (48, 1, 3, 3), groups=2, padding=1, seed=100), 1, 1),     # 9 columns, 24 rows a group
+    (ConvCase((2, 3, 17, 15), (64, 3, 3, 3), stride=2, padding=1, seed=101), 2, 1),     # gy in the space's own layout
+    (ConvCase((2, 3, 300), (64, 3, 9), seed=102), 1, 1),                                 # segments of 256 positions
+    (ConvCase((2, 8, 10, 9), (64, 8, 3, 3), padding=1, seed=103), 2, 1),                # 72 columns, 64 rows
     (ConvCase((2, 3, 12, 12), (16, 3, 3, 3), padding=1, seed=80), 1, 1),                # gx has 3 rows: BLAS
     (ConvCase((2, 16, 10, 10), (2, 16, 3, 3), padding=1, seed=81), 1, 0),               # y and gW have 2 rows: BLAS
 ]
@@ -160,6 +166,23 @@ def test_passes_over_the_written_cells_alone_match_jax(case, cut, dtype, passes,
     assert passes["out"] == 2 and passes["w"] == 1
     # _forward_tail and the forward ask once each, _input_grad_tail and the input gradient once each
     assert taken[0] == taken[1] == cut[0] and taken[-1] == cut[1]
+
+
+def test_weight_gradient_columns_first_where_the_rule_says(passes, monkeypatch):
+    """The weight pass turns its roles (gy's rows broadcast, the columns gathered) exactly where
+    ``columns_first`` says, and matches JAX either way (the rule flipped: the other loop)."""
+    built = []
+    real = direct_conv._weight_plan.__wrapped__
+    monkeypatch.setattr(direct_conv, "_weight_plan", lambda *a: built.append(a[-1] > 0) or real(*a))
+    first, other = ConvCase((2, 3, 12, 13), (64, 3, 3, 3), padding=1, seed=104), CASES[0][0]
+    for case in (first, other):
+        check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert built == [True, False]
+    monkeypatch.setattr(direct_kernel, "columns_first", lambda columns, rows: not (2 * columns <= rows or (
+        rows >= 64 and columns <= 2 * rows)))
+    for case in (first, other):
+        check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert built == [True, False, False, True]
 
 
 def test_pass_split_rules():
