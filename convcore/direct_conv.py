@@ -291,10 +291,9 @@ class DirectConv:
         space's own layout) and copies them channels-last in the thread that uses them. ``threads``
         and ``deferred`` as in ``_compiled_outputs``."""
         g, rows, itemsize = acc_rhs.shape[0], acc_rhs.shape[1], src.dtype.itemsize
-        rhs = acc_rhs.reshape(g, rows, -1)
+        rhs = np.ascontiguousarray(acc_rhs.reshape(g, rows, -1))
         columns = direct_kernel.columns_first(K * grid.taps, rows)
-        plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize,
-                            rhs.shape[-1] if columns else 0)
+        plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, rhs.shape[-1], columns)
         b, sp = plan.blocking, plan.space
         if rhs_on_grid:   # the space's positions at their grid cells, behind rhs_front
             rhs_start, rhs_step = plan.seg_base + rhs_front, sp.strides[-1]
@@ -309,11 +308,11 @@ class DirectConv:
             acc = np.zeros((g, len(plan.koff), b.padded), src.dtype)
             for gi in range(g):
                 if columns:   # gy's rows broadcast, the columns gathered: acc is (rows, columns)
-                    plan.loop(rhs[gi].reshape(-1), plan.koff, rhs_step, flat[gi], plan.coff, sp.strides[-1],
+                    plan.loop(rhs[gi].reshape(-1), plan.koff, rhs_step, flat[gi], plan.roff, sp.strides[-1],
                               acc[gi], rhs_start, plan.seg_base, plan.seg_len, part[0], part[1])
-                else:
-                    plan.loop(flat[gi], plan.koff, sp.strides[-1], rhs[gi], rhs_start, rhs_step, acc[gi],
-                              plan.seg_base, plan.seg_len, part[0], part[1])
+                else:   # the grid's columns broadcast, gy's rows gathered: acc is (columns, rows)
+                    plan.loop(flat[gi], plan.koff, sp.strides[-1], rhs[gi].reshape(-1), plan.roff, rhs_step,
+                              acc[gi], plan.seg_base, rhs_start, plan.seg_len, part[0], part[1])
             return acc
 
         def finish(results):
@@ -791,20 +790,20 @@ class _WeightPlan(NamedTuple):
     blocking: direct_kernel.Blocking
     space: Space       # coalesced
     koff: np.ndarray   # the broadcast rows' offsets, padded to whole blocks of R with offset 0
+    roff: np.ndarray   # the gathered columns' offsets
     seg_base: np.ndarray
     seg_row: np.ndarray
     seg_len: np.ndarray
     loop: object
-    coff: np.ndarray = None   # columns first: the gathered columns' offsets in the grid
 
 
 @functools.lru_cache(maxsize=64)
 def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
-                 rhs_cells: int = 0) -> _WeightPlan:
+                 rhs_cells: int, columns: bool) -> _WeightPlan:
     """How a weight-gradient pass runs on the micro-kernels: runs cut into segments of at most
-    SEGMENT positions, rhs row r * L + i for position i of run r. With ``rhs_cells`` (the length of
-    a row of rhs), columns first (``direct_kernel.columns_first``): the broadcast rows are rhs's,
-    r * rhs_cells apart, and the vectors run over the columns (c, tap)."""
+    SEGMENT positions, rhs (gy, rows of ``rhs_cells``) row r * L + i for position i of run r. Rows
+    first the grid's (channel, tap) columns are broadcast and gy's rows gathered; columns first
+    (``direct_kernel.columns_first``) the other way round."""
     sp = space.coalesced()
     L, ps = sp.dims[-1], sp.strides[-1]
     run_bases = direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)
@@ -812,18 +811,14 @@ def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     seg_base = (run_bases[:, None] + starts * ps).reshape(-1)
     seg_row = (np.arange(len(run_bases), dtype=np.int64)[:, None] * L + starts).reshape(-1)
     seg_len = np.tile(np.minimum(L - starts, direct_kernel.SEGMENT), len(run_bases))
-    offsets = _tap_offsets(steps, qk, plane, K)
-    if rhs_cells:
-        blocking = direct_kernel.Blocking(len(offsets), itemsize)
-        broadcast = np.arange(rows, dtype=np.int64) * rhs_cells
-        loop = direct_kernel.columns_weight_loop(blocking.R, blocking.V, blocking.VW, itemsize)
-    else:
-        blocking = direct_kernel.Blocking(rows, itemsize)
-        broadcast = offsets
-        loop = direct_kernel.weight_loop(blocking.R, blocking.V, blocking.VW, itemsize)
+    taps = _tap_offsets(steps, qk, plane, K)
+    gy_rows = np.arange(rows, dtype=np.int64) * rhs_cells
+    broadcast, gathered = (gy_rows, taps) if columns else (taps, gy_rows)
+    blocking = direct_kernel.Blocking(len(gathered), itemsize)
     koff = np.zeros(-(-len(broadcast) // blocking.R) * blocking.R, np.int64)
     koff[:len(broadcast)] = broadcast
-    return _WeightPlan(blocking, sp, koff, seg_base, seg_row, seg_len, loop, offsets if rhs_cells else None)
+    loop = direct_kernel.weight_loop(blocking.R, blocking.V, blocking.VW, itemsize, int(not columns))
+    return _WeightPlan(blocking, sp, koff, gathered, seg_base, seg_row, seg_len, loop)
 
 
 def _computed(space: Space, most: int) -> int:

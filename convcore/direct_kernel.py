@@ -287,59 +287,41 @@ def _output_loop(src, w, koff, out, bases, first, last, P, V, VW, ps, isz):   # 
                           out_a + (m * P * width + ob * block) * isz, width)
 
 
-def _weight_loop(src, koff, ps, rhs, rhs_start, rhs_step, acc, seg_base, seg_len, first, last, R, V, VW, isz):   # pragma: no cover - compiled
-    """acc (K, width) += the segments first..last-1: segment s reads src from cell seg_base[s] on
-    (step ps) against the rows of rhs (rows, cells: channels-first, gy as the engine holds it) from
-    cell rhs_start[s] on (step rhs_step), which are first copied channels-last into a buffer of
-    SEGMENT positions that stays in L1 (the vectors the kernel loads). K is a multiple of R: the
-    caller pads koff (with offset 0, a readable cell) and acc, and drops the padded rows' sums."""
+def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, first, last,
+                 R, V, VW, isz, by_column):   # pragma: no cover - compiled
+    """acc (K, width) += the segments first..last-1: segment s broadcasts R rows of src at a time,
+    row r from cell koff[r] + src_start[s] on (step ``step``), against the vectors of a buffer of
+    SEGMENT positions that stays in L1: column c of position i gathered from rhs (flat) at roff[c] +
+    rhs_start[s] + i * rhs_step. Rows first (the usual way): src is the grid, koff its (channel, tap)
+    offsets, rhs gy channels-first (roff: its rows); columns first (``columns_first``): src is gy,
+    koff its rows, rhs the grid and roff the (channel, tap) offsets. K is a multiple of R: the caller
+    pads koff (with offset 0, a readable cell) and acc, and drops the padded rows' sums. ``by_column``:
+    the gather reads one gathered column at a time (gy's rows: long runs of one row), else one
+    position at a time (the grid's columns, whose cells the next positions read again; column by
+    column a 3-D layer's 54 columns ran 1.5x slower)."""
     literally(R)
     literally(V)
     literally(VW)
     literally(isz)
+    literally(by_column)
     K, width = acc.shape[0], acc.shape[1]
-    rows = rhs.shape[0]
-    block = V * VW
-    nob = width // block
-    buf = np.zeros((SEGMENT, width), acc.dtype)   # padded channels stay zero
-    src_a, koff_a, buf_a, acc_a = src.ctypes.data, koff.ctypes.data, buf.ctypes.data, acc.ctypes.data
-    for s in range(first, last):
-        base, n, start = seg_base[s], seg_len[s], rhs_start[s]
-        for o in range(rows):
-            for i in range(n):
-                buf[i, o] = rhs[o, start + i * rhs_step]
-        for k0 in range(0, K, R):
-            for ob in range(nob):
-                _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, ps, n,
-                              buf_a + ob * block * isz, width,
-                              acc_a + (k0 * width + ob * block) * isz, width)
-
-
-def _columns_weight_loop(src, koff, step, cols, coff, col_step, acc, src_start, col_start, seg_len, first, last,
-                        R, V, VW, isz):   # pragma: no cover - compiled
-    """``_weight_loop`` with the roles turned, for a layer with fewer filter columns (c, tap) than
-    output channels (a first layer: 3 channels x 3^2 taps against 64 filters): acc (rows, width)
-    += the segments first..last-1, rows r of src (gy, channels-first) at coff-like offsets koff[r]
-    from cell src_start[s] on (step ``step``) against the columns, gathered from cols (the grid) at
-    coff[c] + col_start[s] + i * col_step into a buffer of SEGMENT positions: a position copies
-    its len(coff) columns instead of its rows of gy (27 values instead of 64). acc's rows past the
-    real ones read src row 0 (koff 0) and are dropped by the caller."""
-    literally(R)
-    literally(V)
-    literally(VW)
-    literally(isz)
-    K, width = acc.shape[0], acc.shape[1]
-    ncols = coff.shape[0]
+    ncols = roff.shape[0]
     block = V * VW
     nob = width // block
     buf = np.zeros((SEGMENT, width), acc.dtype)   # padded columns stay zero
     src_a, koff_a, buf_a, acc_a = src.ctypes.data, koff.ctypes.data, buf.ctypes.data, acc.ctypes.data
     for s in range(first, last):
-        base, n, start = src_start[s], seg_len[s], col_start[s]
-        for i in range(n):   # buf row by row (in L1 as it fills), the columns' cells reread from cache
-            at = start + i * col_step
+        base, n, start = src_start[s], seg_len[s], rhs_start[s]
+        if by_column:
             for c in range(ncols):
-                buf[i, c] = cols[coff[c] + at]
+                at = roff[c] + start
+                for i in range(n):
+                    buf[i, c] = rhs[at + i * rhs_step]
+        else:
+            for i in range(n):
+                at = start + i * rhs_step
+                for c in range(ncols):
+                    buf[i, c] = rhs[roff[c] + at]
         for k0 in range(0, K, R):
             for ob in range(nob):
                 _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, step, n,
@@ -436,7 +418,7 @@ def _build():
         try:
             jit = functools.partial(numba.njit, cache=cache, nogil=True)
             loops = (jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop),
-                     jit(boundscheck=False)(_phase_scatter_loop), jit(_columns_weight_loop))
+                     jit(boundscheck=False)(_phase_scatter_loop))
             break
         except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
             log.info("Numba cannot cache the direct engine's loops (cache=%s): %s", cache, exc)
@@ -479,26 +461,15 @@ def output_loop(P: int, V: int, VW: int, ps: int, itemsize: int):
 
 
 @functools.lru_cache(maxsize=None)
-def weight_loop(R: int, V: int, VW: int, itemsize: int):
-    """loop(src, koff, ps, rhs, rhs_start, rhs_step, acc, seg_base, seg_len, first, last) for these
-    block sizes (``_weight_loop``)."""
-    with _build_lock:
-        dtype = np.float32 if itemsize == 4 else np.float64
-        args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros((1, 1), dtype), np.zeros(1, np.int64), 1,
-                np.zeros((R, V * VW), dtype), np.zeros(1, np.int64), np.zeros(1, np.int64), 0, 0)
-        return _specialised(_build()[1], args, (R, V, VW, itemsize))
-
-
-@functools.lru_cache(maxsize=None)
-def columns_weight_loop(R: int, V: int, VW: int, itemsize: int):
-    """loop(src, koff, step, cols, coff, col_step, acc, src_start, col_start, seg_len, first, last) for
-    these block sizes (``_columns_weight_loop``)."""
+def weight_loop(R: int, V: int, VW: int, itemsize: int, by_column: int):
+    """loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, first, last) for
+    these block sizes and gather order (``_weight_loop``)."""
     with _build_lock:
         dtype = np.float32 if itemsize == 4 else np.float64
         i1 = np.zeros(1, np.int64)
         args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros(1, dtype), i1, 1,
                 np.zeros((R, V * VW), dtype), i1, i1, i1, 0, 0)
-        return _specialised(_build()[4], args, (R, V, VW, itemsize))
+        return _specialised(_build()[1], args, (R, V, VW, itemsize, by_column))
 
 
 def scatter(*args) -> None:
@@ -585,7 +556,7 @@ def warm(dtype=np.float32) -> None:
     for rows in (16, 32):
         b = Blocking(rows, itemsize)
         output_loop(b.P, b.V, b.VW, 1, itemsize)
-        weight_loop(b.R, b.V, b.VW, itemsize)
+        weight_loop(b.R, b.V, b.VW, itemsize, 1)
     out, dst, i1 = np.zeros((1, 1), dtype), np.zeros(1, dtype), np.zeros(1, np.int64)
     scatter(out, dst, i1, np.zeros(2, np.int64), i1, i1, i1, 1, 1, 0, 1, 1, 0, 0, dst)
     fold = phase_fold((2,), (2,), (0,), (2,), (1,), 2)
@@ -602,7 +573,7 @@ def runs_of(dims: tuple, strides: tuple, origin: int) -> np.ndarray:
 
 def columns_first(columns: int, rows: int) -> bool:
     """Whether a weight-gradient pass with ``columns`` filter columns (c, tap) and ``rows`` output
-    channels runs columns first (``_columns_weight_loop``): where the columns are at most half the
+    channels runs columns first (``_weight_loop`` with the roles turned): where the columns are at most half the
     rows (a position's copy at least halved: 3 x 3^2 -> 64 channels 1.9x faster), or with 64 rows
     and more where they are at most twice the rows (a copy of 64 rows of gy, channels-first, reads
     64 streams at once: 8 x 3^2 -> 64 1.28x, 24 x 3^2 -> 128 1.11x; 32 x 3^2 -> 64 0.86x, 16 x 5^2 -> 48
