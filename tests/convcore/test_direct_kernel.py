@@ -81,14 +81,39 @@ def passes(monkeypatch):
     return seen
 
 
+_PLANS = (direct_conv._output_plan, direct_conv._weight_plan)   # the cached functions, whatever a test patches
+
+
+def _clear_plans():
+    for plan in _PLANS:
+        plan.cache_clear()
+
+
 @pytest.fixture(params=["cpu", "avx2", "sse"])
 def machine(request, monkeypatch):
-    """This CPU's vectors, or (bytes, registers) of narrower machines: kernels compiled anew."""
+    """This CPU's vectors, or (bytes, registers) of narrower machines: kernels compiled anew, and
+    plans made anew (they are cached on the shapes alone, so a plan made for this CPU's blocking
+    would otherwise run on the narrower machine), before and after."""
+    _clear_plans()
+    request.addfinalizer(_clear_plans)
     if request.param == "avx2":
         monkeypatch.setattr(direct_kernel, "machine", lambda: (32, 16))
     elif request.param == "sse":
         monkeypatch.setattr(direct_kernel, "machine", lambda: (16, 16))
     return request.param
+
+
+def test_narrow_machines_make_their_own_plans(machine, passes, monkeypatch):
+    """The weight pass of a columns-first layer and its output passes run loops blocked for the machine
+    of the case (the lanes a plan's blocking uses are the machine's), not plans left by an earlier case."""
+    seen = []
+    real_w = direct_conv._weight_plan
+    monkeypatch.setattr(direct_conv, "_weight_plan", lambda *a: seen.append(r := real_w(*a)) or r)
+    case = ConvCase((2, 3, 12, 13), (64, 3, 3, 3), padding=1, seed=105)
+    check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    lanes = direct_kernel.machine()[0] // 4
+    assert seen and all(plan.blocking.VW <= lanes for plan in seen)
+    assert seen[0].blocking.VW == min(lanes, 16)   # 27 columns: whole vectors of this machine
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
