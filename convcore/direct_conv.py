@@ -288,8 +288,10 @@ class DirectConv:
     def _compiled_weights(self, grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front, threads=None, deferred=False):
         """The weight-gradient pass on the micro-kernels: (g, rows, K * taps). Each segment of
         positions reads its rows of gy channels-first where they lie (on the grid, or in the
-        space's own layout) and copies them channels-last in the thread that uses them. ``threads``
-        and ``deferred`` as in ``_compiled_outputs``."""
+        space's own layout) and copies them channels-last in the thread that uses them; or, columns
+        first (``direct_kernel.columns_first``: few columns (c, tap), many filters), broadcasts
+        them and gathers the grid's columns instead. ``threads`` and ``deferred`` as in
+        ``_compiled_outputs``."""
         g, rows, itemsize = acc_rhs.shape[0], acc_rhs.shape[1], src.dtype.itemsize
         rhs = np.ascontiguousarray(acc_rhs.reshape(g, rows, -1))
         columns = direct_kernel.columns_first(K * grid.taps, rows)
