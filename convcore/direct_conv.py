@@ -56,6 +56,7 @@ x as it lies, per image (pointwise.py).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -91,6 +92,37 @@ def _x_rows(geom: ConvGeometry, red: Reduction) -> tuple:
     return tuple(max(0, min(d, q - lo)) for d, q, (lo, _) in zip(geom.spatial, red.qx, geom.pads))
 
 
+_SHAPE_MEMO: dict = {}
+_SHAPE_MEMO_MOST = 4096
+
+
+def _per_shape(method):
+    """Memoise a ``DirectConv`` method whose result depends on the layer's shape alone (its geometry,
+    the strided-read choice, dtype size, whether the compiled passes run, the CPU's vectors) and
+    the method's hashable arguments: a training step makes a new engine per call, and these
+    spaces, cuts and tails were a quarter of a small layer's forward (3x3 16 -> 16 channels on 8^2:
+    25 of 93 us). ``clear_shape_memo`` empties it (tests that patch the rules start from nothing)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def memo(self, *args):
+        key = (name, self._shape_key, args)
+        try:
+            return _SHAPE_MEMO[key]
+        except KeyError:
+            pass
+        if len(_SHAPE_MEMO) >= _SHAPE_MEMO_MOST:
+            _SHAPE_MEMO.clear()
+        value = _SHAPE_MEMO[key] = method(self, *args)
+        return value
+
+    return memo
+
+
+def clear_shape_memo() -> None:
+    _SHAPE_MEMO.clear()
+
+
 @functools.lru_cache(maxsize=256)
 def _layout(xp, geom: ConvGeometry, native: bool) -> tuple:
     """(red, fw, gx_grid, fw_grid) of a geometry, ``fw`` reading strided outputs in place when
@@ -117,6 +149,9 @@ class DirectConv:
         self.host = backend.is_host_module(xp)
         # native_stride_pays is decided on every call (its threshold is a setting), not cached
         self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host and native_stride_pays(geom))
+        self._kernels = direct_kernel.available(xp, x.dtype)   # read once a call (an environment lookup)
+        self._shape_key = (geom, self.fw is not self.red, self.host, x.dtype.itemsize, self._kernels,
+                           direct_kernel.machine())
         self._A = None
         self.pointwise = pointwise.applies(geom)   # 1x1 kernels: products of x as it lies, no grid
 
@@ -209,8 +244,9 @@ class DirectConv:
     def _compiled(self, rows: int) -> bool:
         """Whether a CPU pass with ``rows`` output rows runs the compiled micro-kernels (on NumPy
         arrays; its grid arrays A and G are made here, C-contiguous)."""
-        return rows >= direct_kernel.MIN_ROWS and direct_kernel.available(self.xp, self.x.dtype)
+        return rows >= direct_kernel.MIN_ROWS and self._kernels
 
+    @_per_shape
     def _tail(self, rows: int, space) -> int:
         """Cells past the grid an output pass over ``space`` reads when it runs compiled: its runs
         padded to whole micro-blocks (``direct_kernel.tail_cells``); 0 on BLAS."""
@@ -220,9 +256,11 @@ class DirectConv:
         blocking = direct_kernel.Blocking(rows, self.x.dtype.itemsize)
         return direct_kernel.tail_cells(sp.dims[-1], direct_kernel.micro_blocks(sp.dims[-1], blocking.P), sp.strides[-1])
 
+    @_per_shape
     def _forward_tail(self) -> int:
         return self._tail(self.fw.out_channels, self._forward_space()) if self.host else 0
 
+    @_per_shape
     def _input_grad_tail(self) -> int:
         if not self.host:
             return 0
@@ -254,9 +292,10 @@ class DirectConv:
         b = plan.blocking
         width = b.V * b.VW   # filters packed (g, blocks of channels, K * taps, width), zeros past rows
         w = (np.empty if b.padded == rows else np.zeros)((g, b.nob) + mats.shape[2:] + (width,), src.dtype)
+        rows_last = (0,) + tuple(range(2, mats.ndim)) + (1,)   # (np.moveaxis costs 5 us a call)
         for ob in range(b.nob):   # one strided copy from mats as it lies (a view: the flipped filters)
             part = mats[:, ob * width:(ob + 1) * width]
-            w[:, ob, ..., :part.shape[1]] = np.moveaxis(part, 1, -1)
+            w[:, ob, ..., :part.shape[1]] = part.transpose(rows_last)
         w = w.reshape(g, b.nob, K * grid.taps, width)
         blocks = len(plan.bases)
         out = np.empty((g, blocks * plan.P, b.padded), src.dtype)
@@ -494,6 +533,7 @@ class DirectConv:
         """Every grid position, flat: what the input gradient needs (and a device runs)."""
         return Space((grid.positions,), (1,))
 
+    @_per_shape
     def _output_space(self):
         """The CPU's forward and weight-gradient passes on the ``fw`` grid: the outputs
         (b, o_1..o_N), each at its strided place. Along an unstrided last axis the space takes
@@ -506,6 +546,7 @@ class DirectConv:
         strides = (math.prod(red.qx),) + tuple(s * st for s, st in zip(red.out_stride, grid.strides))
         return Space(dims, strides)
 
+    @_per_shape
     def _forward_space(self):
         """The forward's output space: ``_output_space``, on the micro-kernels with its last axis cut
         to the outputs when that pays (``_cut_last``). The weight pass keeps the whole axis: its
@@ -516,6 +557,7 @@ class DirectConv:
             return whole
         return self._cut_last(whole, self.geom.out_spatial[-1], 0, self.fw.out_channels)[0]
 
+    @_per_shape
     def _cut_last(self, space, length: int, start: int, rows: int) -> tuple:
         """(space, start): ``space`` with its last axis cut to the ``length`` positions from ``start`` on
         (the cells an output pass writes) and 0, when the micro-kernels then compute under 0.9x the
@@ -529,6 +571,7 @@ class DirectConv:
         most = direct_kernel.Blocking(rows, self.x.dtype.itemsize).P
         return (cut, 0) if _computed(cut, most) < 0.9 * _computed(space, most) else (space, start)
 
+    @_per_shape
     def _input_space(self):
         """The CPU's input-gradient pass when no padded cell's gradient is kept (zero padding) and
         there is no polyphase split: the grid cells of x itself, (b, r_1..r_{N-1}, q_N) with r_j the
@@ -569,7 +612,7 @@ class DirectConv:
         geom, fw = self.geom, self.fw
         w_parts, w_finish = self._compiled_weights(*weights, threads=split[0], deferred=True)
         gx, x_parts, x_finish = self._compiled_gx(*gx_pass, threads=split[1], deferred=True)
-        results = run_parallel(lambda part: part(), w_parts + x_parts)
+        results = run_parallel(lambda part: part(), w_parts + x_parts, blas=False)
         x_finish(results[len(w_parts):])
         gWm = w_finish(results[:len(w_parts)])
         return gx, fw.weight_grad(gWm.reshape((geom.groups * fw.out_channels, fw.channels) + fw.qk))
@@ -677,7 +720,12 @@ class DirectConv:
         """(gx, gW) for gy (n, c_O, o...); an entry not asked for is None."""
         if not (need_x or need_W):
             return None, None
-        with backend._single_threaded_blas():   # once for both passes (each pass's own is then a count)
+        # BLAS single-threaded once for both passes (each pass's own is then a count), unless both
+        # run compiled: they call no BLAS
+        compiled = self.host and not self.pointwise and all(
+            self._compiled(rows) for rows, needed in ((self.red.out_channels, need_W), (self.red.channels, need_x))
+            if needed)
+        with contextlib.nullcontext() if compiled else backend._single_threaded_blas():
             return self._backward(gy, need_x, need_W)
 
     def _backward(self, gy, need_x: bool, need_W: bool):
@@ -744,10 +792,11 @@ class DirectConv:
 
 
 def _run_or_defer(work, parts: list, finish, deferred: bool):
-    """finish([work(p) for p in parts]) run on the thread pool now, or (callables, finish) to run later."""
+    """finish([work(p) for p in parts]) run on the thread pool now, or (callables, finish) to run later
+    (the compiled passes: no BLAS in them, so BLAS's thread count is left as it is)."""
     if deferred:
         return [functools.partial(work, p) for p in parts], finish
-    return finish(run_parallel(work, parts))
+    return finish(run_parallel(work, parts, blas=False))
 
 
 # ---- the compiled passes' plans: arrays of offsets, built once per layer shape -------------------------

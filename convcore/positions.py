@@ -7,6 +7,7 @@ box and its column matrix one basic slice of a single strided view of the pass.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -94,18 +95,21 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
-def run_parallel(work, parts):
+def run_parallel(work, parts, blas: bool = True):
     """[work(part) for part in parts], the first on the calling thread and the others on a thread
-    pool when there are several, with BLAS single-threaded meanwhile (the threads are the parallelism)."""
+    pool when there are several, with BLAS single-threaded meanwhile (the threads are the parallelism)
+    unless ``blas`` is False: work that calls no BLAS (the compiled passes) skips setting and
+    restoring its thread count (5 us a call, a twentieth of a small layer's forward)."""
     global _pool
+    pinned = backend._single_threaded_blas() if blas else contextlib.nullcontext()
     if len(parts) == 1:
-        with backend._single_threaded_blas():
+        with pinned:
             return [work(parts[0])]
     with _pool_lock:
         if _pool is None or _pool[0] < len(parts) - 1:
             _pool = (len(parts) - 1, ThreadPoolExecutor(len(parts) - 1, thread_name_prefix="convcore-direct"))
         pool = _pool[1]
-    with backend._single_threaded_blas():
+    with pinned:
         # the calling thread takes the first part itself: one thread fewer to wake (after an idle
         # moment a parked thread took milliseconds to get going on this VM; the caller is running)
         others = [pool.submit(work, part) for part in parts[1:]]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from convcore import backend as convcore_backend
+from convcore import direct_conv
 
 
 @dataclass
@@ -40,6 +41,15 @@ class TransformLog:
             else:              # frequency last: (B..., g, C) left
                 out.append((math.prod(rest[:-2]), rest[-2], rest[-1]))
         return out
+
+
+@pytest.fixture(autouse=True)
+def fresh_shape_memo():
+    """Every test starts and ends with the direct engine's per-shape memo empty: tests patch the rules
+    behind it (``_compiled``, ``_cut_last``, the machine's vectors) for their own calls only."""
+    direct_conv.clear_shape_memo()
+    yield
+    direct_conv.clear_shape_memo()
 
 
 @pytest.fixture

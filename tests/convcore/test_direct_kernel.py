@@ -189,8 +189,9 @@ def test_passes_over_the_written_cells_alone_match_jax(case, cut, dtype, passes,
     monkeypatch.setattr(direct_conv.DirectConv, "_cut_last", spy)
     check_case(NUMPY, case, jax_reference(case), dtype, "direct", layer=True)
     assert passes["out"] == 2 and passes["w"] == 1
-    # _forward_tail and the forward ask once each, _input_grad_tail and the input gradient once each
-    assert taken[0] == taken[1] == cut[0] and taken[-1] == cut[1]
+    # the forward's space is asked for first (its grid's tail), the input gradient's last (the
+    # answers are memoised per layer shape: the later asks of the forward reuse the first's)
+    assert taken[0] == cut[0] and taken[-1] == cut[1]
 
 
 def test_weight_gradient_columns_first_where_the_rule_says(passes, monkeypatch):
@@ -228,6 +229,30 @@ def test_switched_off_runs_blas(passes, monkeypatch):
     case = CASES[0][0]
     check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
     assert passes == {"out": 0, "w": 0, "fold": 0}
+
+
+def test_one_shape_memo_serves_every_variant_of_a_layer(passes, monkeypatch):
+    """The per-shape memo (spaces, cuts, grid tails) is keyed on all they depend on: one layer run
+    with the compiled passes off, then on in float64, float32 and float64 again, then with the
+    stride read in place, split into phases and in place again, without clearing it in between,
+    matches JAX every time (a tail left from another variant reads past a grid: BLAS's is none,
+    float64's micro-blocks of a run of 45 read 1 cell past it, float32's 2)."""
+    from convcore import costs
+    cases = [ConvCase((2, 8, 41), (16, 8, 5), padding=2, seed=112),                  # runs of 45
+             ConvCase((2, 8, 6, 7), (16, 8, 5, 5), padding=2, seed=110),            # "same": cut
+             ConvCase((2, 8, 13, 12), (16, 8, 3, 3), stride=2, padding=1, seed=111)]
+    for case in cases:
+        reference = jax_reference(case)
+        monkeypatch.setenv("CONVCORE_COMPILED", "0")
+        check_case(NUMPY, case, reference, np.float32, "direct", layer=True)
+        monkeypatch.setenv("CONVCORE_COMPILED", "1")
+        for dtype in (np.float64, np.float32, np.float64):
+            check_case(NUMPY, case, reference, dtype, "direct", layer=True)
+        for saving in (0.0, float("inf"), 0.0):   # the stride read in place, then phases, then in place
+            monkeypatch.setattr(costs, "NATIVE_STRIDE_MIN_SAVING", saving)
+            check_case(NUMPY, case, reference, np.float32, "direct", layer=True)
+    assert direct_conv._SHAPE_MEMO   # it was used (the fixture empties it after the test)
+    assert passes["out"] == 2 * 3 * 6   # every variant but the BLAS one ran both output passes compiled
 
 
 @pytest.mark.parametrize("length,stride", [(20003, 1000), (100003, 100000)])
