@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import resources
+from . import numba_cache, resources
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +404,9 @@ def _phase_scatter_loop(out, dst, qx, pos_step, first_q, stop_q, phase_off, plan
 
 @functools.cache
 def _build():
-    """The loops as Numba dispatchers (cached on disk where Numba can), or None."""
+    """The loops as Numba dispatchers (cached on disk where Numba can, saved under
+    ``numba_cache``'s lock), or None. A list: a loop whose cached code proves to be another
+    signature's is swapped for one compiled without the cache (``_typed_call``)."""
     numba = _numba()
     if numba is None:
         return None
@@ -417,8 +419,9 @@ def _build():
     for cache in (True, False):
         try:
             jit = functools.partial(numba.njit, cache=cache, nogil=True)
-            loops = (jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop),
-                     jit(boundscheck=False)(_phase_scatter_loop))
+            loops = list(numba_cache.lock_saves(loop) for loop in (
+                jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop),
+                jit(boundscheck=False)(_phase_scatter_loop)))
             break
         except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
             log.info("Numba cannot cache the direct engine's loops (cache=%s): %s", cache, exc)
@@ -433,21 +436,35 @@ def _specialised(dispatcher, args: tuple, literals: tuple):
     them would take its literal-forcing path on every call (milliseconds); one call compiles (or
     loads) it, then the overload's own entry point is called directly."""
     numba = _numba()
-    dispatcher(*args, *literals)
     want = tuple(numba.typeof(a) for a in args) + tuple(numba.types.literal(v) for v in literals)
     kinds = [(i, a.dtype, a.ndim) for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+    try:
+        dispatcher(*args, *literals)
+        entry = _entry_point(dispatcher, want)
+    except TypeError:   # the disk cache gave another signature's code for this one ("can't unbox array")
+        entry = None
+    if entry is None and numba_cache.lock_path(dispatcher) is not None:
+        dispatcher = numba_cache.uncached(dispatcher)
+        dispatcher(*args, *literals)
+        entry = _entry_point(dispatcher, want)
+    if entry is None:   # pragma: no cover - Numba changed how it keys overloads
+        raise RuntimeError(f"no compiled loop for {want}")
+
+    def call(*a):
+        # the entry point reads its arrays as the types it was compiled for, unchecked
+        for i, dtype, ndim in kinds:
+            if not (a[i].flags.c_contiguous and a[i].dtype == dtype and a[i].ndim == ndim):
+                raise TypeError(f"argument {i} must be a C-contiguous {ndim}-D {dtype} array")
+        return entry(*a, *literals)
+    return call
+
+
+def _entry_point(dispatcher, want: tuple):
+    """The compiled overload of ``dispatcher`` for the argument types ``want``, or None."""
     for sig, result in dispatcher.overloads.items():
         if tuple(sig) == want:
-            entry = result.entry_point
-
-            def call(*a):
-                # the entry point reads its arrays as the types it was compiled for, unchecked
-                for i, dtype, ndim in kinds:
-                    if not (a[i].flags.c_contiguous and a[i].dtype == dtype and a[i].ndim == ndim):
-                        raise TypeError(f"argument {i} must be a C-contiguous {ndim}-D {dtype} array")
-                return entry(*a, *literals)
-            return call
-    raise RuntimeError(f"no compiled loop for {want}")   # pragma: no cover - Numba changed how it keys overloads
+            return result.entry_point
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -474,12 +491,26 @@ def weight_loop(R: int, V: int, VW: int, itemsize: int, by_column: int):
 
 def scatter(*args) -> None:
     """``_scatter_loop`` compiled (one dispatcher: its arguments' types are the same for every layer)."""
-    _build()[2](*args)
+    _typed_call(2, args)
 
 
 def phase_scatter(*args) -> None:
     """``_phase_scatter_loop`` compiled."""
-    _build()[3](*args)
+    _typed_call(3, args)
+
+
+def _typed_call(index: int, args: tuple) -> None:
+    """Call loop ``index`` of ``_build``; where its disk-cached code turns out to be another
+    signature's (TypeError), that loop is compiled anew without the cache for the rest of the process."""
+    loops = _build()
+    try:
+        loops[index](*args)
+    except TypeError:
+        if numba_cache.lock_path(loops[index]) is None:
+            raise
+        with _build_lock:
+            loops[index] = numba_cache.uncached(loops[index])
+        loops[index](*args)
 
 
 class PhaseFold(NamedTuple):

@@ -28,7 +28,7 @@ import logging
 
 import numpy as np
 
-from . import backend, frequency_vector, resources
+from . import backend, frequency_vector, numba_cache, resources
 
 _log = logging.getLogger(__name__)
 
@@ -140,8 +140,15 @@ def _kernel():
         return None
     options = {"nogil": True, "fastmath": {"contract"}}
     try:
-        return numba.njit(_SIGNATURES, cache=True, **options)(_sum_products)
-    except Exception as exc:  # noqa: BLE001 - the cache's folder, files or disk: compile without it
+        # compiled (or loaded) signature by signature only after its saves take the cache's lock
+        kernel = numba_cache.lock_saves(numba.njit(cache=True, **options)(_sum_products))
+        for signature in _SIGNATURES:
+            kernel.compile(signature)
+        kernel.disable_compile()   # as numba.njit(signatures) leaves it: no other types
+        if len(kernel.overloads) != len(_SIGNATURES):   # the cache gave one signature another's code
+            raise RuntimeError("the cache's index sends a signature to another's code")
+        return kernel
+    except Exception as exc:  # noqa: BLE001 - the cache's folder, files or index: compile without it
         _log.info("Numba's disk cache is not usable (%s): the channel sums compile in each process", exc)
     try:
         return numba.njit(_SIGNATURES, **options)(_sum_products)

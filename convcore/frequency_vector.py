@@ -28,7 +28,7 @@ import zlib
 
 import numpy as np
 
-from . import direct_kernel
+from . import direct_kernel, numba_cache
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def _build():
     glob["_cmac_block"] = intrinsic(_cmac_block_typer)
     for cache in (True, False):
         try:
-            loop = numba.njit(cache=cache, nogil=True)(_blocks_loop)
+            loop = numba_cache.lock_saves(numba.njit(cache=cache, nogil=True)(_blocks_loop))
             return loop if hasattr(loop, "overloads") else None   # NUMBA_DISABLE_JIT=1: not compiled
         except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
             log.info("Numba cannot cache the channel sums' vector loop (cache=%s): %s", cache, exc)

@@ -35,6 +35,8 @@ import threading
 
 import numpy as np
 
+from . import numba_cache
+
 log = logging.getLogger(__name__)
 
 TB = 64   # tiles per block: the lanes of every loop; a block's arrays stay in L1/L2
@@ -839,7 +841,12 @@ def _build():
         return None
     for cache in (True, False):
         try:
-            jit = functools.partial(numba.njit, cache=cache, nogil=True, fastmath={"contract"})
+            options = dict(cache=cache, nogil=True, fastmath={"contract"})
+
+            def jit(func=None, **more):   # numba.njit, each dispatcher's saves under numba_cache's lock
+                def make(f):
+                    return numba_cache.lock_saves(numba.njit(**options, **more)(f))
+                return make if func is None else make(func)
             # The helpers become dispatchers in this module's namespace, where their callers find
             # them; the line transforms are inlined where they are called.
             glob = globals()
