@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.fft
 
+from . import dft_matmul
 from .resources import cpu_count, num_threads
 
 try:  # CuPy is optional: the package must import and work without it.
@@ -152,9 +153,16 @@ def rfftn(xp, a, shape, axes):
     axes = [ax % a.ndim for ax in axes]
     if not _worth_pruning([a.shape[ax] for ax in axes], shape):
         return fft.rfftn(a, s=shape, axes=axes, **kw)
-    out = fft.rfft(a, n=shape[-1], axis=axes[-1], **kw)
+    matrix = xp is np   # axes with little data: products with the DFT matrix's columns (dft_matmul)
+    if matrix and dft_matmul.pays(a.shape[axes[-1]], shape[-1], a.size // a.shape[axes[-1]]):
+        out = dft_matmul.forward_real(a, shape[-1], axes[-1])
+    else:
+        out = fft.rfft(a, n=shape[-1], axis=axes[-1], **kw)
     for ax, n in zip(axes[-2::-1], shape[-2::-1]):
-        out = fft.fft(out, n=n, axis=ax, **kw)
+        if matrix and dft_matmul.pays(out.shape[ax], n, out.size // out.shape[ax]):
+            out = dft_matmul.forward(out, n, ax)
+        else:
+            out = fft.fft(out, n=n, axis=ax, **kw)
     return out
 
 
@@ -172,10 +180,17 @@ def irfftn(xp, a, shape, axes, crop=None):
         out = fft.irfftn(a, s=shape, axes=axes, **kw)
     else:
         out = a
+        matrix = xp is np   # outputs kept on little of an axis: the DFT matrix's rows (dft_matmul)
         for ax, n, c in zip(axes[:-1], shape[:-1], crop[:-1]):
-            out = fft.ifft(out, n=n, axis=ax, **kw)
-            out = out[(slice(None),) * ax + (slice(0, c),)]
-        out = fft.irfft(out, n=shape[-1], axis=axes[-1], **kw)
+            if matrix and dft_matmul.pays(c, n, out.size // out.shape[ax]):
+                out = dft_matmul.inverse(out, n, c, ax)
+            else:
+                out = fft.ifft(out, n=n, axis=ax, **kw)
+                out = out[(slice(None),) * ax + (slice(0, c),)]
+        if matrix and dft_matmul.pays(crop[-1], shape[-1], out.size // out.shape[axes[-1]]):
+            out = dft_matmul.inverse_real(out, shape[-1], crop[-1], axes[-1])
+        else:
+            out = fft.irfft(out, n=shape[-1], axis=axes[-1], **kw)
     return out[(slice(None),) * axes[0] + tuple(slice(0, c) for c in crop)]
 
 

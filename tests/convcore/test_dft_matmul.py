@@ -1,0 +1,85 @@
+"""Transforms along axes with little data as DFT-matrix products (convcore/dft_matmul.py): the
+pruned transforms of backend.rfftn / irfftn against NumPy's FFT, and the FFT engine taking them
+against JAX."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conv_checks import NUMPY, check_case
+from conv_oracles import ConvCase, jax_reference
+
+from convcore import backend, dft_matmul
+
+
+@pytest.fixture
+def every_axis(monkeypatch):
+    """Every axis the rule would weigh goes through the matrix however little work it has; the
+    products are counted (an observation: the real functions run)."""
+    monkeypatch.setattr(dft_matmul, "DFT_MIN_MADDS", 0)
+    seen = {"forward_real": 0, "forward": 0, "inverse": 0, "inverse_real": 0}
+    for name in seen:
+        real = getattr(dft_matmul, name)
+
+        def counted(*args, _real=real, _name=name):
+            seen[_name] += 1
+            return _real(*args)
+        monkeypatch.setattr(dft_matmul, name, counted)
+    return seen
+
+
+TRANSFORMS = [
+    # (data shape, transform shape, axes)
+    ((4, 3, 9, 9, 9), (32, 32, 32), (-3, -2, -1)),      # filters in a 3-D plan, axes last
+    ((5, 13, 13), (80, 80), (-2, -1)),
+    ((3, 7), (33,), (-1,)),                               # odd length
+    ((2, 5, 6), (16, 15), (-2, -1)),                      # odd length on the real axis
+    ((6, 4, 2, 3), (16, 12), (0, 1)),                     # axes first (channels-last spectra)
+    ((3, 5, 4, 2), (12, 16), (1, 2)),                     # axes in the middle
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape_a,shape,axes", TRANSFORMS)
+def test_pruned_transforms_match_numpy(shape_a, shape, axes, dtype, every_axis):
+    a = np.random.default_rng(3).standard_normal(shape_a).astype(dtype)
+    ref = np.fft.rfftn(a.astype(np.float64), s=shape, axes=axes)
+    got = backend.rfftn(np, a, shape, axes)
+    assert got.dtype == np.result_type(dtype, np.complex64) and got.shape == ref.shape
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
+    crop = tuple(min(a.shape[ax], n) for ax, n in zip(axes, shape))
+    kept = {ax % a.ndim: c for ax, c in zip(axes, crop)}
+    ref_back = np.fft.irfftn(ref, s=shape, axes=axes)[tuple(slice(0, kept.get(d)) for d in range(a.ndim))]
+    back = backend.irfftn(np, got, shape, axes, crop)
+    assert back.dtype == dtype and back.shape == ref_back.shape
+    assert np.abs(back - ref_back).max() <= tol * np.abs(ref_back).max()
+    np.testing.assert_allclose(back, a[tuple(slice(0, c) for c in back.shape)], atol=tol * 10)
+    assert every_axis["forward_real"] + every_axis["forward"] >= 1 and every_axis["inverse"] + every_axis["inverse_real"] >= 1
+
+
+def test_the_rule():
+    """The matrix where the data fill little of a long enough line and there is work enough."""
+    big = dft_matmul.DFT_MIN_MADDS
+    assert dft_matmul.pays(9, 32, big // (9 * 32) + 1)
+    assert not dft_matmul.pays(9, 32, 10)                 # too little work: the FFT's lines
+    assert not dft_matmul.pays(32, 32, big)               # the whole line is data
+    assert not dft_matmul.pays(129, 4224, big)            # 129 > 2.5 log2(4224): the FFT
+    assert dft_matmul.pays(30, 4224, big)
+
+
+FFT_CASES = [
+    ConvCase((2, 3, 10, 11, 9), (4, 3, 4, 3, 5), seed=120),                           # valid 3-D
+    ConvCase((2, 4, 17, 15), (6, 4, 6, 5), padding=3, seed=121),                      # "same"-ish 2-D
+    ConvCase((2, 4, 12, 13), (4, 2, 5, 4), padding=((1, 2), (0, 3)), groups=2, seed=122),
+    ConvCase((3, 2, 40), (3, 2, 7), padding=3, dilation=2, seed=123),                  # 1-D, dilated
+    ConvCase((1, 2, 14, 13), (4, 2, 5, 5), stride=2, padding=2, seed=124),            # strided
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FFT_CASES, ids=[f"fft{i}" for i in range(len(FFT_CASES))])
+def test_fft_engine_with_matrix_transforms_matches_jax(case, dtype, every_axis):
+    check_case(NUMPY, case, jax_reference(case), dtype, "fft", layer=True)
+    # the filters' spectrum and the filter gradient's inverse both went through the matrix
+    assert every_axis["forward_real"] + every_axis["forward"] >= 1
+    assert every_axis["inverse"] + every_axis["inverse_real"] >= 1
