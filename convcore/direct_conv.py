@@ -98,7 +98,8 @@ _SHAPE_MEMO_MOST = 4096
 
 def _per_shape(method):
     """Memoise a ``DirectConv`` method whose result depends on the layer's shape alone (its geometry,
-    the strided-read choice, dtype size, whether the compiled passes run, the CPU's vectors) and
+    the strided-read choice, dtype size, whether the compiled passes run, the CPU's vectors; the
+    engine's class, as a registered subclass may change the rules) and
     the method's hashable arguments: a training step makes a new engine per call, and these
     spaces, cuts and tails were a quarter of a small layer's forward (3x3 16 -> 16 channels on 8^2:
     25 of 93 us). ``clear_shape_memo`` empties it (tests that patch the rules start from nothing)."""
@@ -150,7 +151,7 @@ class DirectConv:
         # native_stride_pays is decided on every call (its threshold is a setting), not cached
         self.red, self.fw, self.gx_grid, self.fw_grid = _layout(xp, geom, self.host and native_stride_pays(geom))
         self._kernels = direct_kernel.available(xp, x.dtype)   # read once a call (an environment lookup)
-        self._shape_key = (geom, self.fw is not self.red, self.host, x.dtype.itemsize, self._kernels,
+        self._shape_key = (type(self), geom, self.fw is not self.red, self.host, x.dtype.itemsize, self._kernels,
                            direct_kernel.machine())
         self._A = None
         self.pointwise = pointwise.applies(geom)   # 1x1 kernels: products of x as it lies, no grid

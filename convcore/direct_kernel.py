@@ -503,13 +503,15 @@ def _typed_call(index: int, args: tuple) -> None:
     """Call loop ``index`` of ``_build``; where its disk-cached code turns out to be another
     signature's (TypeError), that loop is compiled anew without the cache for the rest of the process."""
     loops = _build()
+    loop = loops[index]
     try:
-        loops[index](*args)
+        loop(*args)
     except TypeError:
-        if numba_cache.lock_path(loops[index]) is None:
+        if numba_cache.lock_path(loop) is None:
             raise
-        with _build_lock:
-            loops[index] = numba_cache.uncached(loops[index])
+        with _build_lock:   # another thread may have swapped it already (both parts of a pass fail)
+            if loops[index] is loop:
+                loops[index] = numba_cache.uncached(loop)
         loops[index](*args)
 
 

@@ -142,11 +142,12 @@ def _kernel():
     try:
         # compiled (or loaded) signature by signature only after its saves take the cache's lock
         kernel = numba_cache.lock_saves(numba.njit(cache=True, **options)(_sum_products))
+        from numba.core.sigutils import normalize_signature
         for signature in _SIGNATURES:
             kernel.compile(signature)
+            if tuple(normalize_signature(signature)[0]) not in kernel.overloads:   # another's code came back
+                raise RuntimeError(f"the cache's index sends {signature} to another signature's code")
         kernel.disable_compile()   # as numba.njit(signatures) leaves it: no other types
-        if len(kernel.overloads) != len(_SIGNATURES):   # the cache gave one signature another's code
-            raise RuntimeError("the cache's index sends a signature to another's code")
         return kernel
     except Exception as exc:  # noqa: BLE001 - the cache's folder, files or index: compile without it
         _log.info("Numba's disk cache is not usable (%s): the channel sums compile in each process", exc)

@@ -9,7 +9,7 @@ the cache is deleted.
 
 ``lock_saves(dispatcher)`` makes each save of a cached dispatcher hold an exclusive ``flock`` on a
 file beside its index, so concurrent convcore processes save one after the other (each save reads
-the index afresh under the lock). ``uncached(dispatcher)`` is the same function compiled without
+the index afresh under the lock), and each load a shared one. ``uncached(dispatcher)`` is the same function compiled without
 the cache, for a call whose cached overload turns out to be another's (``direct_kernel._specialised``).
 """
 from __future__ import annotations
@@ -30,37 +30,81 @@ def lock_path(dispatcher) -> str | None:
     return os.path.join(path, LOCK_NAME) if isinstance(path, str) else None
 
 
+_held_fds: set = set()   # descriptors of the locks this process holds now
+
+
+def _drop_inherited_locks() -> None:
+    """In a child forked while a lock was held: close the inherited descriptors (they share the
+    parent's lock, so the child's own wait for it would never end, nor the parent's release)."""
+    for fd in list(_held_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_fds.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
-def held(path: str):
-    """An exclusive ``flock`` on ``path`` (created if missing) for the block; without one where the
-    platform or the folder gives none (no ``fcntl``, a read-only folder: then Numba cannot save
-    there either)."""
+def held(path: str, shared: bool = False):
+    """A ``flock`` on ``path`` (created if missing; exclusive, or shared for readers) for the block;
+    without one where the platform or the folder gives none (no ``fcntl``, a folder this user
+    cannot write, a file system without locks): then the block runs as Numba alone would run it."""
     try:
         import fcntl
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except (ImportError, OSError):
+    except ImportError:
+        yield
+        return
+    fd = None
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):   # flock needs no write access to the file
+        try:
+            fd = os.open(path, flags, 0o666)
+            break
+        except OSError:
+            continue
+    if fd is None:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+    except OSError as exc:   # NFS without a lock daemon, some FUSE mounts
+        log.debug("no lock on %s (%s): Numba's cache used without one", path, exc)
+        os.close(fd)
+        yield
+        return
+    _held_fds.add(fd)
+    owner = os.getpid()
+    try:
         yield
     finally:
-        os.close(fd)   # closing the descriptor releases the lock
+        if os.getpid() == owner:   # (a child forked inside the block closed its copy at the fork)
+            _held_fds.discard(fd)
+            os.close(fd)   # closing the descriptor releases the lock
 
 
 def lock_saves(dispatcher):
-    """``dispatcher`` with its cache's saves made under ``held(lock_path(dispatcher))``; returned as
-    it was where it has no disk cache or Numba keeps its cache differently."""
+    """``dispatcher`` with its cache's saves made under ``held(lock_path(dispatcher))`` and its loads
+    under a shared hold of it (Numba writes the index before the data file: a load between the two
+    could read a stale file of the same number); returned as it was where it has no disk cache or
+    Numba keeps its cache differently."""
     path = lock_path(dispatcher)
-    save = getattr(getattr(dispatcher, "_cache", None), "save_overload", None)
-    if path is None or save is None:
+    cache = getattr(dispatcher, "_cache", None)
+    save, load = getattr(cache, "save_overload", None), getattr(cache, "load_overload", None)
+    if path is None or save is None or load is None:
         return dispatcher
 
     def locked_save(sig, data):
         with held(path):
             return save(sig, data)
 
-    dispatcher._cache.save_overload = locked_save
+    def locked_load(sig, target_context):
+        with held(path, shared=True):
+            return load(sig, target_context)
+
+    cache.save_overload, cache.load_overload = locked_save, locked_load
     return dispatcher
 
 
@@ -71,4 +115,5 @@ def uncached(dispatcher):
     log.warning("Numba's disk cache of %s (in %s) holds another loop's code for this signature: compiling "
                 "it in this process instead (deleting that folder's files of it repairs the cache)",
                 dispatcher.py_func.__name__, folder)
-    return numba.njit(**dispatcher.targetoptions)(dispatcher.py_func)
+    options = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}   # njit's own
+    return numba.njit(**options)(dispatcher.py_func)

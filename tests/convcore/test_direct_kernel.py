@@ -255,6 +255,25 @@ def test_one_shape_memo_serves_every_variant_of_a_layer(passes, monkeypatch):
     assert passes["out"] == 2 * 3 * 6   # every variant but the BLAS one ran both output passes compiled
 
 
+def test_a_registered_subclass_keeps_its_own_memo(passes):
+    """The memo's key holds the engine's class: a registered DirectConv that runs every pass on BLAS
+    (no grid tails) and the plain engine, on one layer shape in turns, both match JAX (the plain
+    engine once took the subclass's tail of 0 and stopped on its tail check)."""
+    class BlasDirect(direct_conv.DirectConv):
+        def _compiled(self, rows):
+            return False
+
+    case = ConvCase((2, 8, 41), (16, 8, 5), padding=2, seed=113)
+    reference = jax_reference(case)
+    convcore.register_engine("blas-direct", BlasDirect)
+    try:
+        for algorithm in ("blas-direct", "direct", "blas-direct", "direct"):
+            check_case(NUMPY, case, reference, np.float32, algorithm, layer=True)
+    finally:
+        convcore.unregister_engine("blas-direct")
+    assert passes["out"] == 2 * 2   # the plain engine's two runs, compiled
+
+
 @pytest.mark.parametrize("length,stride", [(20003, 1000), (100003, 100000)])
 def test_huge_strides_stay_within_the_memory_estimate(length, stride):
     """The grid arrays get only the cells the compiled passes read past them (a run padded to whole

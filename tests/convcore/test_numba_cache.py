@@ -21,7 +21,7 @@ if not direct_kernel.available(np, np.float32):   # pragma: no cover - CI instal
 
 
 def _env(cache_dir) -> dict:
-    return {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1", "CONVCORE_NUM_THREADS": "2"}
 
 
 def test_a_save_waits_for_the_lock(tmp_path):
@@ -68,10 +68,13 @@ CONV = textwrap.dedent("""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     rng = np.random.default_rng(5)
     worst = 0.0
-    for dtype in (np.float32, np.float64):
-        x = rng.standard_normal((2, 8, 40)).astype(dtype)
+    # first a layer whose passes split over two threads (both fail on a poisoned loop at once), then
+    # a small one (one thread)
+    for dtype, (n, length) in ((np.float32, (8, 4000)), (np.float64, (8, 4000)), (np.float32, (2, 40)),
+                               (np.float64, (2, 40))):
+        x = rng.standard_normal((n, 8, length)).astype(dtype)
         W = rng.standard_normal((16, 8, 3)).astype(dtype)
-        gy = rng.standard_normal((2, 16, 40)).astype(dtype)
+        gy = rng.standard_normal((n, 16, length)).astype(dtype)
         tx, tW = torch.tensor(x, requires_grad=True), torch.tensor(W, requires_grad=True)
         ty = torch.nn.functional.conv1d(tx, tW, padding=1)
         ty.backward(torch.tensor(gy))
@@ -116,3 +119,43 @@ def test_a_poisoned_cache_is_compiled_around(tmp_path):
     assert second.returncode == 0, second.stderr
     assert float(second.stdout) < 1e-5
     assert "holds another loop's code for this signature" in second.stderr
+
+
+def test_without_locks_the_cache_is_used_unlocked(tmp_path, monkeypatch):
+    """A file system whose flock fails (NFS without a lock daemon) or a folder this user cannot
+    write: the block runs without the lock instead of failing."""
+    import fcntl
+
+    def refuse(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    ran = []
+    with numba_cache.held(str(tmp_path / "lock")):
+        ran.append(1)
+    with numba_cache.held(str(tmp_path / "missing" / "lock")):   # cannot be created
+        ran.append(2)
+    assert ran == [1, 2]
+
+
+def test_a_child_forked_under_the_lock_does_not_keep_it(tmp_path):
+    """A process forked while its parent holds the lock (a DataLoader's workers forked mid-compile)
+    drops the inherited descriptor: the child's own wait for the lock ends when the parent lets go,
+    and the parent's release is not held up by the child."""
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from convcore import numba_cache
+        path = {str(tmp_path / "lock")!r}
+        with numba_cache.held(path):
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(20)   # a child stuck on its own inherited lock dies here (exit by signal)
+                with numba_cache.held(path):
+                    os._exit(0)
+            time.sleep(0.5)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
