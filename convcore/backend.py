@@ -155,12 +155,12 @@ def rfftn(xp, a, shape, axes):
         return fft.rfftn(a, s=shape, axes=axes, **kw)
     matrix = xp is np   # axes with little data: products with the DFT matrix's columns (dft_matmul)
     if matrix and dft_matmul.pays(a.shape[axes[-1]], shape[-1], a.size // a.shape[axes[-1]]):
-        out = dft_matmul.forward_real(a, shape[-1], axes[-1])
+        out = dft_matmul.forward_real(a, shape[-1], axes[-1], _split_rows)
     else:
         out = fft.rfft(a, n=shape[-1], axis=axes[-1], **kw)
     for ax, n in zip(axes[-2::-1], shape[-2::-1]):
         if matrix and dft_matmul.pays(out.shape[ax], n, out.size // out.shape[ax]):
-            out = dft_matmul.forward(out, n, ax)
+            out = dft_matmul.forward(out, n, ax, _split_rows)
         else:
             out = fft.fft(out, n=n, axis=ax, **kw)
     return out
@@ -183,12 +183,12 @@ def irfftn(xp, a, shape, axes, crop=None):
         matrix = xp is np   # outputs kept on little of an axis: the DFT matrix's rows (dft_matmul)
         for ax, n, c in zip(axes[:-1], shape[:-1], crop[:-1]):
             if matrix and dft_matmul.pays(c, n, out.size // out.shape[ax]):
-                out = dft_matmul.inverse(out, n, c, ax)
+                out = dft_matmul.inverse(out, n, c, ax, _split_rows)
             else:
                 out = fft.ifft(out, n=n, axis=ax, **kw)
                 out = out[(slice(None),) * ax + (slice(0, c),)]
         if matrix and dft_matmul.pays(crop[-1], shape[-1], out.size // out.shape[axes[-1]]):
-            out = dft_matmul.inverse_real(out, shape[-1], crop[-1], axes[-1])
+            out = dft_matmul.inverse_real(out, shape[-1], crop[-1], axes[-1], _split_rows)
         else:
             out = fft.irfft(out, n=shape[-1], axis=axes[-1], **kw)
     return out[(slice(None),) * axes[0] + tuple(slice(0, c) for c in crop)]
@@ -287,6 +287,17 @@ def run_split(threads, length, task):
         pool = _pool[1]
     bounds = [length * i // threads for i in range(threads + 1)]   # (np.linspace took 10 us a call)
     list(pool.map(task, [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
+
+
+def _split_rows(total: int, task) -> None:
+    """``task(slice)`` over range(total) in one part per thread (NumPy releases the GIL in matmul),
+    BLAS single-threaded meanwhile (the parts are the parallelism): dft_matmul's products."""
+    threads = min(num_threads(), total)
+    with _single_threaded_blas():
+        if threads <= 1:
+            task(slice(0, total))
+        else:
+            run_split(threads, total, task)
 
 
 def next_fast_len(n: int) -> int:

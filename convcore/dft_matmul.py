@@ -11,7 +11,9 @@ and kept per (extent, length, dtype).
 Shapes: ``forward_real(a, n, axis)``: a (..., e, ...) real -> (..., n // 2 + 1, ...) complex, as
 ``rfft(a, n)``; ``forward(a, n, axis)``: complex e -> n, as ``fft(a, n)``; ``inverse(a, n, crop, axis)``:
 complex n -> its first ``crop`` outputs of ``ifft(a, n)``; ``inverse_real(a, n, crop, axis)``:
-(..., n // 2 + 1, ...) complex -> the first ``crop`` outputs of ``irfft(a, n)`` (real).
+(..., n // 2 + 1, ...) complex -> the first ``crop`` outputs of ``irfft(a, n)`` (real). ``split(count,
+task)`` runs ``task(slice)`` over range(count), in parts on threads if it likes (``backend.rfftn``
+passes its thread pool's; the default runs it whole here).
 """
 from __future__ import annotations
 
@@ -81,32 +83,24 @@ def _real_inverse(length: int, crop: int, dtype) -> np.ndarray:
     return out
 
 
-def _split_rows(total: int, task) -> None:
-    """``task(slice)`` over range(total) in one part per thread (NumPy releases the GIL in matmul),
-    BLAS single-threaded meanwhile (the parts are the parallelism)."""
-    from .backend import _single_threaded_blas, run_split
-    threads = min(num_threads(), total)
-    with _single_threaded_blas():
-        if threads <= 1:
-            task(slice(0, total))
-        else:
-            run_split(threads, total, task)
+def _serial(total: int, task) -> None:
+    task(slice(0, total))
 
 
-def _last_axis_product(a, mat, out_cols: int, out_dtype):
+def _last_axis_product(a, mat, out_cols: int, out_dtype, split):
     """a (..., k) @ mat (k, out_cols) into a new (..., out_cols) array of ``out_dtype`` viewed from
-    the real product, rows split over the threads."""
+    the real product, rows split over the threads by ``split(count, task)``."""
     flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
     out = np.empty((flat.shape[0], mat.shape[1]), mat.dtype)
 
     def task(s):
         np.matmul(flat[s], mat, out=out[s])
 
-    _split_rows(flat.shape[0], task)
+    split(flat.shape[0], task)
     return out.view(out_dtype).reshape(a.shape[:-1] + (out_cols,))
 
 
-def _axis_product(a, mat, axis: int):
+def _axis_product(a, mat, axis: int, split):
     """mat (m, e) applied along ``axis`` (of extent e) of complex ``a``: (..., m, ...)."""
     axis %= a.ndim
     lead, e, rest = a.shape[:axis], a.shape[axis], a.shape[axis + 1:]
@@ -114,9 +108,9 @@ def _axis_product(a, mat, axis: int):
     src = np.ascontiguousarray(a).reshape(L, e, R)
     out = np.empty((L, mat.shape[0], R), a.dtype)
     if L >= num_threads():
-        _split_rows(L, lambda s: np.matmul(mat, src[s], out=out[s]))
+        split(L, lambda s: np.matmul(mat, src[s], out=out[s]))
     else:
-        _split_rows(R, lambda s: np.matmul(mat, src[:, :, s], out=out[:, :, s]))
+        split(R, lambda s: np.matmul(mat, src[:, :, s], out=out[:, :, s]))
     return out.reshape(lead + (mat.shape[0],) + rest)
 
 
@@ -124,29 +118,29 @@ def _complex_of(dtype) -> np.dtype:
     return np.result_type(dtype, np.complex64)
 
 
-def forward_real(a, n: int, axis: int):
+def forward_real(a, n: int, axis: int, split=_serial):
     """rfft(a, n, axis) for real ``a`` whose ``axis`` holds fewer than n cells (the rest zeros)."""
     a = np.moveaxis(a, axis, -1)
     ctype = _complex_of(a.dtype)
     real = np.finfo(ctype).dtype
-    out = _last_axis_product(a.astype(real, copy=False), _real_forward(a.shape[-1], n, real), n // 2 + 1, ctype)
+    out = _last_axis_product(a.astype(real, copy=False), _real_forward(a.shape[-1], n, real), n // 2 + 1, ctype, split)
     return np.moveaxis(out, -1, axis)
 
 
-def forward(a, n: int, axis: int):
+def forward(a, n: int, axis: int, split=_serial):
     """fft(a, n, axis) for complex ``a`` whose ``axis`` holds fewer than n cells."""
-    return _axis_product(a, _matrix(n, a.shape[axis], n, a.dtype, False), axis)
+    return _axis_product(a, _matrix(n, a.shape[axis], n, a.dtype, False), axis, split)
 
 
-def inverse(a, n: int, crop: int, axis: int):
+def inverse(a, n: int, crop: int, axis: int, split=_serial):
     """ifft(a, n, axis) cut to its first ``crop`` entries along ``axis`` (``a`` holds n there)."""
-    return _axis_product(a, _matrix(crop, n, n, a.dtype, True), axis)
+    return _axis_product(a, _matrix(crop, n, n, a.dtype, True), axis, split)
 
 
-def inverse_real(a, n: int, crop: int, axis: int):
+def inverse_real(a, n: int, crop: int, axis: int, split=_serial):
     """irfft(a, n, axis) cut to its first ``crop`` entries (``a`` holds n // 2 + 1 there)."""
     a = np.moveaxis(a, axis, -1)
     real = a.real.dtype
     pairs = np.ascontiguousarray(a).view(real)
-    out = _last_axis_product(pairs, _real_inverse(n, crop, real), crop, real)
+    out = _last_axis_product(pairs, _real_inverse(n, crop, real), crop, real, split)
     return np.moveaxis(out, -1, axis)
