@@ -11,6 +11,7 @@ import itertools
 import math
 
 from ...backend import get_array_module
+from . import pool_kernel
 from .base import Layer, as_json, check_sizes, per_dim_option
 
 
@@ -71,10 +72,16 @@ class MaxPool(_Pool):
 
     def forward(self, x, training=False):
         """A running maximum over the K taps' strided views of x (no copy of the windows), and
-        for the backward pass the first tap holding each maximum (PyTorch's choice on ties)."""
+        for the backward pass the first tap holding each maximum (PyTorch's choice on ties); on
+        the host, the compiled loops of pool_kernel.py where they run (the same values)."""
+        out_spatial = self._prepare(x)
+        self._compiled = pool_kernel.available(x)
+        if self._compiled:
+            y, self._arg = pool_kernel.max_forward(x, self.k, self.s, out_spatial)
+            return y
         xp = get_array_module(x)
         y = arg = None
-        for t, win in enumerate(self.windows(self._prepare(x))):
+        for t, win in enumerate(self.windows(out_spatial)):
             v = x[win]
             if y is None:
                 y = v.copy()
@@ -87,6 +94,8 @@ class MaxPool(_Pool):
         return y
 
     def backward(self, gy):
+        if self._compiled:
+            return pool_kernel.max_backward(gy, self._arg, self.k, self.s, self._x_shape)
         xp = get_array_module(gy)
         gx = self._gx(gy)
         for t, win in enumerate(self.windows(gy.shape[2:])):
