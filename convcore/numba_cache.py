@@ -117,3 +117,23 @@ def uncached(dispatcher):
                 dispatcher.py_func.__name__, folder)
     options = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}   # njit's own
     return numba.njit(**options)(dispatcher.py_func)
+
+
+def compiled(funcs, purpose: str, **options):
+    """``funcs`` as Numba dispatchers (``numba.njit(**options)``, cached on disk where Numba can, saves
+    and loads under the lock), or None where Numba does not import, does not load (a warning naming
+    ``purpose``: what runs instead) or does not compile (``NUMBA_DISABLE_JIT=1``)."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a Numba build that does not load with this NumPy
+        log.warning("Numba does not load (%s): %s", exc, purpose)
+        return None
+    for cache in (True, False):
+        try:
+            loops = tuple(lock_saves(numba.njit(cache=cache, **options)(f)) for f in funcs)
+            return loops if all(hasattr(f, "overloads") for f in loops) else None
+        except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
+            log.info("Numba cannot cache %s (cache=%s): %s", [f.__name__ for f in funcs], cache, exc)
+    return None

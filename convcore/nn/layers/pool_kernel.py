@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-import logging
 import math
 
 import numpy as np
 
 from ... import numba_cache, resources
 
-log = logging.getLogger(__name__)
 
 
 def _max_forward(x, base, taps, y, arg):   # pragma: no cover - compiled
@@ -53,21 +51,8 @@ def _max_backward(gy, arg, base, taps, gx):   # pragma: no cover - compiled
 @functools.cache
 def _loops():
     """(forward, backward) dispatchers, or None where Numba does not import or compile."""
-    try:
-        import numba
-    except ImportError:
-        return None
-    except Exception as exc:  # noqa: BLE001 - a Numba build that does not load with this NumPy
-        log.warning("Numba does not load (%s): max pooling runs in NumPy", exc)
-        return None
-    for cache in (True, False):
-        try:
-            jit = numba.njit(cache=cache, nogil=True, boundscheck=False)
-            loops = tuple(numba_cache.lock_saves(jit(f)) for f in (_max_forward, _max_backward))
-            return loops if all(hasattr(f, "overloads") for f in loops) else None   # NUMBA_DISABLE_JIT=1
-        except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
-            log.info("Numba cannot cache the max-pooling loops (cache=%s): %s", cache, exc)
-    return None
+    return numba_cache.compiled((_max_forward, _max_backward), "max pooling runs in NumPy",
+                                nogil=True, boundscheck=False)
 
 
 def available(x) -> bool:
