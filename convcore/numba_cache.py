@@ -82,7 +82,10 @@ def held(path: str, shared: bool = False):
     finally:
         if os.getpid() == owner:   # (a child forked inside the block closed its copy at the fork)
             _held_fds.discard(fd)
-            os.close(fd)   # closing the descriptor releases the lock
+            try:   # released explicitly: a child forked before its descriptor was listed shares it
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
 
 
 def lock_saves(dispatcher):

@@ -72,3 +72,23 @@ def test_nan_and_inf_behave_as_on_the_numpy_path(monkeypatch):
     np.testing.assert_array_equal(y1, y0)   # NaN in the same places
     assert np.isnan(y1[0, 0, 0, 0]) and np.isnan(y1[0, 1, 1, 1]) and y1[1, 2, 1, 1] == np.inf
     np.testing.assert_array_equal(g1, g0)
+
+
+def test_gy_it_cannot_read_takes_the_checked_path():
+    """The compiled backward reads gy without bounds checks, so it runs only for a gy of the forward's
+    shape and dtype kind: a wrong shape raises (it once read and wrote past the arrays), a float16
+    gy and an empty batch take the NumPy path."""
+    layer = nn.MaxPool(2)
+    layer.build((2, 8, 8), None, np.float32)
+    x = np.random.default_rng(10).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    y = layer.forward(x, training=True)
+    assert layer._compiled
+    for shape in ((2, 2, 5, 5), (2, 2, 3, 3), (4, 2, 4, 4)):
+        with pytest.raises(ValueError):
+            layer.backward(np.ones(shape, np.float32))
+    gx16 = layer.backward(np.ones(y.shape, np.float16))
+    gx32 = layer.backward(np.ones(y.shape, np.float32))
+    assert gx16.dtype == np.float16
+    np.testing.assert_array_equal(gx16.astype(np.float32), gx32)
+    empty = layer.forward(np.zeros((0, 2, 8, 8), np.float32), training=True)
+    assert empty.shape == (0, 2, 4, 4) and layer.backward(np.zeros((0, 2, 4, 4), np.float32)).shape == (0, 2, 8, 8)

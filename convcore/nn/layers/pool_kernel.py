@@ -7,7 +7,8 @@ cells for a 2x2 pool on 8^2 or 4^2 images), so per-call overhead dominated and a
 epoch spent a quarter of its time pooling. Here each image plane is one pass over its outputs,
 a window being a set of flat offsets (``offsets``). Semantics are the NumPy path's: the maximum
 propagates NaN (np.maximum), the arg-max is the first tap strictly larger than the running
-maximum (ties and NaN keep the earlier tap, as PyTorch's index on ties).
+maximum: on ties the first tap, as PyTorch; a window with a NaN sends its gradient to the first
+maximum before the NaN, where PyTorch sends it to the NaN.
 
 Shapes: x (planes, cells) C-contiguous, planes = n * c, cells = prod(d); base (outputs,) the flat
 cell of each output's first tap, taps (K,) each tap's offset from it; y (planes, outputs),

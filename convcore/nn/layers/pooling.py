@@ -75,7 +75,7 @@ class MaxPool(_Pool):
         for the backward pass the first tap holding each maximum (PyTorch's choice on ties); on
         the host, the compiled loops of pool_kernel.py where they run (the same values)."""
         out_spatial = self._prepare(x)
-        self._compiled = pool_kernel.available(x)
+        self._compiled = pool_kernel.available(x) and x.size > 0
         if self._compiled:
             y, self._arg = pool_kernel.max_forward(x, self.k, self.s, out_spatial)
             return y
@@ -94,7 +94,9 @@ class MaxPool(_Pool):
         return y
 
     def backward(self, gy):
-        if self._compiled:
+        # the compiled loop reads gy unchecked: only a gy of the forward's shape and a dtype it was
+        # compiled for; anything else takes the NumPy path (the same arg-max layout), which checks
+        if self._compiled and gy.shape == self._arg.shape and pool_kernel.available(gy):
             return pool_kernel.max_backward(gy, self._arg, self.k, self.s, self._x_shape)
         xp = get_array_module(gy)
         gx = self._gx(gy)
