@@ -17,6 +17,7 @@ import redis
 
 import convcore
 from convcore import backend, resources
+from convcore.nn.layers import pool_kernel
 
 from . import devices, selftest
 from .lease import OrphanSweeper
@@ -75,6 +76,7 @@ def _warm_up() -> None:
     start = time.perf_counter()
     try:
         convcore.warm_up()
+        pool_kernel.warm()   # training jobs' max pooling
     except Exception:  # noqa: BLE001 - a job then builds (or falls back) itself; the worker serves on
         log.exception("warming convcore's compiled loops failed")
         return

@@ -92,3 +92,12 @@ def test_gy_it_cannot_read_takes_the_checked_path():
     np.testing.assert_array_equal(gx16.astype(np.float32), gx32)
     empty = layer.forward(np.zeros((0, 2, 8, 8), np.float32), training=True)
     assert empty.shape == (0, 2, 4, 4) and layer.backward(np.zeros((0, 2, 4, 4), np.float32)).shape == (0, 2, 8, 8)
+
+
+def test_warm_builds_both_dtypes():
+    """What a service worker calls at start: the forward and backward loops for float32 and float64."""
+    pool_kernel.warm()
+    forward, backward = pool_kernel._loops()
+    for loop in (forward, backward):
+        dtypes = {str(sig[0].dtype) for sig in loop.overloads}
+        assert {"float32", "float64"} <= dtypes

@@ -56,6 +56,17 @@ def _loops():
                                 nogil=True, boundscheck=False)
 
 
+def warm() -> None:
+    """Build (or load from Numba's disk cache) the loops for float32 and float64 now: a service worker
+    does so at start, so a training job's first pooling does not."""
+    if _loops() is None or not resources.compiled_enabled():
+        return
+    for dtype in (np.float32, np.float64):
+        x = np.zeros((1, 1, 2), dtype)
+        y, arg = max_forward(x, (2,), (2,), (1,))
+        max_backward(y, arg, (2,), (2,), x.shape)
+
+
 def available(x) -> bool:
     """Whether the compiled loops run for ``x``: a NumPy float32/float64 array, Numba importable,
     ``CONVCORE_COMPILED`` not 0."""
