@@ -142,6 +142,11 @@ def _worth_pruning(extents, lengths) -> bool:
     return any(2 * e <= n for e, n in zip(extents, lengths))
 
 
+def _lines(a, axis: int) -> int:
+    """How many lines of ``a`` run along ``axis`` (0 for an empty array)."""
+    return a.size // max(a.shape[axis], 1)
+
+
 def rfftn(xp, a, shape, axes):
     """Real N-D FFT of ``a`` over ``axes``, zero-padded to ``shape``.
 
@@ -154,12 +159,12 @@ def rfftn(xp, a, shape, axes):
     if not _worth_pruning([a.shape[ax] for ax in axes], shape):
         return fft.rfftn(a, s=shape, axes=axes, **kw)
     matrix = xp is np   # axes with little data: products with the DFT matrix's columns (dft_matmul)
-    if matrix and dft_matmul.pays(a.shape[axes[-1]], shape[-1], a.size // max(a.shape[axes[-1]], 1)):
+    if matrix and dft_matmul.pays(a.shape[axes[-1]], shape[-1], _lines(a, axes[-1])):
         out = dft_matmul.forward_real(a, shape[-1], axes[-1], _split_rows)
     else:
         out = fft.rfft(a, n=shape[-1], axis=axes[-1], **kw)
     for ax, n in zip(axes[-2::-1], shape[-2::-1]):
-        if matrix and dft_matmul.pays(out.shape[ax], n, out.size // max(out.shape[ax], 1)):
+        if matrix and dft_matmul.pays(out.shape[ax], n, _lines(out, ax)):
             out = dft_matmul.forward(out, n, ax, _split_rows)
         else:
             out = fft.fft(out, n=n, axis=ax, **kw)
@@ -184,13 +189,12 @@ def irfftn(xp, a, shape, axes, crop=None):
         for ax, n, c in zip(axes[:-1], shape[:-1], crop[:-1]):
             # (a strided spectrum would be copied whole first: a 1-D valid layer's y, channels last,
             # took 42 ms that way against the FFT's 17)
-            if matrix and out.flags.c_contiguous and dft_matmul.pays(c, n, out.size // max(out.shape[ax], 1)):
+            if matrix and out.flags.c_contiguous and dft_matmul.pays(c, n, _lines(out, ax)):
                 out = dft_matmul.inverse(out, n, c, ax, _split_rows)
             else:
                 out = fft.ifft(out, n=n, axis=ax, **kw)
                 out = out[(slice(None),) * ax + (slice(0, c),)]
-        if matrix and out.flags.c_contiguous and dft_matmul.pays(crop[-1], shape[-1],
-                                                                 out.size // max(out.shape[axes[-1]], 1)):
+        if matrix and out.flags.c_contiguous and dft_matmul.pays(crop[-1], shape[-1], _lines(out, axes[-1])):
             out = dft_matmul.inverse_real(out, shape[-1], crop[-1], axes[-1], _split_rows)
         else:
             out = fft.irfft(out, n=shape[-1], axis=axes[-1], **kw)

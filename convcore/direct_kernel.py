@@ -415,20 +415,13 @@ def _build():
     glob["literally"] = numba.literally
     glob["_output_block"] = intrinsic(_output_block_typer)
     glob["_weight_block"] = intrinsic(_weight_block_typer)
-    loops = None
-    for cache in (True, False):
-        try:
-            jit = functools.partial(numba.njit, cache=cache, nogil=True)
-            loops = list(numba_cache.lock_saves(loop) for loop in (
-                jit(_output_loop), jit(_weight_loop), jit(boundscheck=False)(_scatter_loop),
-                jit(boundscheck=False)(_phase_scatter_loop)))
-            break
-        except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
-            log.info("Numba cannot cache the direct engine's loops (cache=%s): %s", cache, exc)
-    if loops is None or not all(hasattr(loop, "overloads") for loop in loops):   # NUMBA_DISABLE_JIT=1
-        log.info("Numba does not compile here: the direct engine runs on BLAS")
+    purpose = "the direct engine runs on BLAS"
+    loops = numba_cache.compiled((_output_loop, _weight_loop), purpose, nogil=True)
+    scatters = numba_cache.compiled((_scatter_loop, _phase_scatter_loop), purpose, nogil=True, boundscheck=False)
+    if loops is None or scatters is None:   # NUMBA_DISABLE_JIT=1
+        log.info("Numba does not compile here: %s", purpose)
         return None
-    return loops
+    return list(loops + scatters)
 
 
 def _specialised(dispatcher, args: tuple, literals: tuple):

@@ -155,13 +155,8 @@ def _build():
     glob = globals()
     glob["literally"] = numba.literally
     glob["_cmac_block"] = intrinsic(_cmac_block_typer)
-    for cache in (True, False):
-        try:
-            loop = numba_cache.lock_saves(numba.njit(cache=cache, nogil=True)(_blocks_loop))
-            return loop if hasattr(loop, "overloads") else None   # NUMBA_DISABLE_JIT=1: not compiled
-        except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
-            log.info("Numba cannot cache the channel sums' vector loop (cache=%s): %s", cache, exc)
-    return None
+    loops = numba_cache.compiled((_blocks_loop,), "the channel sums run in frequency_kernel's loop", nogil=True)
+    return loops[0] if loops else None
 
 
 def blocking(itemsize: int) -> tuple:

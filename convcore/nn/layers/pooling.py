@@ -94,9 +94,11 @@ class MaxPool(_Pool):
         return y
 
     def backward(self, gy):
-        # the compiled loop reads gy unchecked: only a gy of the forward's shape and a dtype it was
-        # compiled for; anything else takes the NumPy path (the same arg-max layout), which checks
-        if self._compiled and gy.shape == self._arg.shape and pool_kernel.available(gy):
+        if tuple(gy.shape) != tuple(self._arg.shape):   # (the compiled loop reads gy unchecked)
+            raise ValueError(f"maxpool backward: gy must have the forward output's shape {tuple(self._arg.shape)}, "
+                             f"got {tuple(gy.shape)}")
+        # a dtype the loop was not compiled for takes the NumPy path (the same arg-max layout)
+        if self._compiled and pool_kernel.available(gy):
             return pool_kernel.max_backward(gy, self._arg, self.k, self.s, self._x_shape)
         xp = get_array_module(gy)
         gx = self._gx(gy)
