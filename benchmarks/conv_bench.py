@@ -219,7 +219,8 @@ def print_tables(rows, args):
             + " ".join(f"{e + ' s':>8}" for e in engines)
             + f" {'fft/T':>5} {'torch':>7} {'torch4d':>7} {'jax':>7} {'loop':>7} {'peak MiB':>9}  targets")
     print("\nRatios = anchor time / convcore auto time (>1: convcore faster); "
-          "fft/T = FFT engine time / its own six transform sets")
+          "fft/T = FFT engine time / its own six transform sets; "
+          f"host transforms: {convcore.resources.fft_library()} (CONVCORE_FFT)")
     print(head)
     print("-" * len(head))
     for r in rows:

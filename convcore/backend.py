@@ -8,7 +8,9 @@ so code branches only on ``is_host_module(xp)``, never on CuPy by name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +18,9 @@ import numpy as np
 import scipy.fft
 
 from . import dft_matmul
-from .resources import cpu_count, num_threads
+from .resources import FFTW_KEEPALIVE_S, cpu_count, fft_library, num_threads
+
+log = logging.getLogger(__name__)
 
 try:  # CuPy is optional: the package must import and work without it.
     import cupy
@@ -117,12 +121,48 @@ def _named(arrays):
 
 
 def _fft_module(xp):
+    """(scipy.fft-like module, keyword arguments) that transform ``xp``'s arrays."""
     if xp is np:
-        return scipy.fft, {"workers": num_threads()}
+        module, options = _host_fft(fft_library())
+        return module, {"workers": num_threads(), **options}
     for _, module, fft, _ in _device_modules:
         if module is xp:
             return (fft() if callable(fft) else fft), {}
     raise TypeError(f"no FFT module registered for {getattr(xp, '__name__', xp)!r}")
+
+
+# FFTW_MEASURE: the first call of a shape (per thread) times candidate plans, 0.15-0.65 s on the
+# benchmark's layers. FFTW_ESTIMATE plans without timing, but its two-thread plan for 64 75^2
+# transforms ran 14x slower than pocketfft (11.6 ms against 0.81; FFTW_MEASURE's 0.77).
+FFTW_PLANNER = "FFTW_MEASURE"
+
+
+@functools.lru_cache(maxsize=None)
+def _host_fft(library: str) -> tuple:
+    """(scipy.fft-like module, its extra keyword arguments) for ``CONVCORE_FFT``'s ``library``.
+
+    ``fftw``: pyFFTW's scipy.fft interface with its plan cache on (planning on every call cost more
+    than FFTW saved) and ``FFTW_PLANNER``'s plans. The cache keys plans by thread, so convcore's
+    threads and a worker's idle lane never share one. Where pyFFTW does not import, SciPy's, with a
+    warning."""
+    if library == "fftw":
+        try:
+            from pyfftw.interfaces import cache, scipy_fft
+        except ImportError as exc:
+            log.warning("CONVCORE_FFT=fftw but pyFFTW does not import (%s): transforms run on SciPy's "
+                        "pocketfft; pip install 'convnd[fftw]'", exc)
+        else:
+            cache.enable()   # (resources.release_memory empties it between jobs)
+            cache.set_keepalive_time(FFTW_KEEPALIVE_S)
+            return scipy_fft, {"planner_effort": FFTW_PLANNER}
+    return scipy.fft, {}
+
+
+def plans_on_first_call(xp) -> bool:
+    """Whether ``xp``'s transforms plan the first time they see a shape (a device's FFT library,
+    FFTW on the host): such a first call is not a fair timing (autoselect warms them up)."""
+    return not is_host_module(xp) or _host_fft(fft_library())[0] is not scipy.fft
+
 
 
 def blas_module(xp):

@@ -12,12 +12,15 @@ can set them after ``import convcore``:
   instead of its compiled kernels (direct_kernel.py), and switches the Winograd engine off.
 - ``CONVCORE_MALLOC``: ``0`` (or false / no / off) leaves glibc's allocator as it is (allocator.py; read once, at the
   first convolution on the host).
+- ``CONVCORE_FFT``: the host's FFT library, ``pocketfft`` (SciPy's, the default) or ``fftw`` (FFTW through
+  pyFFTW, the ``fftw`` extra; backend.py).
 """
 from __future__ import annotations
 
 import functools
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +137,21 @@ def num_threads() -> int:
 # ---- settings -----------------------------------------------------------------------------
 
 
+FFT_LIBRARIES = ("pocketfft", "fftw")
+# How long pyFFTW's interfaces keep an unused plan (one per thread and call signature, each holding
+# its last call's arrays until its next call): ``release_memory`` drops them all between jobs.
+FFTW_KEEPALIVE_S = 60.0
+
+
+def fft_library() -> str:
+    """``CONVCORE_FFT``: which library transforms host arrays, one of ``FFT_LIBRARIES`` (default
+    ``pocketfft``, SciPy's)."""
+    value = os.environ.get("CONVCORE_FFT", "").strip().lower() or FFT_LIBRARIES[0]
+    if value not in FFT_LIBRARIES:
+        raise ValueError(f"CONVCORE_FFT must be one of {', '.join(FFT_LIBRARIES)}, got {value!r}")
+    return value
+
+
 def _switch(name: str) -> bool:
     return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -187,6 +205,16 @@ def device_free_bytes(xp) -> int:
     return int(free) + int(xp.get_default_memory_pool().free_bytes())
 
 
+def _release_fftw_plans() -> None:
+    """Empty pyFFTW's plan cache where CONVCORE_FFT=fftw turned it on (backend._host_fft): its plans
+    hold their last call's input and output arrays, which would outlive the job."""
+    cache = sys.modules.get("pyfftw.interfaces.cache")
+    if cache is not None and cache.is_enabled():
+        cache.disable()
+        cache.enable()
+        cache.set_keepalive_time(FFTW_KEEPALIVE_S)
+
+
 def release_memory(xp, stream=None) -> int:
     """Give the device back what CuPy caches between jobs (pooled blocks, pinned buffers, FFT plans).
 
@@ -197,6 +225,7 @@ def release_memory(xp, stream=None) -> int:
     arena: a worker calls it between jobs, not beside a running one; the bytes are not counted: 0).
     """
     if xp is None or xp is np:
+        _release_fftw_plans()
         allocator.release()
         return 0
     pool = xp.get_default_memory_pool()

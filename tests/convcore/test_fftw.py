@@ -1,0 +1,184 @@
+"""CONVCORE_FFT=fftw: the host's transforms through pyFFTW (FFTW), checked against JAX.
+
+The FFT engine keeps spectra between forward and backward and hands FFTW strided, cropped and
+zero-padded arrays; each case runs forward and all three gradients against JAX, and counts that
+the transforms did go through pyFFTW (a silent fall-back to SciPy would pass the comparison)."""
+from __future__ import annotations
+
+import collections
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conv_checks import NUMPY, check_case
+from conv_oracles import ConvCase, jax_reference
+
+import convcore
+from convcore import backend, resources
+
+scipy_fft = pytest.importorskip(
+    "pyfftw.interfaces.scipy_fft", reason="pyFFTW is not installed (the test extra installs it)")
+
+
+@pytest.fixture
+def fftw(monkeypatch):
+    """CONVCORE_FFT=fftw, with a count of the calls that reach pyFFTW's functions."""
+    monkeypatch.setenv("CONVCORE_FFT", "fftw")
+    calls = collections.Counter()
+    for name in ("rfftn", "irfftn", "rfft", "irfft", "fft", "ifft"):
+        real = getattr(scipy_fft, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(scipy_fft, name, counted)
+    return calls
+
+
+CASES = [
+    ConvCase((2, 3, 40), (4, 3, 9), seed=140),                                        # 1-D valid
+    ConvCase((2, 4, 17, 15), (6, 4, 6, 5), padding=3, seed=141),                      # 2-D "same"-ish
+    ConvCase((2, 3, 10, 11, 9), (4, 3, 4, 3, 5), seed=142),                           # 3-D valid
+    ConvCase((1, 2, 7, 6, 8, 5), (3, 2, 3, 4, 3, 2), padding=1, seed=143),            # 4-D
+    ConvCase((1, 2, 6, 5, 6, 5, 4), (2, 2, 3, 2, 3, 2, 2), seed=144),                 # 5-D
+    ConvCase((2, 4, 12, 13), (4, 2, 5, 4), padding=((1, 2), (0, 3)), groups=2, seed=145),
+    ConvCase((1, 2, 14, 13), (4, 2, 5, 5), stride=2, padding=2, dilation=(1, 2), seed=146),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=[f"fftw{i}" for i in range(len(CASES))])
+def test_fft_engine_on_fftw_matches_jax(case, dtype, fftw):
+    check_case(NUMPY, case, jax_reference(case), dtype, "fft", layer=True)
+    assert fftw["rfftn"] + fftw["rfft"] >= 1 and fftw["irfftn"] + fftw["irfft"] >= 1, dict(fftw)
+
+
+def test_pruned_and_cropped_transforms_match_scipy(fftw):
+    """The axis-by-axis paths (a small filter in a large plan, a crop of a few outputs) on FFTW."""
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((3, 4, 5, 3)).astype(np.float32)
+    got = backend.rfftn(np, a, (16, 12), (-2, -1))
+    np.testing.assert_allclose(got, np.fft.rfftn(a, s=(16, 12), axes=(-2, -1)), rtol=0, atol=2e-5)
+    spec = np.fft.rfftn(rng.standard_normal((2, 16, 12)), axes=(-2, -1))
+    cut = backend.irfftn(np, spec, (16, 12), (-2, -1), crop=(3, 4))
+    np.testing.assert_allclose(cut, np.fft.irfftn(spec, s=(16, 12), axes=(-2, -1))[:, :3, :4], rtol=0, atol=1e-12)
+    assert fftw["fft"] >= 1 and fftw["ifft"] >= 1
+
+
+def test_threads_transforming_at_once_get_their_own_results(fftw):
+    """Plans are cached per thread: two threads running different layers at once (a worker's job
+    beside its idle lane) each get their own layer's results, the same as SciPy's."""
+    rng = np.random.default_rng(6)
+    layers = [(rng.standard_normal((2, 3, 33, 30)), rng.standard_normal((4, 3, 7, 6))),
+              (rng.standard_normal((1, 2, 20, 21, 19)), rng.standard_normal((2, 2, 5, 4, 6)))]
+
+    def run(i):
+        x, W = layers[i % 2]
+        conv = convcore.Convolution(algorithm="fft")
+        y = conv.forward(x, W)
+        return i % 2, y, conv.backward(np.ones_like(y))[1]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(16)))
+    expected = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVCORE_FFT", "pocketfft")
+        for x, W in layers:
+            conv = convcore.Convolution(algorithm="fft")
+            y = conv.forward(x, W)
+            expected.append((y, conv.backward(np.ones_like(y))[1]))
+    for which, y, gW in results:
+        np.testing.assert_allclose(y, expected[which][0], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(gW, expected[which][1], rtol=0, atol=1e-9)
+    assert fftw["rfftn"] + fftw["rfft"] >= 16
+
+
+def test_an_unknown_library_is_refused(monkeypatch):
+    monkeypatch.setenv("CONVCORE_FFT", "mkl")
+    with pytest.raises(ValueError, match="CONVCORE_FFT must be one of pocketfft, fftw, got 'mkl'"):
+        convcore.Convolution(algorithm="fft").forward(np.ones((1, 1, 8)), np.ones((1, 1, 3)))
+    monkeypatch.setenv("CONVCORE_FFT", " FFTW ")
+    assert resources.fft_library() == "fftw"
+    monkeypatch.delenv("CONVCORE_FFT")
+    assert resources.fft_library() == "pocketfft"
+
+
+def test_without_pyfftw_transforms_fall_back_to_scipy_with_a_warning(monkeypatch, caplog):
+    import scipy.fft
+    backend._host_fft.cache_clear()
+    monkeypatch.setitem(sys.modules, "pyfftw.interfaces", None)   # import fails as if not installed
+    try:
+        with caplog.at_level(logging.WARNING, logger="convcore.backend"):
+            module, options = backend._host_fft("fftw")
+        assert module is scipy.fft and options == {}
+        assert "pyFFTW does not import" in caplog.text and "convnd[fftw]" in caplog.text
+    finally:
+        backend._host_fft.cache_clear()
+
+
+def test_release_memory_drops_the_cached_plans_and_their_arrays(fftw):
+    """A plan keeps its last call's arrays: a worker's release between jobs empties the cache."""
+    from pyfftw.interfaces import cache
+    backend.rfftn(np, np.ones((4, 32, 32), np.float32), (32, 32), (-2, -1))
+    assert cache.is_enabled() and len(cache._fftw_cache._cache_dict) >= 1
+    resources.release_memory(np)
+    assert cache.is_enabled() and len(cache._fftw_cache._cache_dict) == 0
+    assert cache._fftw_cache._keepalive_time == resources.FFTW_KEEPALIVE_S
+
+
+def test_auto_warms_the_fft_engine_up_before_timing_it_on_fftw(fftw, monkeypatch):
+    """FFTW's first call of a shape measures plans: autotune runs the FFT engine once untimed first
+    (else that run, seconds long on large layers, drops the FFT engine as clearly slower)."""
+    from convcore import autoselect
+    made = collections.Counter()
+    real = autoselect.make_engine
+
+    def counting(name, *args, **kwargs):
+        made[name] += 1
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(autoselect, "make_engine", counting)
+    x, W = np.ones((1, 2, 20, 20), np.float32), np.ones((2, 2, 5, 5), np.float32)
+    geom = convcore.Convolution().prepare(x, W).geometry
+    autoselect._time_engines(np, geom, x, W, 1 << 30, {"fft": 0.01, "direct": 0.01})
+    assert made == {"fft": 4, "direct": 3}
+    monkeypatch.setenv("CONVCORE_FFT", "pocketfft")
+    made.clear()
+    autoselect._time_engines(np, geom, x, W, 1 << 30, {"fft": 0.01, "direct": 0.01})
+    assert made == {"fft": 3, "direct": 3}
+
+
+@pytest.mark.parametrize("x_shape, W_shape, params", [
+    ((8, 16, 1024), (16, 16, 129), {}),
+    ((1, 2, 10, 10, 10, 10, 10), (2, 2, 5, 5, 5, 5, 5), {}),
+    ((2, 8, 20, 20, 20), (8, 8, 7, 7, 7), {}),
+    ((4, 8, 40, 40), (8, 8, 13, 13), dict(padding=6)),
+])
+def test_estimate_bounds_the_first_call_that_plans(x_shape, W_shape, params, fftw, monkeypatch):
+    """estimate_memory counts FFTW's planning copies and the arrays its cached plans keep: the first
+    call of a shape (plans measured then, no plan cached) stays under it, forward and backward."""
+    import tracemalloc
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    W = rng.standard_normal(W_shape).astype(np.float32)
+    monkeypatch.setenv("CONVCORE_FFT", "pocketfft")   # compile the channel sums first: not the call's bytes
+    warm = convcore.Convolution(algorithm="fft", **params)
+    gy = np.ones_like(warm.forward(x, W))
+    warm.backward(gy)
+    monkeypatch.setenv("CONVCORE_FFT", "fftw")
+    resources.release_memory(np)   # no plan cached
+    held = x.nbytes + W.nbytes + gy.nbytes
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        conv = convcore.Convolution(algorithm="fft", **params)
+        conv.forward(x, W)
+        conv.backward(gy)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    est = convcore.estimate_memory(x_shape, W_shape, np.float32, algorithm="fft", **params)
+    assert "fftw_plans" in est["allocations"]
+    assert est["peak_bytes"] >= held + peak, (est["peak_bytes"], held + peak)
+    assert fftw["rfftn"] + fftw["rfft"] >= 1
