@@ -124,6 +124,8 @@ def _fft_module(xp):
     """(scipy.fft-like module, keyword arguments) that transform ``xp``'s arrays."""
     if xp is np:
         module, options = _host_fft(fft_library())
+        if options:   # FFTW: its plan cache back on if anything switched it off (each call would plan)
+            _keep_fftw_cache()
         return module, {"workers": num_threads(), **options}
     for _, module, fft, _ in _device_modules:
         if module is xp:
@@ -147,15 +149,36 @@ def _host_fft(library: str) -> tuple:
     warning."""
     if library == "fftw":
         try:
-            from pyfftw.interfaces import cache, scipy_fft
+            from pyfftw.interfaces import scipy_fft
         except ImportError as exc:
             log.warning("CONVCORE_FFT=fftw but pyFFTW does not import (%s): transforms run on SciPy's "
                         "pocketfft; pip install 'convnd[fftw]'", exc)
         else:
-            cache.enable()   # (resources.release_memory empties it between jobs)
-            cache.set_keepalive_time(FFTW_KEEPALIVE_S)
+            _keep_fftw_cache()
             return scipy_fft, {"planner_effort": FFTW_PLANNER}
     return scipy.fft, {}
+
+
+def _keep_fftw_cache() -> None:
+    """pyFFTW's interfaces' plan cache on, its plans kept ``FFTW_KEEPALIVE_S``. Its culling thread
+    stops when the thread that turned the cache on ends (a pool or request thread, often): the cache is
+    tied to the main thread instead, or its plans and their arrays would never be dropped."""
+    from pyfftw.interfaces import cache
+    if cache.is_enabled():
+        return
+    with _fftw_lock:
+        if cache.is_enabled():
+            return
+        cache.enable()
+        cache.set_keepalive_time(FFTW_KEEPALIVE_S)
+        store = getattr(cache, "_fftw_cache", None)
+        if hasattr(store, "_parent_thread"):
+            store._parent_thread = threading.main_thread()
+        else:   # pragma: no cover - a pyFFTW whose cache is built otherwise
+            log.warning("pyFFTW's plan cache has no _parent_thread: its plans may outlive this thread")
+
+
+_fftw_lock = threading.Lock()
 
 
 def plans_on_first_call(xp) -> bool:

@@ -64,16 +64,19 @@ def estimate_memory(x_shape, W_shape, dtype="float32", *, stride=1, padding=0, d
         raise ValueError(why)
     forward, backward = "y" in need, bool({"x", "W"} & set(need))
     result = copy.deepcopy(_estimate(geom, dtype.itemsize, algorithm, budget, rates, autotune, forward, backward,
-                                     need, tuple((n, get_engine(n)) for n in engine_names())))
+                                     need, tuple((n, get_engine(n)) for n in engine_names()),
+                                     resources.fftw_requested()))
     result["parameter"] = _blame(geom, result["largest"])
     return result
 
 
 # A pure function of hashable arguments (frozen geometry and rates; ``engines``: (name, class) of the
-# registered engines, so registering or replacing one starts afresh), asked again and again for the
-# same layers: a service checks every request with it (0.37 ms for a small layer, tens of us cached).
+# registered engines, so registering or replacing one starts afresh; ``fftw``: CONVCORE_FFT asks for
+# FFTW, whose plans the FFT engine's estimate counts), asked again and again for the same layers: a
+# service checks every request with it (0.37 ms for a small layer, tens of us cached).
 @functools.lru_cache(maxsize=1024)
-def _estimate(geom, itemsize, algorithm, budget, rates, autotune, forward, backward, need, engines) -> dict:
+def _estimate(geom, itemsize, algorithm, budget, rates, autotune, forward, backward, need, engines,
+              fftw=False) -> dict:
     estimates = {name: cls.estimate(geom, itemsize, budget, rates) for name, cls in engines}
     if algorithm == "auto":
         seconds = {name: e.seconds for name, e in estimates.items()}

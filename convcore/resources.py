@@ -143,6 +143,12 @@ FFT_LIBRARIES = ("pocketfft", "fftw")
 FFTW_KEEPALIVE_S = 60.0
 
 
+def fftw_requested() -> bool:
+    """Whether ``CONVCORE_FFT`` asks for FFTW; never raises (a memory estimate in the API process
+    must not turn a worker's misconfiguration into an error about the client's request)."""
+    return os.environ.get("CONVCORE_FFT", "").strip().lower() == "fftw"
+
+
 def fft_library() -> str:
     """``CONVCORE_FFT``: which library transforms host arrays, one of ``FFT_LIBRARIES`` (default
     ``pocketfft``, SciPy's)."""
@@ -207,12 +213,16 @@ def device_free_bytes(xp) -> int:
 
 def _release_fftw_plans() -> None:
     """Empty pyFFTW's plan cache where CONVCORE_FFT=fftw turned it on (backend._host_fft): its plans
-    hold their last call's input and output arrays, which would outlive the job."""
+    hold their last call's input and output arrays, which would outlive the job. The cache stays on,
+    emptied the way its own culling thread drops plans (a new dict, under its lock): switching it off
+    and on again broke a transform running in another thread (a worker's idle lane beside a job)."""
     cache = sys.modules.get("pyfftw.interfaces.cache")
-    if cache is not None and cache.is_enabled():
-        cache.disable()
-        cache.enable()
-        cache.set_keepalive_time(FFTW_KEEPALIVE_S)
+    store = getattr(cache, "_fftw_cache", None)
+    lock = getattr(store, "_cull_lock", None)
+    if lock is None:
+        return
+    with lock:
+        store._cache_dict = {}
 
 
 def release_memory(xp, stream=None) -> int:

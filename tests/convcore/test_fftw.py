@@ -182,3 +182,68 @@ def test_estimate_bounds_the_first_call_that_plans(x_shape, W_shape, params, fft
     assert "fftw_plans" in est["allocations"]
     assert est["peak_bytes"] >= held + peak, (est["peak_bytes"], held + peak)
     assert fftw["rfftn"] + fftw["rfft"] >= 1
+
+
+def test_release_beside_a_transform_in_another_thread_breaks_nothing(fftw):
+    """A worker empties the cache after a job while its idle lane may be transforming: the lane's
+    transforms keep working and stay right (switching the cache off and on broke them)."""
+    import threading
+    a = np.random.default_rng(8).standard_normal((3, 24, 20)).astype(np.float32)
+    want = np.fft.rfftn(a, axes=(-2, -1))
+    errors, stop = [], threading.Event()
+
+    def transform():
+        try:
+            while not stop.is_set():
+                np.testing.assert_allclose(backend.rfftn(np, a, (24, 20), (-2, -1)), want, rtol=0, atol=1e-4)
+        except Exception as exc:   # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=transform)
+    worker.start()
+    try:
+        for _ in range(2000):
+            resources.release_memory(np)
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors[:1]
+    assert fftw["rfftn"] >= 2
+
+
+def test_the_cache_outlives_the_thread_that_turned_it_on(fftw):
+    """pyFFTW's culling thread stops with the thread that enabled the cache: convcore ties it to the
+    main thread, so plans enabled from a pool thread are still dropped when unused."""
+    import threading
+    import time
+
+    from pyfftw.interfaces import cache
+    cache.disable()
+    helper = threading.Thread(target=lambda: backend.rfftn(np, np.ones((2, 16), np.float32), (16,), (-1,)))
+    helper.start()
+    helper.join()
+    time.sleep(0.4)   # the culling thread checks its parent every 0.1 s
+    assert cache.is_enabled() and cache._fftw_cache._thread_object.is_alive()
+    assert cache._fftw_cache.keepalive_time == resources.FFTW_KEEPALIVE_S
+
+
+def test_a_cache_switched_off_elsewhere_is_switched_back_on(fftw):
+    from pyfftw.interfaces import cache
+    backend.rfftn(np, np.ones((2, 16), np.float32), (16,), (-1,))
+    cache.disable()   # another library, or the user
+    backend.rfftn(np, np.ones((2, 16), np.float32), (16,), (-1,))
+    assert cache.is_enabled()
+
+
+def test_the_estimate_follows_the_setting_and_never_raises(monkeypatch):
+    """The API estimates with its own environment: FFTW's plans are counted from the setting even where
+    pyFFTW does not import there, and a bad value is the worker's error to report, not the estimate's."""
+    shape = dict(x_shape=(2, 4, 256), W_shape=(4, 4, 33))
+    monkeypatch.setenv("CONVCORE_FFT", "fftw")
+    monkeypatch.setitem(sys.modules, "pyfftw.interfaces", None)
+    with_fftw = convcore.estimate_memory(**shape, algorithm="fft")
+    assert with_fftw["allocations"]["fftw_plans"] > 0
+    monkeypatch.setenv("CONVCORE_FFT", "mkl")
+    assert "fftw_plans" not in convcore.estimate_memory(**shape, algorithm="fft")["allocations"]
+    monkeypatch.setenv("CONVCORE_FFT", "pocketfft")
+    assert convcore.estimate_memory(**shape, algorithm="fft")["peak_bytes"] < with_fftw["peak_bytes"]

@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("app", "worker", "convcore")
-OPTIONAL = {"cupy": "gpu", "cupyx": "gpu"}  # imported only when a GPU is wanted; optional extra
+OPTIONAL = {"cupy": "gpu", "cupyx": "gpu",   # imported only when a GPU is wanted; optional extra
+            "pyfftw": "fftw"}             # imported only with CONVCORE_FFT=fftw; optional extra
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
