@@ -187,7 +187,6 @@ def plans_on_first_call(xp) -> bool:
     return not is_host_module(xp) or _host_fft(fft_library())[0] is not scipy.fft
 
 
-
 def blas_module(xp):
     """The cuBLAS wrapper registered for device module ``xp`` (None: none, the host, or a wrapper
     that does not import: products then go through the module's own matmul)."""

@@ -635,10 +635,11 @@ def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
         backward["gx_overlap_add"] = 3 * geom.batch * geom.in_channels * itemsize * math.prod(
             (m + 1) * t for m, t in zip(counts, tile))
     if rates.kind == "cpu" and fftw_requested():
-        # FFTW (CONVCORE_FFT=fftw, counted from the setting: the API process need not have pyFFTW): planning copies a transform's input and allocates its own input and
-        # output, and each cached plan keeps its last call's arrays. Measured over a first and a later
-        # call, at most 2x the largest transform's input and output beyond the rest (a 1-D 16 x 16 k 129
-        # layer on 4096 points, 16.6 MB on 8.4): four times that, a bound rather than a guess.
+        # FFTW (CONVCORE_FFT=fftw; counted from the setting, as the API process need not have pyFFTW):
+        # planning copies a transform's input and allocates its own input and output, and each cached
+        # plan keeps its last call's arrays. Measured over a first and a later call, at most 2x the
+        # largest transform's input and output beyond the rest (a 1-D 16 x 16 k 129 layer on 4096
+        # points, 16.6 MB on 8.4): four times that, a bound rather than a guess.
         shared["fftw_plans"] = 4 * max(chunk * C, chunk * O, O * C) * (spec + real)
     return Estimate(seconds, shared, forward, {k: v for k, v in backward.items() if v})
 

@@ -231,8 +231,10 @@ def release_memory(xp, stream=None) -> int:
     With ``stream``, only what the calling thread cached: the pooled blocks of that stream's arena
     and this thread's FFT plans (CuPy keeps a plan cache per thread), not the pinned buffers other
     threads may be using. Returns the pool bytes released. On the host (where there are no streams)
-    it hands the C heap's freed memory back to the system (``allocator.release``, every thread's
-    arena: a worker calls it between jobs, not beside a running one; the bytes are not counted: 0).
+    it drops FFTW's cached plans and the arrays they hold (CONVCORE_FFT=fftw; safe beside a running
+    transform) and hands the C heap's freed memory back to the system (``allocator.release``, every
+    thread's arena: a worker calls it between jobs, not beside a running one; the bytes are not
+    counted: 0).
     """
     if xp is None or xp is np:
         _release_fftw_plans()
