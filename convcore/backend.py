@@ -124,7 +124,7 @@ def _fft_module(xp):
     """(scipy.fft-like module, keyword arguments) that transform ``xp``'s arrays."""
     if xp is np:
         module, options = _host_fft(fft_library())
-        if options:   # FFTW: its plan cache back on if anything switched it off (each call would plan)
+        if module is not scipy.fft:   # FFTW: its plan cache on (and back on if anything switched it off)
             _keep_fftw_cache()
         return module, {"workers": num_threads(), **options}
     for _, module, fft, _ in _device_modules:
@@ -143,8 +143,8 @@ FFTW_PLANNER = "FFTW_MEASURE"
 def _host_fft(library: str) -> tuple:
     """(scipy.fft-like module, its extra keyword arguments) for ``CONVCORE_FFT``'s ``library``.
 
-    ``fftw``: pyFFTW's scipy.fft interface with its plan cache on (planning on every call cost more
-    than FFTW saved) and ``FFTW_PLANNER``'s plans. The cache keys plans by thread, so convcore's
+    ``fftw``: pyFFTW's scipy.fft interface with ``FFTW_PLANNER``'s plans; ``_fft_module`` keeps its plan
+    cache on (planning on every call cost more than FFTW saved). The cache keys plans by thread, so convcore's
     threads and a worker's idle lane never share one. Where pyFFTW does not import, SciPy's, with a
     warning."""
     if library == "fftw":
@@ -154,7 +154,6 @@ def _host_fft(library: str) -> tuple:
             log.warning("CONVCORE_FFT=fftw but pyFFTW does not import (%s): transforms run on SciPy's "
                         "pocketfft; pip install 'convnd[fftw]'", exc)
         else:
-            _keep_fftw_cache()
             return scipy_fft, {"planner_effort": FFTW_PLANNER}
     return scipy.fft, {}
 
