@@ -28,6 +28,7 @@ from convcore import backend, costs, make_geometry
 BUDGET = 2**31
 RULES = {   # name -> Rates fields
     "40% any window": {"tile_gain_nd": 0.6, "tile_windows_nd": (2, 4, 8)},
+    "50% any window": {"tile_gain_nd": 0.5, "tile_windows_nd": (2, 4, 8)},
     "60% any window": {"tile_gain_nd": 0.4, "tile_windows_nd": (2, 4, 8)},
     "40% windows >= 4k": {"tile_gain_nd": 0.6, "tile_windows_nd": (4, 8)},
     "50% windows >= 4k": {"tile_gain_nd": 0.5, "tile_windows_nd": (4, 8)},

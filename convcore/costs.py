@@ -527,7 +527,16 @@ def _device_direct_estimate(geom: ConvGeometry, itemsize: int, budget: int, rate
 
 
 def fft_shape(red: Reduction, tile) -> tuple:
-    return tuple(backend.next_fast_len(t + k - 1) for t, k in zip(tile, red.qk))
+    """The transforms' size per axis for output tiles ``tile``: next_fast_len of the window (t + k - 1)
+    where tiled. Untiled, a window ends in zero padding, and a circular correlation of length L
+    wraps the reads past L onto the start of the window, which is zeros too: L >= q - min(lo, hi)
+    zeros is exact (y and gW; gx on x's own cells, the rest is discarded), no shorter than the
+    outputs or the kernel. A "same" 13x13 layer on 64^2: 72^2 points, not 80^2."""
+    valid = tuple(q - k + 1 for q, k in zip(red.qx, red.qk))
+    if any(t < v for t, v in zip(tile, valid)):
+        return tuple(backend.next_fast_len(t + k - 1) for t, k in zip(tile, red.qk))
+    return tuple(backend.next_fast_len(max(q - min(margins), v, k))
+                 for q, k, v, margins in zip(red.qx, red.qk, valid, red.zero_margins()))
 
 
 def fft_bytes(geom: ConvGeometry, itemsize: int, tile, rows: int) -> int:

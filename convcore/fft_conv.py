@@ -49,7 +49,7 @@ class FFTConv:
         self.counts = tiling.tile_counts(valid, self.tile)
         self.tiled = any(c > 1 for c in self.counts)
         self.window = tuple(t + k - 1 for t, k in zip(self.tile, red.qk))
-        self.fft_shape = tuple(backend.next_fast_len(w) for w in self.window)
+        self.fft_shape = costs.fft_shape(red, self.tile)   # untiled "same": shorter than the window
         self.axes = tuple(range(-geom.ndim, 0))
         self.rows = geom.batch * math.prod(self.counts)
         self.row_chunk = costs.fft_row_chunk(geom, x.dtype.itemsize, self.tile, self.rows, budget)
@@ -100,8 +100,8 @@ class FFTConv:
         if self._reduced is None:   # (n, g, C, q...); tiled at stride 1: as long as the windows reach
             self._reduced = self.red.inputs(self.x, 0, self.geom.batch, self._windows_extent())
         a = self._reduced
-        if not self.tiled:
-            return a[lo:hi]
+        if not self.tiled:   # cut to the plan (past it: zero padding)
+            return a[(slice(lo, hi),) + (slice(None),) * 2 + tuple(slice(0, L) for L in self.fft_shape)]
         n, g, C = a.shape[:3]
         flat = a.reshape((n, g * C) + a.shape[3:])
         if (lo, hi) == (0, self.rows):
@@ -175,7 +175,7 @@ class FFTConv:
             if need_x:   # (F, g, rows, c_O/g) @ (F, g, c_O/g, C)
                 gx_spec = (frequency_last.input_grad(xp, G, W_spec) if self.frequency_last
                            else backend.matmul(xp, G, W_spec))
-                gx_parts.append(self._inverse(gx_spec, self.window))
+                gx_parts.append(self._inverse(gx_spec, tuple(map(min, self.window, self.fft_shape))))
             if need_W:   # (F, g, c_O/g, rows) @ (F, g, rows, C)
                 if self.frequency_last:   # G is not read again: the product may consume it
                     part = frequency_last.weight_grad(xp, G, self.x_spectrum(lo, hi))

@@ -70,6 +70,15 @@ class Reduction:
         a = layout.space_to_depth(a, self.stride)
         return a.reshape((a.shape[0], geom.groups, self.channels) + a.shape[2:])
 
+    def zero_margins(self) -> tuple:
+        """((zeros at the low end, zeros at the high end), ...) per axis of ``inputs``' q cells that
+        are zero padding whatever x holds: stride-1 axes with zero padding; (0, 0) elsewhere."""
+        geom = self.geom
+        if geom.padding_mode != "zeros":
+            return ((0, 0),) * geom.ndim
+        return tuple((min(lo, q), max(0, q - lo - d)) if s == 1 else (0, 0)
+                     for (lo, _), d, q, s in zip(geom.pads, geom.spatial, self.qx, self.stride))
+
     def filters(self, W):
         """W (c_O, c_I/g, k...) -> (g, c_O/g, C, k'...)."""
         geom, xp = self.geom, self.xp
@@ -79,8 +88,15 @@ class Reduction:
         return Wp.reshape((geom.groups, self.out_channels) + Wp.shape[1:])
 
     def input_grad(self, a):
-        """Gradient of ``inputs``' output (b, g*C, q...) -> gx (b, c_I, d...)."""
+        """Gradient of ``inputs``' output (b, g*C, q...) -> gx (b, c_I, d...). With zero padding and
+        stride 1 ``a`` may end anywhere past x's cells (an FFT plan shorter than q: its high zeros'
+        gradient is never computed)."""
         geom, xp = self.geom, self.xp
+        if geom.padding_mode == "zeros" and all(v == 1 for v in self.stride) and all(
+                lo + d <= min(r, e) for (lo, _), d, r, e in zip(geom.pads, geom.spatial, self.read, a.shape[2:])):
+            # every cell of x is read and in a: the adjoint of the zero padding is x's window, one copy
+            return xp.ascontiguousarray(a[(slice(None),) * 2 + tuple(
+                slice(lo, lo + d) for (lo, _), d in zip(geom.pads, geom.spatial))])
         if any(v != 1 for v in self.stride) and layout.phase_copies_pay(self.stride):   # phase by phase
             if geom.padding_mode == "zeros":   # the zero padding's adjoint is the window of x itself
                 return layout.depth_to_space_window(xp, a, self.stride, self.read,
