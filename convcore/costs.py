@@ -306,25 +306,29 @@ def device_pass_seconds(qk: tuple, K: int, rows: int, positions: int, groups: in
     return flops / rates.gemm + (copy_bytes + product_bytes) / rates.copy + calls * DEVICE_CALL_S
 
 
-NATIVE_STRIDE_MIN_SAVING = 1.2   # polyphase taps / real taps above which reading in place pays
+NATIVE_STRIDE_MIN_SAVING = 1.0   # polyphase taps / real taps from which reading in place pays (strided only)
 
 
 def native_stride_pays(geom: ConvGeometry) -> bool:
     """Whether the CPU's forward and weight-gradient passes read strided outputs in place.
 
     Unstrided, it is the same grid either way. Strided, the polyphase split runs
-    prod(stride) * prod(ceil(k / stride)) taps per output where prod(k) are real, in contiguous
-    column copies; in place the copies step over the stride, a little slower per tap. Measured
-    (one thread, float32, forward + both gradients, in place / polyphase): 3x3 at stride 2
-    (1.78x the taps) 0.90, 3^3 (2.4x) 0.77-0.84, 7x7 (1.31x) 0.90, 5^3 (1.73x) 0.82; 1-D k 9
-    (1.11x) 1.04 and 11x11 at stride 4 (1.19x) about 1.1: in place when it saves at least 1.2x.
+    prod(stride) * prod(ceil(k / stride)) taps per output where prod(k) are real, after a copy that
+    splits x into its phases; in place the passes step over the stride. With BLAS passes in place
+    paid only from 1.2x the taps (11x11 at stride 4, 1.19x: 1.1x slower in place). With the compiled
+    passes (twenty-third round, forward + both gradients, 2 threads, polyphase / in place): 11x11 at
+    stride 4 1.22, 8x8 at stride 4 (1.0x the taps) 1.18, 16x16 at stride 16 1.17, 6x6 at stride 3 1.19,
+    4^3 at stride 2 1.15, 1-D k 65 and k 9 at stride 2 1.06 and 1.04, 4x4 at stride 4 0.99: in place
+    whenever strided.
     """
     taps = math.prod(geom.kernel)
     polyphase = 1
+    strided = False
     for s, o, k in zip(geom.stride, geom.out_spatial, geom.dilated_kernel):
         s = 1 if o == 1 else s
+        strided = strided or s != 1
         polyphase *= s * -(-k // s)
-    return polyphase >= NATIVE_STRIDE_MIN_SAVING * taps
+    return strided and polyphase >= NATIVE_STRIDE_MIN_SAVING * taps
 
 
 # NumPy and CuPy arrays have at most 64 axes. Per spatial dim N, the engines' largest arrays carry:
