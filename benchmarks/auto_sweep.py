@@ -99,7 +99,7 @@ def main() -> None:
         verdict = "ok" if ratio <= 1.2 else ("noise" if chose == best else "MISS")
         verdicts.append(verdict)
         cols = "  ".join(f"{e} {1e3 * forced[e]:.1f}" if e in forced else f"{e} n/a" for e in engines)
-        print(f"{verdict:7s} {ratio:9.2f}  x{xs} W{ws[2:]} s{stride} p{padding}  auto {1e3 * auto_s:.1f} [{chose}]  {cols}",
+        print(f"{verdict:7s} {ratio:9.2f}  x{xs} W{ws} s{stride} p{padding}  auto {1e3 * auto_s:.1f} [{chose}]  {cols}",
               flush=True)
     print(f"\n{len(verdicts)} layers: ok {verdicts.count('ok')}, noise (auto ran the best engine) "
           f"{verdicts.count('noise')}, MISS (auto chose an engine > 1.2x slower) {verdicts.count('MISS')}")

@@ -2,7 +2,8 @@
 
 Every engine in the registry (engines.py) estimates the seconds of one forward pass
 plus all gradients with the rates of the device at hand (costs.py). When others come
-within ``AMBIGUOUS`` of the cheapest, the first call for that geometry times them
+within ``AMBIGUOUS`` of the cheapest (or are cheap whatever the ratio: ``ALWAYS_TIMED_SECONDS``),
+the first call for that geometry times them
 (forward + backward) on the real arrays, and the winner is cached per geometry,
 dtype, device, budget and set of engines for the rest of the process.
 """
@@ -22,6 +23,11 @@ from . import backend, costs, frequency_kernel, resources
 from .engines import engine_names, get_engine, make_engine, no_engine_runs
 
 AMBIGUOUS = 3.0
+# ... and every engine estimated under this is timed however far from the cheapest: the model is
+# off by more than AMBIGUOUS on some small layers (a 1-channel 4-D 3^4 layer: direct estimated at
+# 30 ms, 5.6x the FFT engine's 5.3, ran in 4.3 against the FFT engine's 8.9), and timing one costs
+# a few of its runs
+ALWAYS_TIMED_SECONDS = 0.05
 MAX_TIMED_SECONDS = 2.0  # don't time configurations estimated to take longer than this
 MAX_DECISIONS = 4096     # geometries remembered; the oldest is forgotten first
 LOSING = 1.5             # a timed run this much slower than the best so far is not repeated,
@@ -59,14 +65,20 @@ def choose(xp, geom, x, W, budget: int, autotune: bool | None = None):
         raise ValueError(why)
     est = estimate_seconds(geom, x.dtype.itemsize, budget, costs.rates_for(xp))
     best, engine = _ready_best(xp, est), None
-    close = [name for name in names if name != best and est[name] < AMBIGUOUS * est[best]
-             and est[name] < MAX_TIMED_SECONDS and _ready(xp, name)]
+    close = [name for name in close_calls(est, best) if _ready(xp, name)]
     if autotune and close:
         best, engine = _time_engines(xp, geom, x, W, budget, {n: est[n] for n in [best] + close})
     _decisions[key] = best
     if len(_decisions) > MAX_DECISIONS:
         _decisions.popitem(last=False)
     return best, engine
+
+
+def close_calls(seconds: dict, best: str) -> list:
+    """The engines timed against ``best`` (estimated seconds by name): within ``AMBIGUOUS`` of it or
+    under ``ALWAYS_TIMED_SECONDS``, and never over ``MAX_TIMED_SECONDS``."""
+    return [name for name, s in seconds.items() if name != best and s < MAX_TIMED_SECONDS
+            and (s < AMBIGUOUS * seconds[best] or s < ALWAYS_TIMED_SECONDS)]
 
 
 def _ready(xp, name: str) -> bool:

@@ -319,7 +319,9 @@ def native_stride_pays(geom: ConvGeometry) -> bool:
     passes (twenty-third round, forward + both gradients, 2 threads, polyphase / in place): 11x11 at
     stride 4 1.22, 8x8 at stride 4 (1.0x the taps) 1.18, 16x16 at stride 16 1.17, 6x6 at stride 3 1.19,
     4^3 at stride 2 1.15, 1-D k 65 and k 9 at stride 2 1.06 and 1.04, 4x4 at stride 4 0.99: in place
-    whenever strided.
+    whenever strided (polyphase taps are never fewer than the real ones, so at 1.0 the rule is
+    "strided"; tests set it to inf to force the split). Where the BLAS passes run (no Numba, fewer
+    than 4 rows) in place measured 0.96-1.05 of the split's time: no reason to tell the two apart.
     """
     taps = math.prod(geom.kernel)
     polyphase = 1
@@ -589,10 +591,30 @@ def fft_row_chunk(geom: ConvGeometry, itemsize: int, tile, rows: int, budget: in
     return int(min(rows, max(1, (budget - fixed) // max(per_row, 1))))
 
 
-def fft_seconds(geom: ConvGeometry, itemsize: int, tile, rates: Rates = CPU_RATES, budget: int | None = None) -> float:
+def transform_flops(extents, L) -> float:
+    """Modelled flops of one real transform of an ``L`` plan whose input (or kept output) is ``extents``:
+    2.5 n log2 n whole, or, where some axis is at most half data (``backend._worth_pruning``), axis by
+    axis from the last, each pass over the lines that hold data so far (k^N filters in an L^N plan:
+    about k / L of the first pass, and so on)."""
+    size = math.prod(L)
+    if not any(2 * e <= n for e, n in zip(extents, L)):
+        return 2.5 * size * math.log2(max(size, 2))
+    lines = [min(e, n) for e, n in zip(extents, L)]
+    flops = 0.0
+    for j in range(len(L) - 1, -1, -1):
+        flops += 2.5 * math.prod(lines) / lines[j] * L[j] * math.log2(max(L[j], 2))
+        lines[j] = L[j]
+    return flops
+
+
+def fft_seconds(geom: ConvGeometry, itemsize: int, tile, rates: Rates = CPU_RATES, budget: int | None = None,
+                compiled_sums: bool = False) -> float:
     """Modelled seconds of forward + all three gradients with output tiles ``tile`` (rows in chunks
     that fit ``budget``, as the engine runs them: its layout is decided per chunk, and channels-last
-    products make their per-frequency calls once per chunk)."""
+    products make their per-frequency calls once per chunk). ``compiled_sums``: the engine's estimate
+    against the other engines: frequency-last sums up to the compiled loop's limit and pruned
+    transforms (``transform_flops``), as the engine runs them. The tile choice keeps the NumPy sums'
+    figures and whole transforms, which its thresholds were measured with (see above)."""
     red = Reduction(None, geom, keep_dilation=False)
     L = fft_shape(red, tile)
     size = math.prod(L)
@@ -600,12 +622,17 @@ def fft_seconds(geom: ConvGeometry, itemsize: int, tile, rates: Rates = CPU_RATE
     valid = tuple(q - k + 1 for q, k in zip(red.qx, red.qk))
     rows = geom.batch * math.prod(tiling.tile_counts(valid, tile))
     C, O, g = red.channels, red.out_channels, geom.groups
-    transforms = 2 * g * (rows * C + O * C + rows * O)   # each once forward, once backward
-    fft_flops = transforms * 2.5 * size * math.log2(max(size, 2))
+    if compiled_sums:   # the engine's estimate: pruned transforms priced as backend.rfftn / irfftn run them
+        window = tuple(min(t + k - 1, n) for t, k, n in zip(tile, red.qk, L))
+        fft_flops = 2 * g * (rows * C * transform_flops(window, L) + O * C * transform_flops(red.qk, L)
+                             + rows * O * transform_flops(tile, L))   # x and gx, W and gW, gy and y
+    else:
+        transforms = 2 * g * (rows * C + O * C + rows * O)   # each once forward, once backward
+        fft_flops = transforms * 2.5 * size * math.log2(max(size, 2))
     mm_flops = 3 * 8.0 * freqs * g * rows * C * O
     chunk = rows if budget is None else fft_row_chunk(geom, itemsize, tile, rows, budget)
     # Tiny inner sizes, and frequency-last spectra on the host, are broadcast, not BLAS calls.
-    broadcast = min(C, O) <= 2 or (rates.kind == "cpu" and spectra_frequency_last(chunk, C, O))
+    broadcast = min(C, O) <= 2 or (rates.kind == "cpu" and spectra_frequency_last(chunk, C, O, compiled_sums))
     calls = 0 if broadcast else 3 * freqs * g * -(-rows // chunk)
     return (rates.precision(itemsize) * (fft_flops / rates.fft + mm_flops / rates.cmatmul)
             + calls * rates.matrix_call_s)
@@ -615,7 +642,11 @@ def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
     if fft_unsupported(geom, rates.kind):
         return Estimate(math.inf, {}, {}, {})
     tile = choose_tile(geom, itemsize, budget, rates)
-    seconds = fft_seconds(geom, itemsize, tile, rates, budget) + rates.overhead("fft")
+    # against the other engines, the sums as they run: a BLAS call per frequency where the compiled
+    # sums do not (3-D 9^3 on 32^3, 8 channels: 26 ms of calls modelled, the whole layer ran in 12,
+    # and the model chose the direct engine at 3.4x the FFT engine's time on 3-D 7^3)
+    compiled = rates.kind == "cpu" and direct_kernel.compiled_for(itemsize)
+    seconds = fft_seconds(geom, itemsize, tile, rates, budget, compiled) + rates.overhead("fft")
     if fft_bytes(geom, itemsize, tile, 1) > budget:
         seconds = math.inf      # tiles as small as the kernel still overflow: FFT cannot fit
     red = Reduction(None, geom, keep_dilation=False)

@@ -81,9 +81,7 @@ def _estimate(geom, itemsize, algorithm, budget, rates, autotune, forward, backw
     if algorithm == "auto":
         seconds = {name: e.seconds for name, e in estimates.items()}
         best = min(seconds, key=seconds.get)
-        candidates = [best] + [n for n in seconds if n != best and autotune
-                               and seconds[n] < autoselect.AMBIGUOUS * seconds[best]
-                               and seconds[n] < autoselect.MAX_TIMED_SECONDS]
+        candidates = [best] + (autoselect.close_calls(seconds, best) if autotune else [])
     else:
         best, candidates = algorithm, [algorithm]
     timed = len(candidates) > 1
