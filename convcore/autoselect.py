@@ -16,7 +16,7 @@ import time
 
 try:
     import resource
-except ImportError:   # not on Windows: no peak to read, no run repeated for it
+except ImportError:   # Windows: no peak to read there, no run repeated for it
     resource = None
 
 from . import backend, costs, frequency_kernel, resources
@@ -109,8 +109,8 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
     rounds (two let one unlucky run in eight pick a 1.4x slower engine for a 4-D layer), longer
     ones one; a run over 0.1 s and 1.5x slower than the best so far drops out (repeating it only
     spends time), unless it raised the process's peak memory by ``NEW_MEMORY_BYTES``: then it paid
-    for memory the process had not used before and runs once more. Only the fastest engine so far is kept alive, so timing never holds more than
-    two engines' buffers.
+    for memory the process had not used before and runs once more. Only the fastest engine so far
+    is kept alive, so timing never holds more than two engines' buffers.
     """
     gy = xp.ones(geom.out_shape, dtype=x.dtype)
     # the host's first load of the compiled sums (~0.3-1 s; about a second a vector loop to compile
