@@ -37,6 +37,12 @@ LOSING_MIN_S = 0.1       # ... when it took this long (cheap runs are repeated: 
 # so a 4-D 5^4 layer (4 x 32 -> 32 x 10^4) took 1.09 s on the FFT engine timed first and 0.31 s after,
 # and auto kept the direct engine (0.71 s)
 NEW_MEMORY_BYTES = 32 * 2**20
+# Candidates estimated under CHEAP_S get CHEAP_ROUNDS timed runs (three above, one from 0.5 s): the
+# FFT engine's first runs of a small layer are slower than its later ones (2-D 11x11 16 -> 16 on
+# 64^2: 33, 12.6, 10.0, then 9.4 ms), and with three runs each `auto` chose the direct engine (10.4
+# ms) in 2 processes of 6; with five, the FFT engine in 8 of 8
+CHEAP_S = 0.05
+CHEAP_ROUNDS = 5
 
 _decisions: collections.OrderedDict = collections.OrderedDict()
 
@@ -105,9 +111,9 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
     one of the FFT engine where FFTW plans its transforms).
     The candidates run in turns (one run each per round, the cheapest estimate first, then the
     others in registry order), so a burst of load from elsewhere falls on all of them rather than
-    on whichever was being timed; each keeps its best time. Calls estimated under 0.5 s get three
-    rounds (two let one unlucky run in eight pick a 1.4x slower engine for a 4-D layer), longer
-    ones one; a run over 0.1 s and 1.5x slower than the best so far drops out (repeating it only
+    on whichever was being timed; each keeps its best time. On the host, calls estimated under
+    ``CHEAP_S`` get ``CHEAP_ROUNDS`` rounds; under 0.5 s three (two let one unlucky run in eight pick a 1.4x slower
+    engine for a 4-D layer), longer ones one; a run over 0.1 s and 1.5x slower than the best so far drops out (repeating it only
     spends time), unless it raised the process's peak memory by ``NEW_MEMORY_BYTES``: then it paid
     for memory the process had not used before and runs once more. Only the fastest engine so far
     is kept alive, so timing never holds more than two engines' buffers.
@@ -125,7 +131,8 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
         # FFTW's first call of a shape measures plans (0.15-0.65 s): timed, it would drop the FFT
         # engine after one run as "clearly slower"
         _run(make_engine("fft", xp, geom, x, W, budget), gy)
-    rounds = {name: 3 if estimate < 0.5 else 1 for name, estimate in estimates.items()}
+    host = backend.is_host_module(xp)
+    rounds = {name: _rounds(estimate, host) for name, estimate in estimates.items()}
     times = {name: math.inf for name in estimates}
     best, best_engine, repeated = None, None, set()
     round_ = 0
@@ -150,6 +157,12 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
                 rounds[name] = round_   # clearly and costly slower than the best so far: no more runs
         round_ += 1
     return best, best_engine
+
+
+def _rounds(estimate: float, host: bool) -> int:
+    """Timed runs of a candidate estimated at ``estimate`` seconds (see ``_time_engines``): on a device
+    each has had an untimed run first, and three are enough under 0.5 s."""
+    return CHEAP_ROUNDS if host and estimate < CHEAP_S else 3 if estimate < 0.5 else 1
 
 
 def _peak_bytes() -> int:
