@@ -645,6 +645,8 @@ def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
     # against the other engines, the sums as they run: a BLAS call per frequency where the compiled
     # sums do not (3-D 9^3 on 32^3, 8 channels: 26 ms of calls modelled, the whole layer ran in 12,
     # and the model chose the direct engine at 3.4x the FFT engine's time on 3-D 7^3)
+    # (whether Numba's compiled loops run here: direct_kernel's check, which compiles nothing, where
+    # frequency_kernel.available would build the sums' loop in an API process that never runs one)
     compiled = rates.kind == "cpu" and direct_kernel.compiled_for(itemsize)
     seconds = fft_seconds(geom, itemsize, tile, rates, budget, compiled) + rates.overhead("fft")
     if fft_bytes(geom, itemsize, tile, 1) > budget:

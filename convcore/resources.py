@@ -143,16 +143,20 @@ FFT_LIBRARIES = ("pocketfft", "fftw")
 FFTW_KEEPALIVE_S = 60.0
 
 
+def _fft_setting() -> str:
+    return os.environ.get("CONVCORE_FFT", "").strip().lower() or FFT_LIBRARIES[0]
+
+
 def fftw_requested() -> bool:
     """Whether ``CONVCORE_FFT`` asks for FFTW; never raises (a memory estimate in the API process
     must not turn a worker's misconfiguration into an error about the client's request)."""
-    return os.environ.get("CONVCORE_FFT", "").strip().lower() == "fftw"
+    return _fft_setting() == "fftw"
 
 
 def fft_library() -> str:
     """``CONVCORE_FFT``: which library transforms host arrays, one of ``FFT_LIBRARIES`` (default
     ``pocketfft``, SciPy's)."""
-    value = os.environ.get("CONVCORE_FFT", "").strip().lower() or FFT_LIBRARIES[0]
+    value = _fft_setting()
     if value not in FFT_LIBRARIES:
         raise ValueError(f"CONVCORE_FFT must be one of {', '.join(FFT_LIBRARIES)}, got {value!r}")
     return value
