@@ -290,6 +290,7 @@ class DirectConv:
             segments = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run)
             shift = (np.zeros((g, rows), src.dtype) if bias is None
                      else np.ascontiguousarray(bias, dtype=src.dtype).reshape(g, rows))
+            scatter = direct_kernel.scatter_loop(plan.blocking.VW, itemsize)
         b = plan.blocking
         width = b.V * b.VW   # filters packed (g, blocks of channels, K * taps, width), zeros past rows
         w = (np.empty if b.padded == rows else np.zeros)((g, b.nob) + mats.shape[2:] + (width,), src.dtype)
@@ -310,8 +311,8 @@ class DirectConv:
                 first, last = max(lo - gi * blocks, 0), min(hi - gi * blocks, blocks)
                 plan.loop(flat[gi], w[gi], plan.koff, out[gi], plan.bases, first, last)
                 if dest is not None:
-                    direct_kernel.scatter(out[gi], dst, *segments, rows, ch_stride, gi * group_stride,
-                                          plan.per_run, plan.P, first, last, shift[gi])
+                    scatter(out[gi], dst, *segments, rows, ch_stride, gi * group_stride, plan.per_run * plan.P,
+                            first * plan.P, last * plan.P, shift[gi])
                 elif fold is not None:
                     direct_kernel.phase_scatter(out[gi], fold[0], *fold[1][:-1], rows, gi * fold[2], plan.P,
                                                 first, last, space.count)

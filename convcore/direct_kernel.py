@@ -260,10 +260,85 @@ def _weight_block_typer(typingctx, R, V, VW, isz, src, koff, ps, n, rhs, rhs_str
     return sig, codegen
 
 
+def _transposed(builder, ir, v: list) -> list:
+    """The T x T tile held as T vectors of T lanes (v[j][c]), transposed: vector c holds v[.][c].
+    log2(T) rounds of interleaving pairs (vector i with i + T/2): each round's shuffles are of two
+    vectors, which x86 does in one instruction."""
+    T = len(v)
+    h = T // 2
+    i32 = ir.IntType(32)
+    low = ir.Constant(ir.VectorType(i32, T), [x for i in range(h) for x in (i, T + i)])
+    high = ir.Constant(ir.VectorType(i32, T), [x for i in range(h, T) for x in (i, T + i)])
+    for _ in range(T.bit_length() - 1):
+        v = [half for i in range(h) for half in (builder.shuffle_vector(v[i], v[i + h], low),
+                                                 builder.shuffle_vector(v[i], v[i + h], high))]
+    return v
+
+
+def _tile_typer(typingctx, T, isz, src, src_stride, dst, dst_stride, count, bias):
+    """dst[c * dst_stride + j] = src[j * src_stride + c] + bias[c] for j < T and c < count (<= T): a T x T
+    tile of a channels-last result written channels-first (addresses as integers, T and isz literal).
+    T vectors loaded, transposed in registers, stored as T vectors: no strided scalar reads (those
+    ran at 1.1 ns a cell, 5-7x slower)."""
+    from llvmlite import ir
+    from numba import types
+    sizes = _literals(T, isz)
+    if sizes is None:
+        return None
+    T_, itemsize = sizes
+    i64 = ir.IntType(64)
+    sig = types.void(T, isz, *([types.intp] * 6))
+
+    def codegen(context, builder, signature, args):
+        src_a, sstride, dst_a, dstride, count, bias_a = args[2:]
+        vt, _fma, sp, vp = _vector_ops(builder, ir, itemsize, T_)
+        src_p, dst_p, bias_p = (builder.inttoptr(a, sp) for a in (src_a, dst_a, bias_a))
+        v = _transposed(builder, ir, [
+            builder.load(builder.bitcast(builder.gep(src_p, [builder.mul(ir.Constant(i64, j), sstride)]), vp),
+                         align=itemsize) for j in range(T_)])
+        for c in range(T_):
+            cc = ir.Constant(i64, c)
+            with builder.if_then(builder.icmp_signed("<", cc, count), likely=True):
+                b = _splat(builder, ir, builder.load(builder.gep(bias_p, [cc])), vt)
+                builder.store(builder.fadd(v[c], b), builder.bitcast(builder.gep(dst_p, [builder.mul(cc, dstride)]), vp),
+                              align=itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _gather_tile_typer(typingctx, T, isz, src, offs, dst, dst_stride):
+    """dst[j * dst_stride + c] = src[offs[c] + j] for j, c < T: T runs of T cells (rows of gy,
+    channels-first) written as T channels-last rows (the weight pass's buffer); the other direction
+    of ``_tile_typer``."""
+    from llvmlite import ir
+    from numba import types
+    sizes = _literals(T, isz)
+    if sizes is None:
+        return None
+    T_, itemsize = sizes
+    i64 = ir.IntType(64)
+    sig = types.void(T, isz, *([types.intp] * 4))
+
+    def codegen(context, builder, signature, args):
+        src_a, offs_a, dst_a, dstride = args[2:]
+        vt, _fma, sp, vp = _vector_ops(builder, ir, itemsize, T_)
+        src_p, dst_p, offs_p = builder.inttoptr(src_a, sp), builder.inttoptr(dst_a, sp), builder.inttoptr(offs_a, i64.as_pointer())
+        v = _transposed(builder, ir, [
+            builder.load(builder.bitcast(builder.gep(src_p, [builder.load(builder.gep(offs_p, [ir.Constant(i64, c)]))]),
+                                         vp), align=itemsize) for c in range(T_)])
+        for j in range(T_):
+            builder.store(v[j], builder.bitcast(builder.gep(dst_p, [builder.mul(ir.Constant(i64, j), dstride)]), vp),
+                          align=itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # ---- the loops over blocks (Numba) --------------------------------------------------------------------
 # Names the loops call, bound by ``_build`` (Numba resolves a compiled function's globals when it
-# compiles it): numba.literally and the two intrinsics.
-literally = _output_block = _weight_block = None
+# compiles it): numba.literally and the four intrinsics.
+literally = _output_block = _weight_block = _tile = _gather_tile = None
 
 
 def _output_loop(src, w, koff, out, bases, first, last, P, V, VW, ps, isz):   # pragma: no cover - compiled
@@ -308,11 +383,28 @@ def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start
     ncols = roff.shape[0]
     block = V * VW
     nob = width // block
-    buf = np.zeros((SEGMENT, width), acc.dtype)   # padded columns stay zero
+    buf = np.zeros((SEGMENT, width), acc.dtype)   # columns past the gathered ones' last tile stay zero
     src_a, koff_a, buf_a, acc_a = src.ctypes.data, koff.ctypes.data, buf.ctypes.data, acc.ctypes.data
+    # gy's rows a tile of VW at a time (``_gather_tile``): the row offsets padded to whole tiles with a
+    # readable row (its copies land in padded columns, whose sums are dropped)
+    tiles = -(-ncols // VW) * VW
+    rows_at = np.empty(tiles, np.int64)
+    for c in range(tiles):
+        rows_at[c] = roff[min(c, ncols - 1)]
+    rows_a = rows_at.ctypes.data
     for s in range(first, last):
         base, n, start = src_start[s], seg_len[s], rhs_start[s]
-        if by_column:
+        if by_column and rhs_step == 1 and n >= VW:
+            for c0 in range(0, tiles, VW):
+                i = 0
+                while True:
+                    at = min(i, n - VW)   # the last tile ends at the segment's end (rewriting some rows)
+                    _gather_tile(VW, isz, rhs.ctypes.data + (start + at) * isz, rows_a + c0 * 8,
+                                 buf_a + (at * width + c0) * isz, width)
+                    if at == n - VW:
+                        break
+                    i += VW
+        elif by_column:
             for c in range(ncols):
                 at = roff[c] + start
                 for i in range(n):
@@ -329,29 +421,50 @@ def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start
                               acc_a + (k0 * width + ob * block) * isz, width)
 
 
-def _scatter_loop(out, dst, dest_run, seg_ptr, seg_j, seg_len, seg_dst, rows, ch_stride, offset, per_run, P,
-                  first, last, bias):   # pragma: no cover - compiled
-    """Micro-blocks first..last-1 of an output pass's channels-last result ``out`` (blocks * P,
-    padded) into the caller's layout ``dst`` (flat). Block m is the k-th of its run r (m = r *
-    per_run + k); its positions that land in dst are the segments seg_ptr[k]..seg_ptr[k + 1] - 1:
-    seg_len[s] positions from seg_j[s] on, channel o of which go to consecutive cells from offset +
-    dest_run[r] + seg_dst[s] + o * ch_stride (the ring of a last axis and a block's padding are in
-    no segment), plus bias[o] (a forward pass's bias, added as it is written; zeros otherwise). Run
-    by the thread that computed those blocks, while they are in its cache: one pass instead of
-    NumPy's transposed copy after the whole pass (1 ms a copy on a 4 MB output, on one thread).
-    Segments rather than a lookup and a test per position: a 4-group 16-channel 3x3 layer's scatter
-    took as long as its output kernel."""
-    for m in range(first, last):
-        r = m // per_run
-        k = m - r * per_run
+def _scatter_loop(out, dst, dest_run, seg_j, seg_len, seg_dst, rows, ch_stride, offset, run_len, first_row, last_row,
+                  bias, T, isz):   # pragma: no cover - compiled
+    """Rows first_row..last_row-1 of an output pass's channels-last result ``out`` (positions, padded
+    channels) into the caller's layout ``dst`` (flat): row i is position i % run_len of run r = i //
+    run_len. The run's positions that land in dst are the segments s: seg_len[s] positions from
+    seg_j[s] on, channel o of which go to consecutive cells from offset + dest_run[r] + seg_dst[s] + o *
+    ch_stride (the ring of a last axis and the blocks' padding are in no segment), plus bias[o] (a
+    forward pass's bias, added as it is written; zeros otherwise). Run by the thread that computed
+    those rows, while they are in its cache: one pass instead of NumPy's transposed copy after the
+    whole pass (1 ms a copy on a 4 MB output, on one thread). Tiles of T positions by T channels,
+    transposed in registers (``_tile``); a segment's last tile ends at its end, rewriting some of the
+    tile before it (same thread, same values); a piece shorter than T is copied cell by cell."""
+    literally(T)
+    literally(isz)
+    width = out.shape[1]
+    out_a, dst_a, bias_a = out.ctypes.data, dst.ctypes.data, bias.ctypes.data
+    for r in range(first_row // run_len, (last_row - 1) // run_len + 1):
+        lo = max(first_row - r * run_len, 0)
+        hi = min(last_row - r * run_len, run_len)
         base = offset + dest_run[r]
-        for s in range(seg_ptr[k], seg_ptr[k + 1]):
-            row, n, start = m * P + seg_j[s], seg_len[s], base + seg_dst[s]
-            for o in range(rows):
-                d0 = start + o * ch_stride
-                b = bias[o]
-                for j in range(n):
-                    dst[d0 + j] = out[row + j, o] + b
+        for s in range(seg_j.shape[0]):
+            a = max(seg_j[s], lo)
+            e = min(seg_j[s] + seg_len[s], hi)
+            n = e - a
+            if n <= 0:
+                continue
+            row = r * run_len + a
+            start = base + seg_dst[s] + a - seg_j[s]
+            if n < T:
+                for o in range(rows):
+                    d0 = start + o * ch_stride
+                    b = bias[o]
+                    for j in range(n):
+                        dst[d0 + j] = out[row + j, o] + b
+                continue
+            j = 0
+            while True:
+                at = min(j, n - T)
+                for o0 in range(0, rows, T):
+                    _tile(T, isz, out_a + ((row + at) * width + o0) * isz, width,
+                          dst_a + (start + at + o0 * ch_stride) * isz, ch_stride, min(T, rows - o0), bias_a + o0 * isz)
+                if at == n - T:
+                    break
+                j += T
 
 
 def _phase_scatter_loop(out, dst, qx, pos_step, first_q, stop_q, phase_off, plane, batch_stride, last_step, rows,
@@ -415,6 +528,8 @@ def _build():
     glob["literally"] = numba.literally
     glob["_output_block"] = intrinsic(_output_block_typer)
     glob["_weight_block"] = intrinsic(_weight_block_typer)
+    glob["_tile"] = intrinsic(_tile_typer)
+    glob["_gather_tile"] = intrinsic(_gather_tile_typer)
     purpose = "the direct engine runs on BLAS"
     loops = numba_cache.compiled((_output_loop, _weight_loop), purpose, nogil=True)
     scatters = numba_cache.compiled((_scatter_loop, _phase_scatter_loop), purpose, nogil=True, boundscheck=False)
@@ -482,9 +597,15 @@ def weight_loop(R: int, V: int, VW: int, itemsize: int, by_column: int):
         return _specialised(_build()[1], args, (R, V, VW, itemsize, by_column))
 
 
-def scatter(*args) -> None:
-    """``_scatter_loop`` compiled (one dispatcher: its arguments' types are the same for every layer)."""
-    _typed_call(2, args)
+@functools.lru_cache(maxsize=None)
+def scatter_loop(T: int, itemsize: int):
+    """loop(out, dst, dest_run, seg_j, seg_len, seg_dst, rows, ch_stride, offset, run_len, first_row,
+    last_row, bias) for tiles of T x T (``_scatter_loop``)."""
+    with _build_lock:
+        dtype = np.float32 if itemsize == 4 else np.float64
+        i1 = np.zeros(1, np.int64)
+        args = (np.zeros((1, T), dtype), np.zeros(1, dtype), i1, i1, i1, i1, 1, 1, 0, 1, 0, 0, np.zeros(1, dtype))
+        return _specialised(_build()[2], args, (T, itemsize))
 
 
 def phase_scatter(*args) -> None:
@@ -541,10 +662,11 @@ def phase_fold(s: tuple, read: tuple, lows: tuple, spatial: tuple, qx: tuple, ba
 
 
 def destinations(dims: tuple, merged: int, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int):
-    """(dest_run, seg_ptr, seg_j, seg_len, seg_dst) for ``scatter``: a pass over space ``dims``
-    (row-major) whose last ``merged`` axes are one run; coordinate c of axis d goes to offset
-    (c - shifts[d]) * strides[d] where 0 <= c - shifts[d] < limits[d], else nowhere (only the merged
-    axes may be cut)."""
+    """(dest_run, seg_j, seg_len, seg_dst) for ``scatter_loop``: a pass over space ``dims`` (row-major)
+    whose last ``merged`` axes are one run, computed in ``per_run`` micro-blocks of P positions;
+    coordinate c of axis d goes to offset (c - shifts[d]) * strides[d] where 0 <= c - shifts[d] <
+    limits[d], else nowhere (only the merged axes may be cut). The segments are a run's, the same
+    for every run."""
     outer, inner = dims[:len(dims) - merged], dims[len(dims) - merged:]
     dest_run = np.zeros((), np.int64)
     for d, st in zip(outer, strides[:len(outer)]):
@@ -557,23 +679,20 @@ def destinations(dims: tuple, merged: int, strides: tuple, limits: tuple, shifts
         valid = valid[..., None] & (c >= 0) & (c < lim)
     dest_pos = np.full(per_run * P, -1, np.int64)
     dest_pos[:pos.size] = np.where(valid, pos, -1).reshape(-1)
-    return (dest_run.reshape(-1),) + _segments(dest_pos.reshape(per_run, P))
+    return (dest_run.reshape(-1),) + _segments(dest_pos)
 
 
 def _segments(dest_pos: np.ndarray) -> tuple:
-    """(seg_ptr, seg_j, seg_len, seg_dst) for ``_scatter_loop``: the runs of consecutive cells
-    (dest_pos[k, j + 1] == dest_pos[k, j] + 1, none < 0) in each row k of dest_pos (per_run, P)."""
+    """(seg_j, seg_len, seg_dst): the runs of consecutive cells (dest_pos[j + 1] == dest_pos[j] + 1,
+    none < 0) in dest_pos."""
     valid = dest_pos >= 0
-    # a segment starts at a valid position whose predecessor in the block is not the cell before it
+    follows = valid[:-1] & valid[1:] & (dest_pos[1:] == dest_pos[:-1] + 1)
     starts = valid.copy()
-    starts[:, 1:] &= ~(valid[:, :-1] & (dest_pos[:, 1:] == dest_pos[:, :-1] + 1))
+    starts[1:] &= ~follows
     ends = valid.copy()
-    ends[:, :-1] &= ~(valid[:, 1:] & (dest_pos[:, 1:] == dest_pos[:, :-1] + 1))
-    k, j = np.nonzero(starts)
-    _, j_end = np.nonzero(ends)   # row-major: the i-th end closes the i-th start
-    seg_ptr = np.zeros(dest_pos.shape[0] + 1, np.int64)
-    np.cumsum(np.bincount(k, minlength=dest_pos.shape[0]), out=seg_ptr[1:])
-    return seg_ptr, j.astype(np.int64), (j_end - j + 1).astype(np.int64), dest_pos[k, j].astype(np.int64)
+    ends[:-1] &= ~follows
+    j, j_end = np.nonzero(starts)[0], np.nonzero(ends)[0]   # the i-th end closes the i-th start
+    return j.astype(np.int64), (j_end - j + 1).astype(np.int64), dest_pos[j].astype(np.int64)
 
 
 def warm(dtype=np.float32) -> None:
@@ -583,8 +702,8 @@ def warm(dtype=np.float32) -> None:
         b = Blocking(rows, itemsize)
         output_loop(b.P, b.V, b.VW, 1, itemsize)
         weight_loop(b.R, b.V, b.VW, itemsize, 1)
-    out, dst, i1 = np.zeros((1, 1), dtype), np.zeros(1, dtype), np.zeros(1, np.int64)
-    scatter(out, dst, i1, np.zeros(2, np.int64), i1, i1, i1, 1, 1, 0, 1, 1, 0, 0, dst)
+        scatter_loop(b.VW, itemsize)
+    out, dst = np.zeros((1, 1), dtype), np.zeros(1, dtype)
     fold = phase_fold((2,), (2,), (0,), (2,), (1,), 2)
     phase_scatter(out, dst, *fold[:-1], 1, 0, 1, 0, 0, 1)
 

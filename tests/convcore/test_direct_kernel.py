@@ -50,6 +50,9 @@ CASES = [
     (ConvCase((2, 3, 17, 15), (64, 3, 3, 3), stride=2, padding=1, seed=101), 2, 1),     # gy in the space's own layout
     (ConvCase((2, 3, 300), (64, 3, 9), seed=102), 1, 1),                                 # segments of 256 positions
     (ConvCase((2, 8, 10, 9), (64, 8, 3, 3), padding=1, seed=103), 2, 1),                # 72 columns, 64 rows
+    # runs of 16 positions and more: y and gx written, gy's rows gathered, in tiles of a vector's lanes
+    (ConvCase((2, 8, 20, 21), (32, 8, 3, 3), padding=1, seed=104), 2, 1),               # two tiles of channels
+    (ConvCase((2, 8, 6, 40), (20, 8, 3, 3), padding=1, seed=105), 2, 1),                # 20 = a tile and 4 channels
     (ConvCase((2, 3, 12, 12), (16, 3, 3, 3), padding=1, seed=80), 1, 1),                # gx has 3 rows: BLAS
     (ConvCase((2, 16, 10, 10), (2, 16, 3, 3), padding=1, seed=81), 1, 0),               # y and gW have 2 rows: BLAS
 ]
@@ -340,10 +343,49 @@ def test_blocking_rules(monkeypatch):
     assert direct_kernel.micro_blocks(28, 14) == 14
 
 
+@pytest.mark.parametrize("T, dtype", [(16, np.float32), (8, np.float32), (4, np.float32), (8, np.float64)])
+@pytest.mark.parametrize("dims, merged, limits, shifts, P, rows, width", [
+    ((3, 5, 40), 2, (3, 4, 37), (0, 1, 2), 14, 16, 16),    # ring on both merged axes, one tile of channels
+    ((2, 70), 1, (2, 64), (0, 3), 22, 20, 32),             # 20 channels: a full tile and a part of one
+    ((4, 9), 1, (4, 7), (0, 1), 5, 6, 8),                  # pieces shorter than a tile: cell by cell
+    ((2, 3, 300), 1, (2, 3, 300), (0, 0, 0), 28, 8, 8),    # long runs, nothing cropped
+])
+def test_scatter_writes_each_cell_once_however_the_threads_cut_the_runs(T, dtype, dims, merged, limits, shifts, P,
+                                                                         rows, width):
+    """The compiled scatter against a brute-force copy: every position of a run that lands in the
+    destination gets out[position, o] + bias[o] in channel o, nothing else is written, for thread
+    ranges that cut runs anywhere (a tile never crosses a cut: each cell has one writer)."""
+    if width % T:
+        pytest.skip(f"out's width {width} is not a whole number of {T}-lane tiles (the engine pads it to one)")
+    rng = np.random.default_rng(T * 1000 + rows)
+    strides = tuple(int(np.prod(limits[d + 1:])) for d in range(len(dims)))
+    run = int(np.prod(dims[len(dims) - merged:]))
+    per_run = -(-run // P)
+    run_len = per_run * P
+    segs = direct_kernel.destinations(dims, merged, strides, limits, shifts, P, per_run)
+    runs = int(np.prod(dims[:len(dims) - merged]))
+    ch_stride, offset = int(np.prod(limits)) + 3, 5
+    out = rng.standard_normal((runs * run_len, width)).astype(dtype)
+    bias = rng.standard_normal(rows).astype(dtype)
+    want = np.full(offset + rows * ch_stride, np.nan, dtype)
+    for r, outer in enumerate(np.ndindex(*dims[:len(dims) - merged])):
+        for i, coords in enumerate(np.ndindex(*dims[len(dims) - merged:])):
+            cs = [c - sh for c, sh in zip(outer + coords, shifts)]
+            if all(0 <= c < lim for c, lim in zip(cs, limits)):
+                at = offset + int(np.dot(cs, strides))
+                want[at + np.arange(rows) * ch_stride] = out[r * run_len + i, :rows] + bias
+    cuts = np.unique(np.concatenate([[0, runs * run_len], rng.integers(0, runs * run_len, 5)]))
+    got = np.full_like(want, np.nan)
+    loop = direct_kernel.scatter_loop(T, np.dtype(dtype).itemsize)
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        loop(out, got, *segs, rows, ch_stride, offset, run_len, int(lo), int(hi), bias)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("dims, merged, limits, shifts, P", [
     ((2, 5, 9), 2, (2, 4, 7), (0, 1, 1), 6),     # a ring on both merged axes, blocks across rows
     ((3, 34), 1, (3, 32), (0, 0), 28),           # the last axis cropped at its end only
-    ((2, 3, 10), 2, (2, 3, 10), (0, 0, 0), 7),   # nothing cropped: a run is one segment per block
+    ((2, 3, 10), 2, (2, 3, 10), (0, 0, 0), 7),   # nothing cropped: a run is one segment
     ((4, 6), 1, (4, 3), (0, 2), 4),              # cropped at both ends, blocks past the run's end
 ])
 def test_scatter_segments_cover_exactly_the_cells_in_x(dims, merged, limits, shifts, P):
@@ -353,19 +395,17 @@ def test_scatter_segments_cover_exactly_the_cells_in_x(dims, merged, limits, shi
     strides = tuple(int(np.prod(limits[d + 1:])) for d in range(len(dims)))
     run = dims[len(dims) - merged:]
     per_run = -(-int(np.prod(run)) // P)
-    dest_run, seg_ptr, seg_j, seg_len, seg_dst = direct_kernel.destinations(dims, merged, strides, limits,
-                                                                             shifts, P, per_run)
+    dest_run, seg_j, seg_len, seg_dst = direct_kernel.destinations(dims, merged, strides, limits, shifts, P, per_run)
     want = {}
     for i, coords in enumerate(np.ndindex(*run)):
         cs = [c - sh for c, sh in zip(coords, shifts[len(dims) - merged:])]
         if all(0 <= c < lim for c, lim in zip(cs, limits[len(dims) - merged:])):
-            want[divmod(i, P)] = sum(c * st for c, st in zip(cs, strides[len(dims) - merged:]))
+            want[i] = sum(c * st for c, st in zip(cs, strides[len(dims) - merged:]))
     got = {}
-    for k in range(per_run):
-        for s in range(seg_ptr[k], seg_ptr[k + 1]):
-            for j in range(seg_len[s]):
-                assert (k, seg_j[s] + j) not in got
-                got[(k, seg_j[s] + j)] = seg_dst[s] + j
+    for s in range(len(seg_j)):
+        for j in range(seg_len[s]):
+            assert seg_j[s] + j not in got and seg_j[s] + j < per_run * P
+            got[seg_j[s] + j] = seg_dst[s] + j
     assert got == want
     outer = [int(np.dot(c, strides[:len(dims) - merged])) for c in np.ndindex(*dims[:len(dims) - merged])]
     assert list(dest_run) == outer
