@@ -72,6 +72,13 @@ from .reduction import Reduction
 from .view_matmul import matmul_into
 
 
+# An output pass runs over the cells it writes (its last axis cut) when that computes under this
+# fraction of the positions the whole axis does (``DirectConv._cut_last``). 0.9 until the scatter
+# wrote whole runs in tiles; since, cutting any saving paid: 2d-k7 1.03x, 3-D 3^3 16 channels
+# 1.04x, 2d-3x3-d2 1.02x, 3x3 32-64 channels 0.99-1.00x (30 alternated rounds, docs/benchmarks.md).
+CUT_LAST_BELOW = 1.0
+
+
 class _Grid:
     """A reduction's input grid, flattened with the batch: the taps' steps, their farthest offset and
     position counts."""
@@ -562,16 +569,15 @@ class DirectConv:
     @_per_shape
     def _cut_last(self, space, length: int, start: int, rows: int) -> tuple:
         """(space, start): ``space`` with its last axis cut to the ``length`` positions from ``start`` on
-        (the cells an output pass writes) and 0, when the micro-kernels then compute under 0.9x the
-        positions; else ``space`` and ``start`` as they were. The whole axis makes runs of several
-        rows; cut, each row's run is padded to micro-blocks of its own, so a ring pays to skip only
-        where it is a large part of the axis (valid layers with large kernels: 3-D 7^3 on 10^3
-        computes 4 of every 10 positions; 3x3 on 64^2 keeps the whole axis)."""
+        (the cells an output pass writes) and 0, when the micro-kernels then compute fewer positions
+        (``CUT_LAST_BELOW``); else ``space`` and ``start`` as they were. The whole axis makes runs of
+        several rows; cut, each row's run is padded to micro-blocks of its own, so a thin ring can
+        cost less than that padding (3x3 on 12 x 29: the whole axis)."""
         if not self._compiled(rows):
             return space, start
         cut = Space(space.dims[:-1] + (length,), space.strides, space.origin + start * space.strides[-1])
         most = direct_kernel.Blocking(rows, self.x.dtype.itemsize).P
-        return (cut, 0) if _computed(cut, most) < 0.9 * _computed(space, most) else (space, start)
+        return (cut, 0) if _computed(cut, most) < CUT_LAST_BELOW * _computed(space, most) else (space, start)
 
     @_per_shape
     def _input_space(self):

@@ -171,7 +171,8 @@ CUT_CASES = [
     (ConvCase((2, 16, 7, 9), (16, 4, 3, 3), padding=3, dilation=3, groups=4, seed=95), (True, True)),
     (ConvCase((2, 8, 9), (8, 8, 7), padding=3, seed=96), (True, True)),                # 1-D: one run per image
     (ConvCase((1, 8, 3, 30), (8, 8, 3, 21), padding=((0, 0), (20, 0)), seed=98), (True, True)),   # runs padded past the grid
-    (ConvCase((2, 8, 12, 40), (8, 8, 3, 3), padding=1, seed=97), (False, False)),      # a thin ring: the whole axis
+    (ConvCase((2, 8, 12, 44), (8, 8, 3, 3), padding=1, seed=97), (True, True)),        # a thin ring, still fewer cells
+    (ConvCase((2, 8, 12, 29), (8, 8, 3, 3), padding=1, seed=99), (False, False)),      # cut rows pad more: the whole axis
 ]
 
 
