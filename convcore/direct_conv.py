@@ -280,7 +280,7 @@ class DirectConv:
         return max(self._tail(self.red.channels, inner), self._tail(self.red.channels, cut))
 
     def _compiled_outputs(self, grid, src, mats, space, K, dest=None, fold=None, threads=None, deferred=False,
-                          bias=None):
+                          bias=None, live=None):
         """The output pass (forward, input gradient) on the micro-kernels: (g, rows) + space.dims,
         a view of their channels-last result (one copy later makes it the caller's layout); or,
         with ``dest`` = (flat array, strides, limits, shifts, channel stride, group stride) as in
@@ -289,9 +289,12 @@ class DirectConv:
         an input gradient over the whole polyphase grid folded into gx likewise (returns None).
         ``threads``: how many parts (default: as the pass's size warrants); ``deferred``: return
         (parts, finish) instead, to run the parts beside another pass's (``_backward``). ``bias``
-        (g * rows,): added to each output as ``dest`` is written (the forward's b: no pass over y after)."""
+        (g * rows,): added to each output as ``dest`` is written (the forward's b: no pass over y after).
+        ``live`` (``Live``): where src holds data, so that blocks skip the taps that read only zeros."""
         g, rows, itemsize = mats.shape[0], mats.shape[1], src.dtype.itemsize
-        plan = _output_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off)
+        if live is not None and len(space.dims) != len(live.qx) + 1:
+            live = None   # a flat space (the whole grid): its runs' coordinates are not known here
+        plan = _output_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off, live)
         if dest is not None:
             dst, ch_stride, group_stride = dest[0], dest[4], dest[5]
             segments = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run)
@@ -316,7 +319,8 @@ class DirectConv:
             lo, hi = part
             for gi in range(lo // blocks, -(-hi // blocks)):
                 first, last = max(lo - gi * blocks, 0), min(hi - gi * blocks, blocks)
-                plan.loop(flat[gi], w[gi], plan.koff, out[gi], plan.bases, first, last)
+                plan.loop(flat[gi], w[gi], plan.koff, out[gi], plan.bases, first, last, plan.kind, plan.chunk_ptr,
+                          plan.chunk_start, plan.chunk_len)
                 if dest is not None:
                     scatter(out[gi], dst, *segments, rows, ch_stride, gi * group_stride, plan.per_run * plan.P,
                             first * plan.P, last * plan.P, shift[gi])
@@ -635,9 +639,11 @@ class DirectConv:
         gx = (np.empty if rows == geom.spatial else np.zeros)(geom.in_shape, G.dtype)
         plane = math.prod(geom.spatial)
         strides = (geom.groups * C * plane,) + tuple(math.prod(geom.spatial[d:]) for d in range(1, N + 1))
+        dil = tuple(st // s for st, s in zip(grid.steps, grid.strides))
+        live = Live(grid.red.qx, (0,) * N, geom.out_spatial, tuple((k - 1) * d for k, d in zip(grid.red.qk, dil)), dil)
         run = self._compiled_outputs(grid, G, Wadj, space, O, dest=(
             gx.reshape(-1), strides, (geom.batch,) + rows, (0,) * N + (lo,), plane, C * plane),
-            threads=threads, deferred=deferred)
+            threads=threads, deferred=deferred, live=live)
         return (gx,) + run if deferred else gx
 
     def _compiled_phase_grad(self, grid, G, Wadj, space, O, threads=None, deferred=False):
@@ -688,6 +694,18 @@ class DirectConv:
             self._A = A
         return self._A
 
+    @_per_shape
+    def _input_live(self):
+        """``Live`` of the forward's grid where ``grid_input`` puts x on a zero grid unsplit (zero
+        padding, no polyphase split), else None: the padding's rows hold zeros."""
+        geom, red, grid = self.geom, self.fw, self.fw_grid
+        if geom.padding_mode != "zeros" or any(s != 1 for s in red.stride):
+            return None
+        lo = tuple(p for p, _ in geom.pads)
+        dil = tuple(st // s for st, s in zip(grid.steps, grid.strides))
+        hi = tuple(a + r for a, r in zip(lo, _x_rows(geom, red)))
+        return Live(red.qx, lo, hi, (0,) * geom.ndim, dil)
+
     def forward(self, bias=None):
         """y: (n, c_O, o...) + bias (c_O,) if given: the compiled pass adds it as it writes y."""
         y, added = self._forward(bias)
@@ -712,7 +730,7 @@ class DirectConv:
             strides = (g * O * plane,) + tuple(math.prod(geom.out_spatial[d:]) for d in range(1, N + 1))
             self._compiled_outputs(grid, A, Wmat, self._forward_space(), C, dest=(
                 y.reshape(-1), strides, (geom.batch,) + geom.out_spatial, (0,) * (N + 1), plane, O * plane),
-                bias=bias)
+                bias=bias, live=self._input_live())
             return y, True
         if self.host:
             space = self._output_space()
@@ -825,24 +843,72 @@ class _OutputPlan(NamedTuple):
     bases: np.ndarray  # (blocks,) the src cell of each micro-block's first position
     koff: np.ndarray
     loop: object
+    kind: np.ndarray         # (blocks,) each block's kind: which chunks of (channel, tap) rows it sums
+    chunk_ptr: np.ndarray    # (kinds + 1,) kind i's chunks are chunk_ptr[i] .. chunk_ptr[i + 1] - 1
+    chunk_start: np.ndarray  # (chunks,) a chunk's first row
+    chunk_len: np.ndarray    # (chunks,) its rows
+
+
+class Live(NamedTuple):
+    """Where an output pass's source grid holds data (zeros elsewhere), per spatial axis: the grid
+    (qx), the data's first and end rows (lo, hi) in grid coordinates, the rows a tap's read is shifted
+    back by (``shift``: the front of a gradient grid, (k - 1) * dilation) and the taps' spacing."""
+    qx: tuple
+    lo: tuple
+    hi: tuple
+    shift: tuple
+    dil: tuple
 
 
 @functools.lru_cache(maxsize=64)
 def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
-                 max_off: int) -> _OutputPlan:
+                 max_off: int, live: Live | None = None) -> _OutputPlan:
     """How an output pass runs on the micro-kernels (a training step makes a new engine per call;
-    these arrays are the same every step)."""
+    these arrays are the same every step). With ``live``, each run sums only the taps that read data
+    on its axes outside the run (``_live_chunks``)."""
     sp = space.coalesced()
     L, ps = sp.dims[-1], sp.strides[-1]
     blocking = direct_kernel.Blocking(rows, itemsize)
     P = direct_kernel.micro_blocks(L, blocking.P)
     per_run = -(-L // P)
-    bases = (direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)[:, None]
-             + np.arange(per_run, dtype=np.int64) * (P * ps)).reshape(-1)
+    run_bases = direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)
+    bases = (run_bases[:, None] + np.arange(per_run, dtype=np.int64) * (P * ps)).reshape(-1)
     if int(bases[-1]) + (P - 1) * ps + max_off >= plane:   # no room for the padded blocks
         raise AssertionError("direct engine: the grid lacks the compiled passes' tail")
     loop = direct_kernel.output_loop(P, blocking.V, blocking.VW, ps, itemsize)
-    return _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K), loop)
+    merged = len(space.dims) - len(sp.dims) + 1
+    kind, ptr, start, length = _live_chunks(run_bases, len(space.dims) - merged - 1, qk, K, live)
+    return _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K), loop,
+                       np.repeat(kind, per_run), ptr, start, length)
+
+
+def _live_chunks(run_bases: np.ndarray, outer: int, qk: tuple, K: int, live: Live | None) -> tuple:
+    """(kind per run, chunk_ptr, chunk_start, chunk_len) for ``_output_loop``: runs whose first
+    ``outer`` spatial axes (those outside the run, constant along it) read only zeros for some taps
+    skip those taps' rows (c, tap) of every channel c; the rest are summed in chunks of consecutive
+    rows. A 3-D 5^3 layer padded by 2 on 24^3 does 90 % of the multiply-adds, 4-D 3^4 on 12^4 84 %
+    (oneDNN skips them too). Without ``live`` (data everywhere, or not known), one chunk of all rows."""
+    taps = math.prod(qk)
+    if live is None or outer <= 0:
+        return (np.zeros(len(run_bases), np.int64), np.array([0, 1], np.int64), np.zeros(1, np.int64),
+                np.array([K * taps], np.int64))
+    N = len(qk)
+    coords = np.unravel_index(run_bases, (int(run_bases.max()) // math.prod(live.qx) + 1,) + tuple(live.qx))
+    alive = np.ones((len(run_bases), taps), bool)
+    tap_index = np.indices(qk).reshape(N, -1)   # (N, taps), row-major like the filters' columns
+    for d in range(min(outer, N)):
+        row = coords[1 + d][:, None] + tap_index[d][None, :] * live.dil[d] - live.shift[d]
+        alive &= (row >= live.lo[d]) & (row < live.hi[d])
+    kinds, kind = np.unique(alive, axis=0, return_inverse=True)
+    ptr, starts, lengths = [0], [], []
+    for mask in kinds:
+        rows_alive = np.tile(mask, K)   # rows k = c * taps + tap
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], rows_alive.astype(np.int8), [0]))))
+        starts += list(edges[0::2])
+        lengths += list(edges[1::2] - edges[0::2])
+        ptr.append(len(starts))
+    return (kind.reshape(-1).astype(np.int64), np.array(ptr, np.int64), np.array(starts, np.int64),
+            np.array(lengths, np.int64))
 
 
 class _WeightPlan(NamedTuple):

@@ -178,9 +178,11 @@ def _counted_loop(builder, ir, count, start: list, step) -> list:
     return final
 
 
-def _output_block_typer(typingctx, P, V, VW, ps, isz, src, w, koff, K, out, out_stride):
-    """out[j * out_stride + v * VW + lane] = sum_{k < K} src[koff[k] + j * ps] * w[k * V * VW + v * VW + lane]
-    for the P x V block (addresses as integers, P .. isz literal)."""
+def _output_block_typer(typingctx, P, V, VW, ps, isz, src, w, koff, starts, lens, nchunks, out, out_stride):
+    """out[j * out_stride + v * VW + lane] = sum_k src[koff[k] + j * ps] * w[k * V * VW + v * VW + lane]
+    for the P x V block, k over the chunks starts[i] .. starts[i] + lens[i] - 1, i < nchunks (the
+    (channel, tap) rows that read data: a block near a zero-padded border skips the taps that read
+    only padding, as oneDNN does); addresses as integers, P .. isz literal."""
     from llvmlite import ir
     from numba import types
     sizes = _literals(P, V, VW, ps, isz)
@@ -188,13 +190,14 @@ def _output_block_typer(typingctx, P, V, VW, ps, isz, src, w, koff, K, out, out_
         return None
     P_, V_, VW_, ps_, itemsize = sizes
     i64 = ir.IntType(64)
-    sig = types.void(P, V, VW, ps, isz, *([types.intp] * 6))
+    sig = types.void(P, V, VW, ps, isz, *([types.intp] * 8))
 
     def codegen(context, builder, signature, args):
-        src_a, w_a, koff_a, count, out_a, stride = args[5:]
+        src_a, w_a, koff_a, starts_a, lens_a, nchunks, out_a, stride = args[5:]
         vt, fma, sp, vp = _vector_ops(builder, ir, itemsize, VW_)
         src_p, w_p = builder.inttoptr(src_a, sp), builder.inttoptr(w_a, sp)
         koff_p, out_p = builder.inttoptr(koff_a, i64.as_pointer()), builder.inttoptr(out_a, sp)
+        starts_p, lens_p = builder.inttoptr(starts_a, i64.as_pointer()), builder.inttoptr(lens_a, i64.as_pointer())
         zero = ir.Constant(vt, [0.0] * VW_)
 
         def step(k, acc):
@@ -208,7 +211,12 @@ def _output_block_typer(typingctx, P, V, VW, ps, isz, src, w, koff, K, out, out_
                 new += [builder.call(fma, [s, w_vec[v], acc[j * V_ + v]]) for v in range(V_)]
             return new
 
-        final = _counted_loop(builder, ir, count, [zero] * (P_ * V_), step)
+        def chunk(i, acc):   # the accumulators stay in registers from one chunk to the next
+            first = builder.load(builder.gep(starts_p, [i]))
+            count = builder.load(builder.gep(lens_p, [i]))
+            return _counted_loop(builder, ir, count, acc, lambda k, a: step(builder.add(first, k), a))
+
+        final = _counted_loop(builder, ir, nchunks, [zero] * (P_ * V_), chunk)
         for j in range(P_):
             for v in range(V_):
                 at = builder.add(builder.mul(ir.Constant(i64, j), stride), ir.Constant(i64, v * VW_))
@@ -341,12 +349,15 @@ def _gather_tile_typer(typingctx, T, isz, src, offs, dst, dst_stride):
 literally = _output_block = _weight_block = _tile = _gather_tile = None
 
 
-def _output_loop(src, w, koff, out, bases, first, last, P, V, VW, ps, isz):   # pragma: no cover - compiled
+def _output_loop(src, w, koff, out, bases, first, last, kind, chunk_ptr, chunk_start, chunk_len, P, V, VW, ps,
+                 isz):   # pragma: no cover - compiled
     """The output micro-blocks first..last-1: block m at src cell bases[m], written to out rows
-    m * P .. m * P + P - 1, every block of channels. src 1-D, w (nob, K, V * VW), koff (K,) int64,
-    out (blocks * P, nob * V * VW), all C-contiguous. Blocks of channels outermost: each block
-    streams its K rows of w once for all the micro-blocks (block by block, a layer with K * V * VW
-    past L2 read w from L3 for every P positions: 3-D 3^3 128 -> 128 channels on 8^3, 1.3x slower)."""
+    m * P .. m * P + P - 1, every block of channels, summing the rows k of the chunks
+    chunk_ptr[kind[m]] .. chunk_ptr[kind[m] + 1] - 1 (chunk i: chunk_len[i] rows from chunk_start[i]).
+    src 1-D, w (nob, K, V * VW), koff (K,) int64, out (blocks * P, nob * V * VW), all C-contiguous.
+    Blocks of channels outermost: each block streams its K rows of w once for all the micro-blocks
+    (block by block, a layer with K * V * VW past L2 read w from L3 for every P positions: 3-D 3^3
+    128 -> 128 channels on 8^3, 1.3x slower)."""
     literally(P)
     literally(V)
     literally(VW)
@@ -356,10 +367,12 @@ def _output_loop(src, w, koff, out, bases, first, last, P, V, VW, ps, isz):   # 
     width = out.shape[1]
     block = V * VW
     src_a, w_a, koff_a, out_a = src.ctypes.data, w.ctypes.data, koff.ctypes.data, out.ctypes.data
+    starts_a, lens_a = chunk_start.ctypes.data, chunk_len.ctypes.data
     for ob in range(nob):
         for m in range(first, last):
-            _output_block(P, V, VW, ps, isz, src_a + bases[m] * isz, w_a + ob * K * block * isz, koff_a, K,
-                          out_a + (m * P * width + ob * block) * isz, width)
+            c0, c1 = chunk_ptr[kind[m]], chunk_ptr[kind[m] + 1]
+            _output_block(P, V, VW, ps, isz, src_a + bases[m] * isz, w_a + ob * K * block * isz, koff_a,
+                          starts_a + c0 * 8, lens_a + c0 * 8, c1 - c0, out_a + (m * P * width + ob * block) * isz, width)
 
 
 def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, first, last,
@@ -577,11 +590,13 @@ def _entry_point(dispatcher, want: tuple):
 
 @functools.lru_cache(maxsize=None)
 def output_loop(P: int, V: int, VW: int, ps: int, itemsize: int):
-    """loop(src, w, koff, out, bases, first, last) for these block sizes (``_output_loop``)."""
+    """loop(src, w, koff, out, bases, first, last, kind, chunk_ptr, chunk_start, chunk_len) for these block
+    sizes (``_output_loop``)."""
     with _build_lock:
         dtype = np.float32 if itemsize == 4 else np.float64
-        args = (np.zeros(1, dtype), np.zeros((1, 1, V * VW), dtype), np.zeros(1, np.int64),
-                np.zeros((P, V * VW), dtype), np.zeros(1, np.int64), 0, 0)
+        i1 = np.zeros(1, np.int64)
+        args = (np.zeros(1, dtype), np.zeros((1, 1, V * VW), dtype), i1, np.zeros((P, V * VW), dtype), i1, 0, 0,
+                i1, np.zeros(2, np.int64), i1, i1)
         return _specialised(_build()[0], args, (P, V, VW, ps, itemsize))
 
 

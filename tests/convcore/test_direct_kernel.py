@@ -198,6 +198,51 @@ def test_passes_over_the_written_cells_alone_match_jax(case, cut, dtype, passes,
     assert taken[0] == cut[0] and taken[-1] == cut[1]
 
 
+LIVE_CASES = [
+    # padding past the kernel's reach: the outer rows read only padding (blocks that sum nothing)
+    ConvCase((1, 8, 6, 20), (8, 8, 3, 3), padding=((4, 3), (1, 1)), seed=110),
+    ConvCase((2, 8, 6, 5, 20), (16, 8, 5, 3, 3), padding=2, dilation=(2, 1, 1), seed=111),   # 3-D, dilated
+    ConvCase((1, 8, 5, 5, 4, 18), (8, 8, 3, 3, 3, 3), padding=1, seed=112),                 # 4-D
+    ConvCase((2, 16, 7, 9, 17), (16, 4, 3, 5, 3), padding=((2, 0), (1, 3), (1, 1)), groups=4, seed=113),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", LIVE_CASES, ids=[f"live{i}" for i in range(len(LIVE_CASES))])
+def test_output_passes_skip_the_taps_that_read_only_padding(case, dtype, passes, monkeypatch):
+    """The forward and the input gradient sum, per run, only the (channel, tap) rows whose reads on
+    the axes outside the run land in x (in gy): as many multiply-adds as a brute-force count of the
+    taps inside the data, which JAX's values then confirm."""
+    plans = []
+    real = direct_conv._output_plan.__wrapped__
+    monkeypatch.setattr(direct_conv, "_output_plan", lambda *a: plans.append(a) or real(*a))
+    check_case(NUMPY, case, jax_reference(case), dtype, "direct", layer=True)
+    assert passes["out"] == 2 and len(plans) == 2
+    geom = convcore.geometry.make_geometry(case.x_shape, case.W_shape, stride=case.stride, padding=case.padding,
+                                           dilation=case.dilation, groups=case.groups)
+    k = case.W_shape[2:]
+    dil = geom.dilation
+    for forward, args, (lo, size, _) in zip((True, False), plans, (
+            ([p for p, _ in geom.pads], geom.spatial, geom.out_spatial),                 # forward: x in A
+            ([(kk - 1) * d - p for kk, d, (p, _) in zip(k, dil, geom.pads)], geom.out_spatial, geom.spatial))):
+        plan = real(*args)
+        summed = int(sum(plan.chunk_len[plan.chunk_ptr[c]:plan.chunk_ptr[c + 1]].sum() for c in plan.kind))
+        sp = args[0].coalesced()
+        outer = len(args[0].dims) - (len(args[0].dims) - len(sp.dims) + 1) - 1
+        assert outer >= 1
+        want = 0
+        for pos in np.ndindex(*args[0].dims[1:1 + outer]):   # a run's outer coordinates, per image
+            alive = 1
+            for d in range(outer):
+                alive *= sum(0 <= pos[d] + t * dil[d] - lo[d] < size[d] for t in range(k[d]))
+            want += alive * int(np.prod(k[outer:]))
+        runs = len(plan.bases) // plan.per_run
+        channels = args[4]
+        assert summed == channels * want * plan.per_run * runs // int(np.prod(args[0].dims[1:1 + outer]))
+        if forward:   # the padding reaches past the kernel, or makes a ring of the outer axes: taps skipped
+            assert summed < channels * int(np.prod(k)) * len(plan.bases)
+
+
 def test_weight_gradient_columns_first_where_the_rule_says(passes, monkeypatch):
     """The weight pass turns its roles (gy's rows broadcast, the columns gathered) exactly where
     ``columns_first`` says, and matches JAX either way (the rule flipped: the other loop)."""
