@@ -34,7 +34,8 @@ window runs past an edge is skipped on every axis but the last (over the whole g
 would be computed and cropped: (q/o)^N more work, 1.3-2.4x for a 3^N kernel on 8-24 points
 per axis), and the last axis is kept whole so that a block's copies stay long contiguous
 runs (on the compiled micro-kernels, which copy nothing, the forward and the input gradient
-cut it to the cells they write where that computes under 0.9x the positions: ``_cut_last``).
+cut it to the cells they write where that computes fewer positions: ``_cut_last``; and a run
+near a zero-padded border skips the taps that read only padding: ``_live_chunks``).
 A block is a range of one axis times the whole of the axes after it: a basic slice of one
 strided view of the pass. With a stride (when costs.native_stride_pays) these two
 passes run on the padded input itself (the ``fw`` reduction, no polyphase split) over the
