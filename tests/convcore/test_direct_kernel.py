@@ -243,6 +243,30 @@ def test_output_passes_skip_the_taps_that_read_only_padding(case, dtype, passes,
             assert summed < channels * int(np.prod(k)) * len(plan.bases)
 
 
+@pytest.mark.parametrize("shape, padding", [((1, 8, 6, 20), ((2, 2), (1, 1))), ((1, 8, 5, 6, 18), ((1, 1),) * 3)])
+def test_non_finite_filters_spread_as_in_jax(shape, padding):
+    """0 * inf is NaN: with an inf in W no padding tap is skipped, so y and gx have NaN where JAX's
+    have (at the borders: zero padding times inf), not finite values."""
+    import jax
+    import jax.numpy as jnp
+    rng = np.random.default_rng(5)
+    N = len(shape) - 2
+    x = rng.standard_normal(shape).astype(np.float32)
+    W = rng.standard_normal((8, 8) + (3,) * N).astype(np.float32)
+    W[0, 0, (0,) * N] = np.inf
+    with jax.default_device(jax.devices("cpu")[0]):
+        ref_y, vjp = jax.vjp(lambda a: jax.lax.conv_general_dilated(a, jnp.asarray(W), (1,) * N, padding),
+                             jnp.asarray(x))
+        ref_gx = vjp(jnp.ones_like(ref_y))[0]
+    op = convcore.Convolution(algorithm="direct", padding=padding)
+    y = op.forward(x, W)
+    gx = op.backward(np.ones_like(y), x, W)[0]
+    for ours, theirs in ((y, np.asarray(ref_y)), (gx, np.asarray(ref_gx))):
+        assert np.isnan(theirs).any()
+        np.testing.assert_array_equal(np.isnan(ours), np.isnan(theirs))
+        np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+
+
 def test_weight_gradient_columns_first_where_the_rule_says(passes, monkeypatch):
     """The weight pass turns its roles (gy's rows broadcast, the columns gathered) exactly where
     ``columns_first`` says, and matches JAX either way (the rule flipped: the other loop)."""
