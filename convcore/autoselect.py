@@ -112,11 +112,12 @@ def _time_engines(xp, geom, x, W, budget, estimates: dict):
     The candidates run in turns (one run each per round, the cheapest estimate first, then the
     others in registry order), so a burst of load from elsewhere falls on all of them rather than
     on whichever was being timed; each keeps its best time. On the host, calls estimated under
-    ``CHEAP_S`` get ``CHEAP_ROUNDS`` rounds; under 0.5 s three (two let one unlucky run in eight pick a 1.4x slower
-    engine for a 4-D layer), longer ones one; a run over 0.1 s and 1.5x slower than the best so far drops out (repeating it only
-    spends time), unless it raised the process's peak memory by ``NEW_MEMORY_BYTES``: then it paid
-    for memory the process had not used before and runs once more. Only the fastest engine so far
-    is kept alive, so timing never holds more than two engines' buffers.
+    ``CHEAP_S`` get ``CHEAP_ROUNDS`` rounds; under 0.5 s three (two let one unlucky run in eight
+    pick a 1.4x slower engine for a 4-D layer), longer ones one; a run over 0.1 s and 1.5x slower
+    than the best so far drops out (repeating it only spends time), unless it raised the process's
+    peak memory by ``NEW_MEMORY_BYTES``: then it paid for memory the process had not used before and
+    runs once more. Only the fastest engine so far is kept alive, so timing never holds more than
+    two engines' buffers.
     """
     gy = xp.ones(geom.out_shape, dtype=x.dtype)
     # the host's first load of the compiled sums (~0.3-1 s; about a second a vector loop to compile

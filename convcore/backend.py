@@ -198,7 +198,7 @@ def blas_module(xp):
     return None
 
 
-def _worth_pruning(extents, lengths) -> bool:
+def worth_pruning(extents, lengths) -> bool:
     """Axis-by-axis transforms pay off when the data fills well under half of some axis."""
     return any(2 * e <= n for e, n in zip(extents, lengths))
 
@@ -217,7 +217,7 @@ def rfftn(xp, a, shape, axes):
     """
     fft, kw = _fft_module(xp)
     axes = [ax % a.ndim for ax in axes]
-    if not _worth_pruning([a.shape[ax] for ax in axes], shape):
+    if not worth_pruning([a.shape[ax] for ax in axes], shape):
         return fft.rfftn(a, s=shape, axes=axes, **kw)
     matrix = xp is np   # axes with little data: products with the DFT matrix's columns (dft_matmul)
     if matrix and dft_matmul.pays(a.shape[axes[-1]], shape[-1], _lines(a, axes[-1])):
@@ -242,7 +242,7 @@ def irfftn(xp, a, shape, axes, crop=None):
     fft, kw = _fft_module(xp)
     axes = [ax % a.ndim for ax in axes]
     crop = tuple(shape) if crop is None else tuple(crop)
-    if not _worth_pruning(crop, shape):
+    if not worth_pruning(crop, shape):
         out = fft.irfftn(a, s=shape, axes=axes, **kw)
     else:
         out = a

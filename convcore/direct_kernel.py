@@ -331,7 +331,8 @@ def _gather_tile_typer(typingctx, T, isz, src, offs, dst, dst_stride):
     def codegen(context, builder, signature, args):
         src_a, offs_a, dst_a, dstride = args[2:]
         vt, _fma, sp, vp = _vector_ops(builder, ir, itemsize, T_)
-        src_p, dst_p, offs_p = builder.inttoptr(src_a, sp), builder.inttoptr(dst_a, sp), builder.inttoptr(offs_a, i64.as_pointer())
+        src_p, dst_p = builder.inttoptr(src_a, sp), builder.inttoptr(dst_a, sp)
+        offs_p = builder.inttoptr(offs_a, i64.as_pointer())
         v = _transposed(builder, ir, [
             builder.load(builder.bitcast(builder.gep(src_p, [builder.load(builder.gep(offs_p, [ir.Constant(i64, c)]))]),
                                          vp), align=itemsize) for c in range(T_)])
@@ -404,7 +405,7 @@ def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start
     rows_at = np.empty(tiles, np.int64)
     for c in range(tiles):
         rows_at[c] = roff[min(c, ncols - 1)]
-    rows_a = rows_at.ctypes.data
+    rows_a, rhs_a = rows_at.ctypes.data, rhs.ctypes.data
     for s in range(first, last):
         base, n, start = src_start[s], seg_len[s], rhs_start[s]
         if by_column and rhs_step == 1 and n >= VW:
@@ -412,7 +413,7 @@ def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start
                 i = 0
                 while True:
                     at = min(i, n - VW)   # the last tile ends at the segment's end (rewriting some rows)
-                    _gather_tile(VW, isz, rhs.ctypes.data + (start + at) * isz, rows_a + c0 * 8,
+                    _gather_tile(VW, isz, rhs_a + (start + at) * isz, rows_a + c0 * 8,
                                  buf_a + (at * width + c0) * isz, width)
                     if at == n - VW:
                         break
