@@ -198,9 +198,31 @@ def blas_module(xp):
     return None
 
 
+# Axis-by-axis transforms also pay where the data fill more than half of every axis but their passes
+# over the array come to at most this fraction of a whole transform's (``pruned_passes``): a valid
+# 5-D layer's 6^5 outputs of a 10^5 plan (0.46) took 0.70-0.77x the whole transform's time, and the
+# layer 0.88x; 10^4 of 16^4 (0.56): inverse 0.66x, forward 0.89x, the layer 0.90x. 3-D 18^3 and 22^3
+# of 32^3 (0.63, 0.72) left their layers as they were (0.95-1.07x), and 26^3 (0.82) on a 33 MB
+# spectrum took 1.3x (docs/benchmarks.md, "Twenty-fifth round").
+PRUNED_PASSES_MOST = 0.6
+
+
+def pruned_passes(extents, lengths) -> float:
+    """The passes over the data of an axis-by-axis transform, as a fraction of the whole transform's
+    (one pass per axis over all of the plan): the pass along axis j runs over the lines of the axes
+    before it at their extents (forward: from the last axis; inverse: cut as it goes, from the first)."""
+    passes, carried = 0.0, 1.0
+    for e, n in zip(extents, lengths):
+        passes += carried
+        carried *= min(e, n) / n
+    return passes / max(len(lengths), 1)
+
+
 def worth_pruning(extents, lengths) -> bool:
-    """Axis-by-axis transforms pay off when the data fills well under half of some axis."""
-    return any(2 * e <= n for e, n in zip(extents, lengths))
+    """Axis-by-axis transforms pay off when the data fills well under half of some axis, or when their
+    passes come to little of a whole transform's (``PRUNED_PASSES_MOST``)."""
+    return (any(2 * e <= n for e, n in zip(extents, lengths))
+            or pruned_passes(extents, lengths) <= PRUNED_PASSES_MOST)
 
 
 def _lines(a, axis: int) -> int:

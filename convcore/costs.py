@@ -593,9 +593,9 @@ def fft_row_chunk(geom: ConvGeometry, itemsize: int, tile, rows: int, budget: in
 
 def transform_flops(extents, L) -> float:
     """Modelled flops of one real transform of an ``L`` plan whose input (or kept output) is ``extents``:
-    2.5 n log2 n whole, or, where some axis is at most half data (``backend.worth_pruning``), axis by
-    axis from the last, each pass over the lines that hold data so far (k^N filters in an L^N plan:
-    about k / L of the first pass, and so on)."""
+    2.5 n log2 n whole, or, where ``backend.worth_pruning`` runs it so, axis by axis from the last,
+    each pass over the lines that hold data so far (k^N filters in an L^N plan: about k / L of the
+    first pass, and so on)."""
     size = math.prod(L)
     if not backend.worth_pruning(extents, L):
         return 2.5 * size * math.log2(max(size, 2))

@@ -102,3 +102,65 @@ def test_a_strided_spectrum_is_inverted_by_the_fft(every_axis):
 def test_an_empty_axis_transforms_to_zeros():
     a = np.zeros((2, 0))
     np.testing.assert_array_equal(backend.rfftn(np, a, (8,), (-1,)), np.fft.rfft(a, n=8))
+
+
+def test_the_pruning_rule():
+    """Axis by axis where some axis is at most half data, or where the passes come to little of a
+    whole transform's (N-D valid layers' outputs: a little more than half of every axis)."""
+    assert backend.worth_pruning((9, 9, 9), (32, 32, 32))
+    # 6^5 of 10^5: passes (1 + 0.6 + 0.6^2 + 0.6^3 + 0.6^4) / 5
+    assert backend.pruned_passes((6,) * 5, (10,) * 5) == pytest.approx(2.3056 / 5)
+    assert backend.worth_pruning((6,) * 5, (10,) * 5)
+    assert backend.worth_pruning((10,) * 4, (16,) * 4)          # 0.56
+    assert not backend.worth_pruning((26,) * 3, (32,) * 3)      # 0.82: one whole transform
+    assert not backend.worth_pruning((64, 64), (72, 72))
+    assert backend.pruned_passes((32, 32), (32, 32)) == 1.0
+
+
+@pytest.fixture
+def whole_transforms(monkeypatch):
+    """The shapes of the arrays transformed whole (rfftn / irfftn of the FFT library), not axis by axis."""
+    shapes = []
+    real = backend._fft_module
+
+    class Counting:
+        def __init__(self, module):
+            self.module = module
+
+        def __getattr__(self, name):
+            fn = getattr(self.module, name)
+            if name not in ("rfftn", "irfftn"):
+                return fn
+
+            def whole(a, *args, **kw):
+                shapes.append(a.shape)
+                return fn(a, *args, **kw)
+            return whole
+
+    def counting(xp):
+        module, kw = real(xp)
+        return Counting(module), kw
+
+    monkeypatch.setattr(backend, "_fft_module", counting)
+    return shapes
+
+
+@pytest.mark.parametrize("shape_a,shape", [((2, 6, 6, 6, 6, 6), (10,) * 5), ((3, 10, 10, 10, 10), (16,) * 4)])
+def test_transforms_mostly_full_go_axis_by_axis(shape_a, shape, whole_transforms):
+    a = np.random.default_rng(4).standard_normal(shape_a).astype(np.float32)
+    axes = tuple(range(1, a.ndim))
+    ref = np.fft.rfftn(a.astype(np.float64), s=shape, axes=axes)
+    got = backend.rfftn(np, a, shape, axes)
+    assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+    back = backend.irfftn(np, got, shape, axes, shape_a[1:])
+    np.testing.assert_allclose(back, a, atol=1e-5)
+    assert whole_transforms == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fft_engine_prunes_a_valid_4d_layers_outputs(dtype, whole_transforms):
+    """y and gy (6^4 of a 10^4 plan) axis by axis, against JAX; only x and gx are whole transforms."""
+    case = ConvCase((1, 2, 10, 10, 10, 10), (3, 2, 5, 5, 5, 5), seed=125)
+    check_case(NUMPY, case, jax_reference(case), dtype, "fft", layer=True)
+    # x forward, gx's spectrum inverse (y's and gy's would be 4 more: forward and backward check)
+    assert sorted(s[-4:] for s in whole_transforms) == [(10, 10, 10, 6), (10, 10, 10, 10)]
