@@ -189,21 +189,30 @@ def pass_threads(madds: int) -> int:
 
 # Two independent passes (a layer's weight and input gradients) run side by side, each on its share of
 # the threads, while each has at least this many multiply-adds (below, a thread's hand-off costs more
-# than the pass) and the shares' longest pass takes at most SIDE_BY_SIDE_SLACK x an even split's time.
+# than the pass) and the shares' longest pass takes at most SIDE_BY_SIDE_SLACK x an even split's time;
+# SIDE_BY_SIDE_SLACK_LARGE once a pass has SIDE_BY_SIDE_LARGE multiply-adds. Side by side there is one
+# hand-off instead of two, which on small passes outweighs the shares' imbalance (3-D 3^3 32 channels on
+# 4 x 8^3, the weight pass 1.5x the input gradient's work: 0.87x the time of one pass after the
+# other); on large passes the longer one decides (4-D 3^4 layers of 8-32 channels on 8^4-12^4, the
+# weight pass 1.4-1.6x the work: 1.08-1.37x the time; docs/benchmarks.md, "Twenty-fifth round").
 SIDE_BY_SIDE_MIN = 1 << 23
 SIDE_BY_SIDE_SLACK = 1.25
+SIDE_BY_SIDE_LARGE = 1 << 27
+SIDE_BY_SIDE_SLACK_LARGE = 1.1
 
 
 def pass_split(madds_a: int, madds_b: int, threads: int) -> tuple | None:
     """(threads of pass a, of pass b) to run two independent passes side by side, or None to run
     them one after the other on all the threads. Side by side there is one hand-off to the threads
     instead of two and each pass is cut in fewer parts; on a 2-core VM that made the backward of a
-    4-group 3x3 layer (two 38 M multiply-add passes) about a quarter faster."""
+    4-group 3x3 layer (two 38 M multiply-add passes) about a quarter faster. ``madds_*``: the
+    multiply-adds each pass computes (skipped taps not counted)."""
     if threads < 2 or min(madds_a, madds_b) < SIDE_BY_SIDE_MIN:
         return None
     ta = min(threads - 1, max(1, round(threads * madds_a / (madds_a + madds_b))))
     tb = threads - ta
-    if max(madds_a / ta, madds_b / tb) > SIDE_BY_SIDE_SLACK * (madds_a + madds_b) / threads:
+    slack = SIDE_BY_SIDE_SLACK_LARGE if max(madds_a, madds_b) >= SIDE_BY_SIDE_LARGE else SIDE_BY_SIDE_SLACK
+    if max(madds_a / ta, madds_b / tb) > slack * (madds_a + madds_b) / threads:
         return None
     return ta, tb
 

@@ -631,19 +631,41 @@ class DirectConv:
         gWm = w_finish(results[:len(w_parts)])
         return gx, fw.weight_grad(gWm.reshape((geom.groups * fw.out_channels, fw.channels) + fw.qk))
 
+    def _input_grad_run(self, space) -> tuple:
+        """(space, start, live) of the compiled input-gradient pass over the input space ``space``: its last
+        axis cut to x's cells where that pays (``_cut_last``), and where gy lies on its grid (``Live``:
+        taps that read only its zero front and ring are skipped, for finite filters)."""
+        geom, grid, N = self.geom, self.gx_grid, self.geom.ndim
+        space, lo = self._cut_last(space, _x_rows(geom, self.red)[-1], geom.pads[-1][0], self.red.channels)
+        dil = tuple(st // s for st, s in zip(grid.steps, grid.strides))
+        live = Live(grid.red.qx, (0,) * N, geom.out_spatial, tuple((k - 1) * d for k, d in zip(grid.red.qk, dil)),
+                    dil) if self._finite_filters() else None
+        return space, lo, live
+
+    @_per_shape
+    def _input_grad_madds(self, space, O: int, finite: bool) -> int:
+        """The multiply-adds the compiled input-gradient pass over the input space ``space`` computes:
+        each run's micro-blocks times the (channel, tap) rows it sums (the skipped taps not counted;
+        ``finite``: ``_finite_filters()``, on which that depends: a key of the memo)."""
+        grid, C = self.gx_grid, self.red.channels
+        space, _, live = self._input_grad_run(space)
+        plan = _output_plan(space, grid.steps, grid.red.qk, self.gx_grid.max_off + grid.positions
+                            + self._input_grad_tail(), O, C, self.x.dtype.itemsize, grid.max_off,
+                            live if len(space.dims) == len(grid.red.qx) + 1 else None)
+        ends = np.concatenate(([0], np.cumsum(plan.chunk_len)))
+        per_kind = ends[plan.chunk_ptr[1:]] - ends[plan.chunk_ptr[:-1]]   # rows summed by a block of each kind
+        return self.geom.groups * plan.P * int(per_kind[plan.kind].sum()) * C
+
     def _compiled_input_grad(self, grid, G, Wadj, space, O, threads=None, deferred=False):
         """gx (b, c_I, d...) from the compiled input-gradient pass over the input space, each
         thread writing its blocks' cells of x (the last axis cropped to x, zeros where the grid
         never reads x), as ``_input_from_space`` lays them out."""
         geom, N, C = self.geom, self.geom.ndim, self.red.channels
         rows = _x_rows(geom, self.red)
-        space, lo = self._cut_last(space, rows[-1], geom.pads[-1][0], C)
+        space, lo, live = self._input_grad_run(space)
         gx = (np.empty if rows == geom.spatial else np.zeros)(geom.in_shape, G.dtype)
         plane = math.prod(geom.spatial)
         strides = (geom.groups * C * plane,) + tuple(math.prod(geom.spatial[d:]) for d in range(1, N + 1))
-        dil = tuple(st // s for st, s in zip(grid.steps, grid.strides))
-        live = Live(grid.red.qx, (0,) * N, geom.out_spatial, tuple((k - 1) * d for k, d in zip(grid.red.qk, dil)),
-                    dil) if self._finite_filters() else None
         run = self._compiled_outputs(grid, G, Wadj, space, O, dest=(
             gx.reshape(-1), strides, (geom.batch,) + rows, (0,) * N + (lo,), plane, C * plane),
             threads=threads, deferred=deferred, live=live)
@@ -798,8 +820,10 @@ class DirectConv:
             in_place = self._compiled(C) and (inner is not None or (
                 geom.padding_mode == "zeros" and any(s != 1 for s in red.stride)))
             if need_W and in_place and self._compiled(O):
-                split = pass_split(g * w_space.count * fw.channels * self.fw_grid.taps * O,
-                                   g * space.count * O * grid.taps * C, backend.num_threads())
+                gx_madds = (self._input_grad_madds(inner, O, self._finite_filters()) if inner is not None
+                            else g * space.count * O * grid.taps * C)
+                split = pass_split(g * w_space.count * fw.channels * self.fw_grid.taps * O, gx_madds,
+                                   backend.num_threads())
                 if split:
                     weights = (self.fw_grid, self.grid_input(), w_space, fw.channels, rhs, on_grid,
                                self.gx_grid.max_off)

@@ -217,6 +217,7 @@ def test_output_passes_skip_the_taps_that_read_only_padding(case, dtype, passes,
     real = direct_conv._output_plan.__wrapped__
     monkeypatch.setattr(direct_conv, "_output_plan", lambda *a: plans.append(a) or real(*a))
     check_case(NUMPY, case, jax_reference(case), dtype, "direct", layer=True)
+    plans = list(dict.fromkeys(plans))   # (pass_split's estimate asks for the input gradient's plan too)
     assert passes["out"] == 2 and len(plans) == 2
     geom = convcore.geometry.make_geometry(case.x_shape, case.W_shape, stride=case.stride, padding=case.padding,
                                            dilation=case.dilation, groups=case.groups)
@@ -285,15 +286,53 @@ def test_weight_gradient_columns_first_where_the_rule_says(passes, monkeypatch):
 
 
 def test_pass_split_rules():
-    """Side by side only where both passes are large enough and the shares keep them balanced."""
+    """Side by side only where both passes are large enough and the shares keep them balanced: within
+    SIDE_BY_SIDE_SLACK of an even split, SIDE_BY_SIDE_SLACK_LARGE for passes of SIDE_BY_SIDE_LARGE."""
     from convcore import costs
-    big = costs.SIDE_BY_SIDE_MIN
+    big, large = costs.SIDE_BY_SIDE_MIN, costs.SIDE_BY_SIDE_LARGE
     assert costs.pass_split(big, big, 2) == (1, 1)
     assert costs.pass_split(big, big, 1) is None
     assert costs.pass_split(big - 1, 10 * big, 2) is None        # one pass too small to hand off
     assert costs.pass_split(big, 2 * big, 2) is None             # 1:2 on two threads: 1.33x an even split
     assert costs.pass_split(big, 3 * big, 4) == (1, 3)          # 1:3 on four threads: even
     assert costs.pass_split(3 * big, 2 * big, 5) == (3, 2)
+    assert costs.pass_split(big, big * 3 // 2, 2) == (1, 1)       # 1:1.5 on two threads: 1.2x, small passes
+    assert costs.pass_split(large, large * 3 // 2, 2) is None     # large ones: one after the other
+    assert costs.pass_split(large, large * 6 // 5, 2) == (1, 1)   # 1:1.2: 1.09x
+
+
+def test_the_input_gradients_work_leaves_out_skipped_taps():
+    """The input gradient's multiply-adds as the compiled pass computes them, for ``pass_split``: a 4-D
+    3^4 layer padded by 1 on 8^4 sums, on each of the three axes outside a run, 22 of its 8 x 3
+    (row, tap) pairs (the edge rows read one tap of padding), and each run is cut to x's 8 cells, one
+    micro-block (the weight pass: 10 cells a run, every tap; 1.62x the work)."""
+    x = np.random.default_rng(5).standard_normal((1, 8, 8, 8, 8, 8)).astype(np.float32)
+    W = np.random.default_rng(6).standard_normal((8, 8, 3, 3, 3, 3)).astype(np.float32)
+    engine = convcore.Convolution(algorithm="direct", padding=1).prepare(x, W)._engine
+    runs_live_taps = 22 ** 3 * 3   # over the runs: live taps of the three outer axes, the last axis's 3
+    assert engine._input_grad_madds(engine._input_space(), 8, True) == 8 * runs_live_taps * 8 * 8
+    W[0, 0, 0, 0, 0, 0] = np.inf   # no tap skipped: 0 * inf is NaN
+    engine = convcore.Convolution(algorithm="direct", padding=1).prepare(x, W)._engine
+    assert engine._input_grad_madds(engine._input_space(), 8, False) == 8 * 8 ** 3 * 81 * 8 * 8
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_unbalanced_large_gradients_run_one_after_the_other(large, passes, monkeypatch):
+    """The 4-D layer above: its weight pass is 1.62x the input gradient's work; side by side as small
+    passes, one after the other as large ones (``SIDE_BY_SIDE_LARGE`` lowered to them). Both against JAX."""
+    from convcore import costs
+    monkeypatch.setenv("CONVCORE_NUM_THREADS", "2")
+    monkeypatch.setattr(costs, "SIDE_BY_SIDE_MIN", 1)
+    if large:
+        monkeypatch.setattr(costs, "SIDE_BY_SIDE_LARGE", 1)
+    sides = []
+    real = direct_conv.DirectConv._both_gradients
+    monkeypatch.setattr(direct_conv.DirectConv, "_both_gradients",
+                        lambda self, split, *args: sides.append(split) or real(self, split, *args))
+    case = ConvCase((1, 8, 8, 8, 8, 8), (8, 8, 3, 3, 3, 3), padding=1, seed=106)
+    check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert sides == ([] if large else [(1, 1)])
+    assert passes["out"] == 2 and passes["w"] == 1
 
 
 def test_switched_off_runs_blas(passes, monkeypatch):
