@@ -182,19 +182,20 @@ class DirectConv:
         per_position = self.geom.groups * K * taps * self.x.dtype.itemsize
         return block_positions(per_position, count)
 
-    def _run_blocks(self, grid, src, mats, space, K, out=None, acc_rhs=None, rhs_on_grid=True, rhs_front=0):
+    def _run_blocks(self, grid, src, mats, space, K, out=None, acc_rhs=None, rhs_on_grid=True, rhs_front=0,
+                    live=None):
         """For each block of the position ``space`` (``positions.Space``), with cols the block's column matrix
         of ``src`` (g, K, grid + max_off) on ``grid``: ``out[:, :, p:p+w] = mats @ cols`` (out given,
         indexed by the space's own row-major positions), or sum ``acc_rhs[block] @ cols^T`` over
         blocks and return it (g, rows, K * taps), ``acc_rhs`` being (g, rows, rhs_front + grid
         positions) read at the block's grid positions (``rhs_on_grid``) or (g, rows, space.count)
-        at its own. A weight pass with enough rows runs compiled (``_compiled_weights``); output
-        passes choose in ``_out_pass``."""
+        at its own. A weight pass with enough rows runs compiled (``_compiled_weights``, skipping the
+        taps that read only zeros of src where ``live`` says so); output passes choose in ``_out_pass``."""
         if not self.host:
             return self._run_taps(grid, src, mats, K, out, acc_rhs, rhs_front)
         rows = (mats if out is not None else acc_rhs).shape[1]
         if out is None and self._compiled(rows):
-            return self._compiled_weights(grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front)
+            return self._compiled_weights(grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front, live=live)
         m = costs.folded_tap_axes(grid.red.qk, K, rows, space.strides[-1])
         if m:
             return self._run_folded(grid, src, mats, space, K, out, acc_rhs, rhs_on_grid, rhs_front, m)
@@ -339,17 +340,20 @@ class DirectConv:
 
         return _run_or_defer(work, [(cuts[t], cuts[t + 1]) for t in range(threads)], finish, deferred)
 
-    def _compiled_weights(self, grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front, threads=None, deferred=False):
+    def _compiled_weights(self, grid, src, space, K, acc_rhs, rhs_on_grid, rhs_front, threads=None, deferred=False,
+                          live=None):
         """The weight-gradient pass on the micro-kernels: (g, rows, K * taps). Each segment of
         positions reads its rows of gy channels-first where they lie (on the grid, or in the
         space's own layout) and copies them channels-last in the thread that uses them; or, columns
         first (``direct_kernel.columns_first``: few columns (c, tap), many filters), broadcasts
         them and gathers the grid's columns instead. ``threads`` and ``deferred`` as in
-        ``_compiled_outputs``."""
+        ``_compiled_outputs``; ``live`` (``Live``): where src holds data, so that runs skip the taps
+        that read only zeros there (``_weight_live``)."""
         g, rows, itemsize = acc_rhs.shape[0], acc_rhs.shape[1], src.dtype.itemsize
         rhs = np.ascontiguousarray(acc_rhs.reshape(g, rows, -1))
         columns = direct_kernel.columns_first(K * grid.taps, rows)
-        plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, rhs.shape[-1], columns)
+        plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, rhs.shape[-1], columns,
+                            live)
         b, sp = plan.blocking, plan.space
         if rhs_on_grid:   # the space's positions at their grid cells, behind rhs_front
             rhs_start, rhs_step = plan.seg_base + rhs_front, sp.strides[-1]
@@ -357,6 +361,7 @@ class DirectConv:
             rhs_start, rhs_step = plan.seg_row, 1
         flat = src.reshape(g, -1)
         segments = len(plan.seg_base)
+        spans = (plan.seg_kind, plan.kind_ptr, plan.span_lo, plan.span_hi)
         threads = min(threads or pass_threads(g * space.count * K * grid.taps * rows), segments)
         cuts = [segments * t // threads for t in range(threads + 1)]
 
@@ -365,16 +370,18 @@ class DirectConv:
             for gi in range(g):
                 if columns:   # gy's rows broadcast, the columns gathered: acc is (rows, columns)
                     plan.loop(rhs[gi].reshape(-1), plan.koff, rhs_step, flat[gi], plan.roff, sp.strides[-1],
-                              acc[gi], rhs_start, plan.seg_base, plan.seg_len, part[0], part[1])
+                              acc[gi], rhs_start, plan.seg_base, plan.seg_len, *spans, part[0], part[1])
                 else:   # the grid's columns broadcast, gy's rows gathered: acc is (columns, rows)
                     plan.loop(flat[gi], plan.koff, sp.strides[-1], rhs[gi].reshape(-1), plan.roff, rhs_step,
-                              acc[gi], plan.seg_base, rhs_start, plan.seg_len, part[0], part[1])
+                              acc[gi], plan.seg_base, rhs_start, plan.seg_len, *spans, part[0], part[1])
             return acc
 
         def finish(results):
             total = results[0]
             for r in results[1:]:
                 total += r
+            if plan.tap_major:   # (tap, channel) rows back to (channel, tap)
+                total = total[:, :K * grid.taps].reshape(g, grid.taps, K, -1).swapaxes(1, 2).reshape(g, K * grid.taps, -1)
             if columns:
                 return total[:, :rows, :K * grid.taps]
             return total[:, :K * grid.taps, :rows].swapaxes(1, 2)
@@ -624,7 +631,7 @@ class DirectConv:
         input-gradient pass), all the parts handed out at once (one hand-off instead of two, and on
         two threads each pass on one, so no partial sums of gW to add)."""
         geom, fw = self.geom, self.fw
-        w_parts, w_finish = self._compiled_weights(*weights, threads=split[0], deferred=True)
+        w_parts, w_finish = self._compiled_weights(*weights[:-1], threads=split[0], deferred=True, live=weights[-1])
         gx, x_parts, x_finish = self._compiled_gx(*gx_pass, threads=split[1], deferred=True)
         results = run_parallel(lambda part: part(), w_parts + x_parts, blas=False)
         x_finish(results[len(w_parts):])
@@ -738,6 +745,15 @@ class DirectConv:
         hi = tuple(a + r for a, r in zip(lo, _x_rows(geom, red)))
         return Live(red.qx, lo, hi, (0,) * geom.ndim, dil)
 
+    def _weight_live(self, space, gy):
+        """``Live`` of x on the forward's grid for the weight pass over ``space`` when its runs have
+        axes outside them (a whole-axis space's runs span its last two axes: 3-D and up) and gy is
+        finite (gy * 0 is NaN, and JAX gives NaN in gW there), else None."""
+        live = self._input_live()
+        if live is None or len(space.coalesced().dims) < 3 or not bool(np.isfinite(gy).all()):
+            return None
+        return live
+
     def forward(self, bias=None):
         """y: (n, c_O, o...) + bias (c_O,) if given: the compiled pass adds it as it writes y."""
         y, added = self._forward(bias)
@@ -801,11 +817,13 @@ class DirectConv:
                 (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
         gx = gW = None
         fw = self.fw
+        w_live = None
         if need_W:
             if not self.host:
                 w_space, rhs, on_grid = self._grid_space(self.fw_grid), G, True
             elif same_grid:
                 w_space, rhs, on_grid = self._output_space(), G, True
+                w_live = self._weight_live(w_space, gy)
             else:   # strided: gy in the output space's own layout (zeros on a last-axis ring it includes)
                 w_space = self._output_space()
                 rhs = xp.zeros((g, O) + w_space.dims, gy.dtype)
@@ -826,11 +844,11 @@ class DirectConv:
                                    backend.num_threads())
                 if split:
                     weights = (self.fw_grid, self.grid_input(), w_space, fw.channels, rhs, on_grid,
-                               self.gx_grid.max_off)
+                               self.gx_grid.max_off, w_live)
                     return self._both_gradients(split, weights, (grid, G, Wadj, inner, space, O))
         if need_W:
             gWm = self._run_blocks(self.fw_grid, self.grid_input(), None, w_space, fw.channels, acc_rhs=rhs,
-                                   rhs_on_grid=on_grid, rhs_front=self.gx_grid.max_off)   # (g, O, C * taps)
+                                   rhs_on_grid=on_grid, rhs_front=self.gx_grid.max_off, live=w_live)   # (g, O, C * taps)
             gW = fw.weight_grad(gWm.reshape((g * O, fw.channels) + fw.qk))
         if need_x:
             if in_place:   # gx written in place by the threads
@@ -926,6 +944,20 @@ def _live_chunks(run_bases: np.ndarray, outer: int, qk: tuple, K: int, live: Liv
     if live is None or outer <= 0:
         return (np.zeros(len(run_bases), np.int64), np.array([0, 1], np.int64), np.zeros(1, np.int64),
                 np.array([K * taps], np.int64))
+    kind, masks = _live_kinds(run_bases, outer, qk, live)
+    ptr, starts, lengths = [0], [], []
+    for mask in masks:
+        rows_alive = np.tile(mask, K)   # rows k = c * taps + tap
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], rows_alive.astype(np.int8), [0]))))
+        starts += list(edges[0::2])
+        lengths += list(edges[1::2] - edges[0::2])
+        ptr.append(len(starts))
+    return kind, np.array(ptr, np.int64), np.array(starts, np.int64), np.array(lengths, np.int64)
+
+
+def _live_kinds(run_bases: np.ndarray, outer: int, qk: tuple, live: Live) -> tuple:
+    """(kind per run, masks (kinds, taps) bool): which taps read data on a run's first ``outer`` spatial
+    axes (``outer`` >= 1), one mask per kind of run (a mixed-radix code of each axis's pattern)."""
     N = len(qk)
     outer = min(outer, N)
     coords = np.unravel_index(run_bases, (int(run_bases.max()) // math.prod(live.qx) + 1,) + tuple(live.qx))
@@ -938,19 +970,12 @@ def _live_chunks(run_bases: np.ndarray, outer: int, qk: tuple, K: int, live: Liv
         patterns.append(axis_patterns)
         kind = kind * len(axis_patterns) + axis_kind.reshape(-1)[coords[1 + d]]
     used, kind = np.unique(kind, return_inverse=True)
-    ptr, starts, lengths = [0], [], []
-    for code in used:
-        mask = np.ones(qk, bool)
+    masks = np.ones((len(used),) + tuple(qk), bool)
+    for i, code in enumerate(used):
         for d in range(outer - 1, -1, -1):   # the mixed-radix code, last axis first
             code, which = divmod(int(code), len(patterns[d]))
-            mask &= patterns[d][which].reshape((1,) * d + (qk[d],) + (1,) * (N - d - 1))
-        rows_alive = np.tile(mask.reshape(-1), K)   # rows k = c * taps + tap
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], rows_alive.astype(np.int8), [0]))))
-        starts += list(edges[0::2])
-        lengths += list(edges[1::2] - edges[0::2])
-        ptr.append(len(starts))
-    return (kind.reshape(-1).astype(np.int64), np.array(ptr, np.int64), np.array(starts, np.int64),
-            np.array(lengths, np.int64))
+            masks[i] &= patterns[d][which].reshape((1,) * d + (qk[d],) + (1,) * (N - d - 1))
+    return kind.reshape(-1).astype(np.int64), masks.reshape(len(used), -1)
 
 
 class _WeightPlan(NamedTuple):
@@ -961,16 +986,24 @@ class _WeightPlan(NamedTuple):
     seg_base: np.ndarray
     seg_row: np.ndarray
     seg_len: np.ndarray
+    seg_kind: np.ndarray   # (segments,) which spans of rows a segment broadcasts: its run's kind
+    kind_ptr: np.ndarray   # (kinds + 1,) kind i's spans are kind_ptr[i] .. kind_ptr[i + 1] - 1
+    span_lo: np.ndarray    # (spans,) a span's first row and its end (multiples of R)
+    span_hi: np.ndarray
+    tap_major: bool        # koff's rows are (tap, channel) (with spans), else (channel, tap)
     loop: object
 
 
 @functools.lru_cache(maxsize=64)
 def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
-                 rhs_cells: int, columns: bool) -> _WeightPlan:
+                 rhs_cells: int, columns: bool, live: Live | None = None) -> _WeightPlan:
     """How a weight-gradient pass runs on the micro-kernels: runs cut into segments of at most
     SEGMENT positions, rhs (gy, rows of ``rhs_cells``) row r * L + i for position i of run r. Rows
     first the grid's (channel, tap) columns are broadcast and gy's rows gathered; columns first
-    (``direct_kernel.columns_first``) the other way round."""
+    (``direct_kernel.columns_first``) the other way round. With ``live`` (rows first), each run
+    broadcasts only the blocks of R rows that hold a tap reading data on the axes outside it
+    (``_live_kinds``): the rows then go tap by tap ((tap, channel): a tap's rows together, so a dead
+    tap is whole blocks), and ``finish`` puts the sums back in (channel, tap) order."""
     sp = space.coalesced()
     L, ps = sp.dims[-1], sp.strides[-1]
     run_bases = direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)
@@ -978,14 +1011,35 @@ def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     seg_base = (run_bases[:, None] + starts * ps).reshape(-1)
     seg_row = (np.arange(len(run_bases), dtype=np.int64)[:, None] * L + starts).reshape(-1)
     seg_len = np.tile(np.minimum(L - starts, direct_kernel.SEGMENT), len(run_bases))
+    outer = len(space.dims) - (len(space.dims) - len(sp.dims) + 1) - 1
+    tap_major = live is not None and not columns and outer > 0
     taps = _tap_offsets(steps, qk, plane, K)
+    if tap_major:
+        taps = taps.reshape(K, -1).T.reshape(-1)
     gy_rows = np.arange(rows, dtype=np.int64) * rhs_cells
     broadcast, gathered = (gy_rows, taps) if columns else (taps, gy_rows)
     blocking = direct_kernel.Blocking(len(gathered), itemsize)
-    koff = np.zeros(-(-len(broadcast) // blocking.R) * blocking.R, np.int64)
+    R = blocking.R
+    koff = np.zeros(-(-len(broadcast) // R) * R, np.int64)
     koff[:len(broadcast)] = broadcast
-    loop = direct_kernel.weight_loop(blocking.R, blocking.V, blocking.VW, itemsize, int(not columns))
-    return _WeightPlan(blocking, sp, koff, gathered, seg_base, seg_row, seg_len, loop)
+    if tap_major:
+        run_kind, masks = _live_kinds(run_bases, outer, qk, live)
+        kind_ptr, span_lo, span_hi = [0], [], []
+        for mask in masks:
+            alive = np.zeros(len(koff), bool)
+            alive[:len(broadcast)] = np.repeat(mask, K)   # rows tap * K + c
+            blocks = alive.reshape(-1, R).any(axis=1).astype(np.int8)
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], blocks, [0]))))
+            span_lo += list(edges[0::2] * R)
+            span_hi += list(edges[1::2] * R)
+            kind_ptr.append(len(span_lo))
+        seg_kind = np.repeat(run_kind, len(starts))
+    else:
+        seg_kind, kind_ptr, span_lo, span_hi = np.zeros(len(seg_base), np.int64), [0, 1], [0], [len(koff)]
+    loop = direct_kernel.weight_loop(R, blocking.V, blocking.VW, itemsize, int(not columns))
+    return _WeightPlan(blocking, sp, koff, gathered, seg_base, seg_row, seg_len, seg_kind,
+                       np.array(kind_ptr, np.int64), np.array(span_lo, np.int64), np.array(span_hi, np.int64),
+                       tap_major, loop)
 
 
 def _computed(space: Space, most: int) -> int:

@@ -376,9 +376,11 @@ def _output_loop(src, w, koff, out, bases, first, last, kind, chunk_ptr, chunk_s
                           starts_a + c0 * 8, lens_a + c0 * 8, c1 - c0, out_a + (m * P * width + ob * block) * isz, width)
 
 
-def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, first, last,
-                 R, V, VW, isz, by_column):   # pragma: no cover - compiled
-    """acc (K, width) += the segments first..last-1: segment s broadcasts R rows of src at a time,
+def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, seg_kind, kind_ptr,
+                 span_lo, span_hi, first, last, R, V, VW, isz, by_column):   # pragma: no cover - compiled
+    """acc (K, width) += the segments first..last-1: segment s broadcasts R rows of src at a time, those of
+    its kind's spans q = kind_ptr[seg_kind[s]] .. kind_ptr[seg_kind[s] + 1] - 1 (rows span_lo[q] ..
+    span_hi[q] - 1, multiples of R: where its cells of src hold data; one span of all rows without),
     row r from cell koff[r] + src_start[s] on (step ``step``), against the vectors of a buffer of
     SEGMENT positions that stays in L1: column c of position i gathered from rhs (flat) at roff[c] +
     rhs_start[s] + i * rhs_step. Rows first (the usual way): src is the grid, koff its (channel, tap)
@@ -393,7 +395,7 @@ def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start
     literally(VW)
     literally(isz)
     literally(by_column)
-    K, width = acc.shape[0], acc.shape[1]
+    width = acc.shape[1]
     ncols = roff.shape[0]
     block = V * VW
     nob = width // block
@@ -428,11 +430,13 @@ def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start
                 at = start + i * rhs_step
                 for c in range(ncols):
                     buf[i, c] = rhs[roff[c] + at]
-        for k0 in range(0, K, R):
-            for ob in range(nob):
-                _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, step, n,
-                              buf_a + ob * block * isz, width,
-                              acc_a + (k0 * width + ob * block) * isz, width)
+        kd = seg_kind[s]
+        for q in range(kind_ptr[kd], kind_ptr[kd + 1]):
+            for k0 in range(span_lo[q], span_hi[q], R):
+                for ob in range(nob):
+                    _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, step, n,
+                                  buf_a + ob * block * isz, width,
+                                  acc_a + (k0 * width + ob * block) * isz, width)
 
 
 def _scatter_loop(out, dst, dest_run, seg_j, seg_len, seg_dst, rows, ch_stride, offset, run_len, first_row, last_row,
@@ -603,13 +607,13 @@ def output_loop(P: int, V: int, VW: int, ps: int, itemsize: int):
 
 @functools.lru_cache(maxsize=None)
 def weight_loop(R: int, V: int, VW: int, itemsize: int, by_column: int):
-    """loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, first, last) for
-    these block sizes and gather order (``_weight_loop``)."""
+    """loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, seg_kind, kind_ptr, span_lo,
+    span_hi, first, last) for these block sizes and gather order (``_weight_loop``)."""
     with _build_lock:
         dtype = np.float32 if itemsize == 4 else np.float64
         i1 = np.zeros(1, np.int64)
         args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros(1, dtype), i1, 1,
-                np.zeros((R, V * VW), dtype), i1, i1, i1, 0, 0)
+                np.zeros((R, V * VW), dtype), i1, i1, i1, i1, np.zeros(2, np.int64), i1, i1, 0, 0)
         return _specialised(_build()[1], args, (R, V, VW, itemsize, by_column))
 
 

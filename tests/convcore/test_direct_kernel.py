@@ -268,12 +268,73 @@ def test_non_finite_filters_spread_as_in_jax(shape, padding):
         np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", LIVE_CASES, ids=[f"live{i}" for i in range(len(LIVE_CASES))])
+def test_the_weight_pass_skips_the_taps_that_read_only_padding(case, dtype, passes, monkeypatch):
+    """The weight pass's runs span the last two axes (a whole-axis space): on the axes before them (3-D
+    and up) each run broadcasts only the blocks of R (tap, channel) rows that hold a tap whose reads
+    land in x: every such row (a brute-force count), and no block without one; JAX's gW confirms the
+    sums. A 2-D layer skips nothing."""
+    plans = []
+    real = direct_conv._weight_plan.__wrapped__
+    monkeypatch.setattr(direct_conv, "_weight_plan", lambda *a: plans.append(a) or real(*a))
+    check_case(NUMPY, case, jax_reference(case), dtype, "direct", layer=True)
+    assert passes["w"] == 1 and len(plans) == 1
+    plan = real(*plans[0])
+    geom = convcore.geometry.make_geometry(case.x_shape, case.W_shape, stride=case.stride, padding=case.padding,
+                                           dilation=case.dilation, groups=case.groups)
+    N, k, C, R = geom.ndim, case.W_shape[2:], case.W_shape[1], plan.blocking.R
+    if N == 2:
+        assert not plan.tap_major and list(zip(plan.span_lo, plan.span_hi)) == [(0, len(plan.koff))]
+        return
+    assert plan.tap_major
+    outer, lo = N - 2, [p for p, _ in geom.pads]
+    per_run = len(plan.seg_kind) // (geom.batch * int(np.prod(geom.out_spatial[:outer])))
+    skipped = False
+    for r, pos in enumerate(np.ndindex(*((geom.batch,) + geom.out_spatial[:outer]))):   # a run's coordinates
+        kind = plan.seg_kind[r * per_run]
+        spans = [(plan.span_lo[q], plan.span_hi[q]) for q in range(plan.kind_ptr[kind], plan.kind_ptr[kind + 1])]
+        summed = np.zeros(len(plan.koff), bool)
+        for a, b in spans:
+            summed[a:b] = True
+        alive = np.zeros(len(plan.koff), bool)
+        for tap, t in enumerate(np.ndindex(*k)):   # rows tap * C + c
+            alive[tap * C:(tap + 1) * C] = all(0 <= pos[1 + d] + t[d] * geom.dilation[d] - lo[d] < geom.spatial[d]
+                                              for d in range(outer))
+        assert not (alive & ~summed).any()                                   # every live row summed
+        assert alive.reshape(-1, R).any(axis=1)[summed.reshape(-1, R).any(axis=1)].all()   # no dead block
+        skipped |= not summed[:C * int(np.prod(k))].all()
+    assert skipped
+
+
+def test_non_finite_gy_spreads_in_gw_as_in_jax():
+    """gy * 0 is NaN: with an inf in gy the weight pass skips no padding tap, so gW has NaN where JAX's
+    has (the taps that read padding at that output: inf * 0), not finite values."""
+    import jax
+    import jax.numpy as jnp
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 8, 5, 6, 18)).astype(np.float32)
+    W = rng.standard_normal((8, 8, 3, 3, 3)).astype(np.float32)
+    gy = np.ones((1, 8, 5, 6, 18), np.float32)
+    gy[0, 0, 0, 0, 3] = np.inf
+    with jax.default_device(jax.devices("cpu")[0]):
+        _, vjp = jax.vjp(lambda w: jax.lax.conv_general_dilated(jnp.asarray(x), w, (1,) * 3, [(1, 1)] * 3),
+                         jnp.asarray(W))
+        ref = np.asarray(vjp(jnp.asarray(gy))[0])
+    op = convcore.Convolution(algorithm="direct", padding=1)
+    op.forward(x, W)
+    gW = op.backward(gy)[1]
+    assert np.isnan(ref).any()
+    np.testing.assert_array_equal(np.isnan(gW), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(gW), np.isinf(ref))
+
+
 def test_weight_gradient_columns_first_where_the_rule_says(passes, monkeypatch):
     """The weight pass turns its roles (gy's rows broadcast, the columns gathered) exactly where
     ``columns_first`` says, and matches JAX either way (the rule flipped: the other loop)."""
     built = []
     real = direct_conv._weight_plan.__wrapped__
-    monkeypatch.setattr(direct_conv, "_weight_plan", lambda *a: built.append(a[-1] > 0) or real(*a))
+    monkeypatch.setattr(direct_conv, "_weight_plan", lambda *a: built.append(a[8] > 0) or real(*a))
     first, other = ConvCase((2, 3, 12, 13), (64, 3, 3, 3), padding=1, seed=104), CASES[0][0]
     for case in (first, other):
         check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
