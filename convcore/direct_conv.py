@@ -352,8 +352,11 @@ class DirectConv:
         g, rows, itemsize = acc_rhs.shape[0], acc_rhs.shape[1], src.dtype.itemsize
         rhs = np.ascontiguousarray(acc_rhs.reshape(g, rows, -1))
         columns = direct_kernel.columns_first(K * grid.taps, rows)
+        # gy on its grid over the outputs' whole-axis space: each row's ring (past the outputs) holds zeros
+        keep = (self.geom.out_spatial[-1] if rhs_on_grid and self.fw.out_stride[-1] == 1
+                and space == self._output_space() else 0)
         plan = _weight_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, rhs.shape[-1], columns,
-                            live)
+                            live, keep)
         b, sp = plan.blocking, plan.space
         if rhs_on_grid:   # the space's positions at their grid cells, behind rhs_front
             rhs_start, rhs_step = plan.seg_base + rhs_front, sp.strides[-1]
@@ -361,7 +364,7 @@ class DirectConv:
             rhs_start, rhs_step = plan.seg_row, 1
         flat = src.reshape(g, -1)
         segments = len(plan.seg_base)
-        spans = (plan.seg_kind, plan.kind_ptr, plan.span_lo, plan.span_hi)
+        spans = (plan.seg_kind, plan.kind_ptr, plan.span_lo, plan.span_hi, plan.row_len, plan.keep)
         threads = min(threads or pass_threads(g * space.count * K * grid.taps * rows), segments)
         cuts = [segments * t // threads for t in range(threads + 1)]
 
@@ -991,26 +994,32 @@ class _WeightPlan(NamedTuple):
     span_lo: np.ndarray    # (spans,) a span's first row and its end (multiples of R)
     span_hi: np.ndarray
     tap_major: bool        # koff's rows are (tap, channel) (with spans), else (channel, tap)
+    row_len: int           # segments are whole rows of row_len positions, of which the first keep are
+    keep: int              # summed (0, 0: every position)
     loop: object
 
 
 @functools.lru_cache(maxsize=64)
 def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
-                 rhs_cells: int, columns: bool, live: Live | None = None) -> _WeightPlan:
+                 rhs_cells: int, columns: bool, live: Live | None = None, keep: int = 0) -> _WeightPlan:
     """How a weight-gradient pass runs on the micro-kernels: runs cut into segments of at most
     SEGMENT positions, rhs (gy, rows of ``rhs_cells``) row r * L + i for position i of run r. Rows
     first the grid's (channel, tap) columns are broadcast and gy's rows gathered; columns first
     (``direct_kernel.columns_first``) the other way round. With ``live`` (rows first), each run
     broadcasts only the blocks of R rows that hold a tap reading data on the axes outside it
     (``_live_kinds``): the rows then go tap by tap ((tap, channel): a tap's rows together, so a dead
-    tap is whole blocks), and ``finish`` puts the sums back in (channel, tap) order."""
+    tap is whole blocks), and ``finish`` puts the sums back in (channel, tap) order. With ``keep`` (a
+    whole-axis space whose rows' positions past ``keep`` read zeros of gy: its ring), segments are whole
+    rows and only their first ``keep`` positions are summed (4-D 3^4 on 8^4: 8 of 10)."""
     sp = space.coalesced()
     L, ps = sp.dims[-1], sp.strides[-1]
+    row_len = space.dims[-1] if 0 < keep < space.dims[-1] <= direct_kernel.SEGMENT else 0
+    seg = direct_kernel.SEGMENT // row_len * row_len if row_len else direct_kernel.SEGMENT   # whole rows
     run_bases = direct_kernel.runs_of(sp.dims, sp.strides, sp.origin)
-    starts = np.arange(0, L, direct_kernel.SEGMENT, dtype=np.int64)
+    starts = np.arange(0, L, seg, dtype=np.int64)
     seg_base = (run_bases[:, None] + starts * ps).reshape(-1)
     seg_row = (np.arange(len(run_bases), dtype=np.int64)[:, None] * L + starts).reshape(-1)
-    seg_len = np.tile(np.minimum(L - starts, direct_kernel.SEGMENT), len(run_bases))
+    seg_len = np.tile(np.minimum(L - starts, seg), len(run_bases))
     outer = len(space.dims) - (len(space.dims) - len(sp.dims) + 1) - 1
     tap_major = live is not None and not columns and outer > 0
     taps = _tap_offsets(steps, qk, plane, K)
@@ -1039,7 +1048,7 @@ def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     loop = direct_kernel.weight_loop(R, blocking.V, blocking.VW, itemsize, int(not columns))
     return _WeightPlan(blocking, sp, koff, gathered, seg_base, seg_row, seg_len, seg_kind,
                        np.array(kind_ptr, np.int64), np.array(span_lo, np.int64), np.array(span_hi, np.int64),
-                       tap_major, loop)
+                       tap_major, row_len, keep if row_len else 0, loop)
 
 
 def _computed(space: Space, most: int) -> int:

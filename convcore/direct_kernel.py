@@ -226,9 +226,11 @@ def _output_block_typer(typingctx, P, V, VW, ps, isz, src, w, koff, starts, lens
     return sig, codegen
 
 
-def _weight_block_typer(typingctx, R, V, VW, isz, src, koff, ps, n, rhs, rhs_stride, acc, acc_stride):
-    """acc[r * acc_stride + v * VW + lane] += sum_{i < n} src[koff[r] + i * ps] * rhs[i * rhs_stride + v * VW + lane]
-    for the R x V block (addresses as integers, R .. isz literal)."""
+def _weight_block_typer(typingctx, R, V, VW, isz, src, koff, ps, rows, row_len, keep, rhs, rhs_stride, acc,
+                       acc_stride):
+    """acc[r * acc_stride + v * VW + lane] += sum_i src[koff[r] + i * ps] * rhs[i * rhs_stride + v * VW + lane]
+    over the positions i = j * row_len + c, j < rows, c < keep (a row's first ``keep`` of ``row_len``: its
+    ring left out), for the R x V block (addresses as integers, R .. isz literal)."""
     from llvmlite import ir
     from numba import types
     sizes = _literals(R, V, VW, isz)
@@ -236,10 +238,10 @@ def _weight_block_typer(typingctx, R, V, VW, isz, src, koff, ps, n, rhs, rhs_str
         return None
     R_, V_, VW_, itemsize = sizes
     i64 = ir.IntType(64)
-    sig = types.void(R, V, VW, isz, *([types.intp] * 8))
+    sig = types.void(R, V, VW, isz, *([types.intp] * 10))
 
     def codegen(context, builder, signature, args):
-        src_a, koff_a, step_cells, count, rhs_a, rstride, acc_a, astride = args[4:]
+        src_a, koff_a, step_cells, rows, row_len, keep, rhs_a, rstride, acc_a, astride = args[4:]
         vt, fma, sp, vp = _vector_ops(builder, ir, itemsize, VW_)
         src_p, rhs_p, acc_p = builder.inttoptr(src_a, sp), builder.inttoptr(rhs_a, sp), builder.inttoptr(acc_a, sp)
         koff_p = builder.inttoptr(koff_a, i64.as_pointer())
@@ -260,7 +262,11 @@ def _weight_block_typer(typingctx, R, V, VW, isz, src, koff, ps, n, rhs, rhs_str
                 new += [builder.call(fma, [s, r_vec[v], acc[r * V_ + v]]) for v in range(V_)]
             return new
 
-        final = _counted_loop(builder, ir, count, start, step)
+        def row(j, acc):
+            first = builder.mul(j, row_len)
+            return _counted_loop(builder, ir, keep, acc, lambda c, a: step(builder.add(first, c), a))
+
+        final = _counted_loop(builder, ir, rows, start, row)
         for f, s in zip(final, slots):
             builder.store(f, s, align=itemsize)
         return context.get_dummy_value()
@@ -377,10 +383,12 @@ def _output_loop(src, w, koff, out, bases, first, last, kind, chunk_ptr, chunk_s
 
 
 def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, seg_kind, kind_ptr,
-                 span_lo, span_hi, first, last, R, V, VW, isz, by_column):   # pragma: no cover - compiled
+                 span_lo, span_hi, row_len, keep, first, last, R, V, VW, isz, by_column):   # pragma: no cover - compiled
     """acc (K, width) += the segments first..last-1: segment s broadcasts R rows of src at a time, those of
     its kind's spans q = kind_ptr[seg_kind[s]] .. kind_ptr[seg_kind[s] + 1] - 1 (rows span_lo[q] ..
-    span_hi[q] - 1, multiples of R: where its cells of src hold data; one span of all rows without),
+    span_hi[q] - 1, multiples of R: where its cells of src hold data; one span of all rows without), over
+    its positions in rows of ``row_len`` of which the first ``keep`` are summed (the rest, a whole-axis
+    space's ring, hold zeros of gy; row_len 0: every position, one row),
     row r from cell koff[r] + src_start[s] on (step ``step``), against the vectors of a buffer of
     SEGMENT positions that stays in L1: column c of position i gathered from rhs (flat) at roff[c] +
     rhs_start[s] + i * rhs_step. Rows first (the usual way): src is the grid, koff its (channel, tap)
@@ -431,10 +439,11 @@ def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start
                 for c in range(ncols):
                     buf[i, c] = rhs[roff[c] + at]
         kd = seg_kind[s]
+        rows, run, kept = (n // row_len, row_len, keep) if row_len > 0 else (1, n, n)
         for q in range(kind_ptr[kd], kind_ptr[kd + 1]):
             for k0 in range(span_lo[q], span_hi[q], R):
                 for ob in range(nob):
-                    _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, step, n,
+                    _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, step, rows, run, kept,
                                   buf_a + ob * block * isz, width,
                                   acc_a + (k0 * width + ob * block) * isz, width)
 
@@ -608,12 +617,12 @@ def output_loop(P: int, V: int, VW: int, ps: int, itemsize: int):
 @functools.lru_cache(maxsize=None)
 def weight_loop(R: int, V: int, VW: int, itemsize: int, by_column: int):
     """loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, seg_kind, kind_ptr, span_lo,
-    span_hi, first, last) for these block sizes and gather order (``_weight_loop``)."""
+    span_hi, row_len, keep, first, last) for these block sizes and gather order (``_weight_loop``)."""
     with _build_lock:
         dtype = np.float32 if itemsize == 4 else np.float64
         i1 = np.zeros(1, np.int64)
         args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros(1, dtype), i1, 1,
-                np.zeros((R, V * VW), dtype), i1, i1, i1, i1, np.zeros(2, np.int64), i1, i1, 0, 0)
+                np.zeros((R, V * VW), dtype), i1, i1, i1, i1, np.zeros(2, np.int64), i1, i1, 0, 0, 0, 0)
         return _specialised(_build()[1], args, (R, V, VW, itemsize, by_column))
 
 

@@ -307,6 +307,27 @@ def test_the_weight_pass_skips_the_taps_that_read_only_padding(case, dtype, pass
     assert skipped
 
 
+@pytest.mark.parametrize("case", [
+    ConvCase((1, 8, 40, 30), (8, 8, 3, 3), padding=1, seed=114),          # runs of 40 rows of 32: segments of 8 rows
+    ConvCase((2, 8, 5, 6, 9), (16, 8, 3, 3, 3), padding=1, seed=115),     # a run of 6 rows of 11, taps skipped too
+    ConvCase((2, 3, 12, 13), (64, 3, 3, 3), padding=1, seed=116),         # columns first
+], ids=["2d", "3d", "columns"])
+def test_the_weight_pass_leaves_out_each_rows_ring(case, passes, monkeypatch):
+    """The weight pass runs over whole-axis rows (q_N positions, so that rows join into long runs) but
+    sums only each row's first o_N, the outputs (gy is zero on the ring): its segments are whole rows,
+    every output is summed once, and JAX's gW confirms the sums."""
+    plans = []
+    real = direct_conv._weight_plan.__wrapped__
+    monkeypatch.setattr(direct_conv, "_weight_plan", lambda *a: plans.append(a) or real(*a))
+    check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert passes["w"] == 1 and len(plans) == 1
+    plan = real(*plans[0])
+    q, o = case.x_shape[-1] + 2, case.x_shape[-1]
+    assert (plan.row_len, plan.keep) == (q, o)
+    assert (plan.seg_len % q == 0).all() and (plan.seg_len <= direct_kernel.SEGMENT).all()
+    assert int(plan.seg_len.sum()) // q * o == case.x_shape[0] * int(np.prod(case.x_shape[2:]))
+
+
 def test_non_finite_gy_spreads_in_gw_as_in_jax():
     """gy * 0 is NaN: with an inf in gy the weight pass skips no padding tap, so gW has NaN where JAX's
     has (the taps that read padding at that output: inf * 0), not finite values."""
