@@ -564,7 +564,8 @@ class DirectConv:
         (b, o_1..o_N), each at its strided place. Along an unstrided last axis the space takes
         the whole axis (q_N, its ring included): then its last two axes are one contiguous run of
         the grid, which keeps the column copies long and fast (skipping that ring would cut them
-        into runs of o_N, slower than the work saved)."""
+        into runs of o_N, slower than the work saved). The compiled weight pass still sums only each
+        row's outputs, its segments whole rows (``_weight_plan``'s ``keep``)."""
         red, geom, grid = self.fw, self.geom, self.fw_grid
         last = red.qx[-1] if red.out_stride[-1] == 1 else geom.out_spatial[-1]
         dims = (geom.batch,) + tuple(geom.out_spatial[:-1]) + (last,)
