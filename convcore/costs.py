@@ -696,7 +696,33 @@ def fft_estimate(geom: ConvGeometry, itemsize: int, budget: int, rates: Rates) -
         # largest transform's input and output beyond the rest (a 1-D 16 x 16 k 129 layer on 4096
         # points, 16.6 MB on 8.4): four times that, a bound rather than a guess.
         shared["fftw_plans"] = 4 * max(chunk * C, chunk * O, O * C) * (spec + real)
+        # A transform that goes axis by axis only by its passes (backend.pruned_passes: a valid N-D
+        # layer's y and gy) hands FFTW an array pair per axis, each kept by its cached plan: on top
+        # (5-D 6^5 outputs of a 10^5 plan: 3.5 MB for y, as much for gy, where the bound above fell
+        # 1 MB short of a first call's peak).
+        cells = tuple(min(t + k - 1, n) for t, k, n in zip(tile, red.qk, L))   # x's and gx's, per row
+        shared["fftw_plans"] += sum(
+            _axis_stage_bytes(extents, L, lines, itemsize) for extents, lines in (
+                (cells, chunk * C), (red.qk, O * C), (tile, chunk * O), (tile, chunk * O), (cells, chunk * C),
+                (red.qk, O * C))
+            if backend.worth_pruning(extents, L) and not any(2 * e <= n for e, n in zip(extents, L)))
     return Estimate(seconds, shared, forward, {k: v for k, v in backward.items() if v})
+
+
+def _axis_stage_bytes(extents, L, lines: int, itemsize: int) -> int:
+    """Bytes of the arrays an axis-by-axis transform of ``lines`` arrays hands its FFT, each stage's input
+    and output: the real data, the last axis's half spectrum, then each axis from the last but one
+    grown to its plan length (an inverse's stages are the same arrays in reverse)."""
+    shape = [min(e, n) for e, n in zip(extents, L)]
+    total = lines * itemsize * math.prod(shape)
+    shape[-1] = L[-1] // 2 + 1
+    out = lines * 2 * itemsize * math.prod(shape)
+    total += out
+    for j in range(len(L) - 2, -1, -1):
+        shape[j] = L[j]
+        grown = lines * 2 * itemsize * math.prod(shape)
+        total, out = total + out + grown, grown   # this stage's input (the last one's output) and output
+    return total
 
 
 # Tile for speed only when the model predicts at least a 40% saving: tiles cost copies the model

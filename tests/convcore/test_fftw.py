@@ -152,7 +152,8 @@ def test_auto_warms_the_fft_engine_up_before_timing_it_on_fftw(fftw, monkeypatch
 
 @pytest.mark.parametrize("x_shape, W_shape, params", [
     ((8, 16, 1024), (16, 16, 129), {}),
-    ((1, 2, 10, 10, 10, 10, 10), (2, 2, 5, 5, 5, 5, 5), {}),
+    ((1, 2, 10, 10, 10, 10, 10), (2, 2, 5, 5, 5, 5, 5), {}),   # y and gy axis by axis (backend.pruned_passes)
+    ((1, 4, 16, 16, 16, 16), (4, 4, 7, 7, 7, 7), {}),          # likewise
     ((2, 8, 20, 20, 20), (8, 8, 7, 7, 7), {}),
     ((4, 8, 40, 40), (8, 8, 13, 13), dict(padding=6)),
 ])
