@@ -653,6 +653,10 @@ class DirectConv:
                     dil) if self._finite_filters() else None
         return space, lo, live
 
+    def _gy_grid_cells(self) -> int:
+        """Cells of G per channel, gy on the input gradient's grid: its zero front, the grid, the tail."""
+        return self.gx_grid.max_off + self.gx_grid.positions + self._input_grad_tail()
+
     @_per_shape
     def _input_grad_madds(self, space, O: int, finite: bool) -> int:
         """The multiply-adds the compiled input-gradient pass over the input space ``space`` computes:
@@ -660,9 +664,8 @@ class DirectConv:
         ``finite``: ``_finite_filters()``, on which that depends: a key of the memo)."""
         grid, C = self.gx_grid, self.red.channels
         space, _, live = self._input_grad_run(space)
-        plan = _output_plan(space, grid.steps, grid.red.qk, self.gx_grid.max_off + grid.positions
-                            + self._input_grad_tail(), O, C, self.x.dtype.itemsize, grid.max_off,
-                            live if len(space.dims) == len(grid.red.qx) + 1 else None)
+        plan = _output_plan(space, grid.steps, grid.red.qk, self._gy_grid_cells(), O, C, self.x.dtype.itemsize,
+                            grid.max_off, live if len(space.dims) == len(grid.red.qx) + 1 else None)
         ends = np.concatenate(([0], np.cumsum(plan.chunk_len)))
         per_kind = ends[plan.chunk_ptr[1:]] - ends[plan.chunk_ptr[:-1]]   # rows summed by a block of each kind
         return self.geom.groups * plan.P * int(per_kind[plan.kind].sum()) * C
@@ -816,7 +819,7 @@ class DirectConv:
         G = None
         if need_x or same_grid:
             # G (g, O, max_off + b * prod(q)): gy at its (polyphase) grid positions, zeros elsewhere and in front
-            G = xp.zeros((g, O, self.gx_grid.max_off + self.gx_grid.positions + self._input_grad_tail()), gy.dtype)
+            G = xp.zeros((g, O, self._gy_grid_cells()), gy.dtype)
             G[:, :, self.gx_grid.max_off:self.gx_grid.max_off + self.gx_grid.positions].reshape((g, O, b) + red.qx)[
                 (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
         gx = gW = None
