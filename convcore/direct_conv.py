@@ -263,9 +263,13 @@ class DirectConv:
         padded to whole micro-blocks (``direct_kernel.tail_cells``); 0 on BLAS."""
         if not self._compiled(rows):
             return 0
-        sp = space.coalesced()
         blocking = direct_kernel.Blocking(rows, self.x.dtype.itemsize)
-        return direct_kernel.tail_cells(sp.dims[-1], direct_kernel.micro_blocks(sp.dims[-1], blocking.P), sp.strides[-1])
+        tails = []
+        for runs in space.run_choices():   # any of them may run (``_live_plan``)
+            sp = runs.coalesced()
+            tails.append(direct_kernel.tail_cells(sp.dims[-1], direct_kernel.micro_blocks(sp.dims[-1], blocking.P),
+                                                  sp.strides[-1]))
+        return max(tails)
 
     @_per_shape
     def _forward_tail(self) -> int:
@@ -297,7 +301,7 @@ class DirectConv:
         g, rows, itemsize = mats.shape[0], mats.shape[1], src.dtype.itemsize
         if live is not None and len(space.dims) != len(live.qx) + 1:
             live = None   # a flat space (the whole grid): its runs' coordinates are not known here
-        plan = _output_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off, live)
+        space, plan = _live_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off, live)
         if dest is not None:
             dst, ch_stride, group_stride = dest[0], dest[4], dest[5]
             segments = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run)
@@ -592,7 +596,7 @@ class DirectConv:
         cost less than that padding (3x3 on 12 x 29: the whole axis)."""
         if not self._compiled(rows):
             return space, start
-        cut = Space(space.dims[:-1] + (length,), space.strides, space.origin + start * space.strides[-1])
+        cut = space._replace(dims=space.dims[:-1] + (length,), origin=space.origin + start * space.strides[-1])
         most = direct_kernel.Blocking(rows, self.x.dtype.itemsize).P
         return (cut, 0) if _computed(cut, most) < CUT_LAST_BELOW * _computed(space, most) else (space, start)
 
@@ -664,11 +668,9 @@ class DirectConv:
         ``finite``: ``_finite_filters()``, on which that depends: a key of the memo)."""
         grid, C = self.gx_grid, self.red.channels
         space, _, live = self._input_grad_run(space)
-        plan = _output_plan(space, grid.steps, grid.red.qk, self._gy_grid_cells(), O, C, self.x.dtype.itemsize,
-                            grid.max_off, live if len(space.dims) == len(grid.red.qx) + 1 else None)
-        ends = np.concatenate(([0], np.cumsum(plan.chunk_len)))
-        per_kind = ends[plan.chunk_ptr[1:]] - ends[plan.chunk_ptr[:-1]]   # rows summed by a block of each kind
-        return self.geom.groups * plan.P * int(per_kind[plan.kind].sum()) * C
+        _, plan = _live_plan(space, grid.steps, grid.red.qk, self._gy_grid_cells(), O, C, self.x.dtype.itemsize,
+                             grid.max_off, live if len(space.dims) == len(grid.red.qx) + 1 else None)
+        return self.geom.groups * _plan_rows(plan) * C
 
     def _compiled_input_grad(self, grid, G, Wadj, space, O, threads=None, deferred=False):
         """gx (b, c_I, d...) from the compiled input-gradient pass over the input space, each
@@ -939,6 +941,37 @@ def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     kind, ptr, start, length = _live_chunks(run_bases, len(space.dims) - merged - 1, qk, K, live)
     return _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K), loop,
                        np.repeat(kind, per_run), ptr, start, length)
+
+
+# An output pass with taps to skip (``Live``) runs shorter runs (rows, or planes, of a contiguous box)
+# where they compute under this fraction of the multiply-adds the longest runs do: the taps that read
+# only padding are skipped per run, on the axes outside it. A valid 3-D layer's input gradient is one
+# contiguous box (x fills its grid), whose one long run skips nothing; as rows, 7^3 on 16^3 computes
+# 0.39x the multiply-adds.
+SHORTER_RUNS_BELOW = 0.9
+
+
+@functools.lru_cache(maxsize=64)
+def _live_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
+               max_off: int, live: Live | None = None) -> tuple:
+    """(space, plan): ``_output_plan`` of ``space`` cut into the runs (``Space.run_choices``) that compute
+    the fewest multiply-adds with ``live``'s taps skipped, longer runs unless shorter ones compute under
+    SHORTER_RUNS_BELOW of theirs; without ``live``, the longest runs."""
+    choices = space.run_choices() if live is not None else [space]
+    best = None
+    for runs in choices:
+        plan = _output_plan(runs, steps, qk, plane, K, rows, itemsize, max_off, live)
+        if best is None or _plan_rows(plan) < SHORTER_RUNS_BELOW * _plan_rows(best[1]):
+            best = (runs, plan)
+    return best
+
+
+def _plan_rows(plan: _OutputPlan) -> int:
+    """Positions times the (channel, tap) rows an output plan sums for them (its micro-blocks padded
+    to P positions each, the skipped taps not counted): its multiply-adds per output row."""
+    ends = np.concatenate(([0], np.cumsum(plan.chunk_len)))
+    per_kind = ends[plan.chunk_ptr[1:]] - ends[plan.chunk_ptr[:-1]]   # rows summed by a block of each kind
+    return plan.P * int(per_kind[plan.kind].sum())
 
 
 def _live_chunks(run_bases: np.ndarray, outer: int, qk: tuple, K: int, live: Live | None) -> tuple:

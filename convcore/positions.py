@@ -39,6 +39,7 @@ class Space(NamedTuple):
     dims: tuple
     strides: tuple
     origin: int = 0
+    run_axes: int = 0   # at most this many trailing axes merge into one run (0: all that are contiguous)
 
     @property
     def count(self) -> int:
@@ -47,12 +48,21 @@ class Space(NamedTuple):
     def coalesced(self) -> Space:
         """The same positions in the same order with trailing axes that are one contiguous run of
         the grid merged into one axis (a 3-D output space (b, o_1, o_2, q_3) at unit last stride is
-        (b, o_1, o_2 * q_3))."""
+        (b, o_1, o_2 * q_3)), at most ``run_axes`` of them when that is set (a run then stays one
+        row, or one plane, of a contiguous box)."""
         dims, strides = list(self.dims), list(self.strides)
-        while len(dims) > 1 and strides[-2] == dims[-1] * strides[-1]:
+        most, merged = self.run_axes or len(dims), 1
+        while len(dims) > 1 and merged < most and strides[-2] == dims[-1] * strides[-1]:
             dims[-2:] = [dims[-2] * dims[-1]]
             strides[-2:] = [strides[-1]]
-        return Space(tuple(dims), tuple(strides), self.origin)
+            merged += 1
+        return Space(tuple(dims), tuple(strides), self.origin, 1 if self.run_axes else 0)
+
+    def run_choices(self) -> list:
+        """This space with each way of cutting its contiguous trailing axes into runs, the longest
+        runs first: all of them merged, then one axis fewer, ..., down to runs of the last axis."""
+        merged = len(self.dims) - len(self.coalesced().dims) + 1
+        return [self._replace(run_axes=0 if a == merged else a) for a in range(merged, 0, -1)]
 
     def blocks(self, target: int) -> tuple:
         """Blocks of about ``target`` positions (at most): a range of one axis m times all of the axes

@@ -8,6 +8,7 @@ an AVX2 or SSE machine gets), which this machine runs too.
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -216,6 +217,7 @@ def test_output_passes_skip_the_taps_that_read_only_padding(case, dtype, passes,
     plans = []
     real = direct_conv._output_plan.__wrapped__
     monkeypatch.setattr(direct_conv, "_output_plan", lambda *a: plans.append(a) or real(*a))
+    monkeypatch.setattr(direct_conv, "_live_plan", direct_conv._live_plan.__wrapped__)   # each call asks again
     check_case(NUMPY, case, jax_reference(case), dtype, "direct", layer=True)
     plans = list(dict.fromkeys(plans))   # (pass_split's estimate asks for the input gradient's plan too)
     assert passes["out"] == 2 and len(plans) == 2
@@ -242,6 +244,46 @@ def test_output_passes_skip_the_taps_that_read_only_padding(case, dtype, passes,
         assert summed == channels * want * plan.per_run * runs // int(np.prod(args[0].dims[1:1 + outer]))
         if forward:   # the padding reaches past the kernel, or makes a ring of the outer axes: taps skipped
             assert summed < channels * int(np.prod(k)) * len(plan.bases)
+
+
+VALID_CASES = [
+    ConvCase((1, 8, 11, 10, 12), (8, 8, 5, 4, 5), seed=114),                 # 3-D: x fills gx's grid
+    ConvCase((2, 8, 6, 7, 6, 9), (8, 8, 3, 3, 3, 3), seed=115),             # 4-D
+    ConvCase((1, 16, 9, 10, 11), (8, 16, 4, 3, 5), dilation=(2, 1, 1), seed=116),
+]
+
+
+@pytest.mark.parametrize("case", VALID_CASES, ids=[f"valid{i}" for i in range(len(VALID_CASES))])
+def test_valid_input_gradient_runs_rows_and_skips_the_front(case, passes, monkeypatch):
+    """Unpadded, x fills the input gradient's grid: its space is one contiguous box, whose one long run
+    would sum every tap everywhere (gy lies in a corner of the grid). ``_live_plan`` cuts it into rows
+    instead, each skipping the taps that read only gy's zero front and ring on the axes outside it: as
+    many multiply-adds as a brute-force count of those taps, under SHORTER_RUNS_BELOW of the long runs'.
+    JAX confirms the values; with the rule off (0), the long runs, and the same values."""
+    chosen = []
+    real = direct_conv._live_plan.__wrapped__
+    monkeypatch.setattr(direct_conv, "_live_plan", lambda *a: chosen.append((a, real(*a))) or chosen[-1][1])
+    check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert passes["out"] == 2
+    args, (gx_space, gx_plan) = chosen[-1]
+    geom = convcore.geometry.make_geometry(case.x_shape, case.W_shape, dilation=case.dilation)
+    N, k, dil = geom.ndim, case.W_shape[2:], geom.dilation
+    assert gx_space.coalesced().dims == gx_space.dims   # rows of the last axis
+    want = 0
+    for pos in np.ndindex(*geom.spatial[:-1]):   # per row: the taps whose read on the outer axes lands in gy
+        alive = 1
+        for d in range(N - 1):
+            alive *= sum(0 <= pos[d] - (k[d] - 1 - t) * dil[d] < geom.out_spatial[d] for t in range(k[d]))
+        want += alive * k[-1]
+    summed = direct_conv._plan_rows(gx_plan) // gx_plan.P   # (channel, tap) rows over the blocks
+    assert summed == case.x_shape[0] * case.W_shape[0] * want * gx_plan.per_run
+    long_runs = direct_conv._output_plan(args[0]._replace(run_axes=0), *args[1:])
+    assert long_runs.L == case.x_shape[0] * math.prod(case.x_shape[2:])   # one run: the box
+    assert direct_conv._plan_rows(gx_plan) < direct_conv.SHORTER_RUNS_BELOW * direct_conv._plan_rows(long_runs)
+    monkeypatch.setattr(direct_conv, "SHORTER_RUNS_BELOW", 0.0)
+    chosen.clear()
+    check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert len(chosen[-1][1][0].coalesced().dims) == 1   # the whole box as one run
 
 
 @pytest.mark.parametrize("shape, padding", [((1, 8, 6, 20), ((2, 2), (1, 1))), ((1, 8, 5, 6, 18), ((1, 1),) * 3)])

@@ -75,6 +75,19 @@ def test_coalesced_space_merges_contiguous_trailing_axes():
     assert strided.coalesced() == strided
 
 
+def test_run_choices_cut_a_contiguous_box_into_shorter_runs():
+    """A box whose axes are all one run of the grid may run as planes or rows instead (``run_axes``):
+    the same positions, the longest runs first; a coalesced limited space merges nothing more."""
+    box = positions.Space((2, 3, 4, 18), (216, 72, 18, 1), origin=5)
+    choices = box.run_choices()
+    assert [c.coalesced().dims for c in choices] == [(432,), (2, 216), (2, 3, 72), (2, 3, 4, 18)]
+    assert all(c.count == box.count and c.dims == box.dims for c in choices)
+    rows = choices[-1].coalesced()
+    assert rows.coalesced() == rows and rows.strides == (216, 72, 18, 1)
+    ringed = positions.Space((2, 3, 4, 18), (1000, 90, 18, 1))   # only the last two axes are one run
+    assert [c.coalesced().dims for c in ringed.run_choices()] == [(2, 3, 72), (2, 3, 4, 18)]
+
+
 def test_unfolded_where_the_rule_says_so(folds):
     """1-D, an inner size under 16 and many rows keep the plain column matrix; still correct."""
     for case in (ConvCase((2, 8, 30), (8, 8, 3), padding=1, seed=60),
