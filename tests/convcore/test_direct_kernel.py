@@ -173,7 +173,7 @@ CUT_CASES = [
     (ConvCase((2, 8, 9), (8, 8, 7), padding=3, seed=96), (True, True)),                # 1-D: one run per image
     (ConvCase((1, 8, 3, 30), (8, 8, 3, 21), padding=((0, 0), (20, 0)), seed=98), (True, True)),   # runs padded past the grid
     (ConvCase((2, 8, 12, 44), (8, 8, 3, 3), padding=1, seed=97), (True, True)),        # a thin ring, still fewer cells
-    (ConvCase((2, 8, 12, 29), (8, 8, 3, 3), padding=1, seed=99), (False, False)),      # cut rows pad more: the whole axis
+    (ConvCase((2, 8, 12, 58), (8, 8, 3, 3), padding=1, seed=99), (False, False)),      # cut rows pad as much as the ring: whole
 ]
 
 
@@ -570,8 +570,10 @@ def test_blocking_rules(monkeypatch):
     monkeypatch.setattr(direct_kernel, "machine", lambda: (32, 16))
     b = direct_kernel.Blocking(32, 4)
     assert (b.VW, b.V, b.nob, b.P) == (8, 2, 2, 6)
-    assert direct_kernel.micro_blocks(32, 14) == 11          # 3 blocks of 11 pad 1 cell (of 14: 10; 8 is too few)
-    assert direct_kernel.micro_blocks(1088, 6) == 5          # 218 blocks of 5 pad 2 cells (of 6: 4)
+    assert direct_kernel.micro_blocks(32, 14) == 8           # 4 blocks of 8 pad nothing (of 14: 10; of 11: 1)
+    assert direct_kernel.micro_blocks(33, 14) == 11          # 3 blocks of 11: none (of 7, the smallest: 2)
+    assert direct_kernel.micro_blocks(1090, 6) == 5          # 218 blocks of 5 pad nothing (of 6: 2)
+    assert direct_kernel.micro_blocks(64, 28) == 16          # 4 blocks of 16 (of 22: 2 cells)
     assert direct_kernel.micro_blocks(5, 14) == 5
     assert direct_kernel.micro_blocks(28, 14) == 14
 
