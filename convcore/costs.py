@@ -201,6 +201,13 @@ SIDE_BY_SIDE_LARGE = 1 << 27
 SIDE_BY_SIDE_SLACK_LARGE = 1.1
 
 
+# What writing one cell of gx cell by cell (a stride along the last axis: its phases interleave in x's
+# rows) costs in multiply-adds, for ``pass_split``: 1.2 ns a cell in the scatters of a 2-D stride-2
+# layer's input gradient (direct_kernel), some 60 multiply-adds of a thread. Uncounted, a 3x3 stride-2
+# layer of 32 channels on 8 x 64^2 ran its passes side by side on "balanced" work, 1.09x slower.
+CELL_BY_CELL_MADDS = 60
+
+
 def pass_split(madds_a: int, madds_b: int, threads: int) -> tuple | None:
     """(threads of pass a, of pass b) to run two independent passes side by side, or None to run
     them one after the other on all the threads. Side by side there is one hand-off to the threads

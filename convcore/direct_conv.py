@@ -41,8 +41,10 @@ strided view of the pass. With a stride (when costs.native_stride_pays) these tw
 passes run on the padded input itself (the ``fw`` reduction, no polyphase split) over the
 outputs at their strided places, prod(k) taps each. The input gradient runs over the cells
 of x (the ring skipped the same way) when padding is zeros and there is no stride; with a
-stride or another padding mode (whose ring gradient folds back onto x) it needs every
-position of the (polyphase) grid. Blocks are independent, so they are shared by a pool of
+stride and zero padding, on the micro-kernels, phase by phase of x where that saves enough
+(``_phases``: each phase's cells of x with its own ceil((k - r) / s) taps per axis, written a
+stride apart); otherwise, or with another padding mode (whose ring gradient folds back onto x),
+it needs every position of the (polyphase) grid. Blocks are independent, so they are shared by a pool of
 threads, each BLAS call single-threaded.
 
 On a GPU (CuPy) every pass runs over the whole flat grid at once and crops, without blocks and
@@ -281,30 +283,39 @@ class DirectConv:
             return 0
         inner = self._input_space()
         if inner is None:
-            return self._tail(self.red.channels, self._grid_space(self.gx_grid))
+            whole = self._tail(self.red.channels, self._grid_space(self.gx_grid))
+            if self._phase_list() is None:
+                return whole
+            C = self.red.channels // math.prod(self.red.stride)   # a phase's runs may end closer to the grid's end
+            return max([whole] + [self._tail(C, space) for _, _, space, _, _ in self._phase_list()])
         # its runs end no later than the whole axis's: the larger tail covers either
         cut = self._cut_last(inner, _x_rows(self.geom, self.red)[-1], self.geom.pads[-1][0], self.red.channels)[0]
         return max(self._tail(self.red.channels, inner), self._tail(self.red.channels, cut))
 
     def _compiled_outputs(self, grid, src, mats, space, K, dest=None, fold=None, threads=None, deferred=False,
-                          bias=None, live=None):
+                          bias=None, live=None, taps=None, tap_origin=0):
         """The output pass (forward, input gradient) on the micro-kernels: (g, rows) + space.dims,
         a view of their channels-last result (one copy later makes it the caller's layout); or,
-        with ``dest`` = (flat array, strides, limits, shifts, channel stride, group stride) as in
+        with ``dest`` = (flat array, strides, limits, shifts, channel stride, group stride[, step]) as in
         ``direct_kernel.destinations``, written there by each thread as its blocks are done
         (returns None); or, with ``fold`` = (flat gx, ``direct_kernel.PhaseFold``, group stride),
         an input gradient over the whole polyphase grid folded into gx likewise (returns None).
         ``threads``: how many parts (default: as the pass's size warrants); ``deferred``: return
         (parts, finish) instead, to run the parts beside another pass's (``_backward``). ``bias``
         (g * rows,): added to each output as ``dest`` is written (the forward's b: no pass over y after).
-        ``live`` (``Live``): where src holds data, so that blocks skip the taps that read only zeros."""
+        ``live`` (``Live``): where src holds data, so that blocks skip the taps that read only zeros.
+        ``taps`` (k_1..k_N, default the grid's), read from ``tap_origin`` cells on: the part of the grid's
+        kernel that mats holds (a stride's phase of x reads some of the polyphase filters' taps)."""
         g, rows, itemsize = mats.shape[0], mats.shape[1], src.dtype.itemsize
+        taps = taps or grid.red.qk
         if live is not None and len(space.dims) != len(live.qx) + 1:
             live = None   # a flat space (the whole grid): its runs' coordinates are not known here
-        space, plan = _live_plan(space, grid.steps, grid.red.qk, src.shape[-1], K, rows, itemsize, grid.max_off, live)
+        space, plan = _live_plan(space, grid.steps, taps, src.shape[-1], K, rows, itemsize, grid.max_off, live,
+                                 tap_origin)
         if dest is not None:
             dst, ch_stride, group_stride = dest[0], dest[4], dest[5]
-            segments = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run)
+            step = dest[6] if len(dest) > 6 else 1
+            segments = _destinations(space, dest[1], dest[2], dest[3], plan.P, plan.per_run, step)
             shift = (np.zeros((g, rows), src.dtype) if bias is None
                      else np.ascontiguousarray(bias, dtype=src.dtype).reshape(g, rows))
             scatter = direct_kernel.scatter_loop(plan.blocking.VW, itemsize)
@@ -315,11 +326,11 @@ class DirectConv:
         for ob in range(b.nob):   # one strided copy from mats as it lies (a view: the flipped filters)
             part = mats[:, ob * width:(ob + 1) * width]
             w[:, ob, ..., :part.shape[1]] = part.transpose(rows_last)
-        w = w.reshape(g, b.nob, K * grid.taps, width)
+        w = w.reshape(g, b.nob, K * math.prod(taps), width)
         blocks = len(plan.bases)
         out = np.empty((g, blocks * plan.P, b.padded), src.dtype)
         flat = src.reshape(g, -1)
-        threads = min(threads or pass_threads(g * space.count * K * grid.taps * rows), g * blocks)
+        threads = min(threads or pass_threads(g * space.count * K * math.prod(taps) * rows), g * blocks)
         cuts = [g * blocks * t // threads for t in range(threads + 1)]
 
         def work(part):
@@ -330,7 +341,7 @@ class DirectConv:
                           plan.chunk_start, plan.chunk_len)
                 if dest is not None:
                     scatter(out[gi], dst, *segments, rows, ch_stride, gi * group_stride, plan.per_run * plan.P,
-                            first * plan.P, last * plan.P, shift[gi])
+                            first * plan.P, last * plan.P, shift[gi], step)
                 elif fold is not None:
                     direct_kernel.phase_scatter(out[gi], fold[0], *fold[1][:-1], rows, gi * fold[2], plan.P,
                                                 first, last, space.count)
@@ -632,6 +643,8 @@ class DirectConv:
         (gx, parts, finish) to run later."""
         if inner is not None:
             return self._compiled_input_grad(grid, G, Wadj, inner, O, threads, deferred)
+        if self._phases() is not None:
+            return self._compiled_phase_passes(grid, G, O, threads, deferred)
         return self._compiled_phase_grad(grid, G, Wadj, space, O, threads, deferred)
 
     def _both_gradients(self, split, weights, gx_pass):
@@ -701,6 +714,113 @@ class DirectConv:
                                                                     C // math.prod(red.stride) * plane),
                                      threads=threads, deferred=deferred)
         return (gx,) + run if deferred else gx
+
+    @_per_shape
+    def _phases(self):
+        """A strided layer's input gradient phase by phase of x (zero padding): per phase r of the
+        polyphase grid that holds cells of x, (r's channel offset, taps T, space, cell, tap origin), or
+        None where the pass runs over the whole polyphase grid instead: other padding, no stride, fewer
+        than MIN_ROWS channels a phase, or where the phases save under PHASE_MIN_SAVING multiply-adds
+        each (a pass per phase has its own packing, plan and hand-off: 16 phases of a 4-stride 11x11
+        layer on 64^2 saved 1 M each and took 1.5x the time) or under PHASE_MIN_FRACTION of the whole
+        grid's pass with its scatter (a phase has a phase's channels, the whole grid all of them: fewer
+        vectors of rows per block, more loads per multiply-add; a 1-D 9-tap stride-2 layer saved 6 % and
+        took 1.09x the time, the 4-stride layer 25 %). x's cell s m + r - lo gets
+        sum_t W[r + s t] gy[m - t]: per axis T_r = ceil((k - r) / s) taps, not the polyphase filters'
+        ceil(k / s) (zeros past T_r), over the grid rows m of x's cells only (``direct_kernel.phase_fold``),
+        not the whole grid with its ring: a 9x9 stride-2 layer on 64^2 computes 85 M multiply-adds, not
+        133 M (PyTorch's count). The space is gy's grid (``gx_grid``): its taps read T_r of the grid's
+        ceil(k / s) from ``tap origin`` on."""
+        geom, red, grid = self.geom, self.red, self.gx_grid
+        phases = self._phase_list()
+        if phases is None:
+            return None
+        whole = geom.groups * geom.batch * math.prod(red.qx) * red.out_channels * grid.taps * red.channels
+        saved = whole - self._phase_madds(red.out_channels, True)
+        scatter = math.prod(geom.in_shape) * (costs.CELL_BY_CELL_MADDS if red.stride[-1] > 1 else 0)
+        return phases if saved >= max(len(phases) * PHASE_MIN_SAVING, PHASE_MIN_FRACTION * (whole + scatter)) else None
+
+    @_per_shape
+    def _phase_list(self):
+        """``_phases``' list whatever it saves, or None where the layer has no such phases."""
+        geom, red, grid = self.geom, self.red, self.gx_grid
+        s = red.stride
+        if (geom.padding_mode != "zeros" or all(v == 1 for v in s) or self._input_space() is not None
+                or not self._compiled(red.channels // math.prod(s))):
+            return None
+        fold = direct_kernel.phase_fold(s, red.read, tuple(lo for lo, _ in geom.pads), geom.spatial, red.qx,
+                                        geom.in_shape[1] * math.prod(geom.spatial))
+        phases = []
+        for ph, r in enumerate(itertools.product(*(range(v) for v in s))):
+            T = tuple(-(-(e - rd) // sd) for e, rd, sd in zip(geom.dilated_kernel, r, s))
+            first, stop = fold.first_q[ph], fold.stop_q[ph]
+            if min(T) <= 0 or (stop <= first).any():
+                continue   # no tap, or no cell of x: those cells stay zero
+            space = Space((geom.batch,) + tuple(int(v) for v in stop - first), (math.prod(red.qx),) + grid.strides,
+                          int(first @ np.array(grid.strides)))
+            cell = int(fold.phase_off[ph] + first @ fold.pos_step)   # x's cell of the space's first position
+            origin = sum((q - t) * st for q, t, st in zip(red.qk, T, grid.steps))
+            phases.append((ph, T, space, cell, origin))
+        return tuple(phases) or None
+
+    def _phase_covers(self) -> bool:
+        """Whether the phases of ``_phases`` write every cell of x (else gx starts as zeros)."""
+        return sum(space.count for _, _, space, _, _ in self._phase_list()) == self.geom.batch * math.prod(
+            self.geom.spatial)
+
+    @_per_shape
+    def _phase_madds(self, O: int, finite: bool) -> int:
+        """The multiply-adds of ``_compiled_phase_passes`` (its plans' blocks times the rows they sum; the
+        skipped taps not counted; ``finite``: ``_finite_filters()``)."""
+        grid, C = self.gx_grid, self.red.channels // math.prod(self.red.stride)
+        total = 0
+        for _, T, space, _, origin in self._phase_list():
+            _, plan = _live_plan(space, grid.steps, T, self._gy_grid_cells(), O, C, self.x.dtype.itemsize,
+                                 grid.max_off, self._phase_live(T) if finite else None, origin)
+            total += _plan_rows(plan)
+        return self.geom.groups * total * C
+
+    def _phase_live(self, T: tuple) -> Live:
+        """``Live`` of gy on its grid for a phase pass with taps T (read from m - T + 1 on)."""
+        N = self.geom.ndim
+        return Live(self.red.qx, (0,) * N, self.geom.out_spatial, tuple(t - 1 for t in T), (1,) * N)
+
+    def _compiled_phase_passes(self, grid, G, O, threads=None, deferred=False):
+        """gx (b, c_I, d...) by one compiled output pass per phase of x (``_phases``), each writing its
+        cells of x in place (``stride`` apart along the last axis); the phases' parts run together, part
+        t of every phase on thread t. With ``deferred``, (gx, parts, finish)."""
+        geom, red, N = self.geom, self.red, self.geom.ndim
+        nph = math.prod(red.stride)
+        C = red.channels // nph
+        plane = math.prod(geom.spatial)
+        gx = (np.empty if self._phase_covers() else np.zeros)(geom.in_shape, G.dtype)
+        flat = gx.reshape(-1)
+        xst = tuple(math.prod(geom.spatial[d + 1:]) for d in range(N))
+        strides = (geom.in_shape[1] * plane,) + tuple(s * st for s, st in zip(red.stride, xst))
+        Wd = red.filters(self.W)                                   # (g, O, C * nph, qk...): channel c * nph + r
+        finite = self._finite_filters()
+        phases = self._phases()
+        cells = math.prod(geom.in_shape) * (costs.CELL_BY_CELL_MADDS if red.stride[-1] > 1 else 0)
+        threads = threads or pass_threads(self._phase_madds(O, finite) + cells)   # the scatter is work too
+        runs = []
+        for ph, T, space, cell, origin in phases:
+            taps = tuple(slice(t - 1, None, -1) if t > 1 else slice(0, 1) for t in T)   # the first T, flipped
+            Wadj = Wd[(slice(None), slice(None), slice(ph, None, nph)) + taps].swapaxes(1, 2)   # (g, C, O, T...)
+            runs.append(self._compiled_outputs(
+                grid, G, Wadj, space, O, dest=(flat[cell:], strides, space.dims, (0,) * (N + 1), plane, C * plane,
+                                                red.stride[-1]),
+                threads=threads, deferred=True, live=self._phase_live(T) if finite else None, taps=T,
+                tap_origin=origin))
+        count = max(len(parts) for parts, _ in runs)
+        parts = [functools.partial(_call_all, [p[t] for p, _ in runs if t < len(p)]) for t in range(count)]
+
+        def finish(_results):
+            return None
+
+        if deferred:
+            return gx, parts, finish
+        run_parallel(lambda part: part(), parts, blas=False)
+        return gx
 
     # ---- forward and backward ---------------------------------------------------------
     def grid_input(self):
@@ -848,7 +968,10 @@ class DirectConv:
                 geom.padding_mode == "zeros" and any(s != 1 for s in red.stride)))
             if need_W and in_place and self._compiled(O):
                 gx_madds = (self._input_grad_madds(inner, O, self._finite_filters()) if inner is not None
+                            else self._phase_madds(O, self._finite_filters()) if self._phases() is not None
                             else g * space.count * O * grid.taps * C)
+                if inner is None and red.stride[-1] > 1:   # gx written cell by cell, a stride apart
+                    gx_madds += math.prod(geom.in_shape) * costs.CELL_BY_CELL_MADDS
                 split = pass_split(g * w_space.count * fw.channels * self.fw_grid.taps * O, gx_madds,
                                    backend.num_threads())
                 if split:
@@ -876,6 +999,11 @@ class DirectConv:
             else:   # (b, g*C, q...) as a view: input_grad crops and copies it once (no transposed copy first)
                 gx = red.input_grad(gA.reshape((g * C, b) + red.qx).swapaxes(0, 1))
         return gx, gW
+
+
+def _call_all(calls: list) -> None:
+    for call in calls:
+        call()
 
 
 def _run_or_defer(work, parts: list, finish, deferred: bool):
@@ -923,10 +1051,11 @@ class Live(NamedTuple):
 
 @functools.lru_cache(maxsize=64)
 def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
-                 max_off: int, live: Live | None = None) -> _OutputPlan:
+                 max_off: int, live: Live | None = None, tap_origin: int = 0) -> _OutputPlan:
     """How an output pass runs on the micro-kernels (a training step makes a new engine per call;
     these arrays are the same every step). With ``live``, each run sums only the taps that read data
-    on its axes outside the run (``_live_chunks``)."""
+    on its axes outside the run (``_live_chunks``). Tap offsets start ``tap_origin`` cells on (at most
+    ``max_off`` with the farthest tap)."""
     sp = space.coalesced()
     L, ps = sp.dims[-1], sp.strides[-1]
     blocking = direct_kernel.Blocking(rows, itemsize)
@@ -939,7 +1068,7 @@ def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     loop = direct_kernel.output_loop(P, blocking.V, blocking.VW, ps, itemsize)
     merged = len(space.dims) - len(sp.dims) + 1
     kind, ptr, start, length = _live_chunks(run_bases, len(space.dims) - merged - 1, qk, K, live)
-    return _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K), loop,
+    return _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K) + tap_origin, loop,
                        np.repeat(kind, per_run), ptr, start, length)
 
 
@@ -950,17 +1079,25 @@ def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
 # 0.39x the multiply-adds.
 SHORTER_RUNS_BELOW = 0.9
 
+# A strided layer's input gradient runs phase by phase of x (``DirectConv._phases``) where that saves at
+# least this many multiply-adds a phase, and this fraction of the whole polyphase grid's pass (with the
+# scatter's cost, ``costs.CELL_BY_CELL_MADDS``). Measured, fwd + bwd, phases / whole grid: 2-D 9x9 stride
+# 2 on 4 x 16 x 64^2 (saves 32 %) 0.90x, 7x7 on 2 x 16 x 32^2 (42 %) 0.86x, 3x3 on 8 x 32 x 64^2 (33 %)
+# 0.92x, on 8 x 32 x 32^2 (35 %) 1.02x; 3-D 7^3 on 2 x 8 x 32^3 0.76x, 5^3 0.80x.
+PHASE_MIN_SAVING = 1 << 21
+PHASE_MIN_FRACTION = 0.3
+
 
 @functools.lru_cache(maxsize=64)
 def _live_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
-               max_off: int, live: Live | None = None) -> tuple:
+               max_off: int, live: Live | None = None, tap_origin: int = 0) -> tuple:
     """(space, plan): ``_output_plan`` of ``space`` cut into the runs (``Space.run_choices``) that compute
     the fewest multiply-adds with ``live``'s taps skipped, longer runs unless shorter ones compute under
     SHORTER_RUNS_BELOW of theirs; without ``live``, the longest runs."""
     choices = space.run_choices() if live is not None else [space]
     best = None
     for runs in choices:
-        plan = _output_plan(runs, steps, qk, plane, K, rows, itemsize, max_off, live)
+        plan = _output_plan(runs, steps, qk, plane, K, rows, itemsize, max_off, live, tap_origin)
         if best is None or _plan_rows(plan) < SHORTER_RUNS_BELOW * _plan_rows(best[1]):
             best = (runs, plan)
     return best
@@ -1098,8 +1235,9 @@ def _computed(space: Space, most: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _destinations(space: Space, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int) -> tuple:
+def _destinations(space: Space, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int,
+                  step: int = 1) -> tuple:
     """``direct_kernel.destinations`` for a pass over ``space``, once per layer shape."""
     merged = len(space.dims) - len(space.coalesced().dims) + 1
-    return direct_kernel.destinations(space.dims, merged, strides, limits, shifts, P, per_run)
+    return direct_kernel.destinations(space.dims, merged, strides, limits, shifts, P, per_run, step)
 

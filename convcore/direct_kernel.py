@@ -452,17 +452,19 @@ def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start
 
 
 def _scatter_loop(out, dst, dest_run, seg_j, seg_len, seg_dst, rows, ch_stride, offset, run_len, first_row, last_row,
-                  bias, T, isz):   # pragma: no cover - compiled
+                  bias, step, T, isz):   # pragma: no cover - compiled
     """Rows first_row..last_row-1 of an output pass's channels-last result ``out`` (positions, padded
     channels) into the caller's layout ``dst`` (flat): row i is position i % run_len of run r = i //
     run_len. The run's positions that land in dst are the segments s: seg_len[s] positions from
-    seg_j[s] on, channel o of which go to consecutive cells from offset + dest_run[r] + seg_dst[s] + o *
-    ch_stride (the ring of a last axis and the blocks' padding are in no segment), plus bias[o] (a
-    forward pass's bias, added as it is written; zeros otherwise). Run by the thread that computed
+    seg_j[s] on, channel o of which go to cells ``step`` apart (1: consecutive; a stride's phase of x:
+    the stride) from offset + dest_run[r] + seg_dst[s] + o * ch_stride (the ring of a last axis and the
+    blocks' padding are in no segment), plus bias[o] (a forward pass's bias, added as it is written;
+    zeros otherwise). Run by the thread that computed
     those rows, while they are in its cache: one pass instead of NumPy's transposed copy after the
     whole pass (1 ms a copy on a 4 MB output, on one thread). Tiles of T positions by T channels,
     transposed in registers (``_tile``); a segment's last tile ends at its end, rewriting some of the
-    tile before it (same thread, same values); a piece shorter than T is copied cell by cell."""
+    tile before it (same thread, same values); a piece shorter than T, or cells ``step`` > 1 apart, is
+    copied cell by cell."""
     literally(T)
     literally(isz)
     width = out.shape[1]
@@ -478,13 +480,13 @@ def _scatter_loop(out, dst, dest_run, seg_j, seg_len, seg_dst, rows, ch_stride, 
             if n <= 0:
                 continue
             row = r * run_len + a
-            start = base + seg_dst[s] + a - seg_j[s]
-            if n < T:
+            start = base + seg_dst[s] + (a - seg_j[s]) * step
+            if n < T or step != 1:
                 for o in range(rows):
                     d0 = start + o * ch_stride
                     b = bias[o]
                     for j in range(n):
-                        dst[d0 + j] = out[row + j, o] + b
+                        dst[d0 + j * step] = out[row + j, o] + b
                 continue
             j = 0
             while True:
@@ -632,11 +634,11 @@ def weight_loop(R: int, V: int, VW: int, itemsize: int, by_column: int):
 @functools.lru_cache(maxsize=None)
 def scatter_loop(T: int, itemsize: int):
     """loop(out, dst, dest_run, seg_j, seg_len, seg_dst, rows, ch_stride, offset, run_len, first_row,
-    last_row, bias) for tiles of T x T (``_scatter_loop``)."""
+    last_row, bias, step) for tiles of T x T (``_scatter_loop``)."""
     with _build_lock:
         dtype = np.float32 if itemsize == 4 else np.float64
         i1 = np.zeros(1, np.int64)
-        args = (np.zeros((1, T), dtype), np.zeros(1, dtype), i1, i1, i1, i1, 1, 1, 0, 1, 0, 0, np.zeros(1, dtype))
+        args = (np.zeros((1, T), dtype), np.zeros(1, dtype), i1, i1, i1, i1, 1, 1, 0, 1, 0, 0, np.zeros(1, dtype), 1)
         return _specialised(_build()[2], args, (T, itemsize))
 
 
@@ -693,12 +695,13 @@ def phase_fold(s: tuple, read: tuple, lows: tuple, spatial: tuple, qx: tuple, ba
                      batch_stride, int(s[-1]), covered == math.prod(spatial))
 
 
-def destinations(dims: tuple, merged: int, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int):
+def destinations(dims: tuple, merged: int, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int,
+                 step: int = 1):
     """(dest_run, seg_j, seg_len, seg_dst) for ``scatter_loop``: a pass over space ``dims`` (row-major)
     whose last ``merged`` axes are one run, computed in ``per_run`` micro-blocks of P positions;
     coordinate c of axis d goes to offset (c - shifts[d]) * strides[d] where 0 <= c - shifts[d] <
     limits[d], else nowhere (only the merged axes may be cut). The segments are a run's, the same
-    for every run."""
+    for every run: runs of positions whose cells are ``step`` apart."""
     outer, inner = dims[:len(dims) - merged], dims[len(dims) - merged:]
     dest_run = np.zeros((), np.int64)
     for d, st in zip(outer, strides[:len(outer)]):
@@ -711,14 +714,14 @@ def destinations(dims: tuple, merged: int, strides: tuple, limits: tuple, shifts
         valid = valid[..., None] & (c >= 0) & (c < lim)
     dest_pos = np.full(per_run * P, -1, np.int64)
     dest_pos[:pos.size] = np.where(valid, pos, -1).reshape(-1)
-    return (dest_run.reshape(-1),) + _segments(dest_pos)
+    return (dest_run.reshape(-1),) + _segments(dest_pos, step)
 
 
-def _segments(dest_pos: np.ndarray) -> tuple:
-    """(seg_j, seg_len, seg_dst): the runs of consecutive cells (dest_pos[j + 1] == dest_pos[j] + 1,
+def _segments(dest_pos: np.ndarray, step: int = 1) -> tuple:
+    """(seg_j, seg_len, seg_dst): the runs of cells ``step`` apart (dest_pos[j + 1] == dest_pos[j] + step,
     none < 0) in dest_pos."""
     valid = dest_pos >= 0
-    follows = valid[:-1] & valid[1:] & (dest_pos[1:] == dest_pos[:-1] + 1)
+    follows = valid[:-1] & valid[1:] & (dest_pos[1:] == dest_pos[:-1] + step)
     starts = valid.copy()
     starts[1:] &= ~follows
     ends = valid.copy()

@@ -286,6 +286,93 @@ def test_valid_input_gradient_runs_rows_and_skips_the_front(case, passes, monkey
     assert len(chosen[-1][1][0].coalesced().dims) == 1   # the whole box as one run
 
 
+PHASE_CASES = [
+    ConvCase((2, 8, 32, 30), (8, 8, 9, 9), stride=2, padding=4, seed=117),                     # 2-D, k 9
+    ConvCase((1, 8, 14, 15, 13), (8, 8, 5, 5, 3), stride=2, padding=((2, 2), (2, 1), (1, 1)), seed=118),   # 3-D
+    ConvCase((2, 8, 19, 22), (8, 4, 7, 5), stride=(3, 2), padding=((3, 2), (2, 2)), groups=2, seed=119),
+    ConvCase((1, 8, 24, 25), (8, 8, 5, 5), stride=2, padding=4, dilation=2, seed=120),           # dilated taps
+    ConvCase((2, 8, 26, 20), (8, 8, 7, 1), stride=3, padding=((3, 3), (0, 0)), seed=121),        # k 1 < stride 3: zeros
+    ConvCase((1, 8, 27, 18), (8, 8, 7, 7), stride=(2, 1), padding=((3, 0), (3, 3)), seed=122),   # x's tail never read
+]
+
+
+def _phase_taps_brute_force(geom) -> int:
+    """Sum over x's cells that some output reads of the taps that may read them: cell j of axis d is
+    read by tap t from output i = (j + lo - t) / s where that is a whole number (gy's zeros where i is
+    outside it: those taps the passes skip only for finite filters). Cells past the last output's
+    reach (``read``) count nothing."""
+    total = 0
+    read = tuple((o - 1) * s + k for o, s, k in zip(geom.out_spatial, geom.stride, geom.kernel))
+    for cell in np.ndindex(*geom.spatial):
+        taps = 1
+        for d, j in enumerate(cell):
+            s, lo = geom.stride[d], geom.pads[d][0]
+            taps *= sum(1 for t in range(geom.kernel[d]) if (j + lo - t) % s == 0) if j + lo < read[d] else 0
+        total += taps
+    return total
+
+
+@pytest.mark.parametrize("case", PHASE_CASES, ids=[f"phase{i}" for i in range(len(PHASE_CASES))])
+def test_strided_input_gradient_runs_phase_by_phase(case, passes, monkeypatch):
+    """A strided layer's input gradient as one pass per phase of x (``DirectConv._phases``), against
+    JAX: x's cells of each phase only (not the polyphase grid's ring) and each phase's own taps (not the
+    polyphase filters' zeros), written a stride apart by the scatter; a kernel narrower than its stride
+    leaves phases with no tap, whose cells get 0. With the taps that read only gy's zeros counted too
+    (as for non-finite filters), the phases' (position, tap) pairs are a brute-force count of the taps
+    that may read each cell of x (undilated cases). With the rule off
+    (PHASE_MIN_FRACTION 2), the whole polyphase grid folded into x, the same values."""
+    monkeypatch.setattr(direct_conv, "PHASE_MIN_SAVING", 0)
+    monkeypatch.setattr(direct_conv, "PHASE_MIN_FRACTION", 0.0)
+    direct_conv.clear_shape_memo()
+    phased = []
+    real = direct_conv.DirectConv._compiled_phase_passes
+    monkeypatch.setattr(direct_conv.DirectConv, "_compiled_phase_passes",
+                        lambda self, *a, **k: phased.append(self._phases()) or real(self, *a, **k))
+    check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert phased and passes["fold"] == 0 and passes["out"] == 1 + len(phased[-1])
+    geom = convcore.geometry.make_geometry(case.x_shape, case.W_shape, stride=case.stride, padding=case.padding,
+                                           dilation=case.dilation, groups=case.groups)
+    pairs = sum(space.count // geom.batch * int(np.prod(T)) for _, T, space, _, _ in phased[-1])
+    if geom.dilation == (1,) * geom.ndim:   # (dilated: the holes between taps are taps of zeros here)
+        assert pairs == _phase_taps_brute_force(geom)
+    monkeypatch.setattr(direct_conv, "PHASE_MIN_FRACTION", 2.0)
+    direct_conv.clear_shape_memo()
+    check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert passes["fold"] == 1
+
+
+def test_phase_passes_with_non_finite_filters(monkeypatch):
+    """An inf in W: the phases then skip no tap that reads gy's zeros (0 * inf is NaN), so gx is what the
+    whole polyphase grid gives, NaN and all (there JAX and PyTorch leave the zeros' products out: finite
+    values where this engine, either way, has NaN; known, not changed here). Its infs are JAX's, and its
+    finite cells JAX's values. The 9x9 stride-2 layer of PHASE_CASES, one image."""
+    import jax
+    import jax.numpy as jnp
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 8, 32, 30)).astype(np.float32)
+    W = rng.standard_normal((8, 8, 9, 9)).astype(np.float32)
+    W[1, 2, 0, 0] = np.inf
+    with jax.default_device(jax.devices("cpu")[0]):
+        ref_y, vjp = jax.vjp(lambda a: jax.lax.conv_general_dilated(a, jnp.asarray(W), (2, 2), ((4, 4), (4, 4))),
+                             jnp.asarray(x))
+        ref_gx = np.asarray(vjp(jnp.ones_like(ref_y))[0])
+    grads = []
+    for fraction in (0.0, 2.0):   # phase by phase, then the whole grid
+        monkeypatch.setattr(direct_conv, "PHASE_MIN_SAVING", 0)
+        monkeypatch.setattr(direct_conv, "PHASE_MIN_FRACTION", fraction)
+        direct_conv.clear_shape_memo()
+        op = convcore.Convolution(algorithm="direct", stride=2, padding=4)
+        y = op.forward(x, W)
+        assert (op._engine._phases() is not None) == (fraction == 0.0)
+        grads.append(op.backward(np.ones_like(y))[0])
+    phased, whole = grads
+    assert np.isinf(ref_gx).any()
+    np.testing.assert_array_equal(np.isinf(phased), np.isinf(ref_gx))
+    np.testing.assert_array_equal(np.isnan(phased), np.isnan(whole))
+    finite = np.isfinite(phased)
+    np.testing.assert_allclose(phased[finite], ref_gx[finite], rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("shape, padding", [((1, 8, 6, 20), ((2, 2), (1, 1))), ((1, 8, 5, 6, 18), ((1, 1),) * 3)])
 def test_non_finite_filters_spread_as_in_jax(shape, padding):
     """0 * inf is NaN: with an inf in W no padding tap is skipped, so y and gx have NaN where JAX's
@@ -578,6 +665,7 @@ def test_blocking_rules(monkeypatch):
     assert direct_kernel.micro_blocks(28, 14) == 14
 
 
+@pytest.mark.parametrize("step", [1, 3])
 @pytest.mark.parametrize("T, dtype", [(16, np.float32), (8, np.float32), (4, np.float32), (8, np.float64)])
 @pytest.mark.parametrize("dims, merged, limits, shifts, P, rows, width", [
     ((3, 5, 40), 2, (3, 4, 37), (0, 1, 2), 14, 16, 16),    # ring on both merged axes, one tile of channels
@@ -586,20 +674,21 @@ def test_blocking_rules(monkeypatch):
     ((2, 3, 300), 1, (2, 3, 300), (0, 0, 0), 28, 8, 8),    # long runs, nothing cropped
 ])
 def test_scatter_writes_each_cell_once_however_the_threads_cut_the_runs(T, dtype, dims, merged, limits, shifts, P,
-                                                                         rows, width):
+                                                                         rows, width, step):
     """The compiled scatter against a brute-force copy: every position of a run that lands in the
     destination gets out[position, o] + bias[o] in channel o, nothing else is written, for thread
-    ranges that cut runs anywhere (a tile never crosses a cut: each cell has one writer)."""
+    ranges that cut runs anywhere (a tile never crosses a cut: each cell has one writer); with
+    ``step`` 3, the destination's cells 3 apart along its last axis (a stride's phase of x)."""
     if width % T:
         pytest.skip(f"out's width {width} is not a whole number of {T}-lane tiles (the engine pads it to one)")
     rng = np.random.default_rng(T * 1000 + rows)
-    strides = tuple(int(np.prod(limits[d + 1:])) for d in range(len(dims)))
+    strides = tuple(int(np.prod(limits[d + 1:])) * step for d in range(len(dims)))
     run = int(np.prod(dims[len(dims) - merged:]))
     per_run = -(-run // P)
     run_len = per_run * P
-    segs = direct_kernel.destinations(dims, merged, strides, limits, shifts, P, per_run)
+    segs = direct_kernel.destinations(dims, merged, strides, limits, shifts, P, per_run, step)
     runs = int(np.prod(dims[:len(dims) - merged]))
-    ch_stride, offset = int(np.prod(limits)) + 3, 5
+    ch_stride, offset = int(np.prod(limits)) * step + 3, 5
     out = rng.standard_normal((runs * run_len, width)).astype(dtype)
     bias = rng.standard_normal(rows).astype(dtype)
     want = np.full(offset + rows * ch_stride, np.nan, dtype)
@@ -613,24 +702,26 @@ def test_scatter_writes_each_cell_once_however_the_threads_cut_the_runs(T, dtype
     got = np.full_like(want, np.nan)
     loop = direct_kernel.scatter_loop(T, np.dtype(dtype).itemsize)
     for lo, hi in zip(cuts[:-1], cuts[1:]):
-        loop(out, got, *segs, rows, ch_stride, offset, run_len, int(lo), int(hi), bias)
+        loop(out, got, *segs, rows, ch_stride, offset, run_len, int(lo), int(hi), bias, step)
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("step", [1, 2])
 @pytest.mark.parametrize("dims, merged, limits, shifts, P", [
     ((2, 5, 9), 2, (2, 4, 7), (0, 1, 1), 6),     # a ring on both merged axes, blocks across rows
     ((3, 34), 1, (3, 32), (0, 0), 28),           # the last axis cropped at its end only
     ((2, 3, 10), 2, (2, 3, 10), (0, 0, 0), 7),   # nothing cropped: a run is one segment
     ((4, 6), 1, (4, 3), (0, 2), 4),              # cropped at both ends, blocks past the run's end
 ])
-def test_scatter_segments_cover_exactly_the_cells_in_x(dims, merged, limits, shifts, P):
+def test_scatter_segments_cover_exactly_the_cells_in_x(dims, merged, limits, shifts, P, step):
     """Each position of a run that lands inside the destination is in exactly one segment, at the
     cell its coordinates give; the others (ring, padding past the run) in none. Brute force per
-    position, not the helper's own arithmetic."""
-    strides = tuple(int(np.prod(limits[d + 1:])) for d in range(len(dims)))
+    position, not the helper's own arithmetic. With ``step``, segments of cells that far apart."""
+    strides = tuple(int(np.prod(limits[d + 1:])) * step for d in range(len(dims)))
     run = dims[len(dims) - merged:]
     per_run = -(-int(np.prod(run)) // P)
-    dest_run, seg_j, seg_len, seg_dst = direct_kernel.destinations(dims, merged, strides, limits, shifts, P, per_run)
+    dest_run, seg_j, seg_len, seg_dst = direct_kernel.destinations(dims, merged, strides, limits, shifts, P, per_run,
+                                                                   step)
     want = {}
     for i, coords in enumerate(np.ndindex(*run)):
         cs = [c - sh for c, sh in zip(coords, shifts[len(dims) - merged:])]
@@ -640,7 +731,7 @@ def test_scatter_segments_cover_exactly_the_cells_in_x(dims, merged, limits, shi
     for s in range(len(seg_j)):
         for j in range(seg_len[s]):
             assert seg_j[s] + j not in got and seg_j[s] + j < per_run * P
-            got[seg_j[s] + j] = seg_dst[s] + j
+            got[seg_j[s] + j] = seg_dst[s] + j * step
     assert got == want
     outer = [int(np.dot(c, strides[:len(dims) - merged])) for c in np.ndindex(*dims[:len(dims) - merged])]
     assert list(dest_run) == outer
