@@ -165,6 +165,7 @@ class DirectConv:
                            direct_kernel.machine())
         self._A = None
         self._W_finite = None
+        self._red_filters = None
         self.pointwise = pointwise.applies(geom)   # 1x1 kernels: products of x as it lies, no grid
 
     estimate = staticmethod(costs.direct_estimate)   # the Engine protocol's cost hook
@@ -797,7 +798,7 @@ class DirectConv:
         flat = gx.reshape(-1)
         xst = tuple(math.prod(geom.spatial[d + 1:]) for d in range(N))
         strides = (geom.in_shape[1] * plane,) + tuple(s * st for s, st in zip(red.stride, xst))
-        Wd = red.filters(self.W)                                   # (g, O, C * nph, qk...): channel c * nph + r
+        Wd = self._gx_filters()                                    # (g, O, C * nph, qk...): channel c * nph + r
         finite = self._finite_filters()
         phases = self._phases()
         cells = math.prod(geom.in_shape) * (costs.CELL_BY_CELL_MADDS if red.stride[-1] > 1 else 0)
@@ -854,6 +855,13 @@ class DirectConv:
                     (1, 2, 0) + tuple(range(3, 3 + N)))
             self._A = A
         return self._A
+
+    def _gx_filters(self):
+        """The input gradient's reduction of W, (g, c_O/g, C, k'...), made once a call (a strided layer's
+        polyphase filters: dilated, padded, split, 40-70 us on a small layer)."""
+        if self._red_filters is None:
+            self._red_filters = self.red.filters(self.W)
+        return self._red_filters
 
     def _finite_filters(self) -> bool:
         """Whether W is all finite: only then may a tap that reads zero padding be skipped (0 * inf is
@@ -961,7 +969,7 @@ class DirectConv:
         if need_x:
             grid = self.gx_grid
             flip = (slice(None),) * 3 + (slice(None, None, -1),) * N
-            Wadj = red.filters(self.W)[flip].swapaxes(1, 2)   # (g, C, O, k...): a view, packed once where it is used
+            Wadj = self._gx_filters()[flip].swapaxes(1, 2)   # (g, C, O, k...): a view, packed once where it is used
             inner = self._input_space()
             space = inner or self._grid_space(grid)
             in_place = self._compiled(C) and (inner is not None or (

@@ -85,11 +85,18 @@ def depth_to_space_window(xp, a, s, read, start, size):
 
 
 def pad_high(xp, a, shape):
-    """Zero-pad the trailing spatial axes at their high end up to ``shape``."""
+    """Zero-pad the trailing spatial axes at their high end up to ``shape``: one copy into a new array
+    and its high slabs zeroed (``xp.pad`` took 50-60 us on a filter bank of a few KB, most of a small
+    strided layer's reduction)."""
     extra = [t - d for t, d in zip(shape, a.shape[2:])]
     if not any(extra):
         return a
-    return xp.pad(a, ((0, 0), (0, 0)) + tuple((0, e) for e in extra))
+    out = xp.empty(a.shape[:2] + tuple(shape), a.dtype)
+    out[(slice(None),) * 2 + tuple(slice(0, d) for d in a.shape[2:])] = a
+    for j, (d, e) in enumerate(zip(a.shape[2:], extra)):
+        if e:
+            out[(slice(None),) * (2 + j) + (slice(d, None),)] = 0
+    return out
 
 
 def crop(a, shape):
