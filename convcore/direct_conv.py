@@ -719,7 +719,8 @@ class DirectConv:
     @_per_shape
     def _phases(self):
         """A strided layer's input gradient phase by phase of x (zero padding): per phase r of the
-        polyphase grid that holds cells of x, (r's channel offset, taps T, space, cell, tap origin), or
+        polyphase grid that holds cells of x, (r's index (its channels are c * s^N + index), taps T,
+        space, x's cell of the space's first position, tap origin), or
         None where the pass runs over the whole polyphase grid instead: other padding, no stride, fewer
         than MIN_ROWS channels a phase, or where the phases save under PHASE_MIN_SAVING multiply-adds
         each (a pass per phase has its own packing, plan and hand-off: 16 phases of a 4-stride 11x11
