@@ -733,14 +733,24 @@ class DirectConv:
         not the whole grid with its ring: a 9x9 stride-2 layer on 64^2 computes 85 M multiply-adds, not
         133 M (PyTorch's count). The space is gy's grid (``gx_grid``): its taps read T_r of the grid's
         ceil(k / s) from ``tap origin`` on."""
-        geom, red, grid = self.geom, self.red, self.gx_grid
+        red = self.red
         phases = self._phase_list()
         if phases is None:
             return None
-        whole = geom.groups * geom.batch * math.prod(red.qx) * red.out_channels * grid.taps * red.channels
+        whole = self._grid_gx_madds()
         saved = whole - self._phase_madds(red.out_channels, True)
-        scatter = math.prod(geom.in_shape) * (costs.CELL_BY_CELL_MADDS if red.stride[-1] > 1 else 0)
+        scatter = self._cell_by_cell_madds()
         return phases if saved >= max(len(phases) * PHASE_MIN_SAVING, PHASE_MIN_FRACTION * (whole + scatter)) else None
+
+    def _grid_gx_madds(self) -> int:
+        """The multiply-adds of the input gradient over the whole (polyphase) grid: every tap everywhere."""
+        red = self.red
+        return self.geom.groups * self.gx_grid.positions * red.out_channels * self.gx_grid.taps * red.channels
+
+    def _cell_by_cell_madds(self) -> int:
+        """What writing gx cell by cell costs in multiply-adds (``costs.CELL_BY_CELL_MADDS`` a cell) where a
+        stride along the last axis interleaves the phases in x's rows; 0 without one."""
+        return math.prod(self.geom.in_shape) * costs.CELL_BY_CELL_MADDS if self.red.stride[-1] > 1 else 0
 
     @_per_shape
     def _phase_list(self):
@@ -802,8 +812,7 @@ class DirectConv:
         Wd = self._gx_filters()                                    # (g, O, C * nph, qk...): channel c * nph + r
         finite = self._finite_filters()
         phases = self._phases()
-        cells = math.prod(geom.in_shape) * (costs.CELL_BY_CELL_MADDS if red.stride[-1] > 1 else 0)
-        threads = threads or pass_threads(self._phase_madds(O, finite) + cells)   # the scatter is work too
+        threads = threads or pass_threads(self._phase_madds(O, finite) + self._cell_by_cell_madds())   # scatter too
         runs = []
         for ph, T, space, cell, origin in phases:
             taps = tuple(slice(t - 1, None, -1) if t > 1 else slice(0, 1) for t in T)   # the first T, flipped
@@ -978,9 +987,9 @@ class DirectConv:
             if need_W and in_place and self._compiled(O):
                 gx_madds = (self._input_grad_madds(inner, O, self._finite_filters()) if inner is not None
                             else self._phase_madds(O, self._finite_filters()) if self._phases() is not None
-                            else g * space.count * O * grid.taps * C)
-                if inner is None and red.stride[-1] > 1:   # gx written cell by cell, a stride apart
-                    gx_madds += math.prod(geom.in_shape) * costs.CELL_BY_CELL_MADDS
+                            else self._grid_gx_madds())
+                if inner is None:   # gx written cell by cell where a stride apart
+                    gx_madds += self._cell_by_cell_madds()
                 split = pass_split(g * w_space.count * fw.channels * self.fw_grid.taps * O, gx_madds,
                                    backend.num_threads())
                 if split:
@@ -1075,7 +1084,7 @@ def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     if int(bases[-1]) + (P - 1) * ps + max_off >= plane:   # no room for the padded blocks
         raise AssertionError("direct engine: the grid lacks the compiled passes' tail")
     loop = direct_kernel.output_loop(P, blocking.V, blocking.VW, ps, itemsize)
-    merged = len(space.dims) - len(sp.dims) + 1
+    merged = space.merged_axes()
     kind, ptr, start, length = _live_chunks(run_bases, len(space.dims) - merged - 1, qk, K, live)
     return _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K) + tap_origin, loop,
                        np.repeat(kind, per_run), ptr, start, length)
@@ -1203,7 +1212,7 @@ def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     seg_base = (run_bases[:, None] + starts * ps).reshape(-1)
     seg_row = (np.arange(len(run_bases), dtype=np.int64)[:, None] * L + starts).reshape(-1)
     seg_len = np.tile(np.minimum(L - starts, seg), len(run_bases))
-    outer = len(space.dims) - (len(space.dims) - len(sp.dims) + 1) - 1
+    outer = len(space.dims) - space.merged_axes() - 1
     tap_major = live is not None and not columns and outer > 0
     taps = _tap_offsets(steps, qk, plane, K)
     if tap_major:
@@ -1247,6 +1256,6 @@ def _computed(space: Space, most: int) -> int:
 def _destinations(space: Space, strides: tuple, limits: tuple, shifts: tuple, P: int, per_run: int,
                   step: int = 1) -> tuple:
     """``direct_kernel.destinations`` for a pass over ``space``, once per layer shape."""
-    merged = len(space.dims) - len(space.coalesced().dims) + 1
+    merged = space.merged_axes()
     return direct_kernel.destinations(space.dims, merged, strides, limits, shifts, P, per_run, step)
 

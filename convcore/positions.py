@@ -58,10 +58,14 @@ class Space(NamedTuple):
             merged += 1
         return Space(tuple(dims), tuple(strides), self.origin, 1 if self.run_axes else 0)
 
+    def merged_axes(self) -> int:
+        """How many trailing axes ``coalesced`` merges into one run (1: the last axis alone)."""
+        return len(self.dims) - len(self.coalesced().dims) + 1
+
     def run_choices(self) -> list:
         """This space with each way of cutting its contiguous trailing axes into runs, the longest
         runs first: all of them merged, then one axis fewer, ..., down to runs of the last axis."""
-        merged = len(self.dims) - len(self.coalesced().dims) + 1
+        merged = self.merged_axes()
         return [self._replace(run_axes=0 if a == merged else a) for a in range(merged, 0, -1)]
 
     def blocks(self, target: int) -> tuple:
