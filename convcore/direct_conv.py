@@ -67,7 +67,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backend, costs, direct_kernel, layout, pointwise
+from . import backend, costs, direct_kernel, edge_kernel, filter_pack, layout, pointwise
 from .costs import block_positions, native_stride_pays, pass_split, pass_threads
 from .geometry import ConvGeometry
 from .positions import Space, run_parallel, strided_view
@@ -321,13 +321,8 @@ class DirectConv:
                      else np.ascontiguousarray(bias, dtype=src.dtype).reshape(g, rows))
             scatter = direct_kernel.scatter_loop(plan.blocking.VW, itemsize)
         b = plan.blocking
-        width = b.V * b.VW   # filters packed (g, blocks of channels, K * taps, width), zeros past rows
-        w = (np.empty if b.padded == rows else np.zeros)((g, b.nob) + mats.shape[2:] + (width,), src.dtype)
-        rows_last = (0,) + tuple(range(2, mats.ndim)) + (1,)   # (np.moveaxis costs 5 us a call)
-        for ob in range(b.nob):   # one strided copy from mats as it lies (a view: the flipped filters)
-            part = mats[:, ob * width:(ob + 1) * width]
-            w[:, ob, ..., :part.shape[1]] = part.transpose(rows_last)
-        w = w.reshape(g, b.nob, K * math.prod(taps), width)
+        # filters packed (g, blocks of channels, K * taps, width), zeros past rows, from mats as it lies
+        w = filter_pack.pack(mats, b.V * b.VW, b.nob)
         blocks = len(plan.bases)
         out = np.empty((g, blocks * plan.P, b.padded), src.dtype)
         flat = src.reshape(g, -1)
@@ -340,6 +335,9 @@ class DirectConv:
                 first, last = max(lo - gi * blocks, 0), min(hi - gi * blocks, blocks)
                 plan.loop(flat[gi], w[gi], plan.koff, out[gi], plan.bases, first, last, plan.kind, plan.chunk_ptr,
                           plan.chunk_start, plan.chunk_len)
+                for edge, edge_blocks in plan.edges:   # the border blocks the loop left empty
+                    edge(flat[gi], w[gi], plan.koff, out[gi], plan.bases, edge_blocks, first, last, plan.live_kind,
+                         plan.chunk_ptr, plan.chunk_start, plan.chunk_len)
                 if dest is not None:
                     scatter(out[gi], dst, *segments, rows, ch_stride, gi * group_stride, plan.per_run * plan.P,
                             first * plan.P, last * plan.P, shift[gi], step)
@@ -1054,6 +1052,9 @@ class _OutputPlan(NamedTuple):
     chunk_ptr: np.ndarray    # (kinds + 1,) kind i's chunks are chunk_ptr[i] .. chunk_ptr[i + 1] - 1
     chunk_start: np.ndarray  # (chunks,) a chunk's first row
     chunk_len: np.ndarray    # (chunks,) its rows
+    edges: tuple = ()        # (loop, blocks) per edge window (``_edge_blocks``); kind gives those blocks no rows
+    live_kind: np.ndarray | None = None   # (blocks,) the kinds the edge loops sum (kind's, where no edges)
+    share: np.ndarray | None = None       # (blocks,) the (position, tap) pairs a block sums, of P * taps
 
 
 class Live(NamedTuple):
@@ -1086,8 +1087,50 @@ def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     loop = direct_kernel.output_loop(P, blocking.V, blocking.VW, ps, itemsize)
     merged = space.merged_axes()
     kind, ptr, start, length = _live_chunks(run_bases, len(space.dims) - merged - 1, qk, K, live)
-    return _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K) + tap_origin, loop,
+    plan = _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K) + tap_origin, loop,
                        np.repeat(kind, per_run), ptr, start, length)
+    if (live is not None and merged == 1 and tap_origin == 0 and qk[-1] > 1
+            and space.count * K * math.prod(qk) * rows >= EDGE_MIN_MADDS and edge_kernel.available()):
+        plan = _edge_blocks(plan, run_bases, ps, steps[-1], qk[-1], itemsize, live)
+    return plan
+
+
+# Border micro-blocks of the last axis get their own compiled blocks (``edge_kernel``) on passes of at
+# least EDGE_MIN_MADDS multiply-adds (each window is one more loop to compile, 0.2-0.5 s, then Numba's
+# disk cache, which a small pass would not win back) where they skip at least EDGE_MIN_SAVING of the
+# pass's (position, tap) pairs: an edge block runs its taps in groups of kw, at the plain blocks' rate
+# for kw >= 7 and 2 % slower for kw = 3 (3x3 64 channels on 8 x 32^2, every block an edge block with
+# nothing skipped), where a 3x3 'same' layer skips 2-3 %.
+EDGE_MIN_MADDS = 1 << 22
+EDGE_MIN_SAVING = 0.04
+
+
+def _edge_blocks(plan: _OutputPlan, run_bases: np.ndarray, ps: int, dl: int, kw: int, itemsize: int,
+                 live: Live) -> _OutputPlan:
+    """``plan`` with its micro-blocks at a zero-padded border of the last axis summed by edge loops
+    (``edge_kernel``): each position only the last-axis taps that read data. Positions ``ps`` cells
+    apart, last-axis taps ``dl``; the runs must all start at one column (they do: a space is a box)."""
+    N = len(live.qx)
+    cols = np.unravel_index(run_bases, (int(run_bases.max()) // math.prod(live.qx) + 1,) + tuple(live.qx))[-1]
+    if len(cols) == 0 or (cols != cols[0]).any():
+        return plan
+    wins = edge_kernel.windows(int(cols[0]) - live.shift[N - 1], plan.per_run, plan.P, ps, kw, dl,
+                               live.lo[N - 1], live.hi[N - 1])
+    skipped = sum(plan.P * kw - edge_kernel.live_pairs(plan.P, ps, kw, dl, a, e) for _, a, e in wins)
+    if skipped < EDGE_MIN_SAVING * plan.per_run * plan.P * kw:   # of a run's pairs (every run has the same)
+        return plan
+    b = plan.blocking
+    kind = plan.kind.copy()
+    empty = len(plan.chunk_ptr) - 1   # a kind of no chunks: the main loop writes zeros there
+    share = np.ones(len(kind))
+    edges = []
+    for i, a, e in wins:
+        blocks = np.arange(len(run_bases), dtype=np.int64) * plan.per_run + i
+        kind[blocks] = empty
+        share[blocks] = edge_kernel.live_pairs(plan.P, ps, kw, dl, a, e) / (plan.P * kw)
+        edges.append((edge_kernel.edge_loop(plan.P, b.V, b.VW, ps, itemsize, kw, dl, a, e), blocks))
+    return plan._replace(kind=kind, chunk_ptr=np.append(plan.chunk_ptr, plan.chunk_ptr[-1]), edges=tuple(edges),
+                         live_kind=plan.kind, share=share)
 
 
 # An output pass with taps to skip (``Live``) runs shorter runs (rows, or planes, of a contiguous box)
@@ -1126,6 +1169,8 @@ def _plan_rows(plan: _OutputPlan) -> int:
     to P positions each, the skipped taps not counted): its multiply-adds per output row."""
     ends = np.concatenate(([0], np.cumsum(plan.chunk_len)))
     per_kind = ends[plan.chunk_ptr[1:]] - ends[plan.chunk_ptr[:-1]]   # rows summed by a block of each kind
+    if plan.edges:
+        return int(round(plan.P * float((per_kind[plan.live_kind] * plan.share).sum())))
     return plan.P * int(per_kind[plan.kind].sum())
 
 

@@ -85,12 +85,20 @@ def passes(monkeypatch):
     return seen
 
 
-_PLANS = (direct_conv._output_plan, direct_conv._weight_plan)   # the cached functions, whatever a test patches
+_PLANS = (direct_conv._output_plan, direct_conv._live_plan, direct_conv._weight_plan)   # the cached functions,
+# whatever a test patches
 
 
 def _clear_plans():
     for plan in _PLANS:
         plan.cache_clear()
+    direct_conv.clear_shape_memo()
+
+
+def _forget_plans(request):
+    """Plans made anew in this test (a rule it patches is not in their keys) and after it."""
+    _clear_plans()
+    request.addfinalizer(_clear_plans)
 
 
 @pytest.fixture(params=["cpu", "avx2", "sse"])
@@ -229,7 +237,8 @@ def test_output_passes_skip_the_taps_that_read_only_padding(case, dtype, passes,
             ([p for p, _ in geom.pads], geom.spatial, geom.out_spatial),                 # forward: x in A
             ([(kk - 1) * d - p for kk, d, (p, _) in zip(k, dil, geom.pads)], geom.out_spatial, geom.spatial))):
         plan = real(*args)
-        summed = int(sum(plan.chunk_len[plan.chunk_ptr[c]:plan.chunk_ptr[c + 1]].sum() for c in plan.kind))
+        kinds = plan.live_kind if plan.edges else plan.kind   # (edge blocks: their rows, summed by edge loops)
+        summed = int(sum(plan.chunk_len[plan.chunk_ptr[c]:plan.chunk_ptr[c + 1]].sum() for c in kinds))
         sp = args[0].coalesced()
         outer = len(args[0].dims) - (len(args[0].dims) - len(sp.dims) + 1) - 1
         assert outer >= 1
@@ -257,9 +266,10 @@ VALID_CASES = [
 def test_valid_input_gradient_runs_rows_and_skips_the_front(case, passes, monkeypatch):
     """Unpadded, x fills the input gradient's grid: its space is one contiguous box, whose one long run
     would sum every tap everywhere (gy lies in a corner of the grid). ``_live_plan`` cuts it into rows
-    instead, each skipping the taps that read only gy's zero front and ring on the axes outside it: as
-    many multiply-adds as a brute-force count of those taps, under SHORTER_RUNS_BELOW of the long runs'.
-    JAX confirms the values; with the rule off (0), the long runs, and the same values."""
+    instead, each skipping the taps that read only gy's zero front and ring on the axes outside it, and
+    along each row, per position (``edge_kernel``), those whose read lands outside gy: as many
+    multiply-adds as a brute-force count of those (position, tap) pairs, under SHORTER_RUNS_BELOW of the
+    long runs'. JAX confirms the values; with the rule off (0), the long runs, and the same values."""
     chosen = []
     real = direct_conv._live_plan.__wrapped__
     monkeypatch.setattr(direct_conv, "_live_plan", lambda *a: chosen.append((a, real(*a))) or chosen[-1][1])
@@ -274,9 +284,12 @@ def test_valid_input_gradient_runs_rows_and_skips_the_front(case, passes, monkey
         alive = 1
         for d in range(N - 1):
             alive *= sum(0 <= pos[d] - (k[d] - 1 - t) * dil[d] < geom.out_spatial[d] for t in range(k[d]))
-        want += alive * k[-1]
-    summed = direct_conv._plan_rows(gx_plan) // gx_plan.P   # (channel, tap) rows over the blocks
-    assert summed == case.x_shape[0] * case.W_shape[0] * want * gx_plan.per_run
+        want += alive
+    # along the row, position j (its micro-blocks' padding too) sums the taps whose read lands in gy
+    along = sum(0 <= j - (k[-1] - 1 - t) * dil[-1] < geom.out_spatial[-1]
+                for j in range(gx_plan.P * gx_plan.per_run) for t in range(k[-1]))
+    assert gx_plan.edges   # gy lies in a corner: rows cross its border
+    assert direct_conv._plan_rows(gx_plan) == case.x_shape[0] * case.W_shape[0] * want * along
     long_runs = direct_conv._output_plan(args[0]._replace(run_axes=0), *args[1:])
     assert long_runs.L == case.x_shape[0] * math.prod(case.x_shape[2:])   # one run: the box
     assert direct_conv._plan_rows(gx_plan) < direct_conv.SHORTER_RUNS_BELOW * direct_conv._plan_rows(long_runs)
@@ -516,22 +529,26 @@ def test_the_input_gradients_work_leaves_out_skipped_taps():
     """The input gradient's multiply-adds as the compiled pass computes them, for ``pass_split``: a 4-D
     3^4 layer padded by 1 on 8^4 sums, on each of the three axes outside a run, 22 of its 8 x 3
     (row, tap) pairs (the edge rows read one tap of padding), and each run is cut to x's 8 cells, one
-    micro-block (the weight pass: 10 cells a run, every tap; 1.62x the work)."""
+    micro-block whose two ends skip the same way (``edge_kernel``: 22 pairs along it; the weight pass:
+    10 cells a run, every tap, 1.8x the work)."""
     x = np.random.default_rng(5).standard_normal((1, 8, 8, 8, 8, 8)).astype(np.float32)
     W = np.random.default_rng(6).standard_normal((8, 8, 3, 3, 3, 3)).astype(np.float32)
     engine = convcore.Convolution(algorithm="direct", padding=1).prepare(x, W)._engine
-    runs_live_taps = 22 ** 3 * 3   # over the runs: live taps of the three outer axes, the last axis's 3
-    assert engine._input_grad_madds(engine._input_space(), 8, True) == 8 * runs_live_taps * 8 * 8
+    runs_live_taps = 22 ** 3 * 22   # over the runs: live taps of the three outer axes; along a run, 22 pairs
+    assert engine._input_grad_madds(engine._input_space(), 8, True) == runs_live_taps * 8 * 8
     W[0, 0, 0, 0, 0, 0] = np.inf   # no tap skipped: 0 * inf is NaN
     engine = convcore.Convolution(algorithm="direct", padding=1).prepare(x, W)._engine
     assert engine._input_grad_madds(engine._input_space(), 8, False) == 8 * 8 ** 3 * 81 * 8 * 8
 
 
 @pytest.mark.parametrize("large", [False, True])
-def test_unbalanced_large_gradients_run_one_after_the_other(large, passes, monkeypatch):
-    """The 4-D layer above: its weight pass is 1.62x the input gradient's work; side by side as small
-    passes, one after the other as large ones (``SIDE_BY_SIDE_LARGE`` lowered to them). Both against JAX."""
+def test_unbalanced_large_gradients_run_one_after_the_other(large, passes, monkeypatch, request):
+    """The 4-D layer above without border blocks (``EDGE_MIN_MADDS`` out of reach): its weight pass is
+    1.62x the input gradient's work; side by side as small passes, one after the other as large ones
+    (``SIDE_BY_SIDE_LARGE`` lowered to them). Both against JAX."""
     from convcore import costs
+    monkeypatch.setattr(direct_conv, "EDGE_MIN_MADDS", 1 << 62)
+    _forget_plans(request)
     monkeypatch.setenv("CONVCORE_NUM_THREADS", "2")
     monkeypatch.setattr(costs, "SIDE_BY_SIDE_MIN", 1)
     if large:
