@@ -378,7 +378,8 @@ class DirectConv:
             rhs_start, rhs_step = plan.seg_row, 1
         flat = src.reshape(g, -1)
         segments = len(plan.seg_base)
-        spans = (plan.seg_kind, plan.kind_ptr, plan.span_lo, plan.span_hi, plan.row_len, plan.keep)
+        spans = (plan.seg_kind, plan.kind_ptr, plan.span_lo, plan.span_hi, plan.row_len, plan.keep, plan.win_lo,
+                 plan.win_hi)
         threads = min(threads or pass_threads(g * space.count * K * grid.taps * rows), segments)
         cuts = [segments * t // threads for t in range(threads + 1)]
 
@@ -1234,6 +1235,8 @@ class _WeightPlan(NamedTuple):
     row_len: int           # segments are whole rows of row_len positions, of which the first keep are
     keep: int              # summed (0, 0: every position)
     loop: object
+    win_lo: np.ndarray     # (blocks of R rows,) the positions of each row a block sums: win_lo .. win_hi - 1
+    win_hi: np.ndarray     # (``_row_windows``; 0 .. a large number: all)
 
 
 @functools.lru_cache(maxsize=64)
@@ -1283,9 +1286,32 @@ def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     else:
         seg_kind, kind_ptr, span_lo, span_hi = np.zeros(len(seg_base), np.int64), [0, 1], [0], [len(koff)]
     loop = direct_kernel.weight_loop(R, blocking.V, blocking.VW, itemsize, int(not columns))
+    win_lo, win_hi = np.zeros(len(koff) // R, np.int64), np.full(len(koff) // R, 1 << 62, np.int64)
+    if tap_major and (row_len or (space.merged_axes() == 1 and L <= seg)):   # segments start at a row's start
+        _row_windows(win_lo, win_hi, run_bases, ps, steps[-1], qk, K, R, live)
     return _WeightPlan(blocking, sp, koff, gathered, seg_base, seg_row, seg_len, seg_kind,
                        np.array(kind_ptr, np.int64), np.array(span_lo, np.int64), np.array(span_hi, np.int64),
-                       tap_major, row_len, keep if row_len else 0, loop)
+                       tap_major, row_len, keep if row_len else 0, loop, win_lo, win_hi)
+
+
+def _row_windows(win_lo: np.ndarray, win_hi: np.ndarray, run_bases: np.ndarray, ps: int, dl: int, qk: tuple, K: int,
+                 R: int, live: Live) -> None:
+    """Fill (win_lo, win_hi) of a tap-major weight plan: the positions of a row (ps cells apart, every
+    row starting at one column) whose read with the block's last-axis taps lands in the data; a block
+    of R rows (tap * K + channel) that holds several taps sums the union of theirs (the kernel's
+    border triangles, as ``edge_kernel`` skips them in the output passes)."""
+    N = len(live.qx)
+    cols = np.unravel_index(run_bases, (int(run_bases.max()) // math.prod(live.qx) + 1,) + tuple(live.qx))[-1]
+    if len(cols) == 0 or (cols != cols[0]).any():
+        return
+    first = int(cols[0]) - live.shift[N - 1]
+    t = np.arange(qk[-1])
+    lo = -((first + t * dl - live.lo[N - 1]) // ps)     # ceil((lo - first - t * dl) / ps)
+    hi = -((first + t * dl - live.hi[N - 1]) // ps)
+    tap_last = (np.arange(K * math.prod(qk)) // K) % qk[-1]   # row tap * K + c: its last-axis tap
+    for b in range(-(-len(tap_last) // R)):
+        taps = tap_last[b * R:(b + 1) * R]
+        win_lo[b], win_hi[b] = max(int(lo[taps].min()), 0), int(hi[taps].max())
 
 
 def _computed(space: Space, most: int) -> int:

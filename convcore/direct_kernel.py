@@ -386,12 +386,15 @@ def _output_loop(src, w, koff, out, bases, first, last, kind, chunk_ptr, chunk_s
 
 
 def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, seg_kind, kind_ptr,
-                 span_lo, span_hi, row_len, keep, first, last, R, V, VW, isz, by_column):   # pragma: no cover - compiled
+                 span_lo, span_hi, row_len, keep, win_lo, win_hi, first, last, R, V, VW, isz,
+                 by_column):   # pragma: no cover - compiled
     """acc (K, width) += the segments first..last-1: segment s broadcasts R rows of src at a time, those of
     its kind's spans q = kind_ptr[seg_kind[s]] .. kind_ptr[seg_kind[s] + 1] - 1 (rows span_lo[q] ..
     span_hi[q] - 1, multiples of R: where its cells of src hold data; one span of all rows without), over
     its positions in rows of ``row_len`` of which the first ``keep`` are summed (the rest, a whole-axis
-    space's ring, hold zeros of gy; row_len 0: every position, one row),
+    space's ring, hold zeros of gy; row_len 0: every position, one row), and of those, for the block of R
+    rows from k0, only positions win_lo[k0 // R] .. win_hi[k0 // R] - 1 of each row (where its rows' taps
+    read data along the row; 0 .. a large number: all),
     row r from cell koff[r] + src_start[s] on (step ``step``), against the vectors of a buffer of
     SEGMENT positions that stays in L1: column c of position i gathered from rhs (flat) at roff[c] +
     rhs_start[s] + i * rhs_step. Rows first (the usual way): src is the grid, koff its (channel, tap)
@@ -445,9 +448,13 @@ def _weight_loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start
         rows, run, kept = (n // row_len, row_len, keep) if row_len > 0 else (1, n, n)
         for q in range(kind_ptr[kd], kind_ptr[kd + 1]):
             for k0 in range(span_lo[q], span_hi[q], R):
+                c0 = max(win_lo[k0 // R], 0)
+                c1 = min(win_hi[k0 // R], kept)
+                if c1 <= c0:
+                    continue
                 for ob in range(nob):
-                    _weight_block(R, V, VW, isz, src_a + base * isz, koff_a + k0 * 8, step, rows, run, kept,
-                                  buf_a + ob * block * isz, width,
+                    _weight_block(R, V, VW, isz, src_a + (base + c0 * step) * isz, koff_a + k0 * 8, step, rows, run,
+                                  c1 - c0, buf_a + (c0 * width + ob * block) * isz, width,
                                   acc_a + (k0 * width + ob * block) * isz, width)
 
 
@@ -622,12 +629,12 @@ def output_loop(P: int, V: int, VW: int, ps: int, itemsize: int):
 @functools.lru_cache(maxsize=None)
 def weight_loop(R: int, V: int, VW: int, itemsize: int, by_column: int):
     """loop(src, koff, step, rhs, roff, rhs_step, acc, src_start, rhs_start, seg_len, seg_kind, kind_ptr, span_lo,
-    span_hi, row_len, keep, first, last) for these block sizes and gather order (``_weight_loop``)."""
+    span_hi, row_len, keep, win_lo, win_hi, first, last) for these block sizes and gather order (``_weight_loop``)."""
     with _build_lock:
         dtype = np.float32 if itemsize == 4 else np.float64
         i1 = np.zeros(1, np.int64)
         args = (np.zeros(1, dtype), np.zeros(R, np.int64), 1, np.zeros(1, dtype), i1, 1,
-                np.zeros((R, V * VW), dtype), i1, i1, i1, i1, np.zeros(2, np.int64), i1, i1, 0, 0, 0, 0)
+                np.zeros((R, V * VW), dtype), i1, i1, i1, i1, np.zeros(2, np.int64), i1, i1, 0, 0, i1, i1, 0, 0)
         return _specialised(_build()[1], args, (R, V, VW, itemsize, by_column))
 
 

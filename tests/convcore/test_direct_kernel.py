@@ -415,8 +415,9 @@ def test_non_finite_filters_spread_as_in_jax(shape, padding):
 def test_the_weight_pass_skips_the_taps_that_read_only_padding(case, dtype, passes, monkeypatch):
     """The weight pass's runs span the last two axes (a whole-axis space): on the axes before them (3-D
     and up) each run broadcasts only the blocks of R (tap, channel) rows that hold a tap whose reads
-    land in x: every such row (a brute-force count), and no block without one; JAX's gW confirms the
-    sums. A 2-D layer skips nothing."""
+    land in x: every such row (a brute-force count), and no block without one; along each row, only the
+    positions where one of its rows' last-axis taps reads x (``_row_windows``, also brute-force); JAX's
+    gW confirms the sums. A 2-D layer skips nothing."""
     plans = []
     real = direct_conv._weight_plan.__wrapped__
     monkeypatch.setattr(direct_conv, "_weight_plan", lambda *a: plans.append(a) or real(*a))
@@ -447,6 +448,20 @@ def test_the_weight_pass_skips_the_taps_that_read_only_padding(case, dtype, pass
         assert alive.reshape(-1, R).any(axis=1)[summed.reshape(-1, R).any(axis=1)].all()   # no dead block
         skipped |= not summed[:C * int(np.prod(k))].all()
     assert skipped
+    # along each row, a block of R rows sums the positions where one of its rows' last-axis taps reads x
+    # (a brute-force union over its rows); the last axis's border triangles left out somewhere
+    taps = list(np.ndindex(*k))
+    keep = plan.keep or geom.out_spatial[-1]
+    trimmed = False
+    s, d = geom.stride[-1], geom.dilation[-1]
+    for b in range(len(plan.koff) // R):
+        rows = [r for r in range(b * R, (b + 1) * R) if r < C * len(taps)]
+        reads = [any(0 <= c * s + taps[r // C][-1] * d - lo[-1] < geom.spatial[-1] for r in rows) for c in range(keep)]
+        window = [plan.win_lo[b] <= c < plan.win_hi[b] for c in range(keep)]
+        assert reads == window, b
+        trimmed |= not all(reads)
+    # (live1 leaves some out; where a block's rows span all of a row's taps, their union reads x everywhere)
+    assert trimmed or case is not LIVE_CASES[1]
 
 
 @pytest.mark.parametrize("case", [
