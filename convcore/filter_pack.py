@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 
 import numpy as np
@@ -133,16 +134,17 @@ def pack(mats, width: int, nob: int):
     taps (with the channels, or without) merge into one axis of unit stride either way (a flipped view
     does; a phase's slice of the taps does not: NumPy's copy then)."""
     g, rows = mats.shape[:2]
-    KT = int(np.prod(mats.shape[2:], dtype=np.int64))
+    KT = math.prod(mats.shape[2:])
     dtype, itemsize = mats.dtype, mats.dtype.itemsize
     w = (np.empty if nob * width == rows else np.zeros)((g, nob, KT, width), dtype)
     unit = (itemsize, -itemsize)
-    if dtype.kind == "f" and itemsize in (4, 8) and all(b % itemsize == 0 for b in mats.strides):
+    if itemsize in (4, 8) and dtype.kind == "f":
         K, s_k, s_t = 1, 0, _merged_stride(mats.shape[2:], mats.strides[2:])
         if s_t not in unit and mats.ndim > 3:   # each channel's taps one run
             K, s_k, s_t = mats.shape[2], mats.strides[2], _merged_stride(mats.shape[3:], mats.strides[3:])
         T = KT // max(K, 1)
-        if s_t in unit and T > 1 and _build() is not None:
+        if (s_t in unit and T > 1 and mats.strides[0] % itemsize == mats.strides[1] % itemsize == s_k % itemsize == 0
+                and _build() is not None):
             TT = tile_size(T, itemsize)
             _loop(TT, itemsize)(mats.ctypes.data, mats.strides[0] // itemsize, mats.strides[1] // itemsize,
                                 s_k // itemsize, s_t // itemsize, w, rows, K, T, np.zeros(TT, dtype))
