@@ -34,8 +34,11 @@ window runs past an edge is skipped on every axis but the last (over the whole g
 would be computed and cropped: (q/o)^N more work, 1.3-2.4x for a 3^N kernel on 8-24 points
 per axis), and the last axis is kept whole so that a block's copies stay long contiguous
 runs (on the compiled micro-kernels, which copy nothing, the forward and the input gradient
-cut it to the cells they write where that computes fewer positions: ``_cut_last``; and a run
-near a zero-padded border skips the taps that read only padding: ``_live_chunks``).
+cut it to the cells they write where that computes fewer positions: ``_cut_last``; a run
+near a zero-padded border skips the taps that read only padding: ``_live_chunks``; and along the
+run, a micro-block at the border sums per position only the taps that read data: ``_edge_blocks``,
+``edge_kernel``; the weight pass, per block of rows, only the positions of a row where they do:
+``_row_windows``).
 A block is a range of one axis times the whole of the axes after it: a basic slice of one
 strided view of the pass. With a stride (when costs.native_stride_pays) these two
 passes run on the padded input itself (the ``fw`` reduction, no polyphase split) over the
@@ -1090,7 +1093,7 @@ def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     kind, ptr, start, length = _live_chunks(run_bases, len(space.dims) - merged - 1, qk, K, live)
     plan = _OutputPlan(blocking, P, L, per_run, bases, _tap_offsets(steps, qk, plane, K) + tap_origin, loop,
                        np.repeat(kind, per_run), ptr, start, length)
-    if (live is not None and merged == 1 and tap_origin == 0 and qk[-1] > 1
+    if (live is not None and merged == 1 and tap_origin == 0 and 1 < qk[-1] <= EDGE_MAX_TAPS
             and space.count * K * math.prod(qk) * rows >= EDGE_MIN_MADDS and edge_kernel.available()):
         plan = _edge_blocks(plan, run_bases, ps, steps[-1], qk[-1], itemsize, live)
     return plan
@@ -1104,6 +1107,9 @@ def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
 # nothing skipped), where a 3x3 'same' layer skips 2-3 %.
 EDGE_MIN_MADDS = 1 << 22
 EDGE_MIN_SAVING = 0.04
+# An edge block unrolls its kw taps by P positions: a 1-D layer's 257 taps took minutes to compile. Wider
+# kernels run on the FFT engine anyway.
+EDGE_MAX_TAPS = 15
 
 
 def _edge_blocks(plan: _OutputPlan, run_bases: np.ndarray, ps: int, dl: int, kw: int, itemsize: int,
