@@ -164,3 +164,19 @@ def test_the_rule_leaves_small_savings_to_the_plain_blocks():
         _, plan = direct_conv._live_plan(space, grid.steps, grid.red.qk, engine.grid_input().shape[-1], 64, 64, 4,
                                          grid.max_off, engine._input_live())
         assert bool(plan.edges) == want
+
+
+def test_wide_kernels_get_no_border_blocks(every_edge, monkeypatch):
+    """An edge block unrolls its taps: past EDGE_MAX_TAPS along the last axis (a 1-D 257-tap layer's loop
+    took minutes to compile) the plan keeps the plain blocks, and the values stay JAX's."""
+    case = ConvCase((1, 8, 60), (8, 8, direct_conv.EDGE_MAX_TAPS + 2), padding=4, seed=138)
+    made = []
+    real = direct_conv._output_plan.__wrapped__
+
+    def spy(*args):
+        made.append(plan := real(*args))
+        return plan
+
+    monkeypatch.setattr(direct_conv, "_output_plan", spy)
+    check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
+    assert made and not any(plan.edges for plan in made)
