@@ -1245,6 +1245,12 @@ class _WeightPlan(NamedTuple):
     win_hi: np.ndarray     # (``_row_windows``; 0 .. a large number: all)
 
 
+# A tap-major weight plan takes blocks of R rows with R dividing the channels (at least MIN_TAP_BLOCK), so
+# that no block straddles two taps. With 32 channels, blocks of 8 instead of 12 sum 3-D 5^3 layers' weight
+# gradients in 0.94-0.98x the time (the FMA units run as fast on 8 rows as on 12: 2-D 7x7 64 ch 0.995).
+MIN_TAP_BLOCK = 4
+
+
 @functools.lru_cache(maxsize=64)
 def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows: int, itemsize: int,
                  rhs_cells: int, columns: bool, live: Live | None = None, keep: int = 0) -> _WeightPlan:
@@ -1275,6 +1281,8 @@ def _weight_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
     broadcast, gathered = (gy_rows, taps) if columns else (taps, gy_rows)
     blocking = direct_kernel.Blocking(len(gathered), itemsize)
     R = blocking.R
+    if tap_major:   # blocks of rows within one tap: a dead tap is whole blocks, a block's row window exact
+        R = blocking.R = next((r for r in range(R, MIN_TAP_BLOCK - 1, -1) if K % r == 0), R)
     koff = np.zeros(-(-len(broadcast) // R) * R, np.int64)
     koff[:len(broadcast)] = broadcast
     if tap_major:
