@@ -71,9 +71,10 @@ def _edge_block_typer(typingctx, P, V, VW, ps, isz, kw, dl, a, b, src, w, koff, 
 
         def chunk(i, acc):
             first = builder.load(builder.gep(starts_p, [i]))
-            groups = builder.sdiv(builder.load(builder.gep(lens_p, [i])), ir.Constant(i64, kw_))
+            width = ir.Constant(i64, kw_)
+            groups = builder.sdiv(builder.load(builder.gep(lens_p, [i])), width)
             return direct_kernel._counted_loop(
-                builder, ir, groups, acc, lambda g, s: group(builder.add(first, builder.mul(g, ir.Constant(i64, kw_))), s))
+                builder, ir, groups, acc, lambda g, s: group(builder.add(first, builder.mul(g, width)), s))
 
         final = direct_kernel._counted_loop(builder, ir, nchunks, [zero] * (P_ * V_), chunk)
         for j in range(P_):
@@ -120,14 +121,10 @@ def _edge_loop(src, w, koff, out, bases, blocks, first, last, kind, chunk_ptr, c
 @functools.cache
 def _build():
     """The loop as a Numba dispatcher (cached on disk where Numba can), or None."""
-    numba = direct_kernel._numba()
-    if numba is None:
+    if direct_kernel._numba() is None:
         return None
-    from numba.extending import intrinsic
-    glob = globals()
-    glob["literally"] = numba.literally
-    glob["_edge_block"] = intrinsic(_edge_block_typer)
-    loops = numba_cache.compiled((_edge_loop,), "border blocks sum every tap", nogil=True)
+    loops = numba_cache.compiled_with_intrinsics(globals(), {"_edge_block": _edge_block_typer}, (_edge_loop,),
+                                                 "border blocks sum every tap", nogil=True)
     return loops[0] if loops else None
 
 

@@ -69,7 +69,8 @@ def _pack_loop(src_a, s_g, s_r, s_k, s_t, dst, rows, K, T, zero, TT, isz):   # p
                 if not tiled:
                     for t in range(T):
                         for lane in range(lanes):
-                            flat[dst_row + t * width + lane] = _load(isz, src_a + (src_row + lane * s_r + t * s_t) * isz)
+                            at = src_a + (src_row + lane * s_r + t * s_t) * isz
+                            flat[dst_row + t * width + lane] = _load(isz, at)
                     continue
                 low = src_row if s_t == 1 else src_row - (T - 1)   # the row's taps' lowest address
                 for l0 in range(0, lanes, TT):
@@ -86,15 +87,11 @@ def _pack_loop(src_a, s_g, s_r, s_k, s_t, dst, rows, K, T, zero, TT, isz):   # p
 @functools.cache
 def _build():
     """The loop as a Numba dispatcher (cached on disk where Numba can), or None."""
-    numba = direct_kernel._numba()
-    if numba is None:
+    if direct_kernel._numba() is None:
         return None
-    from numba.extending import intrinsic
-    glob = globals()
-    glob["literally"] = numba.literally
-    glob["_tile"] = intrinsic(direct_kernel._tile_typer)
-    glob["_load"] = intrinsic(_load_typer)
-    loops = numba_cache.compiled((_pack_loop,), "filters packed by NumPy", nogil=True, boundscheck=False)
+    loops = numba_cache.compiled_with_intrinsics(globals(), {"_tile": direct_kernel._tile_typer, "_load": _load_typer},
+                                                 (_pack_loop,), "filters packed by NumPy", nogil=True,
+                                                 boundscheck=False)
     return loops[0] if loops else None
 
 

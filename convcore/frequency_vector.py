@@ -148,14 +148,10 @@ def _blocks_loop(a, a_s, b, b_s, out, o_s, counts, chunk, f0, f1, IB, JB, VW, is
 @functools.cache
 def _build():
     """``_blocks_loop`` as a Numba dispatcher (cached on disk where Numba can), or None."""
-    numba = direct_kernel._numba()
-    if numba is None:
+    if direct_kernel._numba() is None:
         return None
-    from numba.extending import intrinsic
-    glob = globals()
-    glob["literally"] = numba.literally
-    glob["_cmac_block"] = intrinsic(_cmac_block_typer)
-    loops = numba_cache.compiled((_blocks_loop,), "the channel sums run in frequency_kernel's loop", nogil=True)
+    loops = numba_cache.compiled_with_intrinsics(globals(), {"_cmac_block": _cmac_block_typer}, (_blocks_loop,),
+                                                 "the channel sums run in frequency_kernel's loop", nogil=True)
     return loops[0] if loops else None
 
 

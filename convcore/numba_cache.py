@@ -140,3 +140,19 @@ def compiled(funcs, purpose: str, **options):
         except Exception as exc:  # noqa: BLE001 - no folder Numba can cache in
             log.info("Numba cannot cache %s (cache=%s): %s", [f.__name__ for f in funcs], cache, exc)
     return None
+
+
+def compiled_with_intrinsics(glob: dict, typers: dict, funcs, purpose: str, **options):
+    """``compiled(funcs, purpose, **options)`` for loops that call LLVM intrinsics: first binds, in their
+    module's globals ``glob``, ``numba.literally`` as ``literally`` and each typing function of ``typers``
+    (name -> typer) as an intrinsic under its name (Numba resolves a compiled function's globals when it
+    compiles it). None where Numba does not import or load."""
+    try:
+        import numba
+        from numba.extending import intrinsic
+    except Exception:  # noqa: BLE001 - missing, or a build that does not load with this NumPy (compiled says)
+        return compiled(funcs, purpose, **options)
+    glob["literally"] = numba.literally
+    for name, typer in typers.items():
+        glob[name] = intrinsic(typer)
+    return compiled(funcs, purpose, **options)
