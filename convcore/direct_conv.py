@@ -1100,7 +1100,7 @@ def _output_plan(space: Space, steps: tuple, qk: tuple, plane: int, K: int, rows
 
 
 # Border micro-blocks of the last axis get their own compiled blocks (``edge_kernel``) on passes of at
-# least EDGE_MIN_MADDS multiply-adds (each window is one more loop to compile, 0.2-0.5 s, then Numba's
+# least EDGE_MIN_MADDS multiply-adds (each window is one more loop to compile, 0.5-1 s, then Numba's
 # disk cache, which a small pass would not win back) where they skip at least EDGE_MIN_SAVING of the
 # pass's (position, tap) pairs: an edge block runs its taps in groups of kw, at the plain blocks' rate
 # for kw >= 7 and 2 % slower for kw = 3 (3x3 64 channels on 8 x 32^2, every block an edge block with
@@ -1112,17 +1112,24 @@ EDGE_MIN_SAVING = 0.04
 EDGE_MAX_TAPS = 15
 
 
+def _first_column(run_bases: np.ndarray, live: Live) -> int | None:
+    """The last-axis grid column every run starts at, less ``live``'s shift (tap t of position j then reads
+    column first + j * ps + t * dl), or None where the runs start at different columns."""
+    cols = np.unravel_index(run_bases, (int(run_bases.max()) // math.prod(live.qx) + 1,) + tuple(live.qx))[-1]
+    if len(cols) == 0 or (cols != cols[0]).any():
+        return None
+    return int(cols[0]) - live.shift[-1]
+
+
 def _edge_blocks(plan: _OutputPlan, run_bases: np.ndarray, ps: int, dl: int, kw: int, itemsize: int,
                  live: Live) -> _OutputPlan:
     """``plan`` with its micro-blocks at a zero-padded border of the last axis summed by edge loops
     (``edge_kernel``): each position only the last-axis taps that read data. Positions ``ps`` cells
     apart, last-axis taps ``dl``; the runs must all start at one column (they do: a space is a box)."""
-    N = len(live.qx)
-    cols = np.unravel_index(run_bases, (int(run_bases.max()) // math.prod(live.qx) + 1,) + tuple(live.qx))[-1]
-    if len(cols) == 0 or (cols != cols[0]).any():
+    first = _first_column(run_bases, live)
+    if first is None:
         return plan
-    wins = edge_kernel.windows(int(cols[0]) - live.shift[N - 1], plan.per_run, plan.P, ps, kw, dl,
-                               live.lo[N - 1], live.hi[N - 1])
+    wins = edge_kernel.windows(first, plan.per_run, plan.P, ps, kw, dl, live.lo[-1], live.hi[-1])
     skipped = sum(plan.P * kw - edge_kernel.live_pairs(plan.P, ps, kw, dl, a, e) for _, a, e in wins)
     if skipped < EDGE_MIN_SAVING * plan.per_run * plan.P * kw:   # of a run's pairs (every run has the same)
         return plan
@@ -1314,14 +1321,12 @@ def _row_windows(win_lo: np.ndarray, win_hi: np.ndarray, run_bases: np.ndarray, 
     row starting at one column) whose read with the block's last-axis taps lands in the data; a block
     of R rows (tap * K + channel) that holds several taps sums the union of theirs (the kernel's
     border triangles, as ``edge_kernel`` skips them in the output passes)."""
-    N = len(live.qx)
-    cols = np.unravel_index(run_bases, (int(run_bases.max()) // math.prod(live.qx) + 1,) + tuple(live.qx))[-1]
-    if len(cols) == 0 or (cols != cols[0]).any():
+    first = _first_column(run_bases, live)
+    if first is None:
         return
-    first = int(cols[0]) - live.shift[N - 1]
     t = np.arange(qk[-1])
-    lo = -((first + t * dl - live.lo[N - 1]) // ps)     # ceil((lo - first - t * dl) / ps)
-    hi = -((first + t * dl - live.hi[N - 1]) // ps)
+    lo = -((first + t * dl - live.lo[-1]) // ps)     # ceil((lo - first - t * dl) / ps)
+    hi = -((first + t * dl - live.hi[-1]) // ps)
     tap_last = (np.arange(K * math.prod(qk)) // K) % qk[-1]   # row tap * K + c: its last-axis tap
     for b in range(-(-len(tap_last) // R)):
         taps = tap_last[b * R:(b + 1) * R]
