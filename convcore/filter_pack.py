@@ -16,15 +16,12 @@ before it (same values written twice); fewer than TT of either is copied element
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import threading
 
 import numpy as np
 
 from . import direct_kernel, numba_cache
-
-log = logging.getLogger(__name__)
 
 _build_lock = threading.Lock()
 
