@@ -70,13 +70,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backend, costs, direct_kernel, edge_kernel, filter_pack, layout, pointwise
+from . import (
+    backend,
+    costs,
+    direct_kernel,
+    edge_kernel,
+    filter_pack,
+    grid_place,
+    layout,
+    pointwise,
+)
 from .costs import block_positions, native_stride_pays, pass_split, pass_threads
 from .geometry import ConvGeometry
 from .positions import Space, run_parallel, strided_view
 from .reduction import Reduction
 from .view_matmul import matmul_into
-
 
 # An output pass runs over the cells it writes (its last axis cut) when that computes under this
 # fraction of the positions the whole axis does (``DirectConv._cut_last``). 0.9 until the scatter
@@ -843,12 +851,15 @@ class DirectConv:
             g, C, b = geom.groups, red.channels, geom.batch
             if geom.padding_mode == "zeros" and all(s == 1 for s in red.stride):
                 # x straight into its place on the zero grid: one copy, no padded intermediate
-                A = xp.zeros((g, C, grid.positions + grid.max_off + self._forward_tail()), self.x.dtype)
-                rows = _x_rows(geom, red)
-                place = tuple(slice(lo, lo + r) for r, (lo, _) in zip(rows, geom.pads))
-                A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[(slice(None),) * 3 + place] = self.x.reshape(
-                    (b, g, C) + geom.spatial)[(slice(None),) * 3 + tuple(slice(0, r) for r in rows)].transpose(
-                    (1, 2, 0) + tuple(range(3, 3 + N)))
+                cells = grid.positions + grid.max_off + self._forward_tail()
+                rows, lows = _x_rows(geom, red), tuple(lo for lo, _ in geom.pads)
+                A = xp.empty((g, C, cells), self.x.dtype)
+                if not grid_place.place(A.reshape(g * C, cells), self.x, 0, red.qx, lows, rows):
+                    A[...] = 0
+                    place = tuple(slice(lo, lo + r) for r, lo in zip(rows, lows))
+                    A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[(slice(None),) * 3 + place] = self.x.reshape(
+                        (b, g, C) + geom.spatial)[(slice(None),) * 3 + tuple(slice(0, r) for r in rows)].transpose(
+                        (1, 2, 0) + tuple(range(3, 3 + N)))
             elif geom.padding_mode == "zeros" and layout.phase_copies_pay(red.stride):
                 # polyphase: each phase of x straight into its channels of the zero grid, one pass
                 # over x (the padded, split copies of red.inputs were two more)
@@ -961,9 +972,12 @@ class DirectConv:
         G = None
         if need_x or same_grid:
             # G (g, O, max_off + b * prod(q)): gy at its (polyphase) grid positions, zeros elsewhere and in front
-            G = xp.zeros((g, O, self._gy_grid_cells()), gy.dtype)
-            G[:, :, self.gx_grid.max_off:self.gx_grid.max_off + self.gx_grid.positions].reshape((g, O, b) + red.qx)[
-                (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
+            cells, front = self._gy_grid_cells(), self.gx_grid.max_off
+            G = xp.empty((g, O, cells), gy.dtype)
+            if not grid_place.place(G.reshape(g * O, cells), gy, front, red.qx, (0,) * N, geom.out_spatial):
+                G[...] = 0
+                G[:, :, front:front + self.gx_grid.positions].reshape((g, O, b) + red.qx)[
+                    (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
         gx = gW = None
         fw = self.fw
         w_live = None
