@@ -19,9 +19,11 @@ import numpy as np
 from . import backend, numba_cache
 from .positions import run_parallel
 
-# Smaller grids are left to NumPy: in cache its memset is fast, its strided copy as fast as this loop,
-# whose rows each cost some 10 ns of set-up (2 x 64 x 34^2 cells: 55 us here, 33 with NumPy).
-MIN_BYTES = 1 << 20
+# Smaller grids are left to NumPy: in cache its memset is fast and its strided copy as fast as this
+# loop, whose rows each cost 10-20 ns of set-up (short rows run LLVM's scalar remainder): 2 x 64 x 34^2
+# cells took 55 us here and 33 with NumPy, and a 3-D U-Net's 1.5-3 MiB grids of 18-cell rows made its
+# epoch 2-3 % slower. From 4 MiB on the memset runs out of cache, and placing wins.
+MIN_BYTES = 1 << 22
 # Grids of fewer bytes are placed on one thread: a second thread's wake-up (20-40 us on these
 # machines) is what a copy of this size takes.
 SPLIT_BYTES = 1 << 21
