@@ -138,11 +138,14 @@ def test_compiled_direct_matches_jax(case, outputs, weights, dtype, passes, mach
     assert passes["fold"] == int(strided and case.padding_mode == "zeros" and outputs == 2)
 
 
+@pytest.mark.parametrize("lead", [0.0, 1.0])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_compiled_passes_split_between_threads_match_jax(threads, passes, monkeypatch):
+def test_compiled_passes_split_between_threads_match_jax(threads, lead, passes, monkeypatch):
     """Every pass handed to the pool however small: the output blocks cut across groups, the weight
-    gradient's per-thread sums added."""
+    gradient's per-thread sums added; evenly, and with the calling thread's part as long as its lead
+    may make it (``LEAD_S`` of a second: capped at half the next part)."""
     monkeypatch.setattr(convcore_backend, "SPLIT_WORK", 0)
+    monkeypatch.setattr(direct_conv, "LEAD_S", lead)
     monkeypatch.setenv("CONVCORE_NUM_THREADS", str(threads))
     for case in (ConvCase((2, 16, 9, 11), (16, 4, 3, 3), groups=4, padding=1, seed=82),
                  ConvCase((3, 8, 7, 6, 5), (24, 8, 3, 3, 3), padding=1, seed=83)):
@@ -523,6 +526,21 @@ def test_weight_gradient_columns_first_where_the_rule_says(passes, monkeypatch):
     for case in (first, other):
         check_case(NUMPY, case, jax_reference(case), np.float32, "direct", layer=True)
     assert built == [True, False, False, True]
+
+
+@pytest.mark.parametrize("count,threads,madds", [(1000, 2, 10**8), (7, 2, 10), (1000, 3, 10**6), (5, 5, 10**9),
+                                                 (2, 2, 1), (10**6, 2, 10**12)])
+def test_the_calling_threads_part_leads_by_a_bounded_amount(count, threads, madds):
+    """The cuts cover [0, count) in order; only the first part (the caller's) grows, by LEAD_S's worth of
+    multiply-adds at most half the next part; deferred parts (run beside another pass) stay even."""
+    cuts = direct_conv._cuts(count, threads, madds, deferred=False)
+    even = direct_conv._cuts(count, threads, madds, deferred=True)
+    assert even == [count * t // threads for t in range(threads + 1)]
+    assert cuts[0] == 0 and cuts[-1] == count and cuts[2:] == even[2:]
+    assert all(a <= b for a, b in zip(cuts, cuts[1:]))
+    lead = cuts[1] - even[1]
+    assert 0 <= lead <= (even[2] - even[1]) // 2
+    assert lead == min(int(count * direct_conv.LEAD_S * direct_conv.LEAD_RATE / madds), (even[2] - even[1]) // 2)
 
 
 def test_pass_split_rules():
