@@ -33,12 +33,13 @@ def _place_loop(dst, cells, src, first, stop, front, batch, q, lo, rows, s_sp, s
     """For channel rows ``first`` <= ch < ``stop`` of dst (flat, rows of ``cells``): ``front`` zeros,
     then ``batch`` images of prod(q) cells (row-major q_1..q_N), image bi holding src's cells
     [bi * s_b + ch * s_c + sum_d i_d * s_sp[d]] (i_d < rows[d]) at lo[d] + i_d and zeros elsewhere,
-    then zeros to the row's end. ``src``: flat, strides in elements. The innermost loops index with
+    then zeros to the row's end. ``src``: flat and C-contiguous, strides in elements (s_sp: the
+    spatial axes', the last 1). The innermost loops index with
     unsigned integers: a signed index costs a wrap-around test per access, which keeps LLVM from
     vectorising them (Numba's slice assignments were as slow: a generic strided loop)."""
     u = np.uint64
     N = q.shape[0]
-    qlast, lolast, rlast, slast = q[N - 1], lo[N - 1], rows[N - 1], s_sp[N - 1]
+    qlast, lolast, rlast = q[N - 1], lo[N - 1], rows[N - 1]
     outer = 1
     for d in range(N - 1):
         outer *= q[d]
@@ -73,12 +74,8 @@ def _place_loop(dst, cells, src, first, stop, front, batch, q, lo, rows, s_sp, s
                 for j in range(u(at), u(at + lolast)):
                     dst[j] = 0
                 to, frm = u(at + lolast), u(src_at)
-                if slast == 1:
-                    for j in range(u(rlast)):
-                        dst[to + j] = src[frm + j]
-                else:
-                    for j in range(rlast):
-                        dst[to + u(j)] = src[src_at + j * slast]
+                for j in range(u(rlast)):   # src is C-contiguous: its rows are runs
+                    dst[to + j] = src[frm + j]
                 for j in range(u(at + lolast + rlast), u(at + qlast)):
                     dst[j] = 0
         for j in range(u(start + front + batch * image), u(start + cells)):
@@ -102,12 +99,13 @@ def place(dst, src, front: int, q: tuple, lo: tuple, rows: tuple) -> bool:
     """dst (channels, cells) C-contiguous := per channel row ch, ``front`` zeros, then for each image bi
     of src (b, channels, d_1..d_N) a grid of q cells holding src[bi, ch, :rows] at ``lo``, zeros
     elsewhere, then zeros to the row's end. False (dst untouched) where the loop would not pay or
-    cannot run: a grid under MIN_BYTES, no Numba, not host arrays of one float dtype, a strided src
-    (a user's view), a box that does not fit. The caller then builds the grid with NumPy."""
+    cannot run: a grid under MIN_BYTES, no Numba, not host arrays of one dtype (float32, float64), a
+    strided src (a user's view), a box that does not fit. The caller then builds the grid with NumPy."""
     N = len(q)
     if not (isinstance(dst, np.ndarray) and isinstance(src, np.ndarray) and dst.nbytes >= MIN_BYTES
-            and dst.dtype == src.dtype and dst.dtype.kind == "f" and dst.ndim == 2 and dst.flags.c_contiguous
-            and src.ndim == N + 2 and src.flags.c_contiguous and src.shape[1] == dst.shape[0]
+            and dst.dtype == src.dtype and dst.dtype in (np.float32, np.float64)
+            and dst.ndim == 2 and dst.flags.c_contiguous and src.ndim == N + 2 and src.flags.c_contiguous
+            and src.shape[1] == dst.shape[0]
             and all(lo_d + r <= q_d and r <= d for lo_d, r, q_d, d in zip(lo, rows, q, src.shape[2:]))
             and front + src.shape[0] * math.prod(q) <= dst.shape[1]):
         return False

@@ -52,6 +52,9 @@ def test_what_it_cannot_place_is_left_to_numpy(monkeypatch):
     dst = np.full((3, 30), 7.0, np.float32)
     assert not grid_place.place(dst, src[:, :, ::2], 0, (6,), (1,), (4,))
     assert not grid_place.place(dst, src.astype(np.float64), 0, (10,), (1,), (8,))
+    half = np.full((3, 30), 7.0, np.float16)
+    assert not grid_place.place(half, src.astype(np.float16), 0, (10,), (1,), (8,))   # no loop for float16
+    assert (half == 7).all()
     assert not grid_place.place(dst, src, 0, (8,), (1,), (8,))       # lo + rows > q
     assert not grid_place.place(dst, src, 0, (10,), (0,), (9,))      # rows > x's cells
     assert not grid_place.place(dst, src, 12, (10,), (1,), (8,))     # front + images > cells
