@@ -97,16 +97,32 @@ def _cublas_gemm(xp, blas, a, b, out, accumulate: bool) -> bool:
     spans = [_span(v, item) for v in (a, b, out)]
     if max(M, N, K, g, op_b[1], op_a[1], c[1], *spans) > _INT_MAX:
         return False
-    alpha = np.ones((), out.dtype)
-    beta = np.array(1 if accumulate else 0, out.dtype)
+    alpha, beta = _scalars(out.dtype.char, accumulate)
     handle = xp.cuda.device.get_cublas_handle()
     mode = blas.getPointerMode(handle)
-    blas.setPointerMode(handle, blas.CUBLAS_POINTER_MODE_HOST)
-    try:   # alpha and beta are read from host memory before the call returns
+    host = blas.CUBLAS_POINTER_MODE_HOST
+    if mode != host:   # alpha and beta are read from host memory before the call returns
+        blas.setPointerMode(handle, host)
+    try:
         op = (blas.CUBLAS_OP_N, blas.CUBLAS_OP_T)
-        getattr(blas, name)(handle, op[op_b[0]], op[op_a[0]], N, M, K, alpha.ctypes.data,
+        getattr(blas, name)(handle, op[op_b[0]], op[op_a[0]], N, M, K, alpha,
                             b.data.ptr, op_b[1], strides[0], a.data.ptr, op_a[1], strides[1],
-                            beta.ctypes.data, out.data.ptr, c[1], strides[2], g)
+                            beta, out.data.ptr, c[1], strides[2], g)
     finally:
-        blas.setPointerMode(handle, mode)
+        if mode != host:
+            blas.setPointerMode(handle, mode)
     return True
+
+
+_SCALARS: dict = {}
+
+
+def _scalars(char: str, accumulate: bool) -> tuple:
+    """Host addresses of (alpha = 1, beta = 1 if accumulate else 0) in this dtype, made once: a small
+    layer's step calls cuBLAS nine times or more, and each pair of arrays cost microseconds of its host
+    time, which is what such layers are bound by on a GPU."""
+    key = (char, accumulate)
+    if key not in _SCALARS:
+        arrays = (np.ones((), char), np.array(1 if accumulate else 0, char))
+        _SCALARS[key] = (arrays, arrays[0].ctypes.data, arrays[1].ctypes.data)   # the arrays keep them valid
+    return _SCALARS[key][1:]

@@ -208,3 +208,27 @@ def test_matmul_into_on_the_host_is_matmul():
     np.testing.assert_allclose(out, a @ b + 1, rtol=1e-12)
     with pytest.raises(ValueError, match="do not match"):
         view_matmul.matmul_into(np, a, b[:, :4], out)
+
+
+@pytest.mark.parametrize("before", ["host", "device"])
+def test_products_leave_cublas_pointer_mode_as_they_found_it(before, monkeypatch):
+    """alpha and beta are host pointers: a handle left in DEVICE mode (by another library) is switched
+    for the call and switched back; in HOST mode, as CuPy leaves it, the mode is not touched at all."""
+    xp, blas = cupy_standin, cupy_standin.cublas
+    handle = xp.cuda.device.get_cublas_handle()
+    mode = {"host": blas.CUBLAS_POINTER_MODE_HOST, "device": blas.CUBLAS_POINTER_MODE_DEVICE}[before]
+    sets = []
+    real_set = blas.setPointerMode
+    monkeypatch.setattr(blas, "setPointerMode", lambda h, m: sets.append(m) or real_set(h, m))
+    real_set(handle, mode)
+    try:
+        rng = np.random.default_rng(9)
+        a_host, b_host = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 5))
+        for accumulate in (False, True, False):
+            out = xp.asarray(np.ones((2, 3, 5)))
+            view_matmul.matmul_into(xp, xp.asarray(a_host), xp.asarray(b_host), out, accumulate=accumulate)
+            np.testing.assert_allclose(xp.asnumpy(out), np.matmul(a_host, b_host) + accumulate, rtol=1e-12)
+        assert blas.getPointerMode(handle) == mode
+        assert sets == ([] if before == "host" else [blas.CUBLAS_POINTER_MODE_HOST, mode] * 3)
+    finally:
+        real_set(handle, blas.CUBLAS_POINTER_MODE_HOST)
