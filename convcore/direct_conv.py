@@ -856,12 +856,7 @@ class DirectConv:
                 cells = grid.positions + grid.max_off + self._forward_tail()
                 rows, lows = _x_rows(geom, red), tuple(lo for lo, _ in geom.pads)
                 A = xp.empty((g, C, cells), self.x.dtype)
-                if not grid_place.place(A.reshape(g * C, cells), self.x, 0, red.qx, lows, rows):
-                    A[...] = 0
-                    place = tuple(slice(lo, lo + r) for r, lo in zip(rows, lows))
-                    A[:, :, :grid.positions].reshape((g, C, b) + red.qx)[(slice(None),) * 3 + place] = self.x.reshape(
-                        (b, g, C) + geom.spatial)[(slice(None),) * 3 + tuple(slice(0, r) for r in rows)].transpose(
-                        (1, 2, 0) + tuple(range(3, 3 + N)))
+                grid_place.put_on_grid(A.reshape(g * C, cells), self.x, 0, red.qx, lows, rows)
             elif geom.padding_mode == "zeros" and layout.phase_copies_pay(red.stride):
                 # polyphase: each phase of x straight into its channels of the zero grid, one pass
                 # over x (the padded, split copies of red.inputs were two more)
@@ -976,10 +971,7 @@ class DirectConv:
             # G (g, O, max_off + b * prod(q)): gy at its (polyphase) grid positions, zeros elsewhere and in front
             cells, front = self._gy_grid_cells(), self.gx_grid.max_off
             G = xp.empty((g, O, cells), gy.dtype)
-            if not grid_place.place(G.reshape(g * O, cells), gy, front, red.qx, (0,) * N, geom.out_spatial):
-                G[...] = 0
-                G[:, :, front:front + self.gx_grid.positions].reshape((g, O, b) + red.qx)[
-                    (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_spatial)] = gy_grouped
+            grid_place.put_on_grid(G.reshape(g * O, cells), gy, front, red.qx, (0,) * N, geom.out_spatial)
         gx = gW = None
         fw = self.fw
         w_live = None

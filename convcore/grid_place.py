@@ -121,3 +121,14 @@ def place(dst, src, front: int, q: tuple, lo: tuple, rows: tuple) -> bool:
     run_parallel(lambda part: loop(dst.reshape(-1), dst.shape[1], flat_src, part[0], part[1], *args),
                  [(cuts[t], cuts[t + 1]) for t in range(threads)], blas=False)
     return True
+
+
+def put_on_grid(dst, src, front: int, q: tuple, lo: tuple, rows: tuple) -> None:
+    """``place``'s grid in dst, by the compiled loop where it pays and runs, else by the array module's own
+    ``zeros`` and strided copy (any array type with NumPy's indexing: NumPy, CuPy)."""
+    if place(dst, src, front, q, lo, rows):
+        return
+    dst[...] = 0
+    images = dst[:, front:front + src.shape[0] * math.prod(q)].reshape((dst.shape[0], src.shape[0]) + tuple(q))
+    box = tuple(slice(lo_d, lo_d + r) for lo_d, r in zip(lo, rows))
+    images[(slice(None),) * 2 + box] = src[(slice(None),) * 2 + tuple(slice(0, r) for r in rows)].swapaxes(0, 1)

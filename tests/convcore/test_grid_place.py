@@ -44,6 +44,21 @@ def test_the_grid_is_the_padded_array(shape, front, q, lo, rows, tail, dtype, th
     np.testing.assert_array_equal(dst, _padded_grid(src, front, q, lo, rows, cells))
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["loop", "numpy"])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided-source"])
+def test_put_on_grid_gives_the_padded_array_either_way(compiled, strided, monkeypatch):
+    """``put_on_grid``: the loop's grid, or NumPy's for what the loop leaves (small grids, strided sources)."""
+    monkeypatch.setattr(grid_place, "MIN_BYTES", 0 if compiled else 1 << 62)
+    shape, front, q, lo, rows, tail = (2, 3, 6, 7, 5), 5, (8, 10, 9), (1, 2, 3), (6, 7, 5), 30
+    src = np.random.default_rng(1).standard_normal((2, 3, 6, 7, 10 if strided else 5)).astype(np.float32)
+    if strided:
+        src = src[..., ::2]
+    cells = front + shape[0] * int(np.prod(q)) + tail
+    dst = np.full((shape[1], cells), np.nan, np.float32)
+    grid_place.put_on_grid(dst, src, front, q, lo, rows)
+    np.testing.assert_array_equal(dst, _padded_grid(src, front, q, lo, rows, cells))
+
+
 def test_what_it_cannot_place_is_left_to_numpy(monkeypatch):
     """A strided (non-contiguous) source, another dtype, a box past the grid or a grid past dst: False,
     dst untouched."""
